@@ -1,0 +1,121 @@
+"""The web edge: Flask glue around the framework-free router. Every error becomes an OperationOutcome here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from flask import Blueprint, Flask, Response, current_app, request
+
+from app.core.access import AccessRecord
+from app.core.errors import FhirError
+from app.fhir.http import FhirResponse, negotiate, read_json_body, to_flask
+from app.fhir.router import FhirRequest
+from app.fhir.routes import build_router
+from app.services import Services
+from app.store.repository import WriteContext
+
+log = logging.getLogger("ehc.fhir")
+bp = Blueprint("fhir", __name__)
+ROUTER = build_router()
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["ehc"]
+    return svc
+
+
+def fhir_base() -> str:
+    svc = services()
+    if svc.settings.base_url:
+        return svc.settings.base_url
+    return request.host_url.rstrip("/") + "/fhir"
+
+
+def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | None, bytes | None]:
+    if method in ("GET", "DELETE"):
+        return None, None
+    ctype = (request.mimetype or "").lower()
+    if method == "PATCH":
+        if ctype not in ("application/json-patch+json", "application/json"):
+            raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch)")
+        data = request.get_data()
+        if len(data) > svc.settings.max_body_bytes:
+            raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
+        try:
+            return {"_patch": orjson.loads(data)}, data
+        except orjson.JSONDecodeError as err:
+            raise FhirError(400, f"the JSON Patch is not valid JSON: {err}") from None
+    if method == "POST" and path.endswith("_search"):
+        if ctype == "application/x-www-form-urlencoded":
+            return {"_form": parse_qsl(request.get_data(as_text=True), keep_blank_values=True)}, None
+        return {"_form": []} if not request.get_data() else None, None
+    return read_json_body(request, svc.settings.max_body_bytes), None
+
+
+def _principal_province(svc: Services, principal: Any) -> str:
+    return getattr(principal, "province", None) or svc.settings.province
+
+
+@bp.route("/fhir", methods=METHODS, defaults={"path": ""}, strict_slashes=False)
+@bp.route("/fhir/<path:path>", methods=METHODS)
+def fhir_entry(path: str) -> Response:
+    svc = services()
+    media = "application/fhir+json"
+    pretty = request.args.get("_pretty") == "true"
+    principal = None
+    try:
+        media = negotiate(request)
+        if path not in ("metadata", ".well-known/smart-configuration"):
+            principal = svc.policy.authenticate(request.headers.get("Authorization"))
+        body, raw = _body_for(request.method, path, svc)
+        req = FhirRequest(
+            method=request.method,
+            path=path.strip("/"),
+            params=list(request.args.items(multi=True)),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            raw_body=raw,
+            content_type=request.mimetype,
+            base=fhir_base(),
+            principal=principal,
+            write=WriteContext(province=_principal_province(svc, principal),
+                               client_id=getattr(principal, "client_id", None),
+                               organization=getattr(principal, "organization", None),
+                               user=getattr(principal, "user", None)),
+            remote_addr=request.remote_addr,
+        )
+        resp = ROUTER.dispatch(req, svc)
+    except FhirError as err:
+        if err.status in (401, 403):
+            svc.record_access(AccessRecord("refused", path.split("/")[0] or None, [], "4", err.status, principal,
+                                           request.query_string.decode() or None, err.diagnostics,
+                                           remote_addr=request.remote_addr))
+        resp = FhirResponse(err.status, err.outcome(), dict(err.headers))
+    except Exception:  # the one place that turns any failure into an OperationOutcome, never a trace
+        log.exception("unhandled error on %s /fhir/%s", request.method, path)
+        resp = FhirResponse(500, FhirError(500, "internal error; the server log has the details").outcome())
+    return to_flask(resp, media, pretty)
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    app.extensions["ehc"] = svc
+    app.register_blueprint(bp)
+
+    @app.errorhandler(413)
+    def _too_large(_e: Any) -> Response:
+        return to_flask(FhirResponse(413, FhirError(413, "the request body is too large").outcome()),
+                        "application/fhir+json", False)
+
+    @app.errorhandler(404)
+    def _not_found(_e: Any) -> Response:
+        return to_flask(FhirResponse(404, FhirError(404, f"nothing at {request.path}").outcome()),
+                        "application/fhir+json", False)
+
+    @app.errorhandler(405)
+    def _not_allowed(_e: Any) -> Response:
+        return to_flask(FhirResponse(405, FhirError(405, f"{request.method} not allowed").outcome()),
+                        "application/fhir+json", False)

@@ -1,0 +1,254 @@
+"""batch and transaction Bundles (FHIR R4 http.html#transaction).
+
+A batch runs each entry through the router on its own. A transaction is resolved completely first
+(ids assigned, urn:uuid and conditional references rewritten, every resource validated, entries in the
+spec's order DELETE, POST, PUT/PATCH, GET), then written through the journal, so that it is stored
+completely or not at all.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import jsonpatch
+
+from app.core.errors import FhirError, Issue, bad_request
+from app.core.ids import new_id
+from app.fhir.http import FhirResponse
+from app.fhir.interactions import _audit, _find, check_type, validator
+from app.fhir.router import FhirRequest, Router
+from app.services import Services
+from app.store.events import StoreEvent
+from app.store.journal import PlannedWrite
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+def process_bundle(req: FhirRequest, svc: Services, router: Router) -> FhirResponse:
+    bundle = req.body or {}
+    if bundle.get("resourceType") != "Bundle":
+        raise bad_request("POST to the base URL needs a Bundle of type batch or transaction",
+                          expression="resourceType")
+    kind = bundle.get("type")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise bad_request("Bundle.entry must be a list", expression="Bundle.entry")
+    for i, entry in enumerate(entries):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict) or request.get("method") not in ORDER or not request.get("url"):
+            raise bad_request(f"Bundle.entry[{i}].request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
+                              expression=f"Bundle.entry[{i}].request")
+    if kind == "batch":
+        return _batch(req, svc, router, entries)
+    if kind == "transaction":
+        return _transaction(req, svc, router, entries)
+    raise bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
+
+
+def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
+    r = entry["request"]
+    parts = urlsplit(r["url"])
+    path = parts.path
+    if req.base and r["url"].startswith(req.base):
+        path = urlsplit(r["url"][len(req.base):]).path
+    headers = {}
+    for field, header in (("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match"),
+                          ("ifNoneExist", "if-none-exist"), ("ifModifiedSince", "if-modified-since")):
+        if r.get(field):
+            headers[header] = r[field]
+    body = entry.get("resource")
+    if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
+        import base64
+
+        import orjson
+
+        body = {"_patch": orjson.loads(base64.b64decode(body.get("data", "")))}
+    return FhirRequest(r["method"], path.strip("/"), parse_qsl(parts.query, keep_blank_values=True), headers,
+                       body, base=req.base, principal=req.principal, write=req.write,
+                       remote_addr=req.remote_addr, in_transaction=True)
+
+
+def _response_entry(resp: FhirResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {"response": {"status": str(resp.status)}}
+    if "Location" in resp.headers:
+        out["response"]["location"] = resp.headers["Location"]
+    if "ETag" in resp.headers:
+        out["response"]["etag"] = resp.headers["ETag"]
+    if resp.body is not None:
+        if resp.body.get("resourceType") == "OperationOutcome" and resp.status >= 400:
+            out["response"]["outcome"] = resp.body
+        else:
+            out["resource"] = resp.body
+    return out
+
+
+def _batch(req: FhirRequest, svc: Services, router: Router, entries: list[dict[str, Any]]) -> FhirResponse:
+    out = []
+    for entry in entries:
+        try:
+            resp = router.dispatch(_entry_request(req, entry), svc)
+        except FhirError as err:
+            resp = FhirResponse(err.status, err.outcome())
+        out.append(_response_entry(resp))
+    return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
+
+
+def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str) and v in mapping:
+                out[k] = mapping[v]
+            else:
+                out[k] = _rewrite(v, mapping)
+        return out
+    if isinstance(node, list):
+        return [_rewrite(x, mapping) for x in node]
+    return node
+
+
+def _conditional_refs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str) and "?" in v and "://" not in v:
+                found.add(v)
+            else:
+                _conditional_refs(v, found)
+    elif isinstance(node, list):
+        for x in node:
+            _conditional_refs(x, found)
+
+
+def _transaction(req: FhirRequest, svc: Services, router: Router,
+                 entries: list[dict[str, Any]]) -> FhirResponse:
+    order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
+    mapping: dict[str, str] = {}
+    plans: dict[int, dict[str, Any]] = {}
+    # 1. Decide every entry's target id, so references between entries can be rewritten.
+    for i in order:
+        entry = entries[i]
+        sub = _entry_request(req, entry)
+        method = sub.method
+        segments = sub.path.split("/")
+        rtype = segments[0]
+        where = f"Bundle.entry[{i}]"
+        if method == "GET":
+            continue
+        check_type(svc, rtype, {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method])
+        if method == "POST":
+            existing = None
+            if sub.header("if-none-exist"):
+                matches = _find(svc, rtype, parse_qsl(sub.header("if-none-exist") or ""), limit=2)
+                if len(matches) > 1:
+                    raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
+                existing = matches[0]["_id"] if matches else None
+            rid = existing or new_id()
+            plans[i] = {"kind": "noop" if existing else "create", "type": rtype, "id": rid, "sub": sub}
+        else:
+            if len(segments) >= 2:
+                rid = segments[1]
+            elif sub.params:
+                matches = _find(svc, rtype, sub.params, limit=2)
+                if len(matches) > 1:
+                    raise FhirError(412, f"{where}: the conditional URL matches more than one {rtype}",
+                                    expression=where)
+                if not matches and method == "DELETE":
+                    plans[i] = {"kind": "noop", "type": rtype, "id": None, "sub": sub}
+                    continue
+                rid = matches[0]["_id"] if matches else (entry.get("resource") or {}).get("id") or new_id()
+            else:
+                raise bad_request(f"{where}.request.url needs an id or search criteria", expression=where)
+            plans[i] = {"kind": method.lower(), "type": rtype, "id": rid, "sub": sub}
+        if entry.get("fullUrl"):
+            mapping[entry["fullUrl"]] = f"{rtype}/{plans[i]['id']}"
+    # 2. Conditional references ("Patient?identifier=...") resolve to exactly one resource.
+    cond: set[str] = set()
+    for entry in entries:
+        _conditional_refs(entry.get("resource"), cond)
+    for ref in cond:
+        rtype, query = ref.split("?", 1)
+        matches = _find(svc, rtype, parse_qsl(query), limit=2)
+        if len(matches) != 1:
+            raise FhirError(412, f"the conditional reference {ref!r} matches {len(matches)} resources, not one")
+        mapping[ref] = f"{rtype}/{matches[0]['_id']}"
+    # 3. Build the writes: validated, references rewritten.
+    writes: list[PlannedWrite] = []
+    write_index: dict[int, int] = {}
+    for i in order:
+        plan = plans.get(i)
+        if plan is None or plan["kind"] == "noop":
+            continue
+        rtype, rid, sub = plan["type"], plan["id"], plan["sub"]
+        where = f"Bundle.entry[{i}].resource"
+        resource = None
+        if plan["kind"] in ("create", "put"):
+            resource = _rewrite(copy.deepcopy(entries[i].get("resource") or {}), mapping)
+            if resource.get("resourceType") != rtype:
+                raise bad_request(f"{where}.resourceType must be {rtype}", expression=f"{where}.resourceType")
+            resource["id"] = rid
+            _validate(svc, resource, rtype, where)
+            svc.events.fire(StoreEvent("pre-create" if plan["kind"] == "create" else "pre-update",
+                                       rtype, resource, req.write))
+            if resource.pop("_ehc_existing", None):
+                raise FhirError(409, f"{where}: the resident is already registered as {rtype}/"
+                                     f"{resource.get('id')}; update that record instead", expression=where)
+        elif plan["kind"] == "patch":
+            current = svc.repo.read(rtype, rid, fire=False).resource or {}
+            try:
+                resource = jsonpatch.apply_patch(current, (sub.body or {}).get("_patch") or [])
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise FhirError(422, f"{where}: the patch cannot be applied: {err}", expression=where) from None
+            _validate(svc, resource, rtype, where)
+        svc.policy.check(req.principal, "delete" if plan["kind"] == "delete" else "update", rtype, resource,
+                         svc.repo.get_doc(rtype, rid))
+        from app.fhir.http import parse_etag
+
+        if_match = parse_etag(sub.header("if-match"), f"Bundle.entry[{i}].request.ifMatch")
+        method = {"create": "create", "put": "update", "patch": "update", "delete": "delete"}[plan["kind"]]
+        write_index[i] = len(writes)
+        writes.append(PlannedWrite(method, rtype, rid, resource, if_match))
+    results = svc.journal.apply(writes, req.write)
+    # 4. The response, in the order of the request.
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        plan = plans.get(i)
+        method = entry["request"]["method"]
+        if method == "GET":
+            try:
+                resp = router.dispatch(_entry_request(req, entry), svc)
+            except FhirError as err:
+                resp = FhirResponse(err.status, err.outcome())
+            out.append(_response_entry(resp))
+            continue
+        assert plan is not None
+        if plan["kind"] == "noop":
+            status = "200 OK" if method == "POST" else "204 No Content"
+            item: dict[str, Any] = {"response": {"status": status}}
+            if plan["id"]:
+                item["response"]["location"] = f"{req.base}/{plan['type']}/{plan['id']}"
+            out.append(item)
+            continue
+        stored = results[write_index[i]]
+        if stored is None:
+            out.append({"response": {"status": "204 No Content"}})
+            continue
+        status = "201 Created" if stored.vid == 1 else ("204 No Content" if stored.deleted else "200 OK")
+        item = {"fullUrl": f"{req.base}/{stored.resource_type}/{stored.id}",
+                "response": {"status": status, "etag": f'W/"{stored.vid}"',
+                             "location": f"{req.base}/{stored.resource_type}/{stored.id}/_history/{stored.vid}",
+                             "lastModified": stored.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}}
+        if stored.resource is not None:
+            item["resource"] = stored.resource
+        out.append(item)
+    _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
+    return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
+
+
+def _validate(svc: Services, resource: dict[str, Any], rtype: str, where: str) -> None:
+    issues = validator(svc).issues(resource, rtype)
+    if issues:
+        fixed = [Issue(f"{where}: {i.diagnostics}", i.code, i.severity,
+                       [e.replace(rtype, where, 1) for e in i.expression]) for i in issues]
+        raise FhirError(400, fixed[0].diagnostics, issues=fixed)

@@ -1,0 +1,62 @@
+"""GET /metadata: a CapabilityStatement generated from what is really implemented: the resource types and
+interactions of fhir_profiles/resource-types.json, the search parameters of the registry, the operations
+of the operation table, and the security extensions the auth layer registers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.timeutil import to_instant, utcnow
+from app.services import Services
+
+COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security")
+
+
+def capability_statement(svc: Services, base: str, operations: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    resources = []
+    for rtype, conf in sorted(svc.resource_types.items()):
+        params = svc.registry.params(rtype)
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": [{"code": code} for code in conf["interactions"]],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": "update" in conf["interactions"],
+            "conditionalCreate": "create" in conf["interactions"],
+            "conditionalUpdate": "update" in conf["interactions"],
+            "conditionalDelete": "single",
+            "referencePolicy": ["literal", "enforced", "local"],
+            "searchInclude": sorted(f"{rtype}:{c}" for c, p in params.items() if p.type == "reference"),
+            "searchParam": [{"name": c, "type": p.type, **({"definition": p.url} if getattr(p, "url", None) else {})}
+                            for c, p in sorted(params.items()) if c not in COMMON],
+        }
+        ops = [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
+               if rtype in op.get("types", ())]
+        if ops:
+            entry["operation"] = ops
+        resources.append(entry)
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "resource": resources,
+        "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+        "searchParam": [{"name": c, "type": svc.registry.get("Patient", c).type} for c in COMMON
+                        if svc.registry.get("Patient", c) is not None],
+        "operation": [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
+                      if op.get("system")],
+    }
+    security = svc.extensions.get("capability_security")
+    if security:
+        rest["security"] = security
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": to_instant(utcnow()),
+        "publisher": "ehc-fhir",
+        "kind": "instance",
+        "software": {"name": "ehc-fhir", "version": "0.1.0"},
+        "implementation": {"description": "电子健康卡 FHIR R4 server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [rest],
+    }

@@ -1,0 +1,128 @@
+"""HTTP details of the FHIR RESTful API (http.html): media types, Prefer, ETag, absolute URLs, bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from flask import Request, Response
+
+from app.core.errors import FhirError, bad_request
+from app.core.timeutil import http_date
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
+FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": FHIR_JSON, "application/fhir+json": FHIR_JSON}
+XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "xml"}
+
+
+@dataclass
+class FhirResponse:
+    """What a handler returns; turned into a Flask Response in one place (to_flask)."""
+
+    status: int = 200
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = FHIR_JSON
+    raw: bytes | None = None  # Binary content served as itself
+
+
+def negotiate(request: Request) -> str:
+    """The response media type: _format wins over Accept; JSON only (406 otherwise)."""
+    fmt = request.args.get("_format")
+    if fmt:
+        fmt = fmt.strip().replace(" ", "+")
+        if fmt in FORMAT_ALIASES:
+            return FORMAT_ALIASES[fmt]
+        if fmt in XML_TYPES:
+            raise FhirError(406, "XML is not supported by this server; use _format=json", expression="_format")
+        raise FhirError(406, f"_format={fmt!r} is not a supported format (json)", expression="_format")
+    accept = request.headers.get("Accept", "")
+    if not accept.strip():
+        return FHIR_JSON
+    acceptable = []
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        params = part.lower()
+        if "q=0" in params.replace(" ", "") and "q=0." not in params.replace(" ", ""):
+            continue
+        acceptable.append(media)
+    for media in acceptable:
+        if media in JSON_TYPES:
+            return FHIR_JSON if media != "application/json" else "application/json"
+        if media in ("*/*", "application/*"):
+            return FHIR_JSON
+    raise FhirError(406, f"cannot answer in any of the accepted media types ({accept}); use application/fhir+json")
+
+
+def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise FhirError(413, f"the request body is {length} bytes; the limit is {max_bytes}")
+    ctype = (request.mimetype or "").lower()
+    if ctype and ctype not in JSON_TYPES:
+        if ctype in XML_TYPES:
+            raise FhirError(415, "XML bodies are not supported; send application/fhir+json")
+        raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json")
+    data = request.get_data(cache=True)
+    if len(data) > max_bytes:
+        raise FhirError(413, f"the request body is larger than {max_bytes} bytes")
+    if not data.strip():
+        raise bad_request("the request has no body; a FHIR resource was expected")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise bad_request(f"the body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object (a FHIR resource)")
+    return body
+
+
+def parse_prefer(header: str | None) -> dict[str, str]:
+    """Prefer: return=minimal, handling=strict ... as a dict."""
+    out: dict[str, str] = {}
+    for part in (header or "").replace(";", ",").split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip().lower()] = v.strip().strip('"').lower()
+    return out
+
+
+def etag(vid: int | str) -> str:
+    return f'W/"{vid}"'
+
+
+def parse_etag(value: str | None, header: str) -> int | None:
+    """W/"3" or "3" -> 3."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise bad_request(f'{header} must be a version ETag like W/"3", not {value!r}', expression=header)
+    return int(v)
+
+
+def version_headers(base: str, resource_type: str, rid: str, vid: int, ts: Any) -> dict[str, str]:
+    return {
+        "ETag": etag(vid),
+        "Last-Modified": http_date(ts),
+        "Location": f"{base}/{resource_type}/{rid}/_history/{vid}",
+    }
+
+
+def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
+    if resp.raw is not None:
+        out = Response(resp.raw, status=resp.status, content_type=resp.content_type)
+    elif resp.body is None:
+        out = Response(b"", status=resp.status)
+    else:
+        opts = orjson.OPT_INDENT_2 if pretty else 0
+        payload = orjson.dumps(resp.body, option=opts | orjson.OPT_NON_STR_KEYS)
+        out = Response(payload, status=resp.status, content_type=f"{media_type}; charset=utf-8")
+    for k, v in resp.headers.items():
+        out.headers[k] = v
+    return out

@@ -1,0 +1,258 @@
+"""Instance and type interactions: create, read, vread, update, patch, delete and their conditional forms
+(FHIR R4 http.html). Search and history live in searching.py."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+
+from app.core.access import AccessRecord
+from app.core.errors import FhirError, Issue, bad_request, info_outcome, not_found, precondition_failed
+from app.core.ids import is_valid_id
+from app.fhir.http import FhirResponse, etag, parse_etag, parse_prefer, version_headers
+from app.fhir.presentation import apply_elements, apply_summary
+from app.fhir.router import FhirRequest
+from app.services import Services
+from app.store.repository import Stored
+
+
+def check_type(svc: Services, rtype: str, interaction: str) -> None:
+    conf = svc.resource_types.get(rtype)
+    if conf is None:
+        raise not_found(f"resource type {rtype!r} is not supported by this server")
+    if interaction not in conf["interactions"]:
+        raise FhirError(405, f"{interaction} is not allowed on {rtype}", code="not-supported")
+
+
+def validator(svc: Services) -> Any:
+    from app.fhir.validation import Validator
+
+    v = svc.extensions.get("validator")
+    if v is None:
+        v = svc.extensions["validator"] = Validator(svc.profiles_dir)
+    return v
+
+
+def resource_response(req: FhirRequest, stored: Stored, status: int = 200,
+                      with_location: bool = False) -> FhirResponse:
+    headers = version_headers(req.base, stored.resource_type, stored.id, stored.vid, stored.ts)
+    if not with_location:
+        headers.pop("Location")
+    pref = _prefer_return(req)
+    if pref == "minimal":
+        return FhirResponse(status, None, headers)
+    if pref == "operationoutcome":
+        return FhirResponse(status, info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}"), headers)
+    body = stored.resource
+    if body is not None and req.method == "GET":
+        body = apply_summary(body, req.param("_summary"))
+        elements = req.param("_elements")
+        if elements:
+            body = apply_elements(body, [e.strip() for e in elements.split(",") if e.strip()])
+    return FhirResponse(status, body, headers)
+
+
+def _prefer_return(req: FhirRequest) -> str:
+    return parse_prefer(req.header("prefer")).get("return", "representation")
+
+
+def _body(req: FhirRequest, rtype: str, rid: str | None = None) -> dict[str, Any]:
+    if req.body is None:
+        raise bad_request("the request has no body; a FHIR resource was expected")
+    body = req.body
+    if body.get("resourceType") != rtype:
+        raise bad_request(f"resourceType must be {rtype!r}, got {body.get('resourceType')!r}",
+                          expression="resourceType")
+    if rid is not None:
+        if body.get("id") is None:
+            raise bad_request("the resource has no id; an update must carry the id of its URL", expression="id")
+        if body.get("id") != rid:
+            raise bad_request(f"the resource id {body.get('id')!r} differs from the URL id {rid!r}",
+                              expression="id")
+    return body
+
+
+def _validated(svc: Services, req: FhirRequest, rtype: str, rid: str | None = None) -> dict[str, Any]:
+    body = _body(req, rtype, rid)
+    validator(svc).validate(body, rtype)
+    return body
+
+
+def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None, ids: list[str],
+           consent: str | None = None, status: int = 200) -> None:
+    svc.record_access(AccessRecord(interaction, rtype, ids, "0", status, req.principal, req.query_string() or None,
+                                   consent=consent, remote_addr=req.remote_addr))
+
+
+# -- create ---------------------------------------------------------------------------------------------
+
+def create(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    check_type(svc, type, "create")
+    body = _validated(svc, req, type)
+    body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id on create
+    svc.policy.check(req.principal, "create", type, body)
+    criteria = req.header("if-none-exist")
+    if criteria:
+        return _conditional_create(req, svc, type, body, criteria)
+    return _do_create(req, svc, type, body)
+
+
+def _do_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any]) -> FhirResponse:
+    stored = svc.repo.create(type, body, req.write)
+    created = stored.vid == 1
+    _audit(svc, req, "create" if created else "update", type, [stored.id])
+    # A create the master index turned into an update of the resident's record answers 200.
+    return resource_response(req, stored, 201 if created else 200, with_location=True)
+
+
+def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any],
+                        criteria: str) -> FhirResponse:
+    params = _criteria_params(criteria)
+    key = "cc|" + type + "|" + hashlib.sha256(repr(sorted(params)).encode()).hexdigest()
+    with svc.leases.hold(key):
+        matches = _find(svc, type, params, limit=2)
+        if len(matches) > 1:
+            raise precondition_failed(f"If-None-Exist {criteria!r} matches more than one {type}")
+        if matches:
+            stored = Stored.from_doc(type, matches[0])
+            return resource_response(req, stored, 200, with_location=True)
+        return _do_create(req, svc, type, body)
+
+
+def _criteria_params(criteria: str) -> list[tuple[str, str]]:
+    query = criteria.split("?", 1)[1] if "?" in criteria else criteria
+    params = parse_qsl(query, keep_blank_values=True)
+    if not params:
+        raise bad_request("conditional criteria must not be empty", expression="If-None-Exist")
+    return params
+
+
+def _find(svc: Services, rtype: str, params: list[tuple[str, str]], limit: int) -> list[dict[str, Any]]:
+    from app.search.parser import parse_search
+
+    request = parse_search(rtype, params, svc.registry, strict=True, default_count=limit,
+                           max_count=svc.settings.max_count)
+    return svc.searcher.search(request, limit).docs
+
+
+# -- read -----------------------------------------------------------------------------------------------
+
+def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    check_type(svc, type, "read")
+    doc = svc.repo.get_doc(type, id)
+    consent = svc.policy.check(req.principal, "read", type, None, doc)
+    stored = svc.repo.read(type, id, req.write)
+    inm = req.header("if-none-match")
+    if inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*"):
+        _audit(svc, req, "read", type, [id], consent, 304)
+        return FhirResponse(304, None, {"ETag": etag(stored.vid)})
+    _audit(svc, req, "read", type, [id], consent)
+    return resource_response(req, stored)
+
+
+def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> FhirResponse:
+    check_type(svc, type, "vread")
+    svc.policy.check(req.principal, "read", type, None, svc.repo.get_doc(type, id))
+    stored = svc.repo.vread(type, id, vid)
+    _audit(svc, req, "vread", type, [id])
+    return resource_response(req, stored)
+
+
+# -- update ---------------------------------------------------------------------------------------------
+
+def update(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    check_type(svc, type, "update")
+    if not is_valid_id(id):
+        raise bad_request(f"{id!r} is not a valid FHIR id", expression="id")
+    body = _validated(svc, req, type, id)
+    prior = svc.repo.get_doc(type, id)
+    svc.policy.check(req.principal, "update" if prior else "create", type, body, prior)
+    if_match = parse_etag(req.header("if-match"), "If-Match")
+    stored = svc.repo.update(type, id, body, if_match=if_match, context=req.write)
+    created = stored.vid == 1
+    _audit(svc, req, "create" if created else "update", type, [id])
+    return resource_response(req, stored, 201 if created else 200, with_location=True)
+
+
+def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    check_type(svc, type, "update")
+    if not req.params:
+        raise bad_request("a conditional update needs search criteria in the URL")
+    body = _body(req, type)
+    matches = _find(svc, type, req.params, limit=2)
+    if len(matches) > 1:
+        raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
+    if not matches:
+        if body.get("id"):
+            return update(req, svc, type, body["id"])
+        return create(req, svc, type)
+    rid = matches[0]["_id"]
+    if body.get("id") not in (None, rid):
+        raise bad_request(f"the resource id {body['id']!r} differs from the matched {type}/{rid}", expression="id")
+    req.body = {**body, "id": rid}
+    return update(req, svc, type, rid)
+
+
+# -- patch ----------------------------------------------------------------------------------------------
+
+def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    check_type(svc, type, "patch")
+    ops = req.body.get("_patch") if isinstance(req.body, dict) else None
+    if not isinstance(ops, list):
+        raise FhirError(415, "PATCH needs a JSON Patch body (Content-Type: application/json-patch+json)")
+    stored = svc.repo.read(type, id, fire=False)
+    svc.policy.check(req.principal, "update", type, stored.resource, svc.repo.get_doc(type, id))
+    try:
+        patched = jsonpatch.apply_patch(stored.resource, ops)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+        code = 422 if isinstance(err, jsonpatch.JsonPatchTestFailed) else 400
+        raise FhirError(code, f"the JSON Patch cannot be applied: {err}", code="processing") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise bad_request(f"the JSON Patch is malformed: {err}") from None
+    if patched.get("resourceType") != type or patched.get("id") != id:
+        raise FhirError(422, "a patch may not change resourceType or id", code="business-rule",
+                        expression=["resourceType", "id"])
+    validator(svc).validate(patched, type)
+    if_match = parse_etag(req.header("if-match"), "If-Match")
+    new = svc.repo.update(type, id, patched, if_match=if_match if if_match is not None else stored.vid,
+                          context=req.write)
+    _audit(svc, req, "patch", type, [id])
+    return resource_response(req, new, 200)
+
+
+# -- delete ---------------------------------------------------------------------------------------------
+
+def delete(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    check_type(svc, type, "delete")
+    svc.policy.check(req.principal, "delete", type, None, svc.repo.get_doc(type, id))
+    if_match = parse_etag(req.header("if-match"), "If-Match")
+    cascade = req.param("_cascade") == "delete"
+    stored = svc.repo.delete(type, id, if_match=if_match, context=req.write, cascade=cascade)
+    _audit(svc, req, "delete", type, [id])
+    headers = {"ETag": etag(stored.vid)} if stored else {}
+    if stored is None:
+        return FhirResponse(200, info_outcome(f"{type}/{id} did not exist or was already deleted"), headers)
+    return FhirResponse(200, info_outcome(f"{type}/{id} deleted (version {stored.vid})"), headers)
+
+
+def conditional_delete(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    check_type(svc, type, "delete")
+    if not req.params:
+        raise bad_request("a conditional delete needs search criteria in the URL")
+    params = [(k, v) for k, v in req.params if k != "_cascade"]
+    matches = _find(svc, type, params, limit=svc.settings.max_count + 1)
+    if len(matches) > 1 and req.header("x-delete-multiple") != "true":
+        raise precondition_failed(f"the criteria match {len(matches)} {type} resources; "
+                                  "a conditional delete removes at most one")
+    issues = []
+    for doc in matches:
+        svc.policy.check(req.principal, "delete", type, None, doc)
+        svc.repo.delete(type, doc["_id"], context=req.write, cascade=req.param("_cascade") == "delete")
+        issues.append(Issue(f"{type}/{doc['_id']} deleted", "informational", "information"))
+    _audit(svc, req, "delete", type, [d["_id"] for d in matches])
+    if not issues:
+        return FhirResponse(200, info_outcome(f"no {type} matched; nothing deleted"))
+    return FhirResponse(200, {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]})

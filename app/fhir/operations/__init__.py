@@ -1,0 +1,16 @@
+"""FHIR $operations: one file each, registered in OPERATIONS (the route table adds them).
+
+To add one: write app/fhir/operations/<name>.py with a handler (FhirRequest, Services, type, id|None)
+-> FhirResponse and add one line to OPERATIONS below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.fhir.operations import validate
+
+# name -> {handler, levels (system/type/instance), types, definition, methods}
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "validate": validate.OPERATION,
+}

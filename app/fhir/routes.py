@@ -1,0 +1,69 @@
+"""The whole FHIR route table, in one place."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from app.fhir import interactions as i
+from app.fhir import searching as s
+from app.fhir.bundles import process_bundle
+from app.fhir.capability import capability_statement
+from app.fhir.http import FhirResponse
+from app.fhir.operations import OPERATIONS
+from app.fhir.router import FhirRequest, Route, Router
+from app.services import Services
+
+
+def _metadata(req: FhirRequest, svc: Services) -> FhirResponse:
+    return FhirResponse(200, capability_statement(svc, req.base, OPERATIONS))
+
+
+def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str | None = None,
+               id: str | None = None) -> FhirResponse:
+    from app.core.errors import FhirError
+
+    spec = OPERATIONS.get(op)
+    if spec is None or level not in spec["levels"] or (type and type not in spec.get("types", ())):
+        raise FhirError(404, f"operation ${op} is not known at this level", code="not-supported")
+    if req.method not in spec["methods"]:
+        raise FhirError(405, f"${op} does not accept {req.method}", code="not-supported")
+    return spec["handler"](req, svc, type, id) if level != "system" else spec["handler"](req, svc)
+
+
+def build_router() -> Router:
+    router: Router
+    routes = [
+        Route("GET", ("metadata",), _metadata),
+        Route("GET", ("_history",), s.history_system),
+        Route("GET", ("{type}",), s.search),
+        Route("POST", ("{type}", "_search"), s.search_post),
+        Route("GET", ("{type}", "_history"), s.history_type),
+        Route("POST", ("{type}",), i.create),
+        Route("PUT", ("{type}",), i.conditional_update),
+        Route("DELETE", ("{type}",), i.conditional_delete),
+        Route("GET", ("{type}", "{id}"), i.read),
+        Route("PUT", ("{type}", "{id}"), i.update),
+        Route("PATCH", ("{type}", "{id}"), i.patch),
+        Route("DELETE", ("{type}", "{id}"), i.delete),
+        Route("GET", ("{type}", "{id}", "_history"), s.history_instance),
+        Route("GET", ("{type}", "{id}", "_history", "{vid}"), i.vread),
+    ]
+    for method in ("GET", "POST"):
+        routes += [
+            Route(method, ("{op}",), partial(_operation, "system")),
+            Route(method, ("{type}", "{op}"), partial(_operation, "type")),
+            Route(method, ("{type}", "{id}", "{op}"), partial(_operation, "instance")),
+        ]
+
+    def _bundle(req: FhirRequest, svc: Services) -> FhirResponse:
+        return process_bundle(req, svc, router)
+
+    routes.append(Route("POST", (), _bundle))
+    router = Router(routes)
+    return router
+
+
+def register_operation(name: str, spec: dict[str, Any]) -> None:
+    """For packages (mpi, ehc, auth) that add operations at start-up."""
+    OPERATIONS[name] = spec

@@ -1,0 +1,171 @@
+"""Search (GET and POST _search) and history (instance, type, system) as FHIR Bundles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from app.core.errors import FhirError, Issue, bad_request
+from app.fhir.http import FhirResponse, parse_prefer
+from app.fhir.interactions import _audit, check_type
+from app.fhir.presentation import apply_elements, apply_summary
+from app.fhir.router import FhirRequest
+from app.search.parser import parse_search
+from app.services import Services
+from app.store.repository import Stored
+
+# Parameters about the response, not the match: the parser never sees them.
+CONTROL_PARAMS = {"_format", "_pretty", "_cursor"}
+
+
+def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    check_type(svc, type, "search-type")
+    params = [(k, v) for k, v in req.params if k not in CONTROL_PARAMS]
+    params = svc.policy.restrict_search(req.principal, type, params)
+    strict = parse_prefer(req.header("prefer")).get("handling") == "strict"
+    request = parse_search(type, params, svc.registry, strict=strict, default_count=svc.settings.default_count,
+                           max_count=svc.settings.max_count)
+    request.cursor = req.param("_cursor")
+    if request.summary == "count" or request.count == 0:
+        total = svc.searcher.count(request)
+        _audit(svc, req, "search", type, [])
+        bundle = _bundle("searchset", total=total)
+        bundle["link"] = [{"relation": "self", "url": _url(req, type, params)}]
+        return FhirResponse(200, bundle)
+    count = request.count or svc.settings.default_count
+    result = svc.searcher.search(request, count)
+    entries: list[dict[str, Any]] = []
+    withheld = 0
+    shown_ids = []
+    for doc in result.docs:
+        if not svc.policy.visible(req.principal, type, doc):
+            withheld += 1
+            continue
+        shown_ids.append(doc["_id"])
+        entries.append(_entry(req, type, doc, "match", request.summary, request.elements))
+    for itype, doc in result.included:
+        if svc.policy.visible(req.principal, itype, doc):
+            entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
+    issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
+              for name in request.ignored]
+    if withheld:
+        issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
+                            "suppressed", "information"))
+    if issues:
+        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
+                        "search": {"mode": "outcome"}})
+    total = None if result.total is None else max(result.total - withheld, 0)
+    bundle = _bundle("searchset", total=total)
+    kept = [(k, v) for k, v in params if k not in request.ignored]
+    links = [{"relation": "self", "url": _url(req, type, kept, req.param("_cursor"))}]
+    if result.next_cursor:
+        links.append({"relation": "next", "url": _url(req, type, kept, result.next_cursor)})
+    if result.prev_cursor:
+        links.append({"relation": "previous", "url": _url(req, type, kept, result.prev_cursor)})
+    bundle["link"] = links
+    bundle["entry"] = entries
+    _audit(svc, req, "search", type, shown_ids)
+    return FhirResponse(200, bundle)
+
+
+def _url(req: FhirRequest, type: str, params: list[tuple[str, str]], cursor: str | None = None) -> str:
+    query = [(k, v) for k, v in params if k != "_cursor"]
+    if cursor:
+        query.append(("_cursor", cursor))
+    return f"{req.base}/{type}" + (f"?{urlencode(query)}" if query else "")
+
+
+def _entry(req: FhirRequest, rtype: str, doc: dict[str, Any], mode: str, summary: str | None,
+           elements: list[str]) -> dict[str, Any]:
+    res = doc["res"]
+    res = apply_summary(res, summary)
+    if elements:
+        res = apply_elements(res, elements)
+    return {"fullUrl": f"{req.base}/{rtype}/{doc['_id']}", "resource": res, "search": {"mode": mode}}
+
+
+def _bundle(kind: str, total: int | None = None) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": kind,
+                              "meta": {"lastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    if total is not None:
+        bundle["total"] = total
+    return bundle
+
+
+# -- history --------------------------------------------------------------------------------------------
+
+def _history_args(req: FhirRequest, svc: Services) -> tuple[datetime | None, int]:
+    since = None
+    raw = req.param("_since")
+    if raw:
+        try:
+            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad_request(f"_since must be an instant, e.g. 2024-01-01T00:00:00Z; got {raw!r}",
+                              expression="_since") from None
+        if since.tzinfo is not None:
+            since = since.astimezone(UTC).replace(tzinfo=None)
+    raw_count = req.param("_count")
+    count = svc.settings.default_count
+    if raw_count is not None:
+        if not raw_count.isdigit():
+            raise bad_request(f"_count must be a non-negative integer; got {raw_count!r}", expression="_count")
+        count = min(int(raw_count), svc.settings.max_count)
+    return since, count
+
+
+def _history_bundle(req: FhirRequest, versions: list[Stored]) -> dict[str, Any]:
+    bundle = _bundle("history", total=len(versions))
+    entries = []
+    for s in versions:
+        entry: dict[str, Any] = {"fullUrl": f"{req.base}/{s.resource_type}/{s.id}"}
+        method = "DELETE" if s.deleted else ("POST" if s.vid == 1 else "PUT")
+        url = f"{s.resource_type}/{s.id}" if method != "POST" else s.resource_type
+        entry["request"] = {"method": method, "url": url}
+        status = "204 No Content" if s.deleted else ("201 Created" if s.vid == 1 else "200 OK")
+        entry["response"] = {"status": status, "etag": f'W/"{s.vid}"',
+                             "lastModified": s.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+        if s.resource is not None:
+            entry["resource"] = s.resource
+        entries.append(entry)
+    bundle["entry"] = entries
+    bundle["link"] = [{"relation": "self", "url": f"{req.base}/{req.path}"}]
+    return bundle
+
+
+def history_instance(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    check_type(svc, type, "history-instance")
+    svc.policy.check(req.principal, "history", type, None, svc.repo.get_doc(type, id))
+    since, count = _history_args(req, svc)
+    versions = svc.repo.instance_history(type, id, since, count)
+    _audit(svc, req, "history", type, [id])
+    return FhirResponse(200, _history_bundle(req, versions))
+
+
+def history_type(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    check_type(svc, type, "history-type")
+    svc.policy.check(req.principal, "history", type)
+    since, count = _history_args(req, svc)
+    versions = svc.repo.type_history([type], since, count)
+    _audit(svc, req, "history", type, [])
+    return FhirResponse(200, _history_bundle(req, versions))
+
+
+def history_system(req: FhirRequest, svc: Services) -> FhirResponse:
+    svc.policy.check(req.principal, "history", None)
+    since, count = _history_args(req, svc)
+    types = [t for t, conf in svc.resource_types.items() if "history-type" in conf["interactions"]]
+    versions = svc.repo.type_history(types, since, count)
+    _audit(svc, req, "history", None, [])
+    return FhirResponse(200, _history_bundle(req, versions))
+
+
+def search_post(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    """POST [type]/_search with application/x-www-form-urlencoded parameters (and any in the URL)."""
+    form = req.body.get("_form") if isinstance(req.body, dict) else None
+    if form is None:
+        raise FhirError(415, "POST _search needs Content-Type application/x-www-form-urlencoded")
+    req.params = list(req.params) + list(form)
+    req.method = "GET"
+    return search(req, svc, type)

@@ -1,0 +1,1 @@
+"""Storage on MongoDB (pymongo): current versions, history, key index, journal, events. Never imports Flask."""

@@ -1,0 +1,317 @@
+"""Executes a parsed SearchRequest: candidate selection, exact matching, keyset paging, includes.
+
+Two ways to find candidates:
+- keyed: a filter on a reference or identifier (patient=, subject=, identifier=) is answered from the
+  posting lists by _id lookups, so it stays fast on FerretDB v1 (which scans for every other filter);
+- database: otherwise the filter, lowered to what FerretDB understands, runs in the database (served by
+  the secondary indexes on MongoDB).
+Either way every candidate is checked with the exact filter (app.search.matcher) before it is returned.
+
+Paging is keyset, never skip: a cursor carries the sort values and _id of the last entry of a page, so
+the next page starts after it even when resources are written in between.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from app.core.errors import bad_request
+from app.search.compile import compile_filter, compile_sort
+from app.search.matcher import lower_for_database, matches
+from app.search.request import SearchRequest
+from app.store.keys import identifier_key, reference_key
+from app.store.repository import Repository
+
+MAX_KEYED_CANDIDATES = 5000
+MAX_CHAIN_IDS = 1000
+
+
+@dataclass
+class SearchResult:
+    resource_type: str
+    docs: list[dict[str, Any]]
+    total: int | None
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    included: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+# -- cursors ------------------------------------------------------------------------------------------
+
+def _enc(v: Any) -> Any:
+    return {"d": v.isoformat()} if isinstance(v, datetime) else v
+
+
+def _dec(v: Any) -> Any:
+    if isinstance(v, dict):
+        if set(v) != {"d"} or not isinstance(v["d"], str):
+            raise ValueError("bad cursor value")
+        return datetime.fromisoformat(v["d"])
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    raise ValueError("bad cursor value")
+
+
+def encode_cursor(direction: str, values: list[Any]) -> str:
+    raw = orjson.dumps([direction, [_enc(v) for v in values]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str, width: int) -> tuple[str, list[Any]]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        direction, values = orjson.loads(raw)
+        if direction not in ("n", "p") or not isinstance(values, list) or len(values) != width:
+            raise ValueError("bad cursor")
+        return direction, [_dec(v) for v in values]
+    except (ValueError, TypeError, orjson.JSONDecodeError) as err:
+        raise bad_request("_cursor is not a cursor this server issued", expression="_cursor") from err
+
+
+# -- ordering -----------------------------------------------------------------------------------------
+
+def _get_path(doc: dict[str, Any], path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _cmp_values(a: Any, b: Any) -> int:
+    """MongoDB-like order for sort keys: missing first, then numbers, strings, dates (type brackets)."""
+    def rank(v: Any) -> int:
+        if v is None:
+            return 0
+        if isinstance(v, bool):
+            return 4
+        if isinstance(v, int | float):
+            return 1
+        if isinstance(v, str):
+            return 2
+        return 3
+    ra, rb = rank(a), rank(b)
+    if ra != rb:
+        return -1 if ra < rb else 1
+    if a is None or a == b:
+        return 0
+    return -1 if a < b else 1
+
+
+def _compare_rows(sort: list[tuple[str, int]], a: list[Any], b: list[Any]) -> int:
+    for (_, direction), va, vb in zip(sort, a, b, strict=True):
+        c = _cmp_values(va, vb)
+        if c:
+            return c * direction
+    return 0
+
+
+def _keyset_condition(sort: list[tuple[str, int]], values: list[Any], after: bool) -> dict[str, Any]:
+    """MongoDB filter for rows strictly after (or before) `values` in `sort` order."""
+    branches = []
+    for i, (path, direction) in enumerate(sort):
+        eq = {}
+        for (p, _), v in zip(sort[:i], values[:i], strict=True):
+            eq[p] = v if v is not None else {"$exists": False}
+        forward = (direction == 1) == after
+        v = values[i]
+        if v is None:
+            cond = {path: {"$exists": True}} if forward else None
+        elif forward:
+            cond = {path: {"$gt": v}}
+        else:
+            cond = {"$or": [{path: {"$lt": v}}, {path: {"$exists": False}}]}
+        if cond is not None:
+            branches.append({"$and": [eq, cond]} if eq else cond)
+    return {"$or": branches} if branches else {"_id": {"$exists": False}}
+
+
+# -- the searcher -------------------------------------------------------------------------------------
+
+class Searcher:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.registry = repo.registry
+
+    def resolve_ids(self, resource_type: str, request: SearchRequest) -> list[str]:
+        """Ids matching a sub-search (chains and _has), bounded."""
+        request.count = MAX_CHAIN_IDS
+        flt = compile_filter(request, self.registry, self.resolve_ids)
+        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS)
+        return [d["_id"] for d in docs]
+
+    def search(self, request: SearchRequest, count: int) -> SearchResult:
+        rtype = request.resource_type
+        self.repo.check_type(rtype)
+        flt = compile_filter(request, self.registry, self.resolve_ids)
+        sort = [(path, direction) for path, direction in compile_sort(request)] + [("_id", 1)]
+        direction, after = "n", None
+        if request.cursor:
+            direction, after = decode_cursor(request.cursor, len(sort))
+        want = count + 1
+        docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want)
+        has_more = len(docs) > count
+        docs = docs[:count]
+        if direction == "p":
+            docs.reverse()
+        total = self._total(rtype, request, flt, len(docs), has_more, after is None)
+        row = functools.partial(self._row, sort)
+        next_cursor = prev_cursor = None
+        if docs:
+            if has_more or direction == "p":
+                next_cursor = encode_cursor("n", row(docs[-1]))
+            if after is not None and (direction == "n" or has_more):
+                prev_cursor = encode_cursor("p", row(docs[0]))
+        result = SearchResult(rtype, docs, total, next_cursor, prev_cursor)
+        result.included = self._includes(request, docs)
+        return result
+
+    def count(self, request: SearchRequest) -> int:
+        flt = compile_filter(request, self.registry, self.resolve_ids)
+        return self._total(request.resource_type, request, flt, 0, True, True) or 0
+
+    @staticmethod
+    def _row(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
+        return [_get_path(doc, path) for path, _ in sort]
+
+    def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
+               has_more: bool, first_page: bool) -> int | None:
+        if request.total == "none":
+            return None
+        if first_page and not has_more:
+            return page_len
+        keyed = self._keyed_ids(rtype, request)
+        if keyed is not None:
+            return sum(1 for d in self._fetch(rtype, keyed) if matches(flt, d))
+        lowered = lower_for_database(flt)
+        db_filter = {"$and": [lowered, {"del": False}]}
+        if lowered == flt:
+            return self.repo.current(rtype).count_documents(db_filter)
+        return sum(1 for d in self.repo.current(rtype).find(db_filter, {"res": 0}) if matches(flt, d))
+
+    def _keyed_ids(self, rtype: str, request: SearchRequest) -> list[str] | None:
+        """Candidate ids from the posting lists, when some filter allows it; None otherwise."""
+        best: list[str] | None = None
+        for f in request.filters:
+            if f.chain or f.has or not f.values:
+                continue
+            param = self.registry.get(rtype, f.code)
+            if param is None:
+                continue
+            keys: list[str] = []
+            if param.type == "reference" and (f.modifier is None or f.modifier in param.target):
+                for v in f.values:
+                    target = v.value
+                    if "/" not in target:
+                        targets = [f.modifier] if f.modifier else list(param.target)
+                        if len(targets) != 1:
+                            keys = []
+                            break
+                        target = f"{targets[0]}/{target}"
+                    if "://" in target:
+                        keys = []
+                        break
+                    keys.append(reference_key(rtype, target))
+            elif f.code == "identifier" and f.modifier is None and param.type == "token":
+                for v in f.values:
+                    if "|" not in v.value or v.value.startswith("|") or v.value.endswith("|"):
+                        keys = []
+                        break
+                    keys.append(identifier_key(rtype, v.value))
+            if not keys:
+                continue
+            ids: list[str] = []
+            for k in keys:
+                ids.extend(self.repo.keys.lookup(k))
+            ids = sorted(set(ids))
+            if best is None or len(ids) < len(best):
+                best = ids
+        if best is not None and len(best) > MAX_KEYED_CANDIDATES:
+            return None
+        return best
+
+    def _fetch(self, rtype: str, ids: list[str]) -> list[dict[str, Any]]:
+        col = self.repo.current(rtype)
+        docs = []
+        for rid in ids:
+            doc = col.find_one({"_id": rid})
+            if doc is not None and not doc.get("del"):
+                docs.append(doc)
+        return docs
+
+    def _candidates(self, rtype: str, request: SearchRequest, flt: dict[str, Any], sort: list[tuple[str, int]],
+                    cursor: tuple[str, list[Any]] | None, want: int) -> list[dict[str, Any]]:
+        direction = cursor[0] if cursor else "n"
+        order = sort if direction == "n" else [(p, -d) for p, d in sort]
+        keyed = self._keyed_ids(rtype, request)
+        if keyed is not None:
+            docs = [d for d in self._fetch(rtype, keyed) if matches(flt, d)]
+            row = functools.partial(self._row, order)
+            docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
+            if cursor:
+                pivot = cursor[1] if direction == "n" else cursor[1]
+                docs = [d for d in docs if _compare_rows(order, row(d), pivot) > 0]
+            return docs[:want]
+        conditions = [lower_for_database(flt), {"del": False}]
+        if cursor:
+            conditions.append(_keyset_condition(sort, cursor[1], after=direction == "n"))
+        col = self.repo.current(rtype)
+        out: list[dict[str, Any]] = []
+        batch = max(want, 50)
+        seen_last: list[Any] | None = None
+        while len(out) < want:
+            conds = list(conditions)
+            if seen_last is not None:
+                conds.append(_keyset_condition(order, seen_last, after=True))
+            rows = list(col.find({"$and": conds}).sort(order).limit(batch))
+            out.extend(d for d in rows if matches(flt, d))
+            if len(rows) < batch:
+                break
+            seen_last = self._row(order, rows[-1])
+        return out[:want]
+
+    # -- _include / _revinclude --------------------------------------------------------------------------
+
+    def _includes(self, request: SearchRequest, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        included: list[tuple[str, dict[str, Any]]] = []
+        seen = {(request.resource_type, d["_id"]) for d in docs}
+        frontier = [(request.resource_type, d) for d in docs]
+        for inc in request.includes:
+            for rtype, doc in list(frontier):
+                if rtype != inc.source_type:
+                    continue
+                for ref in doc.get("ix", {}).get(inc.code, ()):
+                    if not isinstance(ref, str) or "/" not in ref or "://" in ref:
+                        continue
+                    ttype, tid = ref.split("/", 1)
+                    if inc.target_type and ttype != inc.target_type:
+                        continue
+                    if ttype in self.repo.resource_types and (ttype, tid) not in seen:
+                        target = self.repo.get_doc(ttype, tid)
+                        if target and not target.get("del"):
+                            seen.add((ttype, tid))
+                            included.append((ttype, target))
+                            if inc.iterate:
+                                frontier.append((ttype, target))
+        for inc in request.revincludes:
+            if inc.source_type not in self.repo.resource_types:
+                continue
+            for rtype, doc in list(frontier):
+                target = f"{rtype}/{doc['_id']}"
+                if inc.target_type and inc.target_type != rtype:
+                    continue
+                for rid in self.repo.keys.lookup(reference_key(inc.source_type, target)):
+                    if (inc.source_type, rid) in seen:
+                        continue
+                    other = self.repo.get_doc(inc.source_type, rid)
+                    if other and not other.get("del") and target in other.get("ix", {}).get(inc.code, ()):
+                        seen.add((inc.source_type, rid))
+                        included.append((inc.source_type, other))
+        return included
