@@ -28,7 +28,7 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield db.uri
     finally:
-        db.stop()
+        db.stop(timeout=2)
 
 
 @pytest.fixture(scope="module")
