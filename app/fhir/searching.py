@@ -28,13 +28,13 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
                            max_count=svc.settings.max_count)
     request.cursor = req.param("_cursor")
     if request.summary == "count" or request.count == 0:
-        total = svc.searcher.count(request)
+        total = svc.searcher.count(request, req.base)
         _audit(svc, req, "search", type, [])
         bundle = _bundle("searchset", total=total)
         bundle["link"] = [{"relation": "self", "url": _url(req, type, params)}]
         return FhirResponse(200, bundle)
     count = request.count or svc.settings.default_count
-    result = svc.searcher.search(request, count)
+    result = svc.searcher.search(request, count, req.base)
     entries: list[dict[str, Any]] = []
     withheld = 0
     shown_ids = []

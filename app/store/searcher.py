@@ -23,6 +23,7 @@ import orjson
 
 from app.core.errors import bad_request
 from app.search.compile import compile_filter, compile_sort
+from app.search.extract import local_reference
 from app.search.matcher import lower_for_database, matches
 from app.search.request import SearchRequest
 from app.store.keys import identifier_key, reference_key
@@ -141,27 +142,29 @@ class Searcher:
         self.registry = repo.registry
 
     def resolve_ids(self, resource_type: str, request: SearchRequest) -> list[str]:
-        """Ids matching a sub-search (chains and _has), bounded."""
+        """Ids matching a sub-search (chains), or the ix[collect] values of the matches (_has); bounded."""
         request.count = MAX_CHAIN_IDS
         flt = compile_filter(request, self.registry, self.resolve_ids)
-        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS)
+        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS, None)
+        if request.collect:
+            return sorted({v for d in docs for v in d.get("ix", {}).get(request.collect, ()) if isinstance(v, str)})
         return [d["_id"] for d in docs]
 
-    def search(self, request: SearchRequest, count: int) -> SearchResult:
+    def search(self, request: SearchRequest, count: int, base_url: str | None = None) -> SearchResult:
         rtype = request.resource_type
         self.repo.check_type(rtype)
-        flt = compile_filter(request, self.registry, self.resolve_ids)
+        flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
         sort = [(path, direction) for path, direction in compile_sort(request)] + [("_id", 1)]
         direction, after = "n", None
         if request.cursor:
             direction, after = decode_cursor(request.cursor, len(sort))
         want = count + 1
-        docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want)
+        docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want, base_url)
         has_more = len(docs) > count
         docs = docs[:count]
         if direction == "p":
             docs.reverse()
-        total = self._total(rtype, request, flt, len(docs), has_more, after is None)
+        total = self._total(rtype, request, flt, len(docs), has_more, after is None, base_url)
         row = functools.partial(self._row, sort)
         next_cursor = prev_cursor = None
         if docs:
@@ -173,21 +176,21 @@ class Searcher:
         result.included = self._includes(request, docs)
         return result
 
-    def count(self, request: SearchRequest) -> int:
-        flt = compile_filter(request, self.registry, self.resolve_ids)
-        return self._total(request.resource_type, request, flt, 0, True, True) or 0
+    def count(self, request: SearchRequest, base_url: str | None = None) -> int:
+        flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
+        return self._total(request.resource_type, request, flt, 0, True, True, base_url) or 0
 
     @staticmethod
     def _row(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
         return [_get_path(doc, path) for path, _ in sort]
 
     def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
-               has_more: bool, first_page: bool) -> int | None:
+               has_more: bool, first_page: bool, base_url: str | None) -> int | None:
         if request.total == "none":
             return None
         if first_page and not has_more:
             return page_len
-        keyed = self._keyed_ids(rtype, request)
+        keyed = self._keyed_ids(rtype, request, base_url)
         if keyed is not None:
             return sum(1 for d in self._fetch(rtype, keyed) if matches(flt, d))
         lowered = lower_for_database(flt)
@@ -196,7 +199,7 @@ class Searcher:
             return self.repo.current(rtype).count_documents(db_filter)
         return sum(1 for d in self.repo.current(rtype).find(db_filter, {"res": 0}) if matches(flt, d))
 
-    def _keyed_ids(self, rtype: str, request: SearchRequest) -> list[str] | None:
+    def _keyed_ids(self, rtype: str, request: SearchRequest, base_url: str | None) -> list[str] | None:
         """Candidate ids from the posting lists, when some filter allows it; None otherwise."""
         best: list[str] | None = None
         for f in request.filters:
@@ -208,7 +211,7 @@ class Searcher:
             keys: list[str] = []
             if param.type == "reference" and (f.modifier is None or f.modifier in param.target):
                 for v in f.values:
-                    target = v.value
+                    target = local_reference(v.value, base_url)
                     if "/" not in target:
                         targets = [f.modifier] if f.modifier else list(param.target)
                         if len(targets) != 1:
@@ -247,17 +250,17 @@ class Searcher:
         return docs
 
     def _candidates(self, rtype: str, request: SearchRequest, flt: dict[str, Any], sort: list[tuple[str, int]],
-                    cursor: tuple[str, list[Any]] | None, want: int) -> list[dict[str, Any]]:
+                    cursor: tuple[str, list[Any]] | None, want: int, base_url: str | None
+                    ) -> list[dict[str, Any]]:
         direction = cursor[0] if cursor else "n"
         order = sort if direction == "n" else [(p, -d) for p, d in sort]
-        keyed = self._keyed_ids(rtype, request)
+        keyed = self._keyed_ids(rtype, request, base_url)
         if keyed is not None:
             docs = [d for d in self._fetch(rtype, keyed) if matches(flt, d)]
             row = functools.partial(self._row, order)
             docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
             if cursor:
-                pivot = cursor[1] if direction == "n" else cursor[1]
-                docs = [d for d in docs if _compare_rows(order, row(d), pivot) > 0]
+                docs = [d for d in docs if _compare_rows(order, row(d), cursor[1]) > 0]
             return docs[:want]
         conditions = [lower_for_database(flt), {"del": False}]
         if cursor:

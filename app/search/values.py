@@ -1,0 +1,135 @@
+"""Search value helpers shared by extraction and compilation (FHIR R4 search, http.html#search §3.1.1).
+
+- strings: one normal form for indexing and matching (NFKD, combining marks removed, casefolded, spaces
+  collapsed), so 'Zhāng  WEI' and 'zhang wei' and full-width 'ＺＨＡＮＧ' meet;
+- dates: any FHIR date/dateTime/instant becomes the half-open UTC range [lo, hi) its precision covers;
+- numbers: the implicit range of a decimal's significant digits (100 -> [99.5, 100.5));
+- escaping: '\\,' '\\|' '\\$' '\\\\' in search values.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+
+DATE_MIN = datetime(1, 1, 1)
+DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999000)  # MongoDB keeps milliseconds
+
+_DATE_RE = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+    r"(Z|[+\-]\d{2}:\d{2})?)?)?)?$"
+)
+_SPACES = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """The form strings are indexed and compared in."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _SPACES.sub(" ", stripped.casefold()).strip()
+
+
+def _add_months(dt: datetime, months: int) -> datetime:
+    y, m = divmod(dt.month - 1 + months, 12)
+    if dt.year + y > 9999:
+        return DATE_MAX
+    return dt.replace(year=dt.year + y, month=m + 1)
+
+
+def date_range(text: str) -> tuple[datetime, datetime]:
+    """'1990' -> [1990-01-01, 1991-01-01) in naive UTC; raises ValueError for anything not a FHIR date."""
+    m = _DATE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a FHIR date: {text!r}")
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    try:
+        parts = [int(f) for f in (year, month or 1, day or 1, hour or 0, minute or 0, second or 0)]
+        lo = datetime(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], micro)
+    except ValueError as exc:
+        raise ValueError(f"not a FHIR date: {text!r} ({exc})") from None
+    if month is None:
+        hi = _add_months(lo, 12)
+    elif day is None:
+        hi = _add_months(lo, 1)
+    elif hour is None:
+        hi = lo + timedelta(days=1)
+    elif second is None:
+        hi = lo + timedelta(minutes=1)
+    elif frac is None:
+        hi = lo + timedelta(seconds=1)
+    else:
+        hi = lo + timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6))))
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+        lo = lo.replace(tzinfo=offset).astimezone(UTC).replace(tzinfo=None)
+        hi = hi.replace(tzinfo=offset).astimezone(UTC).replace(tzinfo=None) if hi != DATE_MAX else hi
+    return _ms_floor(lo), min(_ms_ceil(hi), DATE_MAX)
+
+
+def _ms_floor(dt: datetime) -> datetime:
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def _ms_ceil(dt: datetime) -> datetime:
+    # MongoDB stores milliseconds: round the exclusive end up so the range never shrinks.
+    floor = _ms_floor(dt)
+    return floor if floor == dt or floor >= DATE_MAX else floor + timedelta(milliseconds=1)
+
+
+def period_range(period: dict) -> tuple[datetime, datetime] | None:
+    """A Period's [lo, hi): an open start is DATE_MIN, an open end DATE_MAX."""
+    start, end = period.get("start"), period.get("end")
+    if start is None and end is None:
+        return None
+    lo = date_range(start)[0] if isinstance(start, str) else DATE_MIN
+    hi = date_range(end)[1] if isinstance(end, str) else DATE_MAX
+    return lo, hi
+
+
+def decimal_range(text: str) -> tuple[float, float, float]:
+    """(value, lo, hi), [lo, hi) being the range of the value's significant digits; ValueError if none."""
+    try:
+        d = Decimal(text.strip())
+    except InvalidOperation as exc:
+        raise ValueError(f"not a number: {text!r}") from exc
+    if not d.is_finite() or text.strip().lower().startswith(("+inf", "inf", "nan", "-inf")):
+        raise ValueError(f"not a number: {text!r}")
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int)
+    half = Decimal(5).scaleb(exponent - 1)
+    return float(d), float(d - half), float(d + half)
+
+
+def split_escaped(text: str, sep: str) -> list[str]:
+    """Split on `sep` not preceded by a backslash; escapes are kept for unescape()."""
+    parts: list[str] = []
+    buf: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            buf.append(text[i : i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    parts.append("".join(buf))
+    return parts
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\([,|$\\])", r"\1", text)
+
+
+def digits(text: str) -> str:
+    """A phone number's digits (a leading '+' kept): '138-0013 8000' -> '13800138000'."""
+    body = re.sub(r"\D", "", text)
+    return ("+" + body) if text.strip().startswith("+") and body else body
