@@ -66,7 +66,7 @@ def build_services(settings: Settings, profiles_dir: Path = PROFILES_DIR) -> Ser
     events = EventBus()
     repo = Repository(handle, registry, events, resource_types.keys())
     repo.ensure_indexes()
-    journal = TransactionJournal(repo)
+    journal = TransactionJournal(repo, settings.journal_recovery_age)
     journal.recover()
     return Services(settings, handle, registry, resource_types, events, repo, Searcher(repo), journal,
                     Leases(handle.db["_leases"]), profiles_dir=profiles_dir)

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
-    """Now in UTC, truncated to milliseconds (what MongoDB stores)."""
-    now = datetime.now(UTC)
+    """Now in UTC as a naive datetime truncated to milliseconds: exactly what MongoDB stores and returns
+    (the client runs with tz_aware=False), so stored and fresh values compare."""
+    now = datetime.now(UTC).replace(tzinfo=None)
     return now.replace(microsecond=(now.microsecond // 1000) * 1000)
 
 

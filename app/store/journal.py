@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -48,12 +49,14 @@ def _fault_pause(applied: int) -> None:
 
 
 class TransactionJournal:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, recovery_age: float = 120.0) -> None:
         self.repo = repo
         self.col = repo.db["_journal"]
+        self.recovery_age = recovery_age
 
     def apply(self, writes: list[PlannedWrite], context: WriteContext) -> list[Stored | None]:
         repo = self.repo
+        self.recover()
         now = utcnow()
         entries: list[dict[str, Any]] = []
         pending_refs = {f"{w.resource_type}/{w.id}" for w in writes if w.method != "delete"}
@@ -137,7 +140,10 @@ class TransactionJournal:
     def recover(self) -> int:
         """Undo every transaction left pending by a process that died. Returns how many."""
         count = 0
+        cutoff = utcnow() - timedelta(seconds=self.recovery_age)
         for journal in list(self.col.find({})):
+            if journal["at"] > cutoff:
+                continue
             for e in reversed(journal.get("entries", [])):
                 self._undo(e["type"], e.get("before"), e.get("after"))
             self.col.delete_one({"_id": journal["_id"]})

@@ -14,6 +14,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
 
 def reference_key(resource_type: str, target: str) -> str:
@@ -43,8 +44,18 @@ class KeyIndex:
 
     def add(self, resource_id: str, keys: Iterable[str]) -> None:
         ops = [UpdateOne({"_id": k}, {"$addToSet": {"ids": resource_id}}, upsert=True) for k in sorted(keys)]
-        if ops:
-            self.col.bulk_write(ops, ordered=False)
+        for attempt in range(3):
+            if not ops:
+                return
+            try:
+                self.col.bulk_write(ops, ordered=False)
+                return
+            except BulkWriteError as err:
+                # Two writers upserting the same new key: one insert wins, the other retries as an update.
+                errors = err.details.get("writeErrors", [])
+                if attempt == 2 or any(e.get("code") != 11000 for e in errors):
+                    raise
+                ops = [ops[e["index"]] for e in errors]
 
     def remove(self, resource_id: str, keys: Iterable[str]) -> None:
         ops = [UpdateOne({"_id": k}, {"$pull": {"ids": resource_id}}) for k in sorted(keys)]

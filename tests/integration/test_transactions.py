@@ -1,0 +1,159 @@
+"""batch and transaction Bundles: urn:uuid references, conditional references, ordering, atomicity."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+from pymongo import MongoClient
+
+from tests.live import LiveServer
+
+FJ = "application/fhir+json"
+
+
+def bundle(kind, entries):
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def post_bundle(client, b):
+    return client.post("/fhir", data=json.dumps(b), content_type=FJ)
+
+
+def patient_entry(uuid, family, mrn, system="urn:ehc:mrn:tx"):
+    return {"fullUrl": f"urn:uuid:{uuid}",
+            "resource": {"resourceType": "Patient", "name": [{"family": family}],
+                         "identifier": [{"system": system, "value": mrn}]},
+            "request": {"method": "POST", "url": "Patient"}}
+
+
+def obs_entry(subject_ref, code="2339-0"):
+    return {"resource": {"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                         "subject": {"reference": subject_ref}},
+            "request": {"method": "POST", "url": "Observation"}}
+
+
+def test_transaction_resolves_urn_uuid(client):
+    u = "11111111-1111-4111-8111-111111111111"
+    b = bundle("transaction", [obs_entry(f"urn:uuid:{u}"), patient_entry(u, "Wang", "T1")])
+    r = post_bundle(client, b)
+    assert r.status_code == 200, r.json
+    out = r.json
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created", "201 Created"]
+    pid = out["entry"][1]["resource"]["id"]
+    assert out["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    assert client.get(f"/fhir/Observation?patient={pid}").json["total"] == 1
+
+
+def test_transaction_is_all_or_nothing(client):
+    u = "22222222-2222-4222-8222-222222222222"
+    b = bundle("transaction", [patient_entry(u, "Li", "T2"), obs_entry(f"urn:uuid:{u}"),
+                               obs_entry("Patient/does-not-exist")])
+    r = post_bundle(client, b)
+    assert r.status_code == 422
+    assert r.json["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/Patient?identifier=urn:ehc:mrn:tx|T2").json["total"] == 0
+
+
+def test_transaction_invalid_entry_names_it(client):
+    b = bundle("transaction", [{"resource": {"resourceType": "Patient", "gender": "robot"},
+                                "request": {"method": "POST", "url": "Patient"}}])
+    r = post_bundle(client, b)
+    assert r.status_code == 400
+    assert r.json["issue"][0]["expression"][0].startswith("Bundle.entry[0].resource")
+
+
+def test_transaction_order_conditional_refs_and_update(client):
+    first = post_bundle(client, bundle("transaction", [patient_entry("33333333-3333-4333-8333-333333333333",
+                                                                     "Zhao", "T3")])).json
+    pid = first["entry"][0]["resource"]["id"]
+    b = bundle("transaction", [
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+        obs_entry("Patient?identifier=urn:ehc:mrn:tx|T3"),
+        {"resource": {"resourceType": "Patient", "id": pid, "name": [{"family": "Zhao2"}]},
+         "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}},
+    ])
+    r = post_bundle(client, b)
+    assert r.status_code == 200, r.json
+    statuses = [e["response"]["status"] for e in r.json["entry"]]
+    assert statuses == ["200", "201 Created", "200 OK"]
+    # GET is processed last, so it sees the update of the same transaction
+    assert r.json["entry"][0]["resource"]["name"][0]["family"] == "Zhao2"
+    assert r.json["entry"][1]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_transaction_stale_if_match_changes_nothing(client):
+    pid = post_bundle(client, bundle("transaction", [patient_entry("44444444-4444-4444-8444-444444444444",
+                                                                   "Sun", "T4")])).json["entry"][0]["resource"]["id"]
+    b = bundle("transaction", [
+        obs_entry(f"Patient/{pid}"),
+        {"resource": {"resourceType": "Patient", "id": pid}, "request": {"method": "PUT", "url": f"Patient/{pid}",
+                                                                        "ifMatch": 'W/"7"'}}])
+    assert post_bundle(client, b).status_code == 412
+    assert client.get(f"/fhir/Observation?patient={pid}").json["total"] == 0
+
+
+def test_batch_entries_independent(client):
+    b = bundle("batch", [patient_entry("55555555-5555-4555-8555-555555555555", "Zhou", "B1"),
+                         {"request": {"method": "GET", "url": "Patient/nope"}},
+                         {"resource": {"resourceType": "Patient", "gender": "robot"},
+                          "request": {"method": "POST", "url": "Patient"}}])
+    r = post_bundle(client, b)
+    assert r.status_code == 200
+    codes = [e["response"]["status"][:3] for e in r.json["entry"]]
+    assert codes == ["201", "404", "400"]
+    assert r.json["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+def test_bundle_type_and_request_checked(client):
+    assert post_bundle(client, bundle("collection", [])).status_code == 400
+    r = post_bundle(client, bundle("transaction", [{"resource": {"resourceType": "Patient"}}]))
+    assert r.status_code == 400 and "request" in r.json["issue"][0]["diagnostics"]
+
+
+KILL = "urn:ehc:mrn:kill"
+
+
+@pytest.mark.slow
+def test_kill_mid_transaction_leaves_nothing_after_restart(db_uri, tmp_path):
+    """kill -9 the server while it applies a transaction; after restart nothing of it is visible."""
+    entries = [patient_entry(f"66666666-6666-4666-8666-{i:012d}", f"Kill{i}", f"K{i}", KILL) for i in range(6)]
+    slow = LiveServer(db_uri, tmp_path, workers=1, env={"EHC_FAULT_TXN_PAUSE": "3:30"}).start()
+    try:
+        sent = None
+        try:
+            sent = requests.post(slow.base, data=json.dumps(bundle("transaction", entries)),
+                                 headers={"Content-Type": FJ}, timeout=3)
+        except requests.ReadTimeout:
+            pass
+        assert sent is None, "the transaction should still be in progress"
+        db = MongoClient(db_uri).get_default_database()
+        deadline = time.monotonic() + 10
+        partial = 0
+        while time.monotonic() < deadline:
+            partial = db["Patient"].count_documents({"res.identifier.system": KILL})
+            if partial >= 3:
+                break
+            time.sleep(0.1)
+        assert partial == 3, "three entries applied before the kill: a partial state exists"
+        slow.kill()
+    finally:
+        slow.kill()
+    restarted = LiveServer(db_uri, tmp_path, workers=1, env={"EHC_JOURNAL_RECOVERY_AGE": "0"}).start()
+    try:
+        found = requests.get(f"{restarted.base}/Patient?identifier={KILL}|K0,{KILL}|K1,{KILL}|K2,{KILL}|K3,{KILL}|K4,{KILL}|K5").json()
+        assert found["total"] == 0
+        assert db["Patient"].count_documents({"res.identifier.system": KILL}) == 0
+        assert db["_journal"].count_documents({}) == 0
+        # the same transaction now succeeds completely
+        ok = requests.post(restarted.base, data=json.dumps(bundle("transaction", entries)),
+                           headers={"Content-Type": FJ}, timeout=30)
+        assert ok.status_code == 200
+        again = requests.get(f"{restarted.base}/Patient?identifier={KILL}|K0,{KILL}|K1,{KILL}|K2,{KILL}|K3,{KILL}|K4,{KILL}|K5").json()
+        assert again["total"] == 6
+    finally:
+        restarted.stop()

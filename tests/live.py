@@ -1,0 +1,57 @@
+"""A real server process on 127.0.0.1 for tests that need parallel workers or a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from app.store.embedded import free_port
+
+
+class LiveServer:
+    def __init__(self, db_uri: str, data_dir: Path, workers: int = 2, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.env = dict(os.environ, EHC_MONGODB_URI=db_uri, EHC_AUTH_REQUIRED="false", EHC_DATA_DIR=str(data_dir),
+                        EHC_PROVINCE="11", **(env or {}))
+        self.workers = workers
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> LiveServer:
+        cmd = [sys.executable, "-m", "gunicorn", "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
+               "--graceful-timeout", "2", "--timeout", "120", "app.wsgi:app"]
+        self.log = self.data_dir / "server.log"
+        self.proc = subprocess.Popen(cmd, env=self.env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base}/metadata", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        """kill -9 the whole process group, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
