@@ -4,7 +4,8 @@ extract_index(resource, registry) -> (ix, so): `ix[code]` is the list of encoded
 parameter finds in the resource (absent when none), `so[code]` one scalar sort key. The encodings are the
 storage contract with app/store and the compilers in app/search/compilers:
 
-  token      "S|C", "C", "S|" (and "|C" when there is no system); booleans "true"/"false";
+  token      "S|C", "C", "S|" (and "|C" when there is no system); booleans "true"/"false"; ContactPoint
+             "phone|V", "V", "phone|" and the bare digits of phone numbers;
              ix[code + ":text"] normalised display/text
   string     normalised strings; ix[code + ":exact"] the raw strings (HumanName: parts and family+given);
              for `phonetic`, the pinyin of Chinese names too ('zhangwei', 'zhang wei')
@@ -64,13 +65,15 @@ def _token_value(v: Any, codes: list[str], texts: list[str]) -> None:
             value = v["value"]
             if not isinstance(value, str):
                 return
-            if v.get("system") in CONTACT_SYSTEMS and not {"type", "assigner"} & v.keys():  # ContactPoint
+            system = v.get("system") or ""
+            if system in CONTACT_SYSTEMS and not {"type", "assigner"} & v.keys():  # ContactPoint
+                # token system|code is ContactPoint.system|value (phone|138...), like HAPI
+                _add(codes, f"{system}|{value}")
                 _add(codes, value)
-                _add(codes, f"|{value}")
-                if v.get("system") in _PHONE_SYSTEMS and digits(value) and digits(value) != value:
+                _add(codes, f"{system}|")
+                if system in _PHONE_SYSTEMS and digits(value) and digits(value) != value:
                     _add(codes, digits(value))
             else:  # Identifier
-                system = v.get("system") or ""
                 _add(codes, f"{system}|{value}")
                 _add(codes, value)
                 if system:

@@ -6,15 +6,16 @@ an array matches when any element does; $ne and $nin hold when the field is abse
 types never compare (numbers excepted: int and float compare); $elemMatch correlates its conditions on one
 element. Anything else raises ValueError.
 
-lower_for_database(filter) replaces each $elemMatch over sub-documents (FerretDB v1.24 refuses it) by the
-same conditions on dotted paths, uncorrelated: a superset of the exact answer, which the store then narrows
-with matches().
+lower_for_database(filter) replaces each $elemMatch over sub-documents by the same conditions on dotted
+paths, uncorrelated: a superset of the exact answer, which the store then narrows with matches(). FerretDB
+v1.24 refuses such an $elemMatch when it holds $and/$or and answers others wrongly; it also does not
+correlate the bounds of a scalar $elemMatch, so any $elemMatch under a negation is dropped (measured).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -120,8 +121,15 @@ def _bracket(v: Any) -> str:
     raise ValueError(f"unsupported value type {type(v).__name__}")
 
 
+def _plain(v: Any) -> Any:
+    """Aware datetimes as naive UTC (what the index stores), so both kinds compare."""
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.astimezone(UTC).replace(tzinfo=None)
+    return v
+
+
 def _same(a: Any, b: Any) -> bool:
-    return _bracket(a) == _bracket(b) and a == b
+    return _bracket(a) == _bracket(b) and _plain(a) == _plain(b)
 
 
 def _eq(leaves: list[Any], value: Any) -> bool:
@@ -134,9 +142,11 @@ def _compare(leaves: list[Any], op: str, value: Any) -> bool:
     kind = _bracket(value)
     if kind in ("array", "object", "null"):
         raise ValueError(f"{op} needs a scalar")
+    value = _plain(value)
     for c in _candidates(leaves):
         if _bracket(c) != kind:
             continue
+        c = _plain(c)
         if (
             (op == "$gt" and c > value)
             or (op == "$gte" and c >= value)

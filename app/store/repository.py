@@ -105,7 +105,8 @@ class Repository:
             for code, param in self.registry.params(rtype).items():
                 if code == "_id":
                     continue
-                field_path = f"ix.{code}.lo" if param.type == "date" else f"ix.{code}.v" if param.type == "quantity" else f"ix.{code}"
+                suffix = {"date": ".lo", "quantity": ".v"}.get(param.type, "")
+                field_path = f"ix.{code}{suffix}"
                 col.create_index([(field_path, 1)], name=f"ix_{code}", sparse=True)
                 col.create_index([(f"so.{code}", 1), ("_id", 1)], name=f"so_{code}", sparse=True)
             self.history_col(rtype).create_index([("ts", -1)], name="ts")

@@ -120,7 +120,8 @@ def test_json_patch(client):
     assert bad.status_code == 422
     wrong = client.patch(f"/fhir/Patient/{pid}", data=json.dumps(ops), content_type=FJ)
     assert wrong.status_code == 415
-    invalid = client.patch(f"/fhir/Patient/{pid}", data=json.dumps([{"op": "replace", "path": "/gender", "value": "robot"}]),
+    robot = [{"op": "replace", "path": "/gender", "value": "robot"}]
+    invalid = client.patch(f"/fhir/Patient/{pid}", data=json.dumps(robot),
                            content_type="application/json-patch+json")
     assert invalid.status_code == 400
     assert client.get(f"/fhir/Patient/{pid}").json["gender"] == "female"

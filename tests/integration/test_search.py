@@ -260,8 +260,8 @@ def test_forged_cursor_is_400(client, data):
 
 def test_keyset_paging_stays_correct_while_writing(client, data):
     fam = "Pagetest"
-    made = [post(client, "Patient", {"resourceType": "Patient", "name": [{"family": fam, "given": [f"g{i:02d}"]}]})["id"]
-            for i in range(7)]
+    made = [post(client, "Patient", {"resourceType": "Patient",
+                                      "name": [{"family": fam, "given": [f"g{i:02d}"]}]})["id"] for i in range(7)]
     page = search(client, f"Patient?family={fam}&_count=3&_sort=given")
     seen = ids(page)
     assert page["total"] == 7 and len(seen) == 3
