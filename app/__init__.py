@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:  # importing app.crypto or app.search must not load Flask or pymongo
+    from flask import Flask
 
-from app.config import Settings, load_settings
-from app.services import Services, build_services
+    from app.config import Settings
+    from app.services import Services
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, **overrides: Any) -> Flask:
+    from flask import Flask
+
+    from app.config import load_settings
+    from app.services import build_services
+
     settings = (settings or load_settings()).with_overrides(**overrides)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -25,7 +31,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     return app
 
 
-def _init_optional(module: str, app: Flask, svc: Services) -> None:
+def _init_optional(module: str, app: Flask, svc: Services) -> None:  # noqa: F821
     """Subsystems attach through init_app(app, services); each is optional while being built."""
     import importlib
 
