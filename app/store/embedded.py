@@ -129,7 +129,9 @@ class EmbeddedDatabase:
         return [
             str(install_ferretdb()),
             "--handler=sqlite",
-            f"--sqlite-url=file:{sqlite_dir}/",
+            # WAL with synchronous=NORMAL: a commit survives a killed process (the kill tests), not a power
+            # cut. Production runs MongoDB with its journal; this is the local and CI database.
+            f"--sqlite-url=file:{sqlite_dir}/?_pragma=synchronous(normal)",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--telemetry=disable",  # nothing may leave the machine
             "--debug-addr=-",  # frees port 8088
