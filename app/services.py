@@ -16,8 +16,10 @@ from app.search.registry import SearchRegistry
 from app.store.database import DatabaseHandle
 from app.store.embedded import EmbeddedDatabase
 from app.store.events import EventBus
+from app.keyring import load_keyring
 from app.store.journal import TransactionJournal
 from app.store.leases import Leases
+from app.store.protect import FieldProtector
 from app.store.repository import Repository
 from app.store.searcher import Searcher
 
@@ -64,9 +66,13 @@ def build_services(settings: Settings, profiles_dir: Path = PROFILES_DIR) -> Ser
     registry = SearchRegistry.from_profiles(profiles_dir)
     resource_types = load_resource_types(profiles_dir)
     events = EventBus()
-    repo = Repository(handle, registry, events, resource_types.keys())
+    keyring = load_keyring(settings)
+    protector = FieldProtector.from_profiles(keyring.field_cipher(), profiles_dir)
+    repo = Repository(handle, registry, events, resource_types.keys(), protector)
     repo.ensure_indexes()
     journal = TransactionJournal(repo, settings.journal_recovery_age)
     journal.recover()
-    return Services(settings, handle, registry, resource_types, events, repo, Searcher(repo), journal,
-                    Leases(handle.db["_leases"]), profiles_dir=profiles_dir)
+    svc = Services(settings, handle, registry, resource_types, events, repo, Searcher(repo), journal,
+                   Leases(handle.db["_leases"]), profiles_dir=profiles_dir)
+    svc.extensions["keyring"] = keyring
+    return svc

@@ -35,7 +35,7 @@ class LiveServer:
             try:
                 if requests.get(f"{self.base}/metadata", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or workers still booting
                 pass
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")

@@ -15,6 +15,7 @@ from app.fhir.http import FhirResponse, negotiate, read_json_body, to_flask
 from app.fhir.router import FhirRequest
 from app.fhir.routes import build_router
 from app.services import Services
+from app.store.protect import redact_query
 from app.store.repository import WriteContext
 
 log = logging.getLogger("ehc.fhir")
@@ -91,9 +92,9 @@ def fhir_entry(path: str) -> Response:
         resp = ROUTER.dispatch(req, svc)
     except FhirError as err:
         if err.status in (401, 403):
+            query = redact_query(svc.repo.protector, request.query_string.decode() or None)
             svc.record_access(AccessRecord("refused", path.split("/")[0] or None, [], "4", err.status, principal,
-                                           request.query_string.decode() or None, err.diagnostics,
-                                           remote_addr=request.remote_addr))
+                                           query, err.diagnostics, remote_addr=request.remote_addr))
         resp = FhirResponse(err.status, err.outcome(), dict(err.headers))
     except Exception:  # the one place that turns any failure into an OperationOutcome, never a trace
         log.exception("unhandled error on %s /fhir/%s", request.method, path)

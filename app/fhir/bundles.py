@@ -144,8 +144,15 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
                 existing = matches[0]["_id"] if matches else None
-            rid = existing or new_id()
-            plans[i] = {"kind": "noop" if existing else "create", "type": rtype, "id": rid, "sub": sub}
+            if existing:
+                plans[i] = {"kind": "noop", "type": rtype, "id": existing, "sub": sub}
+            else:
+                resource = copy.deepcopy(entry.get("resource") or {})
+                svc.events.fire(StoreEvent("pre-create", rtype, resource, req.write))
+                known = resource.pop("_ehc_existing", None)
+                # The master patient index recognised the resident: the entry becomes an update of that record.
+                plans[i] = {"kind": "put" if known else "create", "type": rtype, "id": known or new_id(),
+                            "sub": sub, "resource": resource, "pre_fired": True}
         else:
             if len(segments) >= 2:
                 rid = segments[1]
@@ -184,16 +191,14 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         where = f"Bundle.entry[{i}].resource"
         resource = None
         if plan["kind"] in ("create", "put"):
-            resource = _rewrite(copy.deepcopy(entries[i].get("resource") or {}), mapping)
+            resource = _rewrite(copy.deepcopy(plan.get("resource") or entries[i].get("resource") or {}), mapping)
             if resource.get("resourceType") != rtype:
                 raise bad_request(f"{where}.resourceType must be {rtype}", expression=f"{where}.resourceType")
             resource["id"] = rid
             _validate(svc, resource, rtype, where)
-            svc.events.fire(StoreEvent("pre-create" if plan["kind"] == "create" else "pre-update",
-                                       rtype, resource, req.write))
-            if resource.pop("_ehc_existing", None):
-                raise FhirError(409, f"{where}: the resident is already registered as {rtype}/"
-                                     f"{resource.get('id')}; update that record instead", expression=where)
+            if not plan.get("pre_fired"):
+                svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
+                resource.pop("_ehc_existing", None)
         elif plan["kind"] == "patch":
             current = svc.repo.read(rtype, rid, fire=False).resource or {}
             try:

@@ -16,6 +16,7 @@ from app.fhir.http import FhirResponse, etag, parse_etag, parse_prefer, version_
 from app.fhir.presentation import apply_elements, apply_summary
 from app.fhir.router import FhirRequest
 from app.services import Services
+from app.store.protect import redact_query
 from app.store.repository import Stored
 
 
@@ -83,7 +84,8 @@ def _validated(svc: Services, req: FhirRequest, rtype: str, rid: str | None = No
 
 def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None, ids: list[str],
            consent: str | None = None, status: int = 200) -> None:
-    svc.record_access(AccessRecord(interaction, rtype, ids, "0", status, req.principal, req.query_string() or None,
+    query = redact_query(svc.repo.protector, req.query_string() or None)
+    svc.record_access(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query,
                                    consent=consent, remote_addr=req.remote_addr))
 
 

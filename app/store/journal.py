@@ -61,7 +61,7 @@ class TransactionJournal:
         entries: list[dict[str, Any]] = []
         pending_refs = {f"{w.resource_type}/{w.id}" for w in writes if w.method != "delete"}
         for w in writes:
-            prior = repo.get_doc(w.resource_type, w.id)
+            prior = repo.get_raw(w.resource_type, w.id)
             if w.if_match is not None and (prior is None or prior["vid"] != w.if_match):
                 raise precondition_failed(
                     f"{w.resource_type}/{w.id} is not at version {w.if_match} (If-Match in the transaction)")
@@ -99,8 +99,8 @@ class TransactionJournal:
             if after is None:
                 results.append(None)
                 continue
-            stored = Stored.from_doc(w.resource_type, after)
-            previous = e["before"].get("res") if e["before"] else None
+            stored = Stored.from_doc(w.resource_type, repo.decode(after))  # type: ignore[arg-type]
+            previous = repo.decode(e["before"]).get("res") if e["before"] else None  # type: ignore[union-attr]
             name = "deleted" if after["del"] else ("created" if e["before"] is None else "updated")
             repo.events.fire(StoreEvent(name, w.resource_type, stored.resource, context, previous=previous,
                                         extra={"id": w.id}))

@@ -31,6 +31,7 @@ from app.search.registry import SearchRegistry
 from app.store.database import DatabaseHandle
 from app.store.events import EventBus, StoreEvent
 from app.store.keys import KeyIndex, keys_for, reference_key
+from app.store.protect import FieldProtector
 
 # A history slot older than this whose current document never moved on belongs to a writer that died.
 STALE_SLOT = timedelta(seconds=5)
@@ -73,6 +74,7 @@ class Repository:
         registry: SearchRegistry,
         events: EventBus | None = None,
         resource_types: Iterable[str] = (),
+        protector: FieldProtector | None = None,
     ) -> None:
         self.handle = handle
         self.db = handle.db
@@ -80,6 +82,7 @@ class Repository:
         self.events = events or EventBus()
         self.resource_types = set(resource_types) or set(registry.resource_types())
         self.keys = KeyIndex(self.db["_keys"])
+        self.protector = protector
         self._reference_codes = {
             t: [c for c, p in registry.params(t).items() if p.type == "reference"] for t in self.resource_types
         }
@@ -114,10 +117,18 @@ class Repository:
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def get_doc(self, resource_type: str, rid: str) -> dict[str, Any] | None:
+    def get_raw(self, resource_type: str, rid: str) -> dict[str, Any] | None:
+        """The stored document as it is in the database (protected values encrypted): for writers."""
         if not is_valid_id(rid):
             return None
         return self.current(resource_type).find_one({"_id": rid})
+
+    def get_doc(self, resource_type: str, rid: str) -> dict[str, Any] | None:
+        """The stored document with protected values decrypted: for readers."""
+        return self.decode(self.get_raw(resource_type, rid))
+
+    def decode(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        return self.protector.decode(doc) if self.protector and doc else doc
 
     def read(self, resource_type: str, rid: str, context: Any = None, fire: bool = True) -> Stored:
         self.check_type(resource_type)
@@ -141,7 +152,7 @@ class Repository:
         if doc["vid"] == int(vid):
             stored = Stored.from_doc(resource_type, doc)
         else:
-            hist = self.history_col(resource_type).find_one({"_id": f"{rid}/{int(vid)}"})
+            hist = self.decode(self.history_col(resource_type).find_one({"_id": f"{rid}/{int(vid)}"}))
             if hist is None or int(vid) > doc["vid"]:
                 raise not_found(f"version {vid} of {resource_type}/{rid} is not known")
             stored = Stored.from_doc(resource_type, hist)
@@ -189,7 +200,7 @@ class Repository:
             self.events.fire(StoreEvent("pre-update", resource_type, resource, context))
         self.check_references(resource_type, resource)
         for _ in range(MAX_WRITE_RETRIES):
-            prior = self.get_doc(resource_type, rid)
+            prior = self.get_raw(resource_type, rid)
             if if_match is not None:
                 if prior is None:
                     raise precondition_failed(f"{resource_type}/{rid} does not exist (If-Match {if_match})")
@@ -205,7 +216,7 @@ class Repository:
                         f"{resource_type}/{rid} was changed by another request; re-read and retry") from None
                 continue
             event = "created" if prior is None else "updated"
-            previous = prior.get("res") if prior else None
+            previous = self.decode(prior).get("res") if prior else None  # type: ignore[union-attr]
             self.events.fire(StoreEvent(event, resource_type, stored.resource, context, previous=previous))
             return stored
         raise conflict(f"{resource_type}/{rid} is being changed by many requests at once; retry")
@@ -216,7 +227,7 @@ class Repository:
         self.check_type(resource_type)
         context = context or WriteContext()
         for _ in range(MAX_WRITE_RETRIES):
-            prior = self.get_doc(resource_type, rid)
+            prior = self.get_raw(resource_type, rid)
             if prior is None or prior.get("del"):
                 return None
             if if_match is not None and prior["vid"] != if_match:
@@ -234,7 +245,8 @@ class Repository:
                 if if_match is not None:
                     raise precondition_failed(f"{resource_type}/{rid} was changed by another request") from None
                 continue
-            self.events.fire(StoreEvent("deleted", resource_type, None, context, previous=prior.get("res"),
+            self.events.fire(StoreEvent("deleted", resource_type, None, context,
+                                        previous=self.decode(prior).get("res"),  # type: ignore[union-attr]
                                         extra={"id": rid}))
             return stored
         raise conflict(f"{resource_type}/{rid} is being changed by many requests at once; retry")
@@ -259,7 +271,7 @@ class Repository:
         else:
             self.current(resource_type).replace_one({"_id": rid}, doc)
         self.keys.remove(rid, old_keys - new_keys)
-        return Stored.from_doc(resource_type, doc)
+        return Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
 
     def _claim_slot(self, resource_type: str, rid: str, prior: dict[str, Any], now: datetime) -> None:
         """Copy version n into history under its unique id: the serialisation point of n -> n+1."""
@@ -290,6 +302,8 @@ class Repository:
             res["meta"] = meta
             ix, so = extract_index(res, self.registry)
             doc.update({"res": res, "ix": ix, "so": so})
+            if self.protector:
+                doc = self.protector.encode(doc)
         return doc
 
     # -- references ------------------------------------------------------------------------------------
@@ -338,7 +352,7 @@ class Repository:
         for vid in range(doc["vid"] - 1, 0, -1):
             if len(out) >= count:
                 break
-            hist = col.find_one({"_id": f"{rid}/{vid}"})
+            hist = self.decode(col.find_one({"_id": f"{rid}/{vid}"}))
             if hist:
                 out.append(Stored.from_doc(resource_type, hist))
         if since:
@@ -353,7 +367,7 @@ class Repository:
         for rtype in resource_types:
             for col in (self.current(rtype), self.history_col(rtype)):
                 for doc in col.find(flt, {"ix": 0, "so": 0}).sort([("ts", -1)]).limit(count):
-                    out.append(Stored.from_doc(rtype, doc))
+                    out.append(Stored.from_doc(rtype, self.decode(doc)))  # type: ignore[arg-type]
         out.sort(key=lambda s: (s.ts, s.vid), reverse=True)
         return out[:count]
 

@@ -144,6 +144,7 @@ class Searcher:
     def resolve_ids(self, resource_type: str, request: SearchRequest) -> list[str]:
         """Ids matching a sub-search (chains), or the ix[collect] values of the matches (_has); bounded."""
         request.count = MAX_CHAIN_IDS
+        self._blind(request)
         flt = compile_filter(request, self.registry, self.resolve_ids)
         docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS, None)
         if request.collect:
@@ -153,6 +154,7 @@ class Searcher:
     def search(self, request: SearchRequest, count: int, base_url: str | None = None) -> SearchResult:
         rtype = request.resource_type
         self.repo.check_type(rtype)
+        self._blind(request)
         flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
         sort = [(path, direction) for path, direction in compile_sort(request)] + [("_id", 1)]
         direction, after = "n", None
@@ -172,11 +174,17 @@ class Searcher:
                 next_cursor = encode_cursor("n", row(docs[-1]))
             if after is not None and (direction == "n" or has_more):
                 prev_cursor = encode_cursor("p", row(docs[0]))
-        result = SearchResult(rtype, docs, total, next_cursor, prev_cursor)
-        result.included = self._includes(request, docs)
-        return result
+        included = [(t, self.repo.decode(d)) for t, d in self._includes(request, docs)]
+        return SearchResult(rtype, [self.repo.decode(d) for d in docs], total, next_cursor, prev_cursor,
+                            included)  # type: ignore[arg-type]
+
+    def _blind(self, request: SearchRequest) -> None:
+        if self.repo.protector and not getattr(request, "_blinded", False):
+            self.repo.protector.blind_request(request)
+            request._blinded = True  # type: ignore[attr-defined]
 
     def count(self, request: SearchRequest, base_url: str | None = None) -> int:
+        self._blind(request)
         flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
         return self._total(request.resource_type, request, flt, 0, True, True, base_url) or 0
 

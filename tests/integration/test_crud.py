@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 
+import uuid
+
 from tests.conftest import sample
 
 FJ = "application/fhir+json"
+
+
+def new_patient() -> dict:
+    """The sample resident with a record number of its own (the same one twice is the same resident)."""
+    pat = sample("patient-zhang.json")
+    pat["identifier"] = [{"system": "urn:ehc:mrn:org-1", "value": uuid.uuid4().hex}]
+    return pat
 
 
 def post(client, path, body, **headers):
@@ -18,7 +27,7 @@ def put(client, path, body, **headers):
 
 
 def test_create_read_headers(client):
-    r = post(client, "Patient", sample("patient-zhang.json"))
+    r = post(client, "Patient", new_patient())
     assert r.status_code == 201, r.json
     body = r.json
     assert body["meta"]["versionId"] == "1"
@@ -33,14 +42,14 @@ def test_create_read_headers(client):
 
 
 def test_create_ignores_client_id_and_sets_meta(client):
-    r = post(client, "Patient", {**sample("patient-zhang.json"), "id": "mine"})
+    r = post(client, "Patient", {**new_patient(), "id": "mine"})
     assert r.status_code == 201
     assert r.json["id"] != "mine"
     assert r.json["meta"]["lastUpdated"].endswith("Z")
 
 
 def test_update_versions_and_vread(client):
-    pid = post(client, "Patient", sample("patient-zhang.json")).json["id"]
+    pid = post(client, "Patient", new_patient()).json["id"]
     pat = client.get(f"/fhir/Patient/{pid}").json
     pat["active"] = False
     r = put(client, f"Patient/{pid}", pat)
@@ -55,7 +64,7 @@ def test_update_versions_and_vread(client):
 
 
 def test_update_as_create_with_client_id(client):
-    body = {**sample("patient-zhang.json"), "id": "client-chosen-1"}
+    body = {**new_patient(), "id": "client-chosen-1"}
     r = put(client, "Patient/client-chosen-1", body)
     assert r.status_code == 201
     assert r.headers["Location"].endswith("/Patient/client-chosen-1/_history/1")
@@ -63,14 +72,14 @@ def test_update_as_create_with_client_id(client):
 
 
 def test_update_id_mismatch_is_400(client):
-    r = put(client, "Patient/abc", {**sample("patient-zhang.json"), "id": "xyz"})
+    r = put(client, "Patient/abc", {**new_patient(), "id": "xyz"})
     assert r.status_code == 400
     assert r.json["resourceType"] == "OperationOutcome"
     assert r.json["issue"][0]["expression"] == ["id"]
 
 
 def test_if_match_and_if_none_match(client):
-    pid = post(client, "Patient", sample("patient-zhang.json")).json["id"]
+    pid = post(client, "Patient", new_patient()).json["id"]
     pat = client.get(f"/fhir/Patient/{pid}").json
     assert put(client, f"Patient/{pid}", pat, **{"If-Match": 'W/"1"'}).status_code == 200
     stale = put(client, f"Patient/{pid}", pat, **{"If-Match": 'W/"1"'})
@@ -82,14 +91,14 @@ def test_if_match_and_if_none_match(client):
 
 
 def test_prefer_return(client):
-    r = post(client, "Patient", sample("patient-zhang.json"), Prefer="return=minimal")
+    r = post(client, "Patient", new_patient(), Prefer="return=minimal")
     assert r.status_code == 201 and r.data == b"" and "Location" in r.headers
-    r = post(client, "Patient", sample("patient-zhang.json"), Prefer="return=OperationOutcome")
+    r = post(client, "Patient", new_patient(), Prefer="return=OperationOutcome")
     assert r.json["resourceType"] == "OperationOutcome"
 
 
 def test_delete_then_gone_and_history(client):
-    pid = post(client, "Patient", sample("patient-zhang.json")).json["id"]
+    pid = post(client, "Patient", new_patient()).json["id"]
     r = client.delete(f"/fhir/Patient/{pid}")
     assert r.status_code == 200
     g = client.get(f"/fhir/Patient/{pid}")
@@ -110,7 +119,7 @@ def test_unknown_resource_and_id(client):
 
 
 def test_json_patch(client):
-    pid = post(client, "Patient", sample("patient-zhang.json")).json["id"]
+    pid = post(client, "Patient", new_patient()).json["id"]
     ops = [{"op": "replace", "path": "/gender", "value": "female"}, {"op": "add", "path": "/active", "value": False}]
     r = client.patch(f"/fhir/Patient/{pid}", data=json.dumps(ops), content_type="application/json-patch+json")
     assert r.status_code == 200, r.json
@@ -135,7 +144,7 @@ def test_reference_to_missing_patient_refused(client):
 
 
 def test_delete_referenced_patient_conflict_and_cascade(client):
-    pid = post(client, "Patient", sample("patient-zhang.json")).json["id"]
+    pid = post(client, "Patient", new_patient()).json["id"]
     obs = {**sample("observation-glucose.json"), "subject": {"reference": f"Patient/{pid}"}}
     oid = post(client, "Observation", obs).json["id"]
     r = client.delete(f"/fhir/Patient/{pid}")
@@ -189,7 +198,7 @@ def test_metadata_lists_what_is_implemented(client):
 
 
 def test_validate_operation(client):
-    ok = post(client, "Patient/$validate", sample("patient-zhang.json"))
+    ok = post(client, "Patient/$validate", new_patient())
     assert ok.status_code == 200 and ok.json["issue"][0]["severity"] == "information"
     bad = post(client, "Patient/$validate", {"resourceType": "Patient", "gender": "robot"})
     assert bad.status_code == 200 and bad.json["issue"][0]["severity"] == "error"

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.fhir.operations import validate
+from app.fhir.operations import ehc_qrcode, ehc_status, ehc_verify, everything, ihe_pix, match, merge, validate
 
 # name -> {handler, levels (system/type/instance), types, definition, methods}
 OPERATIONS: dict[str, dict[str, Any]] = {
     "validate": validate.OPERATION,
+    "ihe-pix": ihe_pix.OPERATION,
+    "match": match.OPERATION,
+    "merge": merge.OPERATION,
+    "everything": everything.OPERATION,
+    "ehc-qrcode": ehc_qrcode.OPERATION,
+    "ehc-verify": ehc_verify.OPERATION,
+    "ehc-status": ehc_status.OPERATION,
 }

@@ -1,0 +1,82 @@
+"""Patient/{id}/$ehc-qrcode (DESIGN §4): a signed QR token for the resident's electronic health card.
+
+POST Patient/{id}/$ehc-qrcode with Parameters: type (valueCode dynamic | static, default dynamic),
+validity (valueInteger seconds; dynamic 5-300, default 60; static 3,600 to one year, default one year),
+image (valueBoolean, default true; false skips drawing the code).
+Answer: Parameters token (valueString), expires (valueInstant), ehcId (valueString) and image (valueAttachment,
+image/svg+xml, base64): the smallest QR version that holds the token, in alphanumeric mode, error level M.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import segno
+
+from app.core.access import AccessRecord
+from app.core.errors import bad_request
+from app.ehc.plugin import card_service
+from app.fhir.http import FhirResponse
+from app.fhir.router import FhirRequest
+from app.services import Services
+
+
+def qr_svg(token: str) -> bytes:
+    qr = segno.make_qr(token, mode="alphanumeric", error="m", boost_error=False)
+    buf = io.BytesIO()
+    qr.save(buf, kind="svg", scale=4, border=4, xmldecl=False)
+    return buf.getvalue()
+
+
+def instant(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if body is None:
+        return {}
+    if body.get("resourceType") != "Parameters":
+        raise bad_request("the body must be a Parameters resource", expression="Parameters")
+    return {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+
+
+def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
+    assert id is not None
+    params = _params(req.body)
+    token_type = (params.get("type") or {}).get("valueCode") or (params.get("type") or {}).get("valueString") \
+        or "dynamic"
+    if token_type not in ("dynamic", "static"):
+        raise bad_request("type must be 'dynamic' or 'static'", expression="type")
+    validity = (params.get("validity") or {}).get("valueInteger") if "validity" in params else None
+    if "validity" in params and (not isinstance(validity, int) or isinstance(validity, bool)):
+        raise bad_request("validity must be an integer number of seconds", expression="validity")
+    image = (params.get("image") or {}).get("valueBoolean", True) is not False
+    doc = svc.repo.get_doc("Patient", id)
+    svc.policy.check(req.principal, "read", "Patient", None, doc)
+    stored = svc.repo.read("Patient", id, req.write, fire=False)  # 404 / 410
+    token, exp, card_id = card_service(svc).issue(stored.resource or {}, token_type, validity)
+    out: list[dict[str, Any]] = [
+        {"name": "token", "valueString": token},
+        {"name": "expires", "valueInstant": instant(exp)},
+        {"name": "ehcId", "valueString": card_id},
+        {"name": "type", "valueCode": token_type},
+    ]
+    if image:
+        out.append({"name": "image", "valueAttachment": {
+            "contentType": "image/svg+xml", "data": base64.b64encode(qr_svg(token)).decode("ascii"),
+            "title": "电子健康卡二维码"}})
+    svc.record_access(AccessRecord("operation", "Patient", [id], "0", 200, req.principal, "$ehc-qrcode",
+                                   patient_ids=[id], remote_addr=req.remote_addr))
+    return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
+
+
+OPERATION = {
+    "handler": handle,
+    "levels": ("instance",),
+    "types": ("Patient",),
+    "methods": ("POST",),
+    "definition": "https://ehc.example.cn/fhir/OperationDefinition/ehc-qrcode",
+}

@@ -1,0 +1,63 @@
+"""$ehc-verify (DESIGN §4, system level): check a scanned QR code for a terminal.
+
+POST /fhir/$ehc-verify with Parameters token (valueString). Accepts EHC1 tokens and today's static code
+`<64-hex card ID>:1[:...]`. Answer: Parameters valid (valueBoolean), patient (valueReference), ehcId,
+expires (valueInstant), type (dynamic | static | legacy-static), requiresConfirmation (static codes: the
+terminal asks for the PIN or an SMS code), and when not valid reason = malformed | bad-signature |
+unknown-key | expired | suspended | cancelled | replayed | unknown-card (a well-formed code of a card this node
+does not know). Every verification is audited, valid or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.access import AccessRecord
+from app.core.errors import bad_request
+from app.ehc.plugin import card_service
+from app.fhir.http import FhirResponse
+from app.fhir.operations.ehc_qrcode import instant
+from app.fhir.router import FhirRequest
+from app.services import Services
+
+
+def handle(req: FhirRequest, svc: Services) -> FhirResponse:
+    body = req.body or {}
+    token: Any = None
+    if body.get("resourceType") == "Parameters":
+        for p in body.get("parameter") or []:
+            if isinstance(p, dict) and p.get("name") == "token":
+                token = p.get("valueString")
+    elif req.method == "GET":
+        token = req.param("token")
+    if not isinstance(token, str) or not token:
+        raise bad_request("$ehc-verify needs a 'token' parameter (valueString)", expression="token")
+    svc.policy.check(req.principal, "read", "Patient")
+    result = card_service(svc).verify(token)
+    out: list[dict[str, Any]] = [{"name": "valid", "valueBoolean": result.valid}]
+    if result.patient:
+        out.append({"name": "patient", "valueReference": {"reference": f"Patient/{result.patient}"}})
+    if result.ehc_id:
+        out.append({"name": "ehcId", "valueString": result.ehc_id})
+    if result.expires is not None:
+        out.append({"name": "expires", "valueInstant": instant(result.expires)})
+    if result.token_type:
+        out.append({"name": "type", "valueCode": result.token_type})
+    if result.requires_confirmation:
+        out.append({"name": "requiresConfirmation", "valueBoolean": True})
+    if result.reason:
+        out.append({"name": "reason", "valueCode": result.reason})
+    svc.record_access(AccessRecord("verify", "Patient", [result.patient] if result.patient else [],
+                                   "0" if result.valid else "4", 200, req.principal, "$ehc-verify",
+                                   result.reason, patient_ids=[result.patient] if result.patient else [],
+                                   remote_addr=req.remote_addr))
+    return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
+
+
+OPERATION = {
+    "handler": handle,
+    "levels": ("system",),
+    "types": (),
+    "methods": ("POST",),
+    "definition": "https://ehc.example.cn/fhir/OperationDefinition/ehc-verify",
+}

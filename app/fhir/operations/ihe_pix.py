@@ -1,0 +1,74 @@
+"""Patient/$ihe-pix (IHE ITI-83 PIXm Query): the identifiers a resident holds in other systems.
+
+GET Patient/$ihe-pix?sourceIdentifier=<system>|<value>[&targetSystem=<system>]...
+-> Parameters: targetIdentifier (valueIdentifier) for each identifier of the resident except the source,
+   only of the target systems when given, and targetId (valueReference Patient/<id>).
+Errors as PIXm says: 400 code-invalid for an unknown source system, 404 not-found for an unknown value,
+403 code-invalid for an unknown target system. A target system may also be an identifier-system prefix
+(urn:ehc:mrn:) to ask for every hospital's record number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.access import AccessRecord
+from app.core.errors import FhirError, bad_request, not_found
+from app.fhir.http import FhirResponse
+from app.fhir.router import FhirRequest
+from app.mpi.plugin import master_index
+from app.services import Services
+
+
+def _known(registry: Any, system: str) -> bool:
+    doc = registry.document_for(system)
+    return doc is not None or any(d.prefix and d.system == system for d in registry.documents)
+
+
+def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
+    index = master_index(svc)
+    source = req.param("sourceIdentifier")
+    if not source or "|" not in source:
+        raise bad_request("sourceIdentifier=<system>|<value> is required", expression="sourceIdentifier")
+    system, value = source.split("|", 1)
+    if not system or not value:
+        raise bad_request("sourceIdentifier needs both a system and a value", expression="sourceIdentifier")
+    if index.registry.document_for(system) is None:
+        raise FhirError(400, f"sourceIdentifier system {system!r} is not known to this server", code="code-invalid",
+                        expression="sourceIdentifier")
+    targets = [v for k, v in req.params if k == "targetSystem"]
+    for target in targets:
+        if not _known(index.registry, target):
+            raise FhirError(403, f"targetSystem {target!r} is not known to this server", code="code-invalid",
+                            expression="targetSystem")
+    doc = index.find(system, value)
+    if doc is None:
+        raise not_found(f"no resident holds {system}|{value}")
+    svc.policy.check(req.principal, "read", "Patient", None, doc)
+    try:
+        normalised = index.normalise(system, value)
+    except ValueError:
+        normalised = value
+    out: list[dict[str, Any]] = []
+    for ident in doc["res"].get("identifier") or []:
+        if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+            continue
+        if ident["system"] == system and ident["value"] == normalised:
+            continue
+        if targets and not any(ident["system"] == t or (t.endswith(":") and ident["system"].startswith(t))
+                               for t in targets):
+            continue
+        out.append({"name": "targetIdentifier", "valueIdentifier": ident})
+    out.append({"name": "targetId", "valueReference": {"reference": f"Patient/{doc['_id']}"}})
+    svc.record_access(AccessRecord("operation", "Patient", [doc["_id"]], "0", 200, req.principal, "$ihe-pix",
+                                   patient_ids=[doc["_id"]], remote_addr=req.remote_addr))
+    return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
+
+
+OPERATION = {
+    "handler": handle,
+    "levels": ("type",),
+    "types": ("Patient",),
+    "methods": ("GET",),
+    "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+}

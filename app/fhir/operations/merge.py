@@ -1,0 +1,72 @@
+"""Patient/$merge (after FHIR R5 Patient-merge): fold a duplicate Patient into the resident's record.
+
+POST Patient/$merge with Parameters: source-patient (valueReference) or source-patient-identifier
+(valueIdentifier), target-patient or target-patient-identifier, optional preview (valueBoolean).
+Answer: Parameters with input (the request), outcome (OperationOutcome) and result (the target Patient).
+The rules are app.mpi.merge's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.access import AccessRecord
+from app.core.errors import bad_request, info_outcome, unprocessable
+from app.core.ids import split_reference
+from app.fhir.http import FhirResponse
+from app.fhir.router import FhirRequest
+from app.mpi.merge import merge_patients
+from app.mpi.plugin import master_index
+from app.services import Services
+
+
+def _patient_id(req: FhirRequest, svc: Services, params: dict[str, dict[str, Any]], side: str) -> str:
+    ref = (params.get(f"{side}-patient") or {}).get("valueReference")
+    if ref is not None:
+        parts = split_reference((ref or {}).get("reference") or "", req.base)
+        if not parts or parts[0] != "Patient":
+            raise bad_request(f"{side}-patient must reference a Patient", expression=f"{side}-patient")
+        return parts[1]
+    ident = (params.get(f"{side}-patient-identifier") or {}).get("valueIdentifier")
+    if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+        doc = master_index(svc).find(ident["system"], ident["value"])
+        if doc is None:
+            raise unprocessable(f"no resident holds {ident['system']}|{ident['value']}",
+                                expression=f"{side}-patient-identifier")
+        return str(doc["_id"])
+    raise bad_request(f"{side}-patient or {side}-patient-identifier is required", expression=f"{side}-patient")
+
+
+def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
+    body = req.body or {}
+    if body.get("resourceType") != "Parameters":
+        raise bad_request("$merge needs a Parameters body", expression="Parameters")
+    params = {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+    source_id = _patient_id(req, svc, params, "source")
+    target_id = _patient_id(req, svc, params, "target")
+    preview = (params.get("preview") or {}).get("valueBoolean") is True
+    for rid in (source_id, target_id):
+        svc.policy.check(req.principal, "update", "Patient", None, svc.repo.get_doc("Patient", rid))
+    result = merge_patients(svc, master_index(svc), svc.extensions["mpi_hooks"], source_id, target_id, req.write,
+                            preview=preview)
+    what = "would merge" if preview else "merged"
+    text = (f"{what} Patient/{source_id} into Patient/{target_id}; "
+            f"{len(result.repointed)} resource(s) {'would be ' if preview else ''}re-pointed")
+    if not preview:
+        svc.record_access(AccessRecord("operation", "Patient", [source_id, target_id, *result.repointed], "0",
+                                       200, req.principal, "$merge", text, patient_ids=[target_id],
+                                       remote_addr=req.remote_addr))
+    return FhirResponse(200, {"resourceType": "Parameters", "parameter": [
+        {"name": "input", "resource": body},
+        {"name": "outcome", "resource": info_outcome(text)},
+        {"name": "result", "resource": result.target},
+    ]})
+
+
+OPERATION = {
+    "handler": handle,
+    "levels": ("type",),
+    "types": ("Patient",),
+    "methods": ("POST",),
+    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+}
