@@ -39,8 +39,8 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "mode": "server",
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-        "searchParam": [{"name": c, "type": svc.registry.get("Patient", c).type} for c in COMMON
-                        if svc.registry.get("Patient", c) is not None],
+        "searchParam": [{"name": c, "type": p.type} for c in COMMON
+                        if (p := svc.registry.get("Patient", c)) is not None],
         "operation": [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
                       if op.get("system")],
     }

@@ -146,7 +146,7 @@ def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "read")
     doc = svc.repo.get_doc(type, id)
     consent = svc.policy.check(req.principal, "read", type, None, doc)
-    stored = svc.repo.read(type, id, req.write)
+    stored = svc.repo.read(type, id, req.write, doc=doc)
     inm = req.header("if-none-match")
     if inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*"):
         _audit(svc, req, "read", type, [id], consent, 304)

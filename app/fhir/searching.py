@@ -55,8 +55,8 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     if issues:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
                         "search": {"mode": "outcome"}})
-    total = None if result.total is None else max(result.total - withheld, 0)
-    bundle = _bundle("searchset", total=total)
+    shown_total = None if result.total is None else max(result.total - withheld, 0)
+    bundle = _bundle("searchset", total=shown_total)
     kept = [(k, v) for k, v in params if k not in request.ignored]
     links = [{"relation": "self", "url": _url(req, type, kept, req.param("_cursor"))}]
     if result.next_cursor:

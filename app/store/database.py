@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -11,8 +12,8 @@ from pymongo.database import Database
 class DatabaseHandle:
     """The database plus what we know of the server behind it."""
 
-    def __init__(self, uri: str, name: str, **client_options: object) -> None:
-        opts: dict[str, object] = {"tz_aware": False, "maxPoolSize": 50, "serverSelectionTimeoutMS": 10000}
+    def __init__(self, uri: str, name: str, **client_options: Any) -> None:
+        opts: dict[str, Any] = {"tz_aware": False, "maxPoolSize": 50, "serverSelectionTimeoutMS": 10000}
         opts.update(client_options)
         self.client: MongoClient = MongoClient(uri, **opts)
         self.db: Database = self.client[name]

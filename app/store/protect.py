@@ -81,7 +81,7 @@ class FieldProtector:
         if not nodes:
             return doc
         doc = dict(doc)
-        res = doc["res"] = copy.deepcopy(res)
+        res = doc["res"] = _copy_protected_lists(res)
         for node, key in self._protected(res):
             if node[key].startswith(PREFIX):
                 node[key] = self.cipher.decrypt(node[key][len(PREFIX):])
@@ -124,6 +124,15 @@ class FieldProtector:
             return [v]
         # No system: the value may be protected under some system, or a clear one under another.
         return [v, FilterValue(v.prefix, self.blind(raw))]
+
+
+def _copy_protected_lists(res: dict[str, Any]) -> dict[str, Any]:
+    """A copy of res sharing everything but the identifier and telecom entries (what decode rewrites)."""
+    out = dict(res)
+    for key in ("identifier", "telecom"):
+        if isinstance(out.get(key), list):
+            out[key] = [dict(x) if isinstance(x, dict) else x for x in out[key]]
+    return out
 
 
 def redact_query(protector: FieldProtector | None, query: str | None) -> str | None:

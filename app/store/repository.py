@@ -130,9 +130,12 @@ class Repository:
     def decode(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
         return self.protector.decode(doc) if self.protector and doc else doc
 
-    def read(self, resource_type: str, rid: str, context: Any = None, fire: bool = True) -> Stored:
+    def read(self, resource_type: str, rid: str, context: Any = None, fire: bool = True,
+             doc: dict[str, Any] | None = None) -> Stored:
+        """The current version (doc: the decoded document when the caller already fetched it)."""
         self.check_type(resource_type)
-        doc = self.get_doc(resource_type, rid)
+        if doc is None:
+            doc = self.get_doc(resource_type, rid)
         if doc is None:
             raise not_found(f"{resource_type}/{rid} is not known")
         stored = Stored.from_doc(resource_type, doc)
@@ -275,7 +278,7 @@ class Repository:
 
     def _claim_slot(self, resource_type: str, rid: str, prior: dict[str, Any], now: datetime) -> None:
         """Copy version n into history under its unique id: the serialisation point of n -> n+1."""
-        hist = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov") if k in prior}
+        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov") if k in prior}
         hist.update({"_id": f"{rid}/{prior['vid']}", "rid": rid, "at": now})
         col = self.history_col(resource_type)
         try:

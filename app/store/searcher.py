@@ -118,11 +118,12 @@ def _keyset_condition(sort: list[tuple[str, int]], values: list[Any], after: boo
     """MongoDB filter for rows strictly after (or before) `values` in `sort` order."""
     branches = []
     for i, (path, direction) in enumerate(sort):
-        eq = {}
+        eq: dict[str, Any] = {}
         for (p, _), v in zip(sort[:i], values[:i], strict=True):
             eq[p] = v if v is not None else {"$exists": False}
         forward = (direction == 1) == after
         v = values[i]
+        cond: dict[str, Any] | None
         if v is None:
             cond = {path: {"$exists": True}} if forward else None
         elif forward:
@@ -174,9 +175,9 @@ class Searcher:
                 next_cursor = encode_cursor("n", row(docs[-1]))
             if after is not None and (direction == "n" or has_more):
                 prev_cursor = encode_cursor("p", row(docs[0]))
-        included = [(t, self.repo.decode(d)) for t, d in self._includes(request, docs)]
-        return SearchResult(rtype, [self.repo.decode(d) for d in docs], total, next_cursor, prev_cursor,
-                            included)  # type: ignore[arg-type]
+        decode = self.repo.decode
+        included = [(t, decode(d) or d) for t, d in self._includes(request, docs)]
+        return SearchResult(rtype, [decode(d) or d for d in docs], total, next_cursor, prev_cursor, included)
 
     def _blind(self, request: SearchRequest) -> None:
         if self.repo.protector and not getattr(request, "_blinded", False):
@@ -315,14 +316,14 @@ class Searcher:
             if inc.source_type not in self.repo.resource_types:
                 continue
             for rtype, doc in list(frontier):
-                target = f"{rtype}/{doc['_id']}"
+                ref = f"{rtype}/{doc['_id']}"
                 if inc.target_type and inc.target_type != rtype:
                     continue
-                for rid in self.repo.keys.lookup(reference_key(inc.source_type, target)):
+                for rid in self.repo.keys.lookup(reference_key(inc.source_type, ref)):
                     if (inc.source_type, rid) in seen:
                         continue
                     other = self.repo.get_doc(inc.source_type, rid)
-                    if other and not other.get("del") and target in other.get("ix", {}).get(inc.code, ()):
+                    if other and not other.get("del") and ref in other.get("ix", {}).get(inc.code, ()):
                         seen.add((inc.source_type, rid))
                         included.append((inc.source_type, other))
         return included
