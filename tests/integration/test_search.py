@@ -289,3 +289,17 @@ def test_base_url_from_request_host(client, data):
     b = client.get("/fhir/Patient?_count=1", base_url="http://ehc.example.test:8443").json
     assert b["link"][0]["url"].startswith("http://ehc.example.test:8443/fhir/Patient")
     assert b["entry"][0]["fullUrl"].startswith("http://ehc.example.test:8443/fhir/Patient/")
+
+
+def test_meta_tag_profile_and_reference_identifier(client, data):
+    prof = "http://ehc.example.cn/fhir/StructureDefinition/ehc-patient"
+    pid = post(client, "Patient", {"resourceType": "Patient", "name": [{"family": "Meta"}],
+                                   "meta": {"tag": [{"system": "urn:ehc:tag", "code": "vip"}], "profile": [prof]}})["id"]
+    assert ids(search(client, "Patient?_tag=urn:ehc:tag|vip")) == [pid]
+    assert ids(search(client, f"Patient?_profile={prof}")) == [pid]
+    assert ids(search(client, "Patient?_tag=urn:ehc:tag|other")) == []
+    oid = post(client, "Observation", {
+        "resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": "8302-2"}]},
+        "subject": {"identifier": {"system": "urn:ehc:mrn:org-7", "value": "X9"}}})["id"]
+    assert ids(search(client, "Observation?subject:identifier=urn:ehc:mrn:org-7|X9")) == [oid]
+    assert ids(search(client, "Observation?subject:identifier=urn:ehc:mrn:org-7|nope")) == []

@@ -1,0 +1,112 @@
+"""一人绑定多人: a resident account bound to several patients (self, parents, children ...).
+
+Binding a relative is recorded in FHIR, so it is visible and auditable like any other access right:
+a RelatedPerson (the account holder, in relation to the bound patient) and a Consent by which the bound
+patient — or, for a minor (under 18), the account holder as guardian — permits that RelatedPerson to
+access the patient's records. Unbinding undoes it: the Consent becomes inactive, the RelatedPerson
+inactive, and the account loses the patient.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from app.auth.models import AuthStore, Binding, ResidentAccount
+from app.store.repository import WriteContext
+
+ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+RELATIONSHIPS = {"SELF": "本人", "MTH": "母亲", "FTH": "父亲", "PRN": "父母", "CHILD": "子女", "SON": "儿子",
+                 "DAU": "女儿", "SPS": "配偶", "HUSB": "丈夫", "WIFE": "妻子", "GRMTH": "祖母/外祖母",
+                 "GRFTH": "祖父/外祖父", "SIB": "兄弟姐妹", "GUARD": "监护人", "FAMMEMB": "家庭成员"}
+ADULT_AGE = 18
+
+
+def _context(svc: Any, account: ResidentAccount) -> WriteContext:
+    return WriteContext(province=svc.settings.province, client_id="ehc-accounts", user=account.fhir_user)
+
+
+def _age(birth: str | None, today: date) -> int | None:
+    try:
+        born = date.fromisoformat((birth or "")[:10])
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, relationship: str = "SELF",
+         today: date | None = None) -> Binding:
+    """Bind `patient_id` to the account. `relationship` is what the account holder is to that patient
+    (v3 RoleCode: MTH = the holder is the patient's mother ...)."""
+    relationship = relationship.upper()
+    if relationship not in RELATIONSHIPS:
+        raise ValueError(f"unknown relationship {relationship!r}; one of {', '.join(sorted(RELATIONSHIPS))}")
+    doc = svc.repo.get_doc("Patient", patient_id)
+    if doc is None or doc.get("del"):
+        raise ValueError(f"Patient/{patient_id} does not exist")
+    key = f"{account.phone_key}|{patient_id}"
+    binding = Binding(key=key, account=account.phone_key, patient=patient_id, relationship=relationship)
+    ctx = _context(svc, account)
+    if relationship != "SELF":
+        rp = svc.repo.create("RelatedPerson", {
+            "resourceType": "RelatedPerson", "active": True,
+            "patient": {"reference": f"Patient/{patient_id}"},
+            "relationship": [{"coding": [{"system": ROLE_SYSTEM, "code": relationship,
+                                          "display": RELATIONSHIPS[relationship]}]}],
+            "name": [{"text": f"{RELATIONSHIPS[relationship]}（账户 {account.phone_hint}）"}],
+        }, ctx)
+        age = _age((doc.get("res") or {}).get("birthDate"), today or date.today())
+        by = f"RelatedPerson/{rp.id}" if age is not None and age < ADULT_AGE else f"Patient/{patient_id}"
+        consent = svc.repo.create("Consent", {
+            "resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{patient_id}"},
+            "dateTime": (today or date.today()).isoformat(),
+            "performer": [{"reference": by}],
+            "provision": {
+                "type": "permit",
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                                                "code": "AGNT"}]},
+                           "reference": {"reference": f"RelatedPerson/{rp.id}"}}],
+                "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                        "code": "access"}]}],
+            },
+        }, ctx)
+        binding.related_person = rp.id
+        binding.consent = consent.id
+        binding.consent_by = by
+    elif not account.fhir_user:
+        account.fhir_user = f"Patient/{patient_id}"
+    store.save(binding)
+    if patient_id not in account.patients:
+        account.patients = [*account.patients, patient_id] if relationship != "SELF" else \
+            [patient_id, *account.patients]
+    store.save(account)
+    return binding
+
+
+def unbind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str) -> Binding | None:
+    """Undo a binding: the Consent inactive, the RelatedPerson inactive, the patient off the account."""
+    binding = store.get(Binding, f"{account.phone_key}|{patient_id}")
+    ctx = _context(svc, account)
+    if binding is not None and binding.active:
+        if binding.consent:
+            _set(svc, "Consent", binding.consent, ctx, status="inactive")
+        if binding.related_person:
+            _set(svc, "RelatedPerson", binding.related_person, ctx, active=False)
+        binding.active = False
+        store.save(binding)
+    account.patients = [p for p in account.patients if p != patient_id]
+    if account.fhir_user == f"Patient/{patient_id}":
+        account.fhir_user = None
+    store.save(account)
+    return binding
+
+
+def _set(svc: Any, rtype: str, rid: str, ctx: WriteContext, **changes: Any) -> None:
+    stored = svc.repo.read(rtype, rid, fire=False)
+    if stored.resource is None:
+        return
+    svc.repo.update(rtype, rid, {**stored.resource, **changes}, if_match=stored.vid, context=ctx)

@@ -1,0 +1,123 @@
+"""Finding the Consent that lets a client of another province see a patient's records (DESIGN §5).
+
+A Consent counts when: status = active; provision.type = permit; provision.action has code `access`;
+provision.actor has a reference to the client's Organization, or to an Organization representing the
+client's province (identifier system PROVINCE_SYSTEM, value the GB/T 2260 code), or a logical reference
+carrying that identifier; now is inside provision.period if given; the resource type is among
+provision.class codes if any are given. A nested provision of type deny for the same actor and type wins.
+Consents are found through the posting lists (Consent → Patient/<id>), an _id lookup, and cached for
+the duration of one request by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from app.store.keys import reference_key
+
+PROVINCE_SYSTEM = "urn:ehc:province"
+ConsentDoc = dict[str, Any]
+OrgLoader = Callable[[str], dict[str, Any] | None]
+
+
+def find_consents(repo: Any, patient_id: str) -> list[dict[str, Any]]:
+    """Live Consent resources whose patient is Patient/<patient_id>."""
+    out = []
+    for cid in repo.keys.lookup(reference_key("Consent", f"Patient/{patient_id}")):
+        doc = repo.get_doc("Consent", cid)
+        if doc and not doc.get("del") and f"Patient/{patient_id}" in (doc.get("ix") or {}).get("patient", ()):
+            out.append(doc)
+    return out
+
+
+def _instant(text: str | None, end: bool) -> datetime | None:
+    if not text:
+        return None
+    try:
+        if len(text) == 4:
+            text += "-12-31" if end else "-01-01"
+        elif len(text) == 7:
+            text += "-28" if end else "-01"  # month precision: conservative end
+        if len(text) == 10:
+            text += "T23:59:59+00:00" if end else "T00:00:00+00:00"
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _codes(items: list[dict[str, Any]] | None) -> set[str]:
+    out = set()
+    for item in items or []:
+        if "code" in item:  # a Coding (provision.class)
+            out.add(item["code"])
+        for coding in item.get("coding", []):  # a CodeableConcept (provision.action)
+            out.add(coding.get("code"))
+    return out
+
+
+def _actor_matches(actor: dict[str, Any], organization: str | None, province: str | None,
+                   load_org: OrgLoader) -> bool:
+    ref = actor.get("reference") or {}
+    target = ref.get("reference") or ""
+    ident = ref.get("identifier") or {}
+    if province and ident.get("system") == PROVINCE_SYSTEM and ident.get("value") == province:
+        return True
+    if not target.startswith("Organization/"):
+        return False
+    org_id = target.split("/", 1)[1]
+    if organization and org_id == organization:
+        return True
+    if province:
+        org = load_org(org_id)
+        for i in (org or {}).get("identifier", []):
+            if i.get("system") == PROVINCE_SYSTEM and i.get("value") == province:
+                return True
+    return False
+
+
+def _provision_covers(prov: dict[str, Any], resource_type: str, organization: str | None,
+                      province: str | None, load_org: OrgLoader, at: datetime) -> bool:
+    period = prov.get("period") or {}
+    start, stop = _instant(period.get("start"), False), _instant(period.get("end"), True)
+    if (start and at < start) or (stop and at > stop):
+        return False
+    if prov.get("action") and "access" not in _codes(prov.get("action")):
+        return False
+    classes = _codes(prov.get("class"))
+    if classes and resource_type not in classes:
+        return False
+    actors = prov.get("actor") or []
+    if actors and not any(_actor_matches(a, organization, province, load_org) for a in actors):
+        return False
+    return True
+
+
+def consent_permits(consent: dict[str, Any], resource_type: str, organization: str | None,
+                    province: str | None, load_org: OrgLoader, at: datetime | None = None) -> bool:
+    """Whether one Consent resource lets (organization, province) access a record of resource_type."""
+    at = at or datetime.now(UTC)
+    if consent.get("status") != "active":
+        return False
+    prov = consent.get("provision") or {}
+    if prov.get("type") != "permit" or not prov.get("actor") or "access" not in _codes(prov.get("action")):
+        return False
+    if not _provision_covers(prov, resource_type, organization, province, load_org, at):
+        return False
+    for sub in prov.get("provision") or []:
+        if sub.get("type") == "deny" and _provision_covers(sub, resource_type, organization, province,
+                                                           load_org, at):
+            return False
+    return True
+
+
+def covering_consent(consents: list[dict[str, Any]], resource_type: str, organization: str | None,
+                     province: str | None, load_org: OrgLoader) -> str | None:
+    """`Consent/<id>` of the first stored Consent document that permits the access, else None."""
+    at = datetime.now(UTC)
+    for doc in consents:
+        if consent_permits(doc.get("res") or {}, resource_type, organization, province, load_org, at):
+            return f"Consent/{doc['_id']}"
+    return None

@@ -1,0 +1,115 @@
+"""SMART discovery: /.well-known/smart-configuration (also under /fhir) and the CapabilityStatement
+security section with the oauth-uris extension (SMART App Launch 2.0, "Conformance").
+
+URLs are absolute: from EHC_BASE_URL when set, else from the request's host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from app.auth.scopes import OTHER_SCOPES
+
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+CAPABILITIES = [
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "context-standalone-patient",
+    "permission-patient",
+    "permission-user",
+    "permission-offline",
+    "permission-v1",
+    "permission-v2",
+    "sso-openid-connect",
+    "authorize-post",
+]
+
+bp = Blueprint("ehc_smart", __name__)
+
+
+def fhir_base(svc: Any) -> str:
+    """The FHIR base URL clients use (the `aud` of their requests)."""
+    if svc.settings.base_url:
+        return str(svc.settings.base_url).rstrip("/")
+    return request.host_url.rstrip("/") + "/fhir"
+
+
+def server_root(svc: Any) -> str:
+    base = fhir_base(svc)
+    return base[: -len("/fhir")] if base.endswith("/fhir") else base.rsplit("/", 1)[0]
+
+
+def endpoints(svc: Any) -> dict[str, str]:
+    root = server_root(svc)
+    return {
+        "authorize": f"{root}/oauth/authorize",
+        "token": f"{root}/oauth/token",
+        "introspect": f"{root}/oauth/introspect",
+        "revoke": f"{root}/oauth/revoke",
+        "jwks": f"{root}/oauth/jwks",
+    }
+
+
+def smart_configuration(svc: Any) -> dict[str, Any]:
+    urls = endpoints(svc)
+    return {
+        "issuer": fhir_base(svc),
+        "jwks_uri": urls["jwks"],
+        "authorization_endpoint": urls["authorize"],
+        "token_endpoint": urls["token"],
+        "introspection_endpoint": urls["introspect"],
+        "revocation_endpoint": urls["revoke"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": sorted(OTHER_SCOPES - {"launch", "launch/encounter"})
+        + [f"{c}/*.{p}" for p in ("cruds", "read") for c in ("patient", "user", "system")],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": CAPABILITIES,
+    }
+
+
+def capability_security(svc: Any) -> dict[str, Any]:
+    urls = endpoints(svc)
+    return {
+        "cors": True,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
+        "description": "SMART App Launch 2.0 and SMART Backend Services "
+                       "(see /.well-known/smart-configuration)",
+        "extension": [{
+            "url": OAUTH_URIS,
+            "extension": [{"url": name, "valueUri": urls[key]} for name, key in
+                          (("authorize", "authorize"), ("token", "token"), ("introspect", "introspect"),
+                           ("revoke", "revoke"))],
+        }],
+    }
+
+
+def _svc() -> Any:
+    from flask import current_app
+
+    return current_app.extensions["ehc"]
+
+
+@bp.route("/.well-known/smart-configuration", methods=["GET"])
+@bp.route("/fhir/.well-known/smart-configuration", methods=["GET"])
+def well_known() -> ResponseReturnValue:
+    resp = jsonify(smart_configuration(_svc()))
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+def refresh_capability(svc: Any) -> None:
+    """Before /fhir/metadata: the security section with this request's absolute URLs (when no
+    EHC_BASE_URL fixes them once)."""
+    if svc.settings.base_url and "capability_security" in svc.extensions:
+        return
+    svc.extensions["capability_security"] = capability_security(svc)

@@ -1,0 +1,183 @@
+"""Server-rendered pages and the OAuth endpoints: /oauth/authorize (login, patient picker, approval; GET
+and POST), /oauth/token, /oauth/introspect, /oauth/revoke, /oauth/jwks, /oauth/logout.
+
+The pages are Chinese with English. Every form carries a CSRF token bound to the session cookie; the
+session only remembers which account logged in (for 15 minutes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from typing import Any
+
+from authlib.oauth2 import OAuth2Error
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, session
+from flask.typing import ResponseReturnValue
+
+from app.auth import accounts
+from app.auth.models import ResidentAccount, now
+from app.auth.scopes import describe, parse_scopes
+
+bp = Blueprint("ehc_oauth", __name__, template_folder="templates")
+LOGIN_SECONDS = 15 * 60
+
+
+def _state() -> Any:
+    return current_app.extensions["ehc"].extensions["auth"]
+
+
+def _csrf() -> str:
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(24)
+    return str(token)
+
+
+def _page(name: str, status: int = 200, **ctx: Any) -> ResponseReturnValue:
+    return render_template(name, action=request.full_path, csrf=_csrf(), **ctx), status
+
+
+def _logged_in(st: Any) -> ResidentAccount | None:
+    key = session.get("account")
+    if not key or now() - int(session.get("login_at", 0)) > LOGIN_SECONDS:
+        return None
+    account: ResidentAccount | None = st.store.get(ResidentAccount, key)
+    return account if account is not None and account.active else None
+
+
+def _login(st: Any, form: Any) -> tuple[ResidentAccount | None, str | None]:
+    """Handle the login form: (account, message for the page)."""
+    phone = (form.get("phone") or "").strip()
+    for key in (f"addr:{request.remote_addr}", f"phone:{phone}"):
+        ok, _ = st.login_limiter.allow(key)
+        if not ok:
+            return None, "尝试次数过多，请稍后再试 / Too many attempts, try again later"
+    if form.get("step") == "sms":
+        accounts.send_sms_code(st.store, st.keys, phone, st.sms_sender())
+        return None, "如该号码已注册，验证码已发送 / If this number is registered, a code has been sent"
+    code = (form.get("sms_code") or "").strip()
+    if code:
+        account = accounts.login_with_sms(st.store, st.keys, phone, code)
+    else:
+        account = accounts.login_with_password(st.store, st.keys, phone, form.get("password") or "")
+    if account is None:
+        return None, "手机号或密码/验证码错误 / Wrong phone number, password or code"
+    session.clear()
+    session["account"] = account.phone_key
+    session["login_at"] = now()
+    return account, None
+
+
+def _patient_label(svc: Any, pid: str) -> str:
+    doc = svc.repo.get_doc("Patient", pid)
+    res = (doc or {}).get("res") or {}
+    names = res.get("name") or [{}]
+    name = names[0].get("text") or (names[0].get("family", "") + "".join(names[0].get("given", [])))
+    return f"{name or '未命名 unnamed'}（{res.get('birthDate', '—')}）"
+
+
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
+def authorize() -> ResponseReturnValue:
+    st = _state()
+    server = st.server
+    try:
+        grant = server.get_consent_grant(end_user=None)
+    except OAuth2Error as err:
+        if err.redirect_uri:
+            return server.handle_error_response(None, err)
+        return _page("error.html", 400, error=err.error, description=err.description)
+    form = request.form if request.method == "POST" else {}
+    step = form.get("step")
+    if step and not secrets.compare_digest(form.get("csrf", ""), _csrf()):
+        return _page("error.html", 400, error="invalid_request", description="表单已过期 / The form has expired")
+    client = grant.request.client.doc
+    account = _logged_in(st)
+    if account is None:
+        message = None
+        if step in ("login", "sms"):
+            account, message = _login(st, form)
+        if account is None:
+            return _page("login.html", 200, client=client, message=message, sms=True)
+    scopes = parse_scopes(grant.request.scope)
+    needs_patient = scopes.has("launch/patient") or any(s.context == "patient" for s in scopes.resource)
+    patients = list(account.patients)
+    chosen = form.get("patient") or (patients[0] if len(patients) == 1 else None)
+    if chosen is not None and chosen not in patients:
+        return _page("error.html", 400, error="invalid_request", description="未绑定该就诊人 / Not a bound patient")
+    if needs_patient and not patients:
+        return server.create_authorization_response(grant_user=None, grant=grant)
+    if needs_patient and chosen is None:
+        choices = [(p, _patient_label(st.svc, p)) for p in patients]
+        return _page("pick.html", 200, client=client, patients=choices)
+    if step == "approve":
+        if form.get("decision") != "approve":
+            return server.create_authorization_response(grant_user=None, grant=grant)
+        user = {"account": account.phone_key, "patient": chosen if needs_patient else None,
+                "fhir_user": account.fhir_user}
+        return server.create_authorization_response(grant_user=user, grant=grant)
+    items = [(s, *describe(s)) for s in scopes.words]
+    label = _patient_label(st.svc, chosen) if needs_patient and chosen else None
+    return _page("approve.html", 200, client=client, scopes=items, patient=chosen, patient_label=label,
+                 account=account.phone_hint)
+
+
+@bp.route("/oauth/logout", methods=["POST", "GET"])
+def logout() -> ResponseReturnValue:
+    session.clear()
+    return _page("error.html", 200, error="logged_out", description="已退出 / You have logged out")
+
+
+def _client_hint() -> str | None:
+    """Which client a token request claims to be (for rate limiting only; not authentication)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    assertion = request.form.get("client_assertion")
+    if assertion and assertion.count(".") == 2:
+        try:
+            part = assertion.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+            return str(claims.get("sub")) if isinstance(claims, dict) else None
+        except (binascii.Error, ValueError):
+            return None
+    return request.form.get("client_id")
+
+
+@bp.route("/oauth/token", methods=["POST"])
+def token() -> ResponseReturnValue:
+    st = _state()
+    ok, wait = st.token_limiter.allow(f"{_client_hint() or '-'}|{request.remote_addr}")
+    if not ok:
+        resp = jsonify(error="slow_down", error_description="too many token requests for this client")
+        resp.status_code = 429
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
+    g.ehc_defer_jti = True  # the assertion's jti is written with the token (server.PrivateKeyJWT)
+    out: Response = st.server.create_token_response()
+    pending = g.pop("ehc_pending_jti", None)
+    if pending is not None:  # refused after the client authenticated: the jti is spent all the same
+        st.store.insert_once(pending)
+    return out
+
+
+@bp.route("/oauth/introspect", methods=["POST"])
+def introspect() -> ResponseReturnValue:
+    out: Response = _state().server.create_endpoint_response("introspection")
+    return out
+
+
+@bp.route("/oauth/revoke", methods=["POST"])
+def revoke() -> ResponseReturnValue:
+    out: Response = _state().server.create_endpoint_response("revocation")
+    return out
+
+
+@bp.route("/oauth/jwks", methods=["GET"])
+def jwks() -> ResponseReturnValue:
+    return jsonify(_state().keys.public_jwks())

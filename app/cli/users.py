@@ -1,0 +1,82 @@
+"""`ehc users add|unbind`: resident accounts (phone + password) and their bound patients (一人绑定多人).
+
+The first --patient is the account holder (SELF); each further one is a relative, written ID or
+ID:RELATION with RELATION a v3 RoleCode for what the holder is to that patient (MTH, FTH, CHILD, SPS,
+GUARD ...; default FAMMEMB). Relatives are recorded as a RelatedPerson and a Consent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from app.auth.plugin import AuthState
+    from app.services import Services
+
+
+def _services() -> tuple[Services, AuthState]:
+    from app.auth.plugin import auth_state
+    from app.config import load_settings
+    from app.services import build_services
+
+    svc = build_services(load_settings())
+    return svc, auth_state(svc)
+
+
+@click.group()
+def users() -> None:
+    """Resident accounts."""
+
+
+@users.command("add")
+@click.option("--phone", required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--patient", "patients", multiple=True, metavar="ID[:RELATION]")
+def add(phone: str, password: str, patients: tuple[str, ...]) -> None:
+    """Create an account and bind patients to it."""
+    from app.auth.accounts import create_account
+    from app.auth.bindings import bind
+
+    svc, st = _services()
+    try:
+        account = create_account(st.store, st.keys, phone, password)
+        bound = []
+        for i, item in enumerate(patients):
+            pid, _, rel = item.partition(":")
+            b = bind(svc, st.store, account, pid, "SELF" if i == 0 else (rel or "FAMMEMB"))
+            bound.append({"patient": pid, "relationship": b.relationship, "consent": b.consent,
+                          "related_person": b.related_person})
+    except ValueError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    finally:
+        svc.handle.close()
+    click.echo(json.dumps({"account": account.phone_hint, "fhirUser": account.fhir_user, "patients": bound},
+                          ensure_ascii=False, indent=2))
+
+
+@users.command("unbind")
+@click.option("--phone", required=True)
+@click.option("--patient", "patient_id", required=True)
+def unbind_cmd(phone: str, patient_id: str) -> None:
+    """Undo a binding (its Consent becomes inactive)."""
+    from app.auth.accounts import find_account
+    from app.auth.bindings import unbind
+
+    svc, st = _services()
+    try:
+        account = find_account(st.store, st.keys, phone)
+        if account is None:
+            click.echo("error: no such account", err=True)
+            sys.exit(2)
+        unbind(svc, st.store, account, patient_id)
+    finally:
+        svc.handle.close()
+    click.echo(json.dumps({"account": account.phone_hint, "unbound": patient_id}))
+
+
+COMMANDS = [users]

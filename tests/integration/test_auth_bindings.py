@@ -1,0 +1,82 @@
+"""一人绑定多人 (RelatedPerson + Consent, guardian consent for a minor, undo) and the `ehc clients add` /
+`ehc users add` commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from click.testing import CliRunner
+
+from app.auth.accounts import create_account, find_account
+from app.auth.bindings import bind, unbind
+from app.auth.plugin import auth_state
+from tests.integration.auth_helpers import *  # noqa: F403
+from tests.integration.auth_helpers import patient
+
+
+def test_binding_a_relative_records_related_person_and_consent(svc):
+    st = auth_state(svc)
+    me = patient(svc, "陈", "父", birth="1975-01-01")
+    mother = patient(svc, "林", "母", birth="1950-06-01")
+    son = patient(svc, "陈", "子", birth="2015-09-09")
+    acct = create_account(st.store, st.keys, "13900139000", "pass-word-1")
+    bind(svc, st.store, acct, me, "SELF")
+    assert acct.fhir_user == f"Patient/{me}"
+    b_mother = bind(svc, st.store, acct, mother, "CHILD", today=date(2026, 1, 1))
+    b_son = bind(svc, st.store, acct, son, "FTH", today=date(2026, 1, 1))
+    assert find_account(st.store, st.keys, "13900139000").patients == [me, mother, son]
+    rp = svc.repo.read("RelatedPerson", b_mother.related_person).resource
+    assert rp["patient"]["reference"] == f"Patient/{mother}" and rp["relationship"][0]["coding"][0]["code"] == "CHILD"
+    c_mother = svc.repo.read("Consent", b_mother.consent).resource
+    assert c_mother["status"] == "active" and c_mother["patient"]["reference"] == f"Patient/{mother}"
+    assert c_mother["performer"] == [{"reference": f"Patient/{mother}"}]  # an adult consents herself
+    assert c_mother["provision"]["actor"][0]["reference"]["reference"] == f"RelatedPerson/{b_mother.related_person}"
+    c_son = svc.repo.read("Consent", b_son.consent).resource
+    assert c_son["performer"] == [{"reference": f"RelatedPerson/{b_son.related_person}"}]  # guardian for a minor
+    # undo
+    unbind(svc, st.store, acct, mother)
+    assert svc.repo.read("Consent", b_mother.consent).resource["status"] == "inactive"
+    assert svc.repo.read("RelatedPerson", b_mother.related_person).resource["active"] is False
+    assert find_account(st.store, st.keys, "13900139000").patients == [me, son]
+
+
+def test_binding_refuses_unknown_patient_or_relationship(svc):
+    st = auth_state(svc)
+    acct = create_account(st.store, st.keys, "13900139001", "pass-word-1")
+    import pytest
+
+    with pytest.raises(ValueError, match="does not exist"):
+        bind(svc, st.store, acct, "no-such-patient", "SELF")
+    with pytest.raises(ValueError, match="relationship"):
+        bind(svc, st.store, acct, patient(svc), "COUSIN-ISH")
+    with pytest.raises(ValueError, match="exists already"):
+        create_account(st.store, st.keys, "+86 139-0013-9001", "pass-word-2")
+
+
+def test_cli_clients_and_users(svc, auth_settings, tmp_path, monkeypatch):
+    from app.cli import main
+
+    monkeypatch.setenv("EHC_MONGODB_URI", auth_settings.mongodb_uri)
+    monkeypatch.setenv("EHC_DATA_DIR", str(auth_settings.data_dir))
+    runner = CliRunner()
+    r = runner.invoke(main, ["clients", "add", "--name", "HIS", "--scopes", "system/Patient.rs", "--province", "44"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["client_id"] and out["client_secret"] and out["province"] == "44"
+    r = runner.invoke(main, ["clients", "add", "--name", "app", "--scopes", "patient/*.rs launch/patient",
+                             "--province", "11", "--public", "--redirect-uri", "https://app.example.cn/cb"])
+    assert r.exit_code == 0 and "client_secret" not in json.loads(r.output)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "n": "abc", "e": "AQAB", "d": "secret"}]}))
+    r = runner.invoke(main, ["clients", "add", "--name", "x", "--scopes", "system/*.rs", "--province", "11",
+                             "--jwks", str(jwks)])
+    assert r.exit_code == 2 and "private key" in r.output
+    r = runner.invoke(main, ["clients", "add", "--name", "x", "--scopes", "system/Patient.xyz", "--province", "11"])
+    assert r.exit_code == 2
+    pid = patient(svc)
+    r = runner.invoke(main, ["users", "add", "--phone", "13700137000", "--password", "long enough 1",
+                             "--patient", pid])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["fhirUser"] == f"Patient/{pid}"
+    assert find_account(auth_state(svc).store, auth_state(svc).keys, "13700137000").patients == [pid]
