@@ -134,6 +134,7 @@ class EmbeddedDatabase:
             f"--sqlite-url=file:{sqlite_dir}/?_pragma=synchronous(normal)",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--telemetry=disable",  # nothing may leave the machine
+            f"--state-dir={self.data_dir}",  # its state.json, otherwise written to the working directory
             "--debug-addr=-",  # frees port 8088
             "--log-level=warn",
         ]
