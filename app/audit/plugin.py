@@ -1,0 +1,220 @@
+"""Attaches the audit trail to the web app: an access listener (every AccessRecord becomes an AuditEvent),
+request hooks, storage-event subscriptions and a background sealing thread.
+
+Request hooks (Flask, the web edge only):
+- before a request that changes data, the intent of its event is stored (writer.reserve), so that the
+  event survives a process that dies between the operation and its event;
+- storage events of the request (read, created, updated, deleted) tell which patients it touched;
+- after the request, one that produced no access record (a 404, a 400, $validate ...) is recorded here,
+  so that every FHIR request leaves an event;
+- AuditEvent reads seal first, so that a search sees the events written just before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+from pymongo.errors import InvalidOperation
+
+from app.audit import build_trail
+from app.audit.chain import EVENTS
+from app.audit.events import interaction_for, outcome_for, patient_refs, split_path
+from app.audit.sealer import Sealer
+from app.audit.writer import AuditWriter
+from app.core.access import AccessRecord, Principal
+from app.services import Services
+from app.store.events import StoreEvent
+from app.store.repository import Repository
+
+log = logging.getLogger("ehc.audit")
+SEAL_INTERVAL = 1.0  # seconds between background passes: one pass seals everything written meanwhile
+EXEMPT = {"metadata", ".well-known/smart-configuration"}
+READ_ONLY_POSTS = ("_search", "$validate", "$match")
+
+
+@dataclass
+class _RequestAudit:
+    intent_id: str | None = None  # the intent left before a write
+    principal: Principal | None = None
+    patients: set[str] = field(default_factory=set)
+    recorded: int = 0
+
+
+class SealLoop:
+    """A daemon thread per process that seals every `interval` seconds (started lazily by the first event,
+    so that a pre-forking server runs one in each worker). Passes are timed, not triggered by each event:
+    FerretDB on SQLite runs one write at a time, and a pass per request would slow every request."""
+
+    def __init__(self, sealer: Sealer, interval: float | None = None) -> None:
+        self.sealer = sealer
+        self.interval = SEAL_INTERVAL if interval is None else interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def ensure_running(self) -> None:
+        if self.interval <= 0:
+            return
+        if self._thread is None or self._pid != os.getpid():
+            with self._lock:
+                if self._thread is None or self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    self._thread = threading.Thread(target=self._run, name="ehc-audit-sealer", daemon=True)
+                    self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.sealer.seal(wait_seconds=0)
+            except InvalidOperation:  # the database client was closed: the app is gone
+                return
+            except Exception:  # never let the thread die on a passing database error
+                log.exception("audit: sealing failed; retrying in %s s", self.interval)
+
+
+class AuditTrail:
+    """What init_app leaves in svc.extensions["audit"]."""
+
+    def __init__(self, svc: Services, writer: AuditWriter, sealer: Sealer) -> None:
+        self.svc = svc
+        self.writer = writer
+        self.sealer = sealer
+        self.loop = SealLoop(sealer)
+
+    # -- the access listener -------------------------------------------------------------------------
+
+    def on_access(self, record: AccessRecord) -> None:
+        state = _state()
+        if state is None:
+            self.writer.write(record)
+        else:
+            intent_id, state.intent_id = state.intent_id, None
+            state.recorded += 1
+            self.writer.write(record, intent_id=intent_id, method=request.method, path=_fhir_path(),
+                              patients=state.patients)
+        self.loop.ensure_running()
+
+    def on_store(self, event: StoreEvent) -> None:
+        state = _state()
+        if state is None:
+            return
+        resource = event.resource if event.resource is not None else event.previous
+        state.patients |= patient_refs(event.resource_type, resource, event.extra.get("id"))
+
+    # -- request hooks -------------------------------------------------------------------------------
+
+    def before(self) -> None:
+        path = _fhir_path()
+        if path is None:
+            return
+        state = g.ehc_audit = _RequestAudit()
+        if path.startswith("AuditEvent"):
+            try:
+                self.sealer.seal(wait_seconds=2.0)
+            except Exception:
+                log.exception("audit: sealing before an AuditEvent read failed")
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not path.endswith(READ_ONLY_POSTS) \
+                and path not in EXEMPT:
+            try:
+                state.principal = self.svc.policy.authenticate(request.headers.get("Authorization"))
+            except Exception:
+                return  # refused before it can change anything: the refusal is recorded then
+            state.intent_id = self.writer.reserve(request.method, path, request.query_string.decode() or None,
+                                            request.remote_addr, state.principal)
+
+    def after(self, response: Response) -> Response:
+        state = _state()
+        path = _fhir_path()
+        if state is None or path is None or state.recorded or path in EXEMPT:
+            return response
+        principal = state.principal
+        if principal is None:
+            try:
+                principal = self.svc.policy.authenticate(request.headers.get("Authorization"))
+            except Exception:
+                principal = None
+        rtype, ids = split_path(path)
+        record = AccessRecord(interaction_for(request.method, path), rtype, ids, outcome_for(response.status_code),
+                              response.status_code, principal, request.query_string.decode() or None,
+                              _diagnostics(response), remote_addr=request.remote_addr)
+        try:
+            self.on_access(record)
+        except Exception:
+            log.exception("audit: could not record %s /fhir/%s", request.method, path)
+        return response
+
+
+def _state() -> _RequestAudit | None:
+    if not has_request_context():
+        return None
+    state: _RequestAudit | None = g.get("ehc_audit")
+    return state
+
+
+def _fhir_path() -> str | None:
+    """The path relative to the FHIR base, or None for a request outside /fhir."""
+    if not has_request_context():
+        return None
+    p = request.path
+    if p == "/fhir" or p.startswith("/fhir/"):
+        return p[len("/fhir"):].strip("/")
+    return None
+
+
+def _diagnostics(response: Response) -> str | None:
+    if response.status_code < 400 or not response.is_json:
+        return None
+    body: Any = response.get_json(silent=True) or {}
+    issues = body.get("issue") if isinstance(body, dict) else None
+    if issues and isinstance(issues[0], dict):
+        return str(issues[0].get("diagnostics") or issues[0].get("code") or "")[:1000] or None
+    return None
+
+
+def _audit_is_not_a_referrer(repo: Repository) -> None:
+    """Audit events reference what they audit without depending on it: they must not block a delete (409),
+    be cascade-deleted, be re-pointed by a merge (that would edit sealed events) or join $everything.
+    Repository.referrers has no knob for this yet, so its answer is filtered here (see docs/audit.md)."""
+    original = repo.referrers
+    if getattr(original, "_ehc_audit_filtered", False):
+        return
+
+    def referrers(resource_type: str, rid: str) -> list[tuple[str, str]]:
+        return [(t, i) for t, i in original(resource_type, rid) if t != EVENTS]
+
+    referrers._ehc_audit_filtered = True  # type: ignore[attr-defined]
+    repo.referrers = referrers  # type: ignore[method-assign]
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    _audit_is_not_a_referrer(svc.repo)
+    writer, sealer = build_trail(svc)
+    trail = AuditTrail(svc, writer, sealer)
+    svc.extensions["audit"] = trail
+    svc.access_listeners.append(trail.on_access)
+    for name in ("read", "created", "updated", "deleted"):
+        svc.events.subscribe(name, trail.on_store)
+    app.before_request(trail.before)
+    app.after_request(trail.after)
+    try:
+        # Start-up recovery: seal what is pending, and recover what a process that died left behind.
+        result = sealer.seal(wait_seconds=5.0)
+        if result and result.recovered:
+            log.warning("audit: start-up recovered %s event(s) left by a process that died", result.recovered)
+    except Exception:
+        log.exception("audit: start-up sealing failed; the background sealer will retry")
