@@ -12,11 +12,11 @@ from typing import Any
 
 from app.config import Settings
 from app.core.access import AccessListener, AccessPolicy, AccessRecord, OpenPolicy
+from app.keyring import load_keyring
 from app.search.registry import SearchRegistry
 from app.store.database import DatabaseHandle
 from app.store.embedded import EmbeddedDatabase
 from app.store.events import EventBus
-from app.keyring import load_keyring
 from app.store.journal import TransactionJournal
 from app.store.leases import Leases
 from app.store.protect import FieldProtector
@@ -68,7 +68,8 @@ def build_services(settings: Settings, profiles_dir: Path = PROFILES_DIR) -> Ser
     events = EventBus()
     keyring = load_keyring(settings)
     protector = FieldProtector.from_profiles(keyring.field_cipher(), profiles_dir)
-    repo = Repository(handle, registry, events, resource_types.keys(), protector)
+    independent = [t for t, conf in resource_types.items() if conf.get("dependent") is False]
+    repo = Repository(handle, registry, events, resource_types.keys(), protector, independent)
     repo.ensure_indexes()
     journal = TransactionJournal(repo, settings.journal_recovery_age)
     journal.recover()

@@ -22,14 +22,12 @@ from flask import Flask, Response, g, has_request_context, request
 from pymongo.errors import InvalidOperation
 
 from app.audit import build_trail
-from app.audit.chain import EVENTS
 from app.audit.events import interaction_for, outcome_for, patient_refs, split_path
 from app.audit.sealer import Sealer
 from app.audit.writer import AuditWriter
 from app.core.access import AccessRecord, Principal
 from app.services import Services
 from app.store.events import StoreEvent
-from app.store.repository import Repository
 
 log = logging.getLogger("ehc.audit")
 SEAL_INTERVAL = 1.0  # seconds between background passes: one pass seals everything written meanwhile
@@ -186,23 +184,7 @@ def _diagnostics(response: Response) -> str | None:
     return None
 
 
-def _audit_is_not_a_referrer(repo: Repository) -> None:
-    """Audit events reference what they audit without depending on it: they must not block a delete (409),
-    be cascade-deleted, be re-pointed by a merge (that would edit sealed events) or join $everything.
-    Repository.referrers has no knob for this yet, so its answer is filtered here (see docs/audit.md)."""
-    original = repo.referrers
-    if getattr(original, "_ehc_audit_filtered", False):
-        return
-
-    def referrers(resource_type: str, rid: str) -> list[tuple[str, str]]:
-        return [(t, i) for t, i in original(resource_type, rid) if t != EVENTS]
-
-    referrers._ehc_audit_filtered = True  # type: ignore[attr-defined]
-    repo.referrers = referrers  # type: ignore[method-assign]
-
-
 def init_app(app: Flask, svc: Services) -> None:
-    _audit_is_not_a_referrer(svc.repo)
     writer, sealer = build_trail(svc)
     trail = AuditTrail(svc, writer, sealer)
     svc.extensions["audit"] = trail

@@ -75,6 +75,7 @@ class Repository:
         events: EventBus | None = None,
         resource_types: Iterable[str] = (),
         protector: FieldProtector | None = None,
+        independent_types: Iterable[str] = (),
     ) -> None:
         self.handle = handle
         self.db = handle.db
@@ -83,6 +84,8 @@ class Repository:
         self.resource_types = set(resource_types) or set(registry.resource_types())
         self.keys = KeyIndex(self.db["_keys"])
         self.protector = protector
+        # Types whose references are records of an access, not dependencies (AuditEvent).
+        self.independent_types = set(independent_types)
         self._reference_codes = {
             t: [c for c, p in registry.params(t).items() if p.type == "reference"] for t in self.resource_types
         }
@@ -331,7 +334,7 @@ class Repository:
         """Live resources that reference resource_type/rid (through the posting lists, re-checked)."""
         target = f"{resource_type}/{rid}"
         found: list[tuple[str, str]] = []
-        for rtype in sorted(self.resource_types):
+        for rtype in sorted(self.resource_types - self.independent_types):
             for other in self.keys.lookup(reference_key(rtype, target)):
                 if rtype == resource_type and other == rid:
                     continue
