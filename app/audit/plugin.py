@@ -130,6 +130,7 @@ class AuditTrail:
                 and path not in EXEMPT:
             try:
                 state.principal = self.svc.policy.authenticate(request.headers.get("Authorization"))
+                g.ehc_principal = state.principal  # the web edge reuses it
             except Exception:
                 return  # refused before it can change anything: the refusal is recorded then
             state.intent_id = self.writer.reserve(request.method, path, request.query_string.decode() or None,
@@ -140,7 +141,7 @@ class AuditTrail:
         path = _fhir_path()
         if state is None or path is None or state.recorded or path in EXEMPT:
             return response
-        principal = state.principal
+        principal = state.principal or g.get("ehc_principal")
         if principal is None:
             try:
                 principal = self.svc.policy.authenticate(request.headers.get("Authorization"))

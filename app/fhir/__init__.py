@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from app.core.access import AccessRecord
 from app.core.errors import FhirError
@@ -71,7 +71,9 @@ def fhir_entry(path: str) -> Response:
     try:
         media = negotiate(request)
         if path not in ("metadata", ".well-known/smart-configuration"):
-            principal = svc.policy.authenticate(request.headers.get("Authorization"))
+            # Authenticated once per request; a before_request hook (audit) may have done it already.
+            principal = g.get("ehc_principal") or svc.policy.authenticate(request.headers.get("Authorization"))
+            g.ehc_principal = principal
         body, raw = _body_for(request.method, path, svc)
         req = FhirRequest(
             method=request.method,

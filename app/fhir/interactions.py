@@ -83,10 +83,10 @@ def _validated(svc: Services, req: FhirRequest, rtype: str, rid: str | None = No
 
 
 def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None, ids: list[str],
-           consent: str | None = None, status: int = 200) -> None:
+           consent: str | None = None, status: int = 200, withheld: int = 0) -> None:
     query = redact_query(svc.repo.protector, req.query_string() or None)
     svc.record_access(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query,
-                                   consent=consent, remote_addr=req.remote_addr))
+                                   consent=consent, remote_addr=req.remote_addr, withheld=withheld))
 
 
 # -- create ---------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
         links.append({"relation": "previous", "url": _url(req, type, kept, result.prev_cursor)})
     bundle["link"] = links
     bundle["entry"] = entries
-    _audit(svc, req, "search", type, shown_ids)
+    _audit(svc, req, "search", type, shown_ids, withheld=withheld)
     return FhirResponse(200, bundle)
 
 
