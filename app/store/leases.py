@@ -20,7 +20,9 @@ from app.core.timeutil import utcnow
 
 
 class Leases:
-    def __init__(self, collection: Collection, ttl_seconds: float = 30.0) -> None:
+    # Long enough for any single write or transaction; short enough that a process killed while holding a
+    # lease blocks the name for seconds, not minutes (waiters take it over once it expired).
+    def __init__(self, collection: Collection, ttl_seconds: float = 10.0) -> None:
         self.col = collection
         self.ttl = ttl_seconds
 
