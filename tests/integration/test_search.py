@@ -293,8 +293,8 @@ def test_base_url_from_request_host(client, data):
 
 def test_meta_tag_profile_and_reference_identifier(client, data):
     prof = "http://ehc.example.cn/fhir/StructureDefinition/ehc-patient"
-    pid = post(client, "Patient", {"resourceType": "Patient", "name": [{"family": "Meta"}],
-                                   "meta": {"tag": [{"system": "urn:ehc:tag", "code": "vip"}], "profile": [prof]}})["id"]
+    meta = {"tag": [{"system": "urn:ehc:tag", "code": "vip"}], "profile": [prof]}
+    pid = post(client, "Patient", {"resourceType": "Patient", "name": [{"family": "Meta"}], "meta": meta})["id"]
     assert ids(search(client, "Patient?_tag=urn:ehc:tag|vip")) == [pid]
     assert ids(search(client, f"Patient?_profile={prof}")) == [pid]
     assert ids(search(client, "Patient?_tag=urn:ehc:tag|other")) == []

@@ -1,0 +1,182 @@
+"""$ihe-pix, $match, $merge and $everything on the master patient index: answers and every error status."""
+
+from __future__ import annotations
+
+from tests.integration.test_mpi_registration import EHC_SYS, ID_SYS, id_number, patient, post
+
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+
+
+def params(resource: dict) -> dict:
+    return {p["name"]: p for p in resource["parameter"]}
+
+
+def register(client, number, name, **kw):
+    r = post(client, "Patient", patient(number, name=name, **kw))
+    assert r.status_code in (200, 201), r.json
+    return r.json
+
+
+# -- $ihe-pix ------------------------------------------------------------------------------------------------
+
+def test_pix_answers_other_identifiers(client):
+    number = id_number("110101", "1991-01-01", 11)
+    res = register(client, number, "钱一", extra=[{"system": "urn:ehc:mrn:h1", "value": "X1"},
+                                                  {"system": "urn:ehc:mrn:h2", "value": "Y2"}])
+    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:ehc:mrn:h1|X1")
+    assert r.status_code == 200
+    targets = [(p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
+               for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
+    assert (ID_SYS, number) in targets and ("urn:ehc:mrn:h2", "Y2") in targets
+    assert ("urn:ehc:mrn:h1", "X1") not in targets
+    assert params(r.json)["targetId"]["valueReference"]["reference"] == f"Patient/{res['id']}"
+    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem=urn:ehc:mrn:h2")
+    targets = [p["valueIdentifier"] for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
+    assert targets == [{"system": "urn:ehc:mrn:h2", "value": "Y2"}]
+    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem={EHC_SYS}")
+    targets = [p["valueIdentifier"] for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
+    assert len(targets) == 1 and targets[0]["system"] == EHC_SYS
+
+
+def test_pix_errors(client):
+    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:ehc:mrn:h1|NOPE")
+    assert r.status_code == 404 and r.json["issue"][0]["code"] == "not-found"
+    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:unknown:sys|1")
+    assert r.status_code == 400 and r.json["issue"][0]["code"] == "code-invalid"
+    number = id_number("110101", "1991-01-01", 11)
+    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem=urn:nope")
+    assert r.status_code == 403 and r.json["issue"][0]["code"] == "code-invalid"
+    assert client.get("/fhir/Patient/$ihe-pix").status_code == 400
+    assert client.post("/fhir/Patient/$ihe-pix", data="{}", content_type="application/fhir+json").status_code == 405
+
+
+# -- $match --------------------------------------------------------------------------------------------------
+
+def match(client, query, **extra):
+    body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": query}]}
+    for k, v in extra.items():
+        body["parameter"].append({"name": k, **v})
+    return post(client, "Patient/$match", body)
+
+
+def test_match_scores_and_grades(client):
+    number = id_number("440305", "1980-10-10", 21)
+    res = register(client, number, "陈小明", born="1980-10-10", gender="male")
+    register(client, id_number("440305", "1980-10-10", 23), "陈晓明", born="1980-10-10", gender="male")
+    # By identifier: certain.
+    r = match(client, {"resourceType": "Patient", "identifier": [{"system": ID_SYS, "value": number}]})
+    assert r.status_code == 200
+    first = r.json["entry"][0]
+    assert first["resource"]["id"] == res["id"] and first["search"]["score"] == 1.0
+    assert first["search"]["extension"] == [{"url": MATCH_GRADE, "valueCode": "certain"}]
+    # By demographics only: found through the name postings, graded below certain.
+    r = match(client, {"resourceType": "Patient", "name": [{"text": "陈小明"}], "birthDate": "1980-10-10",
+                       "gender": "male"})
+    assert r.status_code == 200
+    ids = [e["resource"]["id"] for e in r.json["entry"]]
+    assert res["id"] in ids
+    grades = {e["resource"]["id"]: e["search"]["extension"][0]["valueCode"] for e in r.json["entry"]}
+    assert grades[res["id"]] in ("probable", "possible")
+    scores = [e["search"]["score"] for e in r.json["entry"]]
+    assert scores == sorted(scores, reverse=True)
+    r = match(client, {"resourceType": "Patient", "name": [{"text": "陈小明"}], "birthDate": "1980-10-10"},
+              onlyCertainMatches={"valueBoolean": True})
+    assert r.json["entry"] == []
+    r = match(client, {"resourceType": "Patient", "name": [{"text": "陈小明"}], "birthDate": "1980-10-10"},
+              count={"valueInteger": 1})
+    assert len(r.json["entry"]) == 1
+
+
+def test_match_errors(client):
+    assert post(client, "Patient/$match", {"resourceType": "Patient"}).status_code == 400
+    r = match(client, {"resourceType": "Observation"})
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["resource"]
+    r = match(client, {"resourceType": "Patient", "name": [{"text": "x"}]}, count={"valueInteger": 0})
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["count"]
+    assert match(client, {"resourceType": "Patient", "gender": "male"}).status_code == 400
+
+
+# -- $merge and $everything ----------------------------------------------------------------------------------
+
+def merge_body(source, target, preview=False):
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": {"reference": f"Patient/{source}"}},
+        {"name": "target-patient", "valueReference": {"reference": f"Patient/{target}"}}]}
+    if preview:
+        body["parameter"].append({"name": "preview", "valueBoolean": True})
+    return body
+
+
+def observation(pid):
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
+            "subject": {"reference": f"Patient/{pid}"}, "valueQuantity": {"value": 5.4, "unit": "mmol/L"}}
+
+
+def test_merge_repoints_and_retires_the_source(client):
+    number = id_number("420102", "1966-06-06", 61)
+    target = register(client, number, "郑十", extra=[{"system": "urn:ehc:mrn:h9", "value": "T-1"}])
+    source = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "郑十"}],
+                                      "identifier": [{"system": "urn:ehc:mrn:h8", "value": "S-1"}]}).json
+    obs = post(client, "Observation", observation(source["id"])).json
+    preview = post(client, "Patient/$merge", merge_body(source["id"], target["id"], preview=True))
+    assert preview.status_code == 200
+    assert client.get(f"/fhir/Observation/{obs['id']}").json["meta"]["versionId"] == "1"
+    r = post(client, "Patient/$merge", merge_body(source["id"], target["id"]))
+    assert r.status_code == 200, r.json
+    p = params(r.json)
+    assert p["outcome"]["resource"]["resourceType"] == "OperationOutcome"
+    result = p["result"]["resource"]
+    assert result["id"] == target["id"]
+    assert {"urn:ehc:mrn:h8", "urn:ehc:mrn:h9"} <= {i["system"] for i in result["identifier"]}
+    assert {"other": {"reference": f"Patient/{source['id']}"}, "type": "replaces"} in result["link"]
+    current = [i for i in result["identifier"] if i["system"] == EHC_SYS and i.get("use") != "old"]
+    assert len(current) == 1 and current[0]["type"]["coding"][0]["code"] == "formal"
+    src = client.get(f"/fhir/Patient/{source['id']}").json
+    assert src["active"] is False
+    assert {"other": {"reference": f"Patient/{target['id']}"}, "type": "replaced-by"} in src["link"]
+    moved = client.get(f"/fhir/Observation/{obs['id']}").json
+    assert moved["subject"]["reference"] == f"Patient/{target['id']}"
+    assert moved["meta"]["versionId"] == "2"
+    # The source's identifier now leads to the target.
+    pix = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:ehc:mrn:h8|S-1").json
+    assert params(pix)["targetId"]["valueReference"]["reference"] == f"Patient/{target['id']}"
+    # A registration with the source's identifier links to the target.
+    again = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "郑十"}],
+                                     "identifier": [{"system": "urn:ehc:mrn:h8", "value": "S-1"}]})
+    assert again.status_code == 200 and again.json["id"] == target["id"]
+    # $everything of the target holds the observation.
+    every = client.get(f"/fhir/Patient/{target['id']}/$everything").json
+    assert every["type"] == "searchset"
+    found = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in every["entry"]}
+    assert ("Patient", target["id"]) in found and ("Observation", obs["id"]) in found
+    assert every["entry"][0]["resource"]["id"] == target["id"]
+    # Merging the merged source again is refused.
+    r = post(client, "Patient/$merge", merge_body(source["id"], target["id"]))
+    assert r.status_code == 409
+    r = post(client, "Patient/$merge", merge_body(target["id"], source["id"]))
+    assert r.status_code == 422
+
+
+def test_merge_by_identifier_and_errors(client):
+    a = register(client, id_number("500103", "1955-05-05", 51), "冯一")
+    b = register(client, id_number("500103", "1956-05-05", 53), "冯一")
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient-identifier", "valueIdentifier": a["identifier"][0]},
+        {"name": "target-patient-identifier", "valueIdentifier": b["identifier"][0]}]}
+    r = post(client, "Patient/$merge", body)
+    assert r.status_code == 422  # two residents: different ID numbers
+    assert post(client, "Patient/$merge", merge_body(a["id"], a["id"])).status_code == 422
+    assert post(client, "Patient/$merge", merge_body("nope", a["id"])).status_code == 404
+    r = post(client, "Patient/$merge", {"resourceType": "Parameters", "parameter": []})
+    assert r.status_code == 400
+    body["parameter"][0]["valueIdentifier"] = {"system": "urn:ehc:mrn:zz", "value": "none"}
+    assert post(client, "Patient/$merge", body).status_code == 422
+
+
+def test_everything_errors(client):
+    assert client.get("/fhir/Patient/nope/$everything").status_code == 404
+    res = register(client, None, "褚二", extra=[{"system": "urn:ehc:mrn:h7", "value": "E-2"}])
+    assert client.get(f"/fhir/Patient/{res['id']}/$everything?_count=0").status_code == 400
+    client.delete(f"/fhir/Patient/{res['id']}")
+    assert client.get(f"/fhir/Patient/{res['id']}/$everything").status_code == 410
