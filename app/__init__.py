@@ -24,21 +24,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     svc = services or build_services(settings)
 
     from app import fhir
+    from app.audit import plugin as audit
+    from app.auth import plugin as auth
+    from app.ehc import plugin as ehc
+    from app.mpi import plugin as mpi
 
     fhir.init_app(app, svc)
-    for name in ("app.mpi.plugin", "app.ehc.plugin", "app.audit.plugin", "app.auth.plugin"):
-        _init_optional(name, app, svc)
+    # Order matters: the master index validates and links before the card is issued; the audit trail and the
+    # access policy attach last.
+    for subsystem in (mpi, ehc, audit, auth):
+        subsystem.init_app(app, svc)
     return app
-
-
-def _init_optional(module: str, app: Flask, svc: Services) -> None:  # noqa: F821
-    """Subsystems attach through init_app(app, services); each is optional while being built."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        return
-    mod.init_app(app, svc)

@@ -73,7 +73,7 @@ def keyring_for(services: Any) -> Keyring:
     ring = services.extensions.get("keyring")
     if ring is None:
         ring = services.extensions["keyring"] = load_keyring(services.settings)
-    return ring  # type: ignore[no-any-return]
+    return ring
 
 
 def load_or_create(path: Path, size: int) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 import segno
 
 from app.core.access import AccessRecord
-from app.core.errors import bad_request
+from app.core.errors import bad_request, gone, not_found
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
 from app.fhir.router import FhirRequest
@@ -40,7 +40,7 @@ def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
         return {}
     if body.get("resourceType") != "Parameters":
         raise bad_request("the body must be a Parameters resource", expression="Parameters")
-    return {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+    return {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
 
 
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
@@ -56,8 +56,11 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     image = (params.get("image") or {}).get("valueBoolean", True) is not False
     doc = svc.repo.get_doc("Patient", id)
     svc.policy.check(req.principal, "read", "Patient", None, doc)
-    stored = svc.repo.read("Patient", id, req.write, fire=False)  # 404 / 410
-    token, exp, card_id = card_service(svc).issue(stored.resource or {}, token_type, validity)
+    if doc is None:
+        raise not_found(f"Patient/{id} is not known")
+    if doc.get("del"):
+        raise gone(f"Patient/{id} was deleted")
+    token, exp, card_id = card_service(svc).issue(doc["res"], token_type, validity)
     out: list[dict[str, Any]] = [
         {"name": "token", "valueString": token},
         {"name": "expires", "valueInstant": instant(exp)},

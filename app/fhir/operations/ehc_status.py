@@ -23,7 +23,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     body = req.body or {}
     if body.get("resourceType") != "Parameters":
         raise bad_request("$ehc-status needs a Parameters body", expression="Parameters")
-    params = {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+    params = {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
     status = (params.get("status") or {}).get("valueCode")
     if status not in STATUSES:
         raise bad_request(f"status must be one of {', '.join(STATUSES)}", expression="status")

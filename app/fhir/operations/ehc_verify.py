@@ -28,8 +28,6 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
         for p in body.get("parameter") or []:
             if isinstance(p, dict) and p.get("name") == "token":
                 token = p.get("valueString")
-    elif req.method == "GET":
-        token = req.param("token")
     if not isinstance(token, str) or not token:
         raise bad_request("$ehc-verify needs a 'token' parameter (valueString)", expression="token")
     svc.policy.check(req.principal, "read", "Patient")

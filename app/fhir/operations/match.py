@@ -27,7 +27,7 @@ MAX_COUNT = 100
 def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     if not body or body.get("resourceType") != "Parameters":
         raise bad_request("$match needs a Parameters body", expression="Parameters")
-    return {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+    return {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
 
 
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:

@@ -1,0 +1,246 @@
+"""Cards of a Patient (DESIGN §3, §4): which identifiers make the card, and the card status store.
+
+On every Patient write `assign_card` leaves exactly one current card identifier on the resource:
+
+    {"use": "official", "system": "urn:oid:2.16.156.10011.1.19", "value": "<64 hex>",
+     "type": {"coding": [{"system": CARD_TYPE_SYSTEM, "code": "formal" | "temporary", "display": ...}]}}
+
+- a resident with a master document (resident ID card first, then the other documents in the order the
+  identifier registry gives) gets a formal card (正式卡) derived from that document, and the master index ID
+  (主索引ID) as the identifier {"system": MASTER_INDEX_SYSTEM, "value": "<64 hex>"};
+- a resident without one gets a temporary card (临时卡), random; when a document is added, or a record with one
+  is merged in, a formal card is issued and the temporary one is kept as an identifier with use "old"
+  (so old references still find the resident) and cancelled in the card store;
+- a formal card, once issued, stays (adding a second document later does not change the card ID);
+- after a merge the target keeps its card; the source's formal card stays valid and points to the target.
+
+CardStore: collection `ehc_cards`, `_id` = card ID, {patient, status active|suspended|cancelled, kind, at};
+collection `ehc_revocations` mirrors the suspended and cancelled cards (small, read whole by terminals).
+NonceStore: collection `ehc_nonces`, `_id` = "<kid>:<nonce hex>": a dynamic token is accepted once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from app.core.errors import FhirError, conflict
+from app.core.timeutil import to_instant, utcnow
+from app.ehc.card_id import derive_card, temporary_card
+
+EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
+MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
+CARD_TYPE_SYSTEM = "https://ehc.example.cn/fhir/CodeSystem/card-type"
+CARD_KINDS = {"formal": "正式卡 formal card", "temporary": "临时卡 temporary card"}
+STATUSES = ("active", "suspended", "cancelled")
+
+def card_kind(ident: dict[str, Any]) -> str:
+    for coding in (ident.get("type") or {}).get("coding") or []:
+        if coding.get("system") == CARD_TYPE_SYSTEM and coding.get("code") in CARD_KINDS:
+            return str(coding["code"])
+    return "formal"
+
+
+def card_identifier(card_id: str, kind: str) -> dict[str, Any]:
+    return {"use": "official",
+            "type": {"coding": [{"system": CARD_TYPE_SYSTEM, "code": kind, "display": CARD_KINDS[kind]}]},
+            "system": EHC_SYSTEM, "value": card_id}
+
+
+def is_current(ident: Any, system: str) -> bool:
+    return isinstance(ident, dict) and ident.get("system") == system and ident.get("use") != "old"
+
+
+def current_card(resource: dict[str, Any] | None) -> dict[str, Any] | None:
+    for ident in (resource or {}).get("identifier") or []:
+        if is_current(ident, EHC_SYSTEM):
+            return ident
+    return None
+
+
+def _retire(ident: dict[str, Any], now: str) -> None:
+    ident["use"] = "old"
+    ident["period"] = {**(ident.get("period") or {}), "end": now}
+
+
+def assign_card(resource: dict[str, Any], master_document: tuple[str, str] | None, index_key: bytes,
+                root_key: bytes) -> None:
+    """Leave exactly one current card (and, for a formal card, its master index ID) on the Patient, in place.
+
+    master_document: (document code, normalised number) of the resident's first master document, if any.
+    """
+    idents: list[Any] = resource.setdefault("identifier", [])
+    now = to_instant(utcnow())
+    cards = [i for i in idents if is_current(i, EHC_SYSTEM)]
+    formal = [i for i in cards if card_kind(i) == "formal"]
+    temporary = [i for i in cards if card_kind(i) == "temporary"]
+    keep: dict[str, Any] | None = None
+    if formal:
+        keep = formal[0]
+    elif master_document is not None:
+        card = derive_card(root_key, index_key, *master_document)
+        keep = next((i for i in idents if isinstance(i, dict) and i.get("system") == EHC_SYSTEM
+                     and i.get("value") == card.card_id), None)
+        if keep is None:
+            keep = card_identifier(card.card_id, "formal")
+            idents.append(keep)
+        else:  # the formal card of this document was retired before (e.g. by a merge): current again
+            keep.pop("use", None)
+            keep.pop("period", None)
+            keep["use"] = "official"
+        mid = card.master_index_id.hex().upper()
+        if not any(isinstance(i, dict) and i.get("system") == MASTER_INDEX_SYSTEM and i.get("value") == mid
+                   for i in idents):
+            idents.append({"system": MASTER_INDEX_SYSTEM, "value": mid})
+    elif temporary:
+        keep = temporary[0]
+    else:
+        card = temporary_card(root_key)
+        keep = card_identifier(card.card_id, "temporary")
+        idents.append(keep)
+    for ident in cards:
+        if ident is not keep:
+            _retire(ident, now)
+    # One current master index ID: the one of the kept card's document (the first listed when unknown).
+    mids = [i for i in idents if is_current(i, MASTER_INDEX_SYSTEM)]
+    for ident in mids[1:]:
+        _retire(ident, now)
+
+
+class CardStore:
+    """Card records, with two per-process caches for the hot paths ($ehc-verify, $ehc-qrcode):
+    the set of revoked cards (re-read whole every `refresh` seconds; small) and card -> patient
+    (bounded, entries kept `patient_ttl` seconds: a merge re-points cards rarely)."""
+
+    def __init__(self, db: Database, refresh: float = 1.0, patient_ttl: float = 60.0,
+                 cache_size: int = 100_000) -> None:
+        self.col: Collection = db["ehc_cards"]
+        self.revoked: Collection = db["ehc_revocations"]
+        self.refresh = refresh
+        self.patient_ttl = patient_ttl
+        self.cache_size = cache_size
+        self._revoked: dict[str, str] = {}
+        self._revoked_at = 0.0
+        self._patients: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, card_id: str) -> dict[str, Any] | None:
+        return self.col.find_one({"_id": card_id})
+
+    def status(self, card_id: str) -> str:
+        """active | suspended | cancelled, as of at most `refresh` seconds ago (exact in this process)."""
+        now = time.monotonic()
+        if now - self._revoked_at > self.refresh:
+            revoked = {d["_id"]: d["status"] for d in self.revoked.find({}, {"status": 1})}
+            with self._lock:
+                self._revoked, self._revoked_at = revoked, now
+        return self._revoked.get(card_id, "active")
+
+    def patient_of(self, card_id: str) -> str | None:
+        now = time.monotonic()
+        hit = self._patients.get(card_id)
+        if hit is not None and now - hit[0] < self.patient_ttl:
+            return hit[1]
+        doc = self.col.find_one({"_id": card_id}, {"patient": 1})
+        if doc is None or not doc.get("patient"):
+            return None
+        with self._lock:
+            self._patients[card_id] = (now, doc["patient"])
+            self._patients.move_to_end(card_id)
+            while len(self._patients) > self.cache_size:
+                self._patients.popitem(last=False)
+        return str(doc["patient"])
+
+    def sync(self, patient_id: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
+        """Record the cards of a Patient version: current and merged-in cards point to it; temporary
+        cards that a formal card replaced are cancelled."""
+        now = utcnow()
+        ops = []
+        before = _card_states(previous)
+        for card_id, (kind, current) in _card_states(resource).items():
+            if before.get(card_id) == (kind, current):
+                continue  # unchanged since the previous version of this Patient
+            if kind == "temporary" and not current:
+                self._set(card_id, "cancelled", "replaced by a formal card", patient_id, kind, now)
+                continue
+            ops.append(UpdateOne({"_id": card_id},
+                                 {"$set": {"patient": patient_id, "at": now},
+                                  "$setOnInsert": {"status": "active", "kind": kind, "since": now}},
+                                 upsert=True))
+        if ops:
+            self.col.bulk_write(ops, ordered=False)
+
+    def cancel_all(self, resource: dict[str, Any] | None, reason: str) -> None:
+        for card_id, (kind, _current) in _card_states(resource).items():
+            doc = self.get(card_id)
+            if doc is not None and doc.get("status") != "cancelled":
+                self._set(card_id, "cancelled", reason, doc.get("patient"), kind, utcnow())
+
+    def set_status(self, card_id: str, status: str, patient_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Change a card's status; cancelled is final (409 on any change from it)."""
+        if status not in STATUSES:
+            raise FhirError(400, f"status must be one of {', '.join(STATUSES)}", expression="status")
+        doc = self.get(card_id) or {"status": "active", "kind": "formal"}
+        if doc.get("status") == "cancelled" and status != "cancelled":
+            raise conflict(f"card {card_id} is cancelled (注销); a cancelled card cannot change status",
+                           expression="status")
+        return self._set(card_id, status, reason, patient_id, doc.get("kind", "formal"), utcnow())
+
+    def _set(self, card_id: str, status: str, reason: str | None, patient_id: Any, kind: str,
+             now: datetime) -> dict[str, Any]:
+        doc = {"patient": patient_id, "status": status, "kind": kind, "since": now, "at": now,
+               "reason": reason}
+        self.col.update_one({"_id": card_id}, {"$set": doc}, upsert=True)
+        if status == "active":
+            self.revoked.delete_one({"_id": card_id})
+        else:
+            self.revoked.replace_one({"_id": card_id}, {"status": status, "since": now}, upsert=True)
+        self._revoked_at = 0.0  # this process sees the change at once; the others within `refresh`
+        return {"_id": card_id, **doc}
+
+    def revocations(self) -> list[dict[str, Any]]:
+        return [{"ehcId": d["_id"], "status": d["status"], "since": to_instant(d["since"])}
+                for d in self.revoked.find({}).sort([("_id", 1)])]
+
+
+def _card_states(resource: dict[str, Any] | None) -> dict[str, tuple[str, bool]]:
+    out = {}
+    for ident in (resource or {}).get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and isinstance(ident.get("value"), str):
+            out[ident["value"]] = (card_kind(ident), ident.get("use") != "old")
+    return out
+
+
+class NonceStore:
+    """One-time use of dynamic tokens: an insert on a unique _id; a duplicate key means replayed."""
+
+    def __init__(self, db: Database, purge_every: float = 600.0) -> None:
+        self.col: Collection = db["ehc_nonces"]
+        self.purge_every = timedelta(seconds=purge_every)
+        self._next_purge = utcnow() + self.purge_every
+
+    def use(self, kid: str, nonce: bytes, exp: int) -> bool:
+        """True the first time this token nonce is seen, False for a replay."""
+        now = utcnow()
+        try:
+            self.col.insert_one({"_id": f"{kid}:{nonce.hex()}",
+                                 "exp": datetime.fromtimestamp(exp, UTC).replace(tzinfo=None)})
+        except DuplicateKeyError:
+            return False
+        if now >= self._next_purge:
+            self._next_purge = now + self.purge_every + timedelta(seconds=secrets.randbelow(60))
+            self.purge(now)
+        return True
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Forget nonces of tokens that have expired (a replay of those answers 'expired' anyway)."""
+        return self.col.delete_many({"exp": {"$lt": now or utcnow()}}).deleted_count

@@ -1,0 +1,219 @@
+"""The master patient index attached to storage events (DESIGN §3): one Patient per resident.
+
+pre-create / pre-update of a Patient:
+1. identifiers validated and normalised (app.mpi.identifiers): 422 naming Patient.identifier[i].value,
+   Patient.gender or Patient.birthDate; a client cannot submit a server-issued number.
+2. the leases "mpi|<claim key>" of every identifier new to the record are taken (sorted: no deadlock),
+   then the claims are read. A create whose identifiers belong to one registered resident becomes an update
+   of that Patient (resource["_ehc_existing"]); its identifiers are merged in after the registration is
+   checked against the record (409 on a different name, birth date, gender or lifelong document). Identifiers
+   of two different residents, or (on update) of another resident, are refused with 409.
+3. the claims are written, naming the id the version will have, and the leases are held until the
+   created / updated event (or the end of the request, or the import row, if the write fails).
+created / updated / deleted: claims of removed identifiers are dropped, name postings follow the record.
+
+WriteContext.extra: "allow_legacy" (bulk import: 15-digit ID numbers), "mpi_trusted" (the server writes
+server-issued identifiers, e.g. $merge), "mpi_merge_from" (claims of that Patient may move).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from typing import Any
+
+from flask import Flask
+
+from app.core.errors import FhirError, Issue, conflict
+from app.core.ids import new_id
+from app.keyring import keyring_for
+from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifiers
+from app.mpi.index import MasterIndex, check_same_resident, merge_into
+from app.services import Services
+from app.store.events import StoreEvent
+from app.store.repository import WriteContext
+
+
+class MpiHooks:
+    """The storage event handlers, with the leases each thread holds between pre- and post-write."""
+
+    def __init__(self, svc: Services, index: MasterIndex) -> None:
+        self.svc = svc
+        self.index = index
+        self.registry: IdentifierRegistry = index.registry
+        self._local = threading.local()
+
+    # -- leases held across one write ------------------------------------------------------------------
+
+    def _held(self) -> dict[str, tuple[AbstractContextManager[None], str]]:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = {}
+        return held
+
+    def acquire(self, names: list[str], pid: str) -> None:
+        held = self._held()
+        try:
+            for name in sorted(set(names)):
+                if name in held:  # the same thread (a transaction) already holds it
+                    continue
+                cm = self.svc.leases.hold(name)
+                cm.__enter__()
+                held[name] = (cm, pid)
+        except BaseException:
+            self.release(pid)
+            raise
+
+    def release(self, pid: str | None = None) -> None:
+        """Release the leases this thread holds for pid (all of them when pid is None)."""
+        held = self._held()
+        for name in sorted([n for n, (_, p) in held.items() if pid is None or p == pid], reverse=True):
+            cm, _ = held.pop(name)
+            try:
+                cm.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - an unreleased lease expires by itself
+                pass
+
+    def _reassign(self, old: str, new: str) -> None:
+        held = self._held()
+        for name, (cm, p) in list(held.items()):
+            if p == old:
+                held[name] = (cm, new)
+
+    # -- pre-write ---------------------------------------------------------------------------------------
+
+    def pre_write(self, event: StoreEvent) -> None:
+        res = event.resource
+        if res is None:
+            return
+        ctx: WriteContext = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        is_update = event.name == "pre-update"
+        rid = res.get("id")
+        prior_doc = self.svc.repo.get_doc("Patient", rid) if (is_update and rid) else None
+        prior = prior_doc["res"] if prior_doc and not prior_doc.get("del") else None
+        normalised, issues = normalize_patient_identifiers(
+            res, self.registry, allow_legacy=bool(ctx.extra.get("allow_legacy")), existing=prior,
+            trusted=bool(ctx.extra.get("mpi_trusted")))
+        if issues:
+            raise FhirError(422, issues[0].diagnostics, issues=issues)
+        if "identifier" in normalised:
+            res["identifier"] = normalised["identifier"]
+        prior_keys = {e.key for e in self.index.entries(prior)}
+        new_entries = [e for e in self.index.entries(res) if e.key not in prior_keys]
+        if not new_entries:
+            return
+        pid = rid or new_id()
+        self.acquire(["mpi|" + e.key for e in new_entries], pid)
+        try:
+            self._resolve(res, ctx, is_update, rid, pid, new_entries)
+        except BaseException:
+            self.release(pid)
+            raise
+
+    def _resolve(self, res: dict[str, Any], ctx: WriteContext, is_update: bool, rid: str | None, pid: str,
+                 new_entries: list[Any]) -> None:
+        owners = self.index.owners(e.key for e in new_entries)
+        held = {p for _, p in self._held().values()}
+        # A claim naming an id this thread is about to write: the same resident twice in one transaction.
+        for key, owner in list(owners.items()):
+            if owner == ctx.extra.get("mpi_merge_from") or owner == rid:
+                owners.pop(key)
+        pending = [e for e in new_entries if e.key not in owners and self._pending_elsewhere(e.key, pid, held)]
+        if pending:
+            raise conflict(f"identifier {pending[0].system}|{pending[0].value} appears twice in this request",
+                           expression="Patient.identifier")
+        if is_update or rid:
+            if owners:
+                self._refuse_taken(res, new_entries, owners)
+            self.index.write_claims((e.key for e in new_entries), pid)
+            return
+        residents = sorted(set(owners.values()))
+        if len(residents) > 1:
+            self._refuse_taken(res, new_entries, owners, several=True)
+        if residents:
+            existing_id = residents[0]
+            doc = self.svc.repo.get_doc("Patient", existing_id)
+            existing = doc["res"] if doc else {}
+            check_same_resident(existing, res, self.index.entries(res), self.index.entries(existing), existing_id)
+            merged = merge_into(existing, res)
+            res.clear()
+            res.update(merged)
+            self._reassign(pid, existing_id)
+            pid = existing_id
+        self.index.write_claims((e.key for e in new_entries if e.key not in owners), pid)
+        res["_ehc_existing"] = pid
+        if not residents:
+            ctx.extra["mpi_new_id"] = pid  # tells later handlers there is no stored version to read
+
+    def _pending_elsewhere(self, key: str, pid: str, held_pids: set[str]) -> bool:
+        claim = self.index.claims.find_one({"_id": key}) if held_pids - {pid} else None
+        return bool(claim and claim["p"] in held_pids and claim["p"] != pid)
+
+    def _refuse_taken(self, res: dict[str, Any], entries: list[Any], owners: dict[str, str],
+                      several: bool = False) -> None:
+        issues = []
+        for e in entries:
+            if e.key in owners:
+                path = next((f"Patient.identifier[{i}]" for i, ident in enumerate(res.get("identifier") or [])
+                             if isinstance(ident, dict) and ident.get("system") == e.system
+                             and ident.get("value") == e.value), "Patient.identifier")
+                issues.append(Issue(f"identifier {e.system}|{e.value} already belongs to Patient/{owners[e.key]}",
+                                    "duplicate", expression=[path]))
+        if several:
+            issues.insert(0, Issue("the identifiers belong to different registered residents "
+                                   f"({', '.join('Patient/' + p for p in sorted(set(owners.values())))}); "
+                                   "merge them with Patient/$merge first", "conflict"))
+        raise FhirError(409, issues[0].diagnostics, issues=issues)
+
+    # -- post-write --------------------------------------------------------------------------------------
+
+    def post_write(self, event: StoreEvent) -> None:
+        res = event.resource or {}
+        pid = res.get("id")
+        if not pid:
+            return
+        try:
+            old = {e.key for e in self.index.entries(event.previous)}
+            new = {e.key for e in self.index.entries(res)}
+            if old - new:
+                self.index.drop_claims(old - new, pid)
+            self.index.index_names(pid, res, event.previous)
+        finally:
+            self.release(pid)
+
+    def deleted(self, event: StoreEvent) -> None:
+        pid = event.extra.get("id")
+        if pid and event.previous:
+            self.index.drop_claims((e.key for e in self.index.entries(event.previous)), pid)
+            self.index.index_names(pid, None, event.previous)
+
+
+def master_index(svc: Services) -> MasterIndex:
+    return svc.extensions["mpi"]
+
+
+def setup(svc: Services) -> MpiHooks:
+    """Build the index and subscribe its handlers once per Services (the web app and the CLI share this)."""
+    hooks: MpiHooks | None = svc.extensions.get("mpi_hooks")
+    if hooks is not None:
+        return hooks
+    registry = IdentifierRegistry.from_profiles(svc.profiles_dir)
+    index = MasterIndex(svc.repo, registry, keyring_for(svc))
+    hooks = MpiHooks(svc, index)
+    svc.extensions["mpi"] = index
+    svc.extensions["mpi_hooks"] = hooks
+    svc.extensions["identifiers"] = registry  # for app.ehc: which identifiers are master documents
+    svc.events.subscribe("pre-create", hooks.pre_write, "Patient")
+    svc.events.subscribe("pre-update", hooks.pre_write, "Patient")
+    svc.events.subscribe("created", hooks.post_write, "Patient")
+    svc.events.subscribe("updated", hooks.post_write, "Patient")
+    svc.events.subscribe("deleted", hooks.deleted, "Patient")
+    return hooks
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    hooks = setup(svc)
+
+    @app.teardown_request
+    def _release_leases(_exc: BaseException | None) -> None:
+        hooks.release()  # leases of a write that failed between its pre- and post-write events
