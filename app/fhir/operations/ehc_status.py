@@ -47,6 +47,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
 
 OPERATION = {
     "handler": handle,
+    "access": "update",
     "levels": ("instance",),
     "types": ("Patient",),
     "methods": ("POST",),

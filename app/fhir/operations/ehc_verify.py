@@ -54,6 +54,7 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
 
 OPERATION = {
     "handler": handle,
+    "access": None,
     "levels": ("system",),
     "types": (),
     "methods": ("POST",),

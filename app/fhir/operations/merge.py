@@ -65,6 +65,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
 
 OPERATION = {
     "handler": handle,
+    "access": "update",
     "levels": ("type",),
     "types": ("Patient",),
     "methods": ("POST",),

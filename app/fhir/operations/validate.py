@@ -26,6 +26,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
 
 OPERATION = {
     "handler": handle,
+    "access": None,
     "levels": ("type", "instance"),
     "types": ("Patient", "Observation", "DocumentReference", "Binary", "Organization", "Practitioner",
               "RelatedPerson", "Consent"),
