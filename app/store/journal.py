@@ -24,7 +24,6 @@ from pymongo.errors import DuplicateKeyError
 from app.core.errors import FhirError, precondition_failed
 from app.core.timeutil import utcnow
 from app.store.events import StoreEvent
-from app.store.keys import keys_for
 from app.store.repository import Repository, Stored, WriteContext, _VersionTaken
 
 
@@ -83,7 +82,7 @@ class TransactionJournal:
         try:
             for e in entries:
                 if e["after"] is not None:
-                    self._apply_one(e["w"].resource_type, e["before"], e["after"])
+                    repo.store_version(e["w"].resource_type, e["before"], e["after"], utcnow())
                 applied.append(e)
                 _fault_pause(len(applied))
         except (_VersionTaken, DuplicateKeyError):
@@ -106,20 +105,6 @@ class TransactionJournal:
                                         extra={"id": w.id}))
             results.append(stored)
         return results
-
-    def _apply_one(self, rtype: str, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
-        repo = self.repo
-        codes = repo._reference_codes.get(rtype, ())
-        if before is not None:
-            repo._claim_slot(rtype, after["_id"], before, utcnow())
-        repo.keys.add(after["_id"], keys_for(rtype, after.get("ix", {}), codes))
-        if before is None:
-            try:
-                repo.current(rtype).insert_one(after)
-            except DuplicateKeyError:
-                raise _VersionTaken() from None
-        else:
-            repo.current(rtype).replace_one({"_id": after["_id"]}, after)
 
     def _undo(self, rtype: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         if after is None:

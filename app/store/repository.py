@@ -262,12 +262,20 @@ class Repository:
         """Make version prior.vid + 1 (a deletion when resource is None)."""
         now = utcnow()
         vid = (prior["vid"] if prior else 0) + 1
+        doc = self.build_doc(resource_type, rid, vid, now, resource, context.province)
+        self.store_version(resource_type, prior, doc, now)
+        return Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
+
+    def store_version(self, resource_type: str, prior: dict[str, Any] | None, doc: dict[str, Any],
+                      now: datetime) -> None:
+        """Replace `prior` (None: nothing yet) by `doc`: claim the history slot, add the new posting-list
+        keys, write the current document, drop the keys it no longer has. Raises _VersionTaken on a race."""
+        rid = doc["_id"]
+        codes = self._reference_codes.get(resource_type, ())
         if prior is not None:
             self._claim_slot(resource_type, rid, prior, now)
-        doc = self.build_doc(resource_type, rid, vid, now, resource, context.province)
-        new_keys = keys_for(resource_type, doc.get("ix", {}), self._reference_codes.get(resource_type, ()))
-        old_keys = keys_for(resource_type, prior.get("ix", {}), self._reference_codes.get(resource_type, ())) \
-            if prior else set()
+        new_keys = keys_for(resource_type, doc.get("ix", {}), codes)
+        old_keys = keys_for(resource_type, prior.get("ix", {}), codes) if prior else set()
         self.keys.add(rid, new_keys - old_keys)
         if prior is None:
             try:
@@ -277,7 +285,6 @@ class Repository:
         else:
             self.current(resource_type).replace_one({"_id": rid}, doc)
         self.keys.remove(rid, old_keys - new_keys)
-        return Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
 
     def _claim_slot(self, resource_type: str, rid: str, prior: dict[str, Any], now: datetime) -> None:
         """Copy version n into history under its unique id: the serialisation point of n -> n+1."""
