@@ -88,11 +88,11 @@ def _now() -> Any:
 
 
 def _write_keys(repo: Any, keys: dict[str, list[str]]) -> None:
-    from pymongo import UpdateOne
-
-    ops = [UpdateOne({"_id": k}, {"$addToSet": {"ids": {"$each": v}}}, upsert=True) for k, v in keys.items()]
-    for i in range(0, len(ops), 1000):
-        repo.keys.col.bulk_write(ops[i:i + 1000], ordered=False)
+    """Posting lists of a batch; each key is new (one patient's records are seeded in one batch), so plain
+    inserts do (FerretDB v1 can stall on large bulks of updates)."""
+    docs = [{"_id": k, "ids": v} for k, v in keys.items()]
+    for i in range(0, len(docs), 1000):
+        repo.keys.col.insert_many(docs[i:i + 1000], ordered=False)
 
 
 # -- load generation -------------------------------------------------------------------------------------

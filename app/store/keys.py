@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import DuplicateKeyError
 
 
 def reference_key(resource_type: str, target: str) -> str:
@@ -42,25 +41,27 @@ class KeyIndex:
     def __init__(self, collection: Collection) -> None:
         self.col = collection
 
+    # One update per key, not bulk_write: on FerretDB v1 a bulk of many updates can stall the server, and a
+    # write usually touches one to three keys anyway.
     def add(self, resource_id: str, keys: Iterable[str]) -> None:
-        ops = [UpdateOne({"_id": k}, {"$addToSet": {"ids": resource_id}}, upsert=True) for k in sorted(keys)]
-        for attempt in range(3):
-            if not ops:
-                return
-            try:
-                self.col.bulk_write(ops, ordered=False)
-                return
-            except BulkWriteError as err:
-                # Two writers upserting the same new key: one insert wins, the other retries as an update.
-                errors = err.details.get("writeErrors", [])
-                if attempt == 2 or any(e.get("code") != 11000 for e in errors):
-                    raise
-                ops = [ops[e["index"]] for e in errors]
+        for key in sorted(keys):
+            self._update(key, {"$addToSet": {"ids": resource_id}}, upsert=True)
 
     def remove(self, resource_id: str, keys: Iterable[str]) -> None:
-        ops = [UpdateOne({"_id": k}, {"$pull": {"ids": resource_id}}) for k in sorted(keys)]
-        if ops:
-            self.col.bulk_write(ops, ordered=False)
+        for key in sorted(keys):
+            self._update(key, {"$pull": {"ids": resource_id}}, upsert=False)
+
+    def _update(self, key: str, update: dict[str, Any], upsert: bool) -> None:
+        for attempt in range(3):
+            try:
+                self.col.update_one({"_id": key}, update, upsert=upsert)
+                return
+            except DuplicateKeyError:
+                pass  # two writers upserted the same new key: retry as an update of the one that won
+            except KeyError:
+                pass  # FerretDB v1 can answer a racing upsert with a reply lacking nModified: retry
+            if attempt == 2:
+                raise RuntimeError(f"could not update posting list {key!r}")
 
     def lookup(self, key: str) -> list[str]:
         doc = self.col.find_one({"_id": key})
