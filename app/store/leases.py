@@ -49,6 +49,6 @@ class Leases:
         try:
             yield
         finally:
-            held = self.col.find_one({"_id": name})
-            if held and held.get("token") == token:
-                self.col.delete_one({"_id": name})
+            # Only our own lease: after an expiry another holder may own the name. (_leases stays tiny, so
+            # this two-field filter is cheap even where only _id filters use an index.)
+            self.col.delete_one({"_id": name, "token": token})
