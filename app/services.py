@@ -69,7 +69,8 @@ def build_services(settings: Settings, profiles_dir: Path = PROFILES_DIR) -> Ser
     keyring = load_keyring(settings)
     protector = FieldProtector.from_profiles(keyring.field_cipher(), profiles_dir)
     independent = [t for t, conf in resource_types.items() if conf.get("dependent") is False]
-    repo = Repository(handle, registry, events, resource_types.keys(), protector, independent)
+    keyed = {t: conf["keyedReferences"] for t, conf in resource_types.items() if "keyedReferences" in conf}
+    repo = Repository(handle, registry, events, resource_types.keys(), protector, independent, keyed)
     repo.ensure_indexes()
     journal = TransactionJournal(repo, settings.journal_recovery_age)
     journal.recover()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
@@ -62,7 +61,7 @@ class Sealer:
         self.pending = db[PENDING]
         self.intent_grace = intent_grace
         self.batch = batch
-        self.ref_codes = [c for c, p in repo.registry.params(EVENTS).items() if p.type == "reference"]
+        self.ref_codes = repo.keyed_codes(EVENTS)
 
     def seal(self, wait_seconds: float = 5.0) -> SealResult | None:
         """One pass under the lease; None when another process holds it longer than wait_seconds."""
@@ -93,10 +92,8 @@ class Sealer:
             for k in keys_for(EVENTS, doc.get("ix", {}), self.ref_codes):
                 keys.setdefault(k, []).append(doc["_id"])
         if entries:
-            if keys:
-                self.repo.keys.col.bulk_write(
-                    [UpdateOne({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}}, upsert=True)
-                     for k, ids in sorted(keys.items())], ordered=False)
+            for k, ids in sorted(keys.items()):  # one update each: FerretDB v1 can stall on large bulks
+                self.repo.keys.col.update_one({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}}, upsert=True)
             self._store(docs)
             self.chain.insert_many(entries, ordered=True)
             # pending holds only what is not sealed yet: small, so the scan a $in costs there is cheap

@@ -76,6 +76,7 @@ class Repository:
         resource_types: Iterable[str] = (),
         protector: FieldProtector | None = None,
         independent_types: Iterable[str] = (),
+        keyed_references: dict[str, list[str]] | None = None,
     ) -> None:
         self.handle = handle
         self.db = handle.db
@@ -86,8 +87,11 @@ class Repository:
         self.protector = protector
         # Types whose references are records of an access, not dependencies (AuditEvent).
         self.independent_types = set(independent_types)
+        # The reference parameters that get posting lists (all of them unless the type's config narrows it).
         self._reference_codes = {
-            t: [c for c, p in registry.params(t).items() if p.type == "reference"] for t in self.resource_types
+            t: [c for c, p in registry.params(t).items() if p.type == "reference"
+                and (keyed_references is None or t not in keyed_references or c in keyed_references[t])]
+            for t in self.resource_types
         }
 
     # -- collections ---------------------------------------------------------------------------------
@@ -97,6 +101,9 @@ class Repository:
 
     def history_col(self, resource_type: str) -> Collection:
         return self.db[f"{resource_type}_history"]
+
+    def keyed_codes(self, resource_type: str) -> list[str]:
+        return self._reference_codes.get(resource_type, [])
 
     def check_type(self, resource_type: str) -> None:
         if resource_type not in self.resource_types:

@@ -218,7 +218,8 @@ class Searcher:
             if param is None:
                 continue
             keys: list[str] = []
-            if param.type == "reference" and (f.modifier is None or f.modifier in param.target):
+            if param.type == "reference" and f.code in self.repo.keyed_codes(rtype) \
+                    and (f.modifier is None or f.modifier in param.target):
                 for v in f.values:
                     target = local_reference(v.value, base_url)
                     if "/" not in target:
