@@ -66,7 +66,9 @@ def test_naming_system_json_is_complete(path: Path) -> None:
 def test_naming_system_is_valid_fhir(path: Path) -> None:
     from fhir.resources.R4B.namingsystem import NamingSystem
 
-    NamingSystem.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = NamingSystem.model_validate(data)  # raises on anything R4 does not allow
+    assert model.name == data["name"] and model.uniqueId
 
 
 def test_every_reference_system_is_defined(registry: IdentifierRegistry) -> None:
