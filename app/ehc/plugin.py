@@ -195,11 +195,7 @@ def attach(svc: Services) -> CardService:
     if service is not None:
         return service
     service = svc.extensions["ehc"] = CardService(svc, keyring_for(svc))
-    svc.events.subscribe("pre-create", service.pre_write, "Patient")
-    svc.events.subscribe("pre-update", service.pre_write, "Patient")
-    svc.events.subscribe("created", service.post_write, "Patient")
-    svc.events.subscribe("updated", service.post_write, "Patient")
-    svc.events.subscribe("deleted", service.deleted, "Patient")
+    svc.events.subscribe_writes("Patient", pre=service.pre_write, post=service.post_write, deleted=service.deleted)
     return service
 
 

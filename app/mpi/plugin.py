@@ -203,11 +203,7 @@ def setup(svc: Services) -> MpiHooks:
     svc.extensions["mpi"] = index
     svc.extensions["mpi_hooks"] = hooks
     svc.extensions["identifiers"] = registry  # for app.ehc: which identifiers are master documents
-    svc.events.subscribe("pre-create", hooks.pre_write, "Patient")
-    svc.events.subscribe("pre-update", hooks.pre_write, "Patient")
-    svc.events.subscribe("created", hooks.post_write, "Patient")
-    svc.events.subscribe("updated", hooks.post_write, "Patient")
-    svc.events.subscribe("deleted", hooks.deleted, "Patient")
+    svc.events.subscribe_writes("Patient", pre=hooks.pre_write, post=hooks.post_write, deleted=hooks.deleted)
     return hooks
 
 

@@ -35,6 +35,13 @@ class EventBus:
             raise ValueError(f"unknown storage event {name!r}")
         self._handlers[name].append((resource_type, handler))
 
+    def subscribe_writes(self, resource_type: str, *, pre: Handler, post: Handler, deleted: Handler) -> None:
+        """The usual trio of a subscriber that follows one type's writes: pre-create and pre-update to `pre`,
+        created and updated to `post`, deleted to `deleted`."""
+        for name, handler in (("pre-create", pre), ("pre-update", pre), ("created", post), ("updated", post),
+                              ("deleted", deleted)):
+            self.subscribe(name, handler, resource_type)
+
     def fire(self, event: StoreEvent) -> None:
         for resource_type, handler in self._handlers[event.name]:
             if resource_type is None or resource_type == event.resource_type:
