@@ -8,15 +8,17 @@ completely or not at all.
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jsonpatch
+import orjson
 
 from app.core.errors import FhirError, Issue, bad_request
 from app.core.ids import new_id
-from app.fhir.http import FhirResponse
+from app.fhir.http import FhirResponse, parse_etag
 from app.fhir.interactions import _audit, _find, check_type, validator
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
@@ -60,10 +62,7 @@ def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
             headers[header] = r[field]
     body = entry.get("resource")
     if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
-        import base64
-
-        import orjson
-
+        # FHIR carries a JSON Patch in a transaction as a Binary holding the patch document
         body = {"_patch": orjson.loads(base64.b64decode(body.get("data", "")))}
     return FhirRequest(r["method"], path.strip("/"), parse_qsl(parts.query, keep_blank_values=True), headers,
                        body, base=req.base, principal=req.principal, write=req.write,
@@ -208,8 +207,6 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             _validate(svc, resource, rtype, where)
         svc.policy.check(req.principal, "delete" if plan["kind"] == "delete" else "update", rtype, resource,
                          svc.repo.get_doc(rtype, rid))
-        from app.fhir.http import parse_etag
-
         if_match = parse_etag(sub.header("if-match"), f"Bundle.entry[{i}].request.ifMatch")
         method = {"create": "create", "put": "update", "patch": "update", "delete": "delete"}[plan["kind"]]
         write_index[i] = len(writes)

@@ -15,6 +15,8 @@ from app.core.ids import is_valid_id
 from app.fhir.http import FhirResponse, etag, parse_etag, parse_prefer, version_headers
 from app.fhir.presentation import apply_elements, apply_summary
 from app.fhir.router import FhirRequest
+from app.fhir.validation import Validator
+from app.search.parser import parse_search
 from app.services import Services
 from app.store.protect import redact_query
 from app.store.repository import Stored
@@ -28,9 +30,7 @@ def check_type(svc: Services, rtype: str, interaction: str) -> None:
         raise FhirError(405, f"{interaction} is not allowed on {rtype}", code="not-supported")
 
 
-def validator(svc: Services) -> Any:
-    from app.fhir.validation import Validator
-
+def validator(svc: Services) -> Validator:
     v = svc.extensions.get("validator")
     if v is None:
         v = svc.extensions["validator"] = Validator(svc.profiles_dir)
@@ -133,8 +133,6 @@ def _criteria_params(criteria: str) -> list[tuple[str, str]]:
 
 
 def _find(svc: Services, rtype: str, params: list[tuple[str, str]], limit: int) -> list[dict[str, Any]]:
-    from app.search.parser import parse_search
-
     request = parse_search(rtype, params, svc.registry, strict=True, default_count=limit,
                            max_count=svc.settings.max_count)
     return svc.searcher.search(request, limit).docs

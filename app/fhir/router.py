@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from app.core.access import Principal
 from app.core.errors import FhirError
@@ -40,8 +41,6 @@ class FhirRequest:
         return None
 
     def query_string(self) -> str:
-        from urllib.parse import urlencode
-
         return urlencode(self.params)
 
 

@@ -18,6 +18,7 @@ Two patches (PATCHES below), each checked to apply exactly once:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -81,8 +82,6 @@ def install_ferretdb(target: Path | None = None) -> Path:
     if not go:
         raise EmbeddedDatabaseError("Go is needed to build FerretDB (the embedded database) and was not found")
     _log(f"building FerretDB {FERRETDB_VERSION} from the Go module proxy; the first time takes 2-4 minutes...")
-    import json
-
     env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
     info = json.loads(_run([go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"], env=env))
     with tempfile.TemporaryDirectory(prefix="ferretdb-src-") as tmp:

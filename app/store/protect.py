@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from app.crypto import FieldCipher
 from app.search.request import FilterValue, SearchRequest
@@ -139,8 +140,6 @@ def redact_query(protector: FieldProtector | None, query: str | None) -> str | N
     """A query string with the values of protected parameters blinded, for logs and the audit trail."""
     if not protector or not query:
         return query
-    from urllib.parse import parse_qsl, urlencode
-
     out = []
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name.split(":")[0] in protector.search_params and value:

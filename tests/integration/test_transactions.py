@@ -158,3 +158,20 @@ def test_kill_mid_transaction_leaves_nothing_after_restart(db_uri, tmp_path):
         assert again["total"] == 6
     finally:
         restarted.stop()
+
+
+def test_transaction_patch_entry_as_binary(client):
+    import base64
+
+    pid = post_bundle(client, bundle("transaction", [patient_entry("77777777-7777-4777-8777-777777777777",
+                                                                   "Qian", "T7")])).json["entry"][0]["resource"]["id"]
+    patch = [{"op": "add", "path": "/active", "value": False}]
+    data = base64.b64encode(json.dumps(patch).encode()).decode()
+    b = bundle("transaction", [{"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                                             "data": data},
+                                "request": {"method": "PATCH", "url": f"Patient/{pid}"}}])
+    r = post_bundle(client, b)
+    assert r.status_code == 200, r.json
+    assert r.json["entry"][0]["response"]["status"] == "200 OK"
+    got = client.get(f"/fhir/Patient/{pid}").json
+    assert got["active"] is False and got["meta"]["versionId"] == "2"
