@@ -90,9 +90,17 @@ def _now() -> Any:
 def _write_keys(repo: Any, keys: dict[str, list[str]]) -> None:
     """Posting lists of a batch; each key is new (one patient's records are seeded in one batch), so plain
     inserts do (FerretDB v1 can stall on large bulks of updates)."""
+    from pymongo.errors import BulkWriteError
+
     docs = [{"_id": k, "ids": v} for k, v in keys.items()]
     for i in range(0, len(docs), 1000):
-        repo.keys.col.insert_many(docs[i:i + 1000], ordered=False)
+        chunk = docs[i:i + 1000]
+        try:
+            repo.keys.col.insert_many(chunk, ordered=False)
+        except BulkWriteError as err:  # a key from an earlier batch (synthetic ID numbers can repeat)
+            for e in err.details["writeErrors"]:
+                doc = chunk[e["index"]]
+                repo.keys.col.update_one({"_id": doc["_id"]}, {"$addToSet": {"ids": {"$each": doc["ids"]}}})
 
 
 # -- load generation -------------------------------------------------------------------------------------
