@@ -174,7 +174,7 @@ class Repository:
         return stored
 
     def exists(self, resource_type: str, rid: str) -> bool:
-        doc = self.get_doc(resource_type, rid)
+        doc = self.get_raw(resource_type, rid)  # nothing to decrypt for a yes/no
         return bool(doc and not doc.get("del"))
 
     # -- writes --------------------------------------------------------------------------------------
