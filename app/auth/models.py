@@ -55,6 +55,7 @@ class AuthorizationCode(Document):
     scope = StringField()
     account = StringField()
     patient = StringField()
+    encounter = StringField()  # EHR launch context
     fhir_user = StringField()
     nonce = StringField()
     code_challenge = StringField()
@@ -72,6 +73,7 @@ class Token(Document):
     scope = StringField()
     account = StringField()
     patient = StringField()
+    encounter = StringField()  # EHR launch context
     fhir_user = StringField()
     province = StringField()
     organization = StringField()
@@ -82,6 +84,19 @@ class Token(Document):
     revoked = BooleanField(default=False)
     parent = StringField()  # refresh token hash an access token came from
     children = ListField(StringField())  # access token hashes issued from this refresh token
+
+
+class Launch(Document):
+    """An EHR launch context (SMART App Launch 2.0 "EHR launch"): created by an EHR, given to an app as the
+    opaque `launch` parameter, used once at the authorization endpoint within five minutes."""
+
+    meta = {"collection": "auth_launches", "strict": False}
+    launch_hash = StringField(primary_key=True)  # sha256 of the opaque launch id
+    patient = StringField(required=True)
+    encounter = StringField()
+    client_id = StringField()  # the only app that may use it, when the EHR names one
+    created_by = StringField(required=True)  # the EHR's client_id
+    expires_at = IntField(required=True)
 
 
 class ResidentAccount(Document):

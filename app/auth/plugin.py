@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
-from app.auth import smart, views
+from app.auth import launch, smart, views
 from app.auth.keys import AuthKeys
 from app.auth.models import AuthStore, Client
 from app.auth.policy import PURPOSE_HEADER, SmartPolicy
@@ -87,6 +87,7 @@ def init_app(app: Flask, svc: Any) -> None:
         svc.policy = SmartPolicy(svc, st.store)
     app.register_blueprint(smart.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(launch.bp)
     if not app.secret_key:
         app.secret_key = st.keys.secret
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)

@@ -160,6 +160,7 @@ WORDS = {
     "openid": ("确认您的身份", "confirm who you are"),
     "fhirUser": ("读取您的用户资料", "know your user record"),
     "launch/patient": ("选择就诊人", "know which patient is selected"),
+    "launch": ("使用医院系统指定的就诊人", "use the patient the hospital system chose"),
     "offline_access": ("在您离线时继续访问", "keep access while you are offline"),
     "online_access": ("在您在线时继续访问", "keep access while you are online"),
 }

@@ -2,6 +2,8 @@
 
 - Authorization code (RFC 6749 §4.1) with PKCE (RFC 7636), S256 only and required of every client;
   `aud` must be this server's FHIR base. Refresh tokens (rotated) only when offline_access is granted.
+  EHR launch: the `launch` scope goes with a `launch` parameter naming a context an EHR created
+  (app.auth.launch); it is taken once, when the code is issued, and gives the token its patient/encounter.
 - Client credentials (RFC 6749 §4.4) with private_key_jwt (RFC 7523 client assertions, RS384 or ES384,
   verified against the JWKS given at registration; lifetime at most 5 minutes; each jti accepted once)
   or client_secret_basic for confidential operator clients. Tokens live 300 s, with no refresh token.
@@ -39,7 +41,8 @@ from joserfc.jwk import KeySet
 from pymongo.errors import BulkWriteError
 
 from app.auth.keys import AuthKeys
-from app.auth.models import AuthorizationCode, AuthStore, Client, Token, UsedAssertion, digest, now
+from app.auth.launch import peek_launch, take_launch
+from app.auth.models import AuthorizationCode, AuthStore, Client, Launch, Token, UsedAssertion, digest, now
 from app.auth.scopes import narrow, parse_scopes
 from app.auth.smart import endpoints, fhir_base
 
@@ -140,7 +143,8 @@ class StoredCode(AuthorizationCodeMixin):
 def _user_of(raw: dict[str, Any]) -> dict[str, Any] | None:
     if not raw.get("account"):
         return None
-    return {"account": raw["account"], "patient": raw.get("patient"), "fhir_user": raw.get("fhir_user")}
+    return {"account": raw["account"], "patient": raw.get("patient"), "encounter": raw.get("encounter"),
+            "fhir_user": raw.get("fhir_user")}
 
 
 # -- grants ------------------------------------------------------------------------------------------------
@@ -170,15 +174,43 @@ class SmartAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if aud != expected:
             raise InvalidRequestError(f"aud must be this server's FHIR base URL {expected}",
                                       redirect_uri=redirect_uri)
+        self.ehc_launch = self.validate_launch(redirect_uri)
         return redirect_uri
+
+    def validate_launch(self, redirect_uri: str) -> Launch | None:
+        """EHR launch: the launch context named by the `launch` parameter (looked at, not yet used)."""
+        launch_id = self.request.payload.data.get("launch")
+        asked = parse_scopes(self.request.payload.scope).has("launch")
+        if not launch_id and not asked:
+            return None
+        if not launch_id:
+            raise InvalidRequestError("the launch scope needs a launch parameter (EHR launch)",
+                                      redirect_uri=redirect_uri)
+        if not asked:
+            raise InvalidRequestError("a launch parameter needs the launch scope", redirect_uri=redirect_uri)
+        client = self.request.client
+        if not parse_scopes(client.doc.scopes).has("launch"):
+            raise InvalidScopeError("this client is not registered for EHR launch (scope launch)",
+                                    redirect_uri=redirect_uri)
+        doc = peek_launch(self.server.store, launch_id)
+        if doc is None or (doc.client_id and doc.client_id != client.client_id):
+            raise InvalidRequestError("the launch is unknown, expired or already used", redirect_uri=redirect_uri)
+        return doc
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         data = request.payload.data
         user = request.user or {}
+        patient, encounter = user.get("patient"), None
+        if getattr(self, "ehc_launch", None) is not None:
+            launch = take_launch(self.server.store, data["launch"])  # used once, even if the code is not
+            if launch is None or launch.patient != patient:
+                raise InvalidRequestError("the launch is unknown, expired or already used",
+                                          redirect_uri=request.payload.redirect_uri)
+            encounter = launch.encounter
         self.server.store.save(AuthorizationCode(
             code_hash=digest(code), client_id=request.client.client_id,
             redirect_uri=request.payload.redirect_uri, scope=request.scope, account=user.get("account"),
-            patient=user.get("patient"), fhir_user=user.get("fhir_user"), nonce=data.get("nonce"),
+            patient=patient, encounter=encounter, fhir_user=user.get("fhir_user"), nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"), expires_at=now() + CODE_TTL),
             insert=True)
@@ -195,7 +227,9 @@ class SmartAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: StoredCode) -> dict[str, Any] | None:
         d = authorization_code.doc
-        return {"account": d.account, "patient": d.patient, "fhir_user": d.fhir_user} if d.account else None
+        if not d.account:
+            return None
+        return {"account": d.account, "patient": d.patient, "encounter": d.encounter, "fhir_user": d.fhir_user}
 
 
 class SmartRefreshTokenGrant(grants.RefreshTokenGrant):
@@ -289,6 +323,8 @@ class Introspection(IntrospectionEndpoint):
             out["sub"] = raw["account"]
         if raw.get("patient"):
             out["patient"] = raw["patient"]
+        if raw.get("encounter"):
+            out["encounter"] = raw["encounter"]
         if raw.get("fhir_user"):
             out["fhirUser"] = raw["fhir_user"]
         return out
@@ -377,7 +413,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         access_key = digest(token["access_token"])
         refresh_key = digest(token["refresh_token"]) if token.get("refresh_token") else None
         common = dict(client_id=client.client_id, scope=token["scope"], account=user.get("account"),
-                      patient=user.get("patient"), fhir_user=user.get("fhir_user"),
+                      patient=user.get("patient"), encounter=user.get("encounter"), fhir_user=user.get("fhir_user"),
                       province=client.doc.province, organization=client.doc.organization,
                       break_glass=client.doc.break_glass, purpose=purpose, issued_at=issued)
         docs: list[Any] = []
@@ -399,6 +435,8 @@ class SmartAuthorizationServer(AuthorizationServer):
         if user.get("patient"):
             token["patient"] = user["patient"]
             token["need_patient_banner"] = True
+        if user.get("encounter"):
+            token["encounter"] = user["encounter"]
         scopes = parse_scopes(token["scope"])
         if scopes.has("openid") and scopes.has("fhirUser") and user.get("account"):
             code = getattr(request, "authorization_code", None)

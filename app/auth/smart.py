@@ -16,10 +16,12 @@ from app.auth.scopes import OTHER_SCOPES
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 CAPABILITIES = [
     "launch-standalone",
+    "launch-ehr",
     "client-public",
     "client-confidential-symmetric",
     "client-confidential-asymmetric",
     "context-standalone-patient",
+    "context-ehr-patient",
     "permission-patient",
     "permission-user",
     "permission-offline",
@@ -68,7 +70,7 @@ def smart_configuration(svc: Any) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "scopes_supported": sorted(OTHER_SCOPES - {"launch", "launch/encounter"})
+        "scopes_supported": sorted(OTHER_SCOPES - {"launch/encounter"})
         + [f"{c}/*.{p}" for p in ("cruds", "read") for c in ("patient", "user", "system")],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],

@@ -1,5 +1,6 @@
 """Server-rendered pages and the OAuth endpoints: /oauth/authorize (login, patient picker, approval; GET
-and POST), /oauth/token, /oauth/introspect, /oauth/revoke, /oauth/jwks, /oauth/logout.
+and POST), /oauth/token, /oauth/introspect, /oauth/revoke, /oauth/jwks, /oauth/logout. On an EHR launch
+the picker is skipped: the launch's patient is used, and must be one the account is bound to.
 
 The pages are Chinese with English. Every form carries a CSRF token bound to the session cookie; the
 session only remembers which account logged in (for 15 minutes).
@@ -105,6 +106,11 @@ def authorize() -> ResponseReturnValue:
     needs_patient = scopes.has("launch/patient") or any(s.context == "patient" for s in scopes.resource)
     patients = list(account.patients)
     chosen = form.get("patient") or (patients[0] if len(patients) == 1 else None)
+    launch = getattr(grant, "ehc_launch", None)
+    if launch is not None:  # EHR launch: the EHR chose the patient; the resident must be bound to it
+        if launch.patient not in patients:
+            return server.create_authorization_response(grant_user=None, grant=grant)
+        needs_patient, chosen = True, launch.patient
     if chosen is not None and chosen not in patients:
         return _page("error.html", 400, error="invalid_request", description="未绑定该就诊人 / Not a bound patient")
     if needs_patient and not patients:
