@@ -6,12 +6,30 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
+from werkzeug.serving import make_server
 
 from app.store.embedded import free_port
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """The Flask app served on a free 127.0.0.1 port by a threaded werkzeug server; yields its root URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
 
 
 class LiveServer:

@@ -6,7 +6,6 @@ another province. Import the fixtures into a test module with `from tests.integr
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -17,7 +16,6 @@ import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
-from werkzeug.serving import make_server
 
 from app.auth.accounts import create_account
 from app.auth.bindings import bind
@@ -26,6 +24,7 @@ from app.auth.plugin import auth_state
 from app.auth.registration import register_client
 from app.config import Settings
 from app.store.repository import WriteContext
+from tests.live import serve_in_thread
 
 FJ = "application/fhir+json"
 REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: the test reads the redirect Location
@@ -58,12 +57,8 @@ def svc(auth_app: Any) -> Any:
 @pytest.fixture(scope="module")
 def live(auth_app: Any) -> Any:
     """Base URL (http://127.0.0.1:<port>) of the app served in a thread."""
-    server = make_server("127.0.0.1", 0, auth_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+    with serve_in_thread(auth_app) as url:
+        yield url
 
 
 # -- clients, keys, tokens ---------------------------------------------------------------------------------

@@ -8,21 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from tests.integration.test_mpi_registration import ID_SYS, id_number
+from tests.live import serve_in_thread
 
 N = 12
 
 
 @pytest.fixture(scope="module")
 def base_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/fhir"
-    server.shutdown()
-    thread.join(5)
+    with serve_in_thread(app) as url:
+        yield url + "/fhir"
 
 
 def test_parallel_registration_of_one_resident(base_url):
