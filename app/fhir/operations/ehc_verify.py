@@ -18,6 +18,7 @@ from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
 from app.fhir.operations.ehc_qrcode import instant
 from app.fhir.router import FhirRequest
+from app.ops.metrics import record_qr_verification
 from app.services import Services
 
 
@@ -32,6 +33,7 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
         raise bad_request("$ehc-verify needs a 'token' parameter (valueString)", expression="token")
     svc.policy.check(req.principal, "read", "Patient")
     result = card_service(svc).verify(token)
+    record_qr_verification("valid" if result.valid else result.reason or "invalid")
     out: list[dict[str, Any]] = [{"name": "valid", "valueBoolean": result.valid}]
     if result.patient:
         out.append({"name": "patient", "valueReference": {"reference": f"Patient/{result.patient}"}})
