@@ -21,6 +21,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    from app.ops import health, logging, metrics
+
+    # First: their request hooks time and log every request, and the database listener must be in place
+    # before the first client connects.
+    for ops in (logging, metrics, health):
+        ops.init_app(app)
     svc = services or build_services(settings)
 
     from app import fhir

@@ -13,6 +13,7 @@ from typing import Any
 from app.config import Settings
 from app.core.access import AccessListener, AccessPolicy, AccessRecord, OpenPolicy
 from app.keyring import load_keyring
+from app.profiles import PROFILES_DIR  # fhir_profiles/ in a source tree, app/_profiles when installed
 from app.search.registry import SearchRegistry
 from app.store.database import DatabaseHandle
 from app.store.embedded import EmbeddedDatabase
@@ -22,8 +23,6 @@ from app.store.leases import Leases
 from app.store.protect import FieldProtector
 from app.store.repository import Repository
 from app.store.searcher import Searcher
-
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "fhir_profiles"
 
 
 def load_resource_types(profiles_dir: Path = PROFILES_DIR) -> dict[str, dict[str, Any]]:

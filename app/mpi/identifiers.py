@@ -25,6 +25,7 @@ from typing import Any
 
 from app.core.errors import Issue
 from app.mpi.documents import CompiledRule, IdentifierInvalid, ProvinceTable
+from app.profiles import PROFILES_DIR  # fhir_profiles/ in a source tree, app/_profiles when installed
 
 __all__ = [
     "RULE_EXTENSION",
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 RULE_EXTENSION = "https://ehc.example.cn/fhir/StructureDefinition/identifier-rule"
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # the organization id after a prefix system
 
 
