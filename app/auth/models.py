@@ -4,8 +4,10 @@ mongoengine binds documents to a connection alias; one alias per Services instan
 databases live in one process (tests). Queries go through `AuthStore`, which builds querysets and saves
 instances on its own alias's collections (thread-safe, unlike the class-level `switch_db`). FerretDB v1 uses no
 secondary index, so every hot lookup here is by `_id`: tokens and codes are keyed by the SHA-256 of their
-value (a database dump reveals no usable token), accounts by an HMAC of the phone number, used client
-assertions by `client|jti` (a second insert of the same `_id` is a replay).
+value (a database dump reveals no usable token), accounts and login locks by an HMAC of the phone number, used
+client assertions by `client|jti` (a second insert of the same `_id` is a replay), revoked token families by
+the family id. Single use is decided by one findAndModify on `_id` (`claim`, `take`): atomic on MongoDB, and on
+the FerretDB build of this repository, which serialises update and findAndModify.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import mongoengine
 from mongoengine import BooleanField, DictField, Document, IntField, ListField, StringField
 from mongoengine.connection import get_db
 from mongoengine.queryset import QuerySet
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 
@@ -43,6 +46,7 @@ class Client(Document):
     province = StringField(required=True, regex=r"^\d{2}$")
     organization = StringField()
     break_glass = BooleanField(default=False)
+    resource_server = BooleanField(default=False)  # may introspect tokens of other clients
     active = BooleanField(default=True)
     created = IntField(default=now)
 
@@ -84,6 +88,19 @@ class Token(Document):
     revoked = BooleanField(default=False)
     parent = StringField()  # refresh token hash an access token came from
     children = ListField(StringField())  # access token hashes issued from this refresh token
+    family = StringField()  # the grant: hash of its first refresh token, shared by every token descended from it
+    spent_at = IntField()  # a refresh token: when it was used (it is used once)
+
+
+class TokenFamily(Document):
+    """A revoked grant ("token family"): every access and refresh token whose `family` is this id is dead.
+    Written when a refresh token is revoked or a spent one is presented again; absent otherwise."""
+
+    meta = {"collection": "auth_token_families", "strict": False}
+    family = StringField(primary_key=True)
+    revoked_at = IntField(required=True)
+    reason = StringField()
+    expires_at = IntField(required=True)  # no token of the family outlives this
 
 
 class Launch(Document):
@@ -109,8 +126,19 @@ class ResidentAccount(Document):
     patients = ListField(StringField())  # bound Patient ids, self first
     fhir_user = StringField()  # Patient/<self> (or RelatedPerson/<id>)
     active = BooleanField(default=True)
-    failed = IntField(default=0)
+    failed = IntField(default=0)  # legacy; failed logins are counted in LoginLock, for any phone
     created = IntField(default=now)
+
+
+class LoginLock(Document):
+    """Failed logins of one phone number (registered or not: the answer must not tell) and its lock."""
+
+    meta = {"collection": "auth_login_locks", "strict": False}
+    phone_key = StringField(primary_key=True)  # HMAC of the normalised number, as ResidentAccount
+    failures = IntField(default=0)  # consecutive failures
+    last = IntField(default=0)  # time of the last failure
+    locked_until = IntField(default=0)
+    unlock_logged = IntField(default=0)  # the locked_until whose expiry has been audited
 
 
 class Binding(Document):
@@ -146,6 +174,7 @@ class SmsCode(Document):
 
 
 D = TypeVar("D", bound=Document)
+FAMILY_LIFETIME = 31 * 24 * 3600  # longer than any refresh token lives (app.auth.server.REFRESH_TTL)
 
 
 class AuthStore:
@@ -207,6 +236,13 @@ class AuthStore:
                 doc.validate()
             self.collection(type(docs[0])).insert_many([d.to_mongo() for d in docs], ordered=True)
 
+    def claim(self, cls: type[Document], key: str, **fields: Any) -> dict[str, Any] | None:
+        """Set fields and return the document as it was before (one findAndModify on `_id`): of several
+        concurrent claimers exactly one sees the fields unset."""
+        before: dict[str, Any] | None = self.collection(cls).find_one_and_update(
+            {"_id": key}, {"$set": fields}, return_document=ReturnDocument.BEFORE)
+        return before
+
     def take(self, cls: type[D], key: str) -> D | None:
         """Remove and return (single use: two concurrent takers never both get it)."""
         raw = self.collection(cls).find_one_and_delete({"_id": key})
@@ -215,15 +251,24 @@ class AuthStore:
     def delete(self, cls: type[Document], key: str) -> None:
         self.collection(cls).delete_one({"_id": key})
 
+    def token(self, key: str) -> dict[str, Any] | None:
+        """A stored token by hash, marked `revoked` when its family has been revoked (uncached)."""
+        raw = self.raw(Token, key)
+        if raw is not None and raw.get("family") and not raw.get("revoked") \
+                and self.raw(TokenFamily, raw["family"]) is not None:
+            raw = {**raw, "revoked": True}
+        return raw
+
     def access_token(self, key: str) -> dict[str, Any] | None:
-        """A stored token by hash, through a short in-process cache: a hit saves a database round trip
-        on every FHIR request. Revocation through this process drops the entry at once (forget); other
-        processes see it within TOKEN_CACHE_SECONDS. Expiry is checked by the caller on every use."""
+        """A stored token by hash (family revocation applied), through a short in-process cache: a hit
+        saves the database round trips on every FHIR request. Revocation through this process drops the
+        entries at once (forget, forget_family); other processes see it within TOKEN_CACHE_SECONDS. Expiry
+        is checked by the caller on every use."""
         hit = self._tokens.get(key)
         t = time.monotonic()
         if hit is not None and hit[0] > t:
             return hit[1]
-        raw = self.raw(Token, key)
+        raw = self.token(key)
         if raw is not None:
             with self._tokens_lock:
                 if len(self._tokens) > 50_000:
@@ -234,6 +279,20 @@ class AuthStore:
     def forget(self, *keys: str) -> None:
         with self._tokens_lock:
             for key in keys:
+                self._tokens.pop(key, None)
+
+    def revoke_family(self, family: str, reason: str) -> None:
+        """Revoke every token of a grant, those issued later included (they carry the family id)."""
+        try:
+            self.save(TokenFamily(family=family, revoked_at=now(), reason=reason,
+                                  expires_at=now() + FAMILY_LIFETIME), insert=True)
+        except DuplicateKeyError:
+            pass  # revoked already
+        self.forget_family(family)
+
+    def forget_family(self, family: str) -> None:
+        with self._tokens_lock:
+            for key in [k for k, (_, raw) in self._tokens.items() if raw.get("family") == family]:
                 self._tokens.pop(key, None)
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """Registering clients (operators, `ehc clients add`): scopes checked against SMART syntax, a province
 code, an optional Organization, redirect URIs for apps, a public JWKS for private_key_jwt, and a random
-secret for confidential clients (only its SHA-256 is stored; the secret is shown once)."""
+secret for confidential clients without a JWKS (only its SHA-256 is stored; the secret is shown once). A
+client registered with a JWKS authenticates with signed assertions only: it gets no secret that could leak.
+A resource server (`resource_server`) may introspect the tokens of other clients."""
 
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def check_jwks(jwks: dict[str, Any]) -> dict[str, Any]:
 
 def register_client(store: AuthStore, *, name: str, scopes: str, province: str, organization: str | None = None,
                     jwks: dict[str, Any] | None = None, redirect_uris: list[str] | tuple[str, ...] = (),
-                    public: bool = False, break_glass: bool = False) -> dict[str, Any]:
+                    public: bool = False, break_glass: bool = False,
+                    resource_server: bool = False) -> dict[str, Any]:
     """Store a new client; returns what the operator needs (client_id, and client_secret when confidential)."""
     if province not in PROVINCES:
         raise ValueError(f"province must be a GB/T 2260 province code (or 00); got {province!r}")
@@ -63,19 +66,21 @@ def register_client(store: AuthStore, *, name: str, scopes: str, province: str, 
             raise ValueError("a public client may only be registered with patient/ scopes")
         if break_glass:
             raise ValueError("break-the-glass is for confidential clients")
+        if resource_server:
+            raise ValueError("a resource server is a confidential client; drop --public")
     client_id = secrets.token_urlsafe(18)
-    secret = None if public else secrets.token_urlsafe(32)
+    secret = None if public or jwks else secrets.token_urlsafe(32)
     doc = Client(client_id=client_id, name=name, secret_hash=digest(secret) if secret else None, public=public,
                  scopes=" ".join(parsed.words), redirect_uris=list(redirect_uris),
                  jwks=check_jwks(jwks) if jwks else {}, province=province, organization=organization,
-                 break_glass=break_glass)
+                 break_glass=break_glass, resource_server=resource_server)
     store.save(doc, insert=True)
     out: dict[str, Any] = {"client_id": client_id, "name": name, "scopes": doc.scopes, "province": province,
                            "organization": organization, "redirect_uris": list(redirect_uris),
-                           "public": public, "break_glass": break_glass,
+                           "public": public, "break_glass": break_glass, "resource_server": resource_server,
                            "token_endpoint_auth_methods": (["none"] if public else
-                                                           ["client_secret_basic"]
-                                                           + (["private_key_jwt"] if jwks else []))}
+                                                           ["private_key_jwt"] if jwks else
+                                                           ["client_secret_basic"])}
     if secret:
         out["client_secret"] = secret
     return out

@@ -7,7 +7,12 @@
 - Client credentials (RFC 6749 §4.4) with private_key_jwt (RFC 7523 client assertions, RS384 or ES384,
   verified against the JWKS given at registration; lifetime at most 5 minutes; each jti accepted once)
   or client_secret_basic for confidential operator clients. Tokens live 300 s, with no refresh token.
-- Introspection (RFC 7662) and revocation (RFC 7009).
+- Refresh tokens are used once: the first use claims the token atomically (app.auth.models.AuthStore.claim);
+  every token descended from one authorization code is a "family", and presenting a spent refresh token
+  again revokes the whole family (OAuth 2.0 Security BCP, refresh token rotation with reuse detection).
+- Introspection (RFC 7662) answers the token's own client and registered resource servers; any other client
+  gets {"active": false}. Revocation (RFC 7009) of a refresh token revokes its family: every access token
+  issued from the same grant, at once in this process and within the token cache's 2 s in any other.
 Token values are random; only their SHA-256 is stored. Token responses carry `patient` (launch context)
 and an RS256 `id_token` for `openid fhirUser`.
 """
@@ -25,6 +30,7 @@ from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
     ClientMixin,
     InvalidClientError,
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     TokenMixin,
@@ -120,7 +126,7 @@ class StoredToken(TokenMixin):
         return int(self.raw["expires_at"]) <= now()
 
     def is_revoked(self) -> bool:
-        return bool(self.raw.get("revoked"))
+        return bool(self.raw.get("revoked") or self.raw.get("spent_at"))
 
     def get_user(self) -> dict[str, Any] | None:
         return _user_of(self.raw)
@@ -236,18 +242,42 @@ class SmartRefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "private_key_jwt", "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token is used once
 
+    def validate_token_request(self) -> None:
+        """The client, then the refresh token: its own, alive, asking no more than it was granted — and
+        only then spent, by one atomic claim. A refresh token that was spent before is a replay (stolen,
+        or used twice in parallel): the whole family is revoked."""
+        client = self._validate_request_client()
+        self.request.client = client
+        value = self.request.form.get("refresh_token")
+        if value is None:
+            raise InvalidRequestError("Missing 'refresh_token' in request.")
+        store: AuthStore = self.server.store
+        key = digest(value)
+        raw = store.token(key)
+        if not raw or raw.get("kind") != "refresh" or raw.get("client_id") != client.client_id:
+            raise InvalidGrantError()
+        family = raw.get("family") or key
+        if raw.get("spent_at"):
+            store.revoke_family(family, "refresh token reused")
+            raise InvalidGrantError("the refresh token was used before; every token of this grant is revoked")
+        if raw.get("revoked") or raw["expires_at"] <= now():
+            raise InvalidGrantError()
+        token = StoredToken(raw)
+        self._validate_token_scope(token)
+        before = store.claim(Token, key, spent_at=now())
+        if before is None or before.get("spent_at"):
+            store.revoke_family(family, "refresh token reused")
+            raise InvalidGrantError("the refresh token was used before; every token of this grant is revoked")
+        self.request.refresh_token = token
+
     def authenticate_refresh_token(self, refresh_token: str) -> StoredToken | None:
-        raw = self.server.store.raw(Token, digest(refresh_token))
-        if not raw or raw.get("kind") != "refresh" or raw.get("revoked") or raw["expires_at"] <= now():
-            return None
-        return StoredToken(raw)
+        raise NotImplementedError("validate_token_request authenticates the refresh token")
 
     def authenticate_user(self, refresh_token: StoredToken) -> dict[str, Any] | None:
         return refresh_token.get_user()
 
     def revoke_old_credential(self, refresh_token: StoredToken) -> None:
-        self.server.store.set(Token, refresh_token.raw["_id"], revoked=True)
-        self.server.store.forget(refresh_token.raw["_id"])
+        self.server.store.forget(refresh_token.raw["_id"])  # spent already (claimed in validate_token_request)
 
 
 class BackendServicesGrant(grants.ClientCredentialsGrant):
@@ -307,11 +337,13 @@ class Introspection(IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "private_key_jwt"]
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> StoredToken | None:
-        raw = self.server.store.raw(Token, digest(token_string))
+        raw = self.server.store.token(digest(token_string))
         return StoredToken(raw) if raw else None
 
     def check_permission(self, token: StoredToken, client: Any, request: Any) -> bool:
-        return True  # any authenticated confidential client (a resource server) may introspect
+        """The token's own client, or a registered resource server; any other client is answered
+        {"active": false}, as for an unknown token (RFC 7662 §2.2): it learns nothing of the token."""
+        return bool(token.check_client(client) or client.doc.resource_server)
 
     def introspect_token(self, token: StoredToken) -> dict[str, Any]:
         raw = token.raw
@@ -338,11 +370,16 @@ class Revocation(RevocationEndpoint):
         return StoredToken(raw) if raw else None
 
     def revoke_token(self, token: StoredToken, request: Any) -> None:
-        # RFC 7009 §2.1: revoking a refresh token also revokes the access tokens issued from it.
-        keys = [token.raw["_id"], *token.raw.get("children", [])]
+        """RFC 7009 §2.1: revoking a refresh token also revokes the access tokens based on the same grant —
+        its family (those issued before it and any a concurrent refresh issues after)."""
+        store: AuthStore = self.server.store
+        raw = token.raw
+        keys = [raw["_id"]] + (list(raw.get("children") or []) if raw.get("kind") == "refresh" else [])
+        if raw.get("kind") == "refresh":
+            store.revoke_family(raw.get("family") or raw["_id"], "refresh token revoked")
         for key in keys:
-            self.server.store.set(Token, key, revoked=True)
-        self.server.store.forget(*keys)
+            store.set(Token, key, revoked=True)
+        store.forget(*keys)
 
 
 # -- the server --------------------------------------------------------------------------------------------
@@ -405,17 +442,20 @@ class SmartAuthorizationServer(AuthorizationServer):
     def store_token(self, token: dict[str, Any], request: Any) -> None:
         client: SmartClient = request.client
         user = request.user or {}
+        family = None
         if request.payload.grant_type == "refresh_token":
             old = request.refresh_token.raw
             user = user or _user_of(old) or {}
+            family = old.get("family") or old["_id"]
         purpose = request.payload.data.get("purpose_of_use")
         issued = now()
         access_key = digest(token["access_token"])
         refresh_key = digest(token["refresh_token"]) if token.get("refresh_token") else None
+        family = family or refresh_key  # a grant's first refresh token names its family
         common = dict(client_id=client.client_id, scope=token["scope"], account=user.get("account"),
                       patient=user.get("patient"), encounter=user.get("encounter"), fhir_user=user.get("fhir_user"),
                       province=client.doc.province, organization=client.doc.organization,
-                      break_glass=client.doc.break_glass, purpose=purpose, issued_at=issued)
+                      break_glass=client.doc.break_glass, purpose=purpose, issued_at=issued, family=family)
         docs: list[Any] = []
         pending = g.pop("ehc_pending_jti", None) if has_request_context() else None
         if pending is not None:

@@ -142,7 +142,7 @@ def test_missing_bad_expired_and_revoked_tokens_get_401(live, svc):
 
 
 def test_introspection(live, svc):
-    rs = register(svc, "system/Patient.r", name="resource server")
+    rs = register(svc, "system/Patient.r", name="resource server", resource_server=True)
     c = _client(svc)
     tok = backend_token(live, c["client_id"], RSA, "system/Patient.rs").json()["access_token"]
     r = requests.post(f"{live}/oauth/introspect", data={"token": tok}, auth=(rs["client_id"], rs["client_secret"]),
