@@ -6,9 +6,9 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 
+from app.core import fhirjson
 from app.core.access import AccessRecord
 from app.core.errors import FhirError
 from app.fhir.http import FhirResponse, negotiate, read_json_body, to_flask
@@ -47,8 +47,8 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
         try:
-            return {"_patch": orjson.loads(data)}, data
-        except orjson.JSONDecodeError as err:
+            return {"_patch": fhirjson.loads(data)}, data  # decimals keep their text
+        except fhirjson.JsonError as err:
             raise FhirError(400, f"the JSON Patch is not valid JSON: {err}") from None
     if method == "POST" and path.endswith("_search"):
         if ctype == "application/x-www-form-urlencoded":

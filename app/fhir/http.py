@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from flask import Request, Response
 
+from app.core import fhirjson
 from app.core.errors import FhirError, bad_request
 from app.core.timeutil import http_date
 
@@ -26,6 +26,9 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = FHIR_JSON
     raw: bytes | None = None  # Binary content served as itself
+    # A create that registered a known resident: what the caller submitted (the disclosure gate answers with
+    # the registration view when the caller may not see the whole record).
+    registration_of: dict[str, Any] | None = None
 
 
 def negotiate(request: Request) -> str:
@@ -71,8 +74,8 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     if not data.strip():
         raise bad_request("the request has no body; a FHIR resource was expected")
     try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError as err:
+        body = fhirjson.loads(data)  # decimals keep their text (1.50 stays 1.50)
+    except fhirjson.JsonError as err:
         raise bad_request(f"the body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object (a FHIR resource)")
@@ -120,8 +123,7 @@ def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     elif resp.body is None:
         out = Response(b"", status=resp.status)
     else:
-        opts = orjson.OPT_INDENT_2 if pretty else 0
-        payload = orjson.dumps(resp.body, option=opts | orjson.OPT_NON_STR_KEYS)
+        payload = fhirjson.dumps(resp.body, pretty)
         out = Response(payload, status=resp.status, content_type=f"{media_type}; charset=utf-8")
     for k, v in resp.headers.items():
         out.headers[k] = v

