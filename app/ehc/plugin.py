@@ -79,7 +79,11 @@ class CardService:
         ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
         target = res.get("_ehc_existing") or res.get("id")
         fresh = target is not None and target == ctx.extra.get("mpi_new_id")
-        doc = self.svc.repo.get_doc("Patient", target) if target and not fresh else None
+        known = event.extra.get("patient_doc")  # read by the master index's handler of this same event
+        if target and not fresh and known is not None and known[0] == target:
+            doc = known[1]
+        else:
+            doc = self.svc.repo.get_doc("Patient", target) if target and not fresh else None
         prior = doc["res"] if doc and not doc.get("del") else {}
         issued = [i for i in prior.get("identifier") or [] if isinstance(i, dict) and i.get("system") in _ISSUED]
         if not ctx.extra.get("mpi_trusted"):

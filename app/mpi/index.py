@@ -23,7 +23,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from app.core.errors import FhirError, Issue
 from app.keyring import Keyring
@@ -120,6 +120,21 @@ class MasterIndex:
             return None
         claim = self.claims.find_one({"_id": self.claim_key(system, value)})
         return self.resolve(claim["p"]) if claim else None
+
+    def claim_new(self, keys: Iterable[str], pid: str) -> set[str]:
+        """Insert a claim naming pid for every key that has none, in one round trip (the caller holds the
+        keys' leases); returns the keys that had a claim already, which are left as they were."""
+        ordered = sorted(set(keys))
+        if not ordered:
+            return set()
+        try:
+            self.claims.insert_many([{"_id": k, "p": pid} for k in ordered], ordered=False)
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            return {ordered[e["index"]] for e in errors}
+        return set()
 
     def write_claims(self, keys: Iterable[str], pid: str) -> None:
         bulk(self.claims, [({"_id": k}, {"$set": {"p": pid}}, True) for k in sorted(set(keys))])

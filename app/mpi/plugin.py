@@ -4,12 +4,16 @@ pre-create / pre-update of a Patient:
 1. identifiers validated and normalised (app.mpi.identifiers): 422 naming Patient.identifier[i].value,
    Patient.gender or Patient.birthDate; a client cannot submit a server-issued number.
 2. the leases "mpi|<claim key>" of every identifier new to the record are taken (sorted: no deadlock),
-   then the claims are read. A create whose identifiers belong to one registered resident becomes an update
-   of that Patient (resource["_ehc_existing"]); its identifiers are merged in after the registration is
+   then their claims are inserted naming the id the version will have, in one round trip; only the keys that
+   had a claim already are read. A create whose identifiers belong to one registered resident becomes an
+   update of that Patient (resource["_ehc_existing"]); its identifiers are merged in after the registration is
    checked against the record (409 on a different name, birth date, gender or lifelong document). Identifiers
-   of two different residents, or (on update) of another resident, are refused with 409.
-3. the claims are written, naming the id the version will have, and the leases are held until the
+   of two different residents, or (on update) of another resident, are refused with 409 (and the claims just
+   inserted are dropped).
+3. the remaining claims are written, naming the id the version will have, and the leases are held until the
    created / updated event (or the end of the request, or the import row, if the write fails).
+The stored version read here is left in StoreEvent.extra[PATIENT_DOC] for the card handler; a writer that has
+read it already may pass it the same way.
 created / updated / deleted: claims of removed identifiers are dropped, name postings follow the record.
 
 WriteContext.extra: "allow_legacy" (bulk import: 15-digit ID numbers), "mpi_trusted" (the server writes
@@ -32,6 +36,10 @@ from app.mpi.index import MasterIndex, check_same_resident, merge_into
 from app.services import Services
 from app.store.events import StoreEvent
 from app.store.repository import WriteContext
+
+# StoreEvent.extra key: (patient id, its stored document or None) as read by a pre-write handler of this event,
+# so that the handlers after it (the card) do not read the same version again.
+PATIENT_DOC = "patient_doc"
 
 
 class MpiHooks:
@@ -89,7 +97,11 @@ class MpiHooks:
         ctx: WriteContext = event.context if isinstance(event.context, WriteContext) else WriteContext()
         is_update = event.name == "pre-update"
         rid = res.get("id")
-        prior_doc = self.svc.repo.get_doc("Patient", rid) if (is_update and rid) else None
+        prior_doc = None
+        if is_update and rid:
+            known = event.extra.get(PATIENT_DOC)  # the decoded stored version, when the writer passed it along
+            prior_doc = known[1] if known is not None and known[0] == rid else self.svc.repo.get_doc("Patient", rid)
+            event.extra[PATIENT_DOC] = (rid, prior_doc)  # the card handler after us reads the same version
         prior = prior_doc["res"] if prior_doc and not prior_doc.get("del") else None
         normalised, issues = normalize_patient_identifiers(
             res, self.registry, allow_legacy=bool(ctx.extra.get("allow_legacy")), existing=prior,
@@ -105,27 +117,41 @@ class MpiHooks:
         pid = rid or new_id()
         self.acquire(["mpi|" + e.key for e in new_entries], pid)
         try:
-            self._resolve(res, ctx, is_update, rid, pid, new_entries)
+            self._resolve(res, ctx, is_update, rid, pid, new_entries, event.extra)
         except BaseException:
             self.release(pid)
             raise
 
     def _resolve(self, res: dict[str, Any], ctx: WriteContext, is_update: bool, rid: str | None, pid: str,
-                 new_entries: list[Any]) -> None:
-        owners = self.index.owners(e.key for e in new_entries)
+                 new_entries: list[Any], event_extra: dict[str, Any]) -> None:
+        # Optimistic: the claims of identifiers nobody holds are inserted naming pid in one round trip (we hold
+        # their leases); only the keys that had a claim are read. A new resident costs one command here.
+        taken = self.index.claim_new((e.key for e in new_entries), pid)
+        fresh = {e.key for e in new_entries} - taken
+        try:
+            self._settle(res, ctx, is_update, rid, pid, new_entries, taken, event_extra)
+        except BaseException:
+            if fresh:  # refused: the claims just inserted name a version that will not be written
+                self.index.drop_claims(fresh, pid)
+            raise
+
+    def _settle(self, res: dict[str, Any], ctx: WriteContext, is_update: bool, rid: str | None, pid: str,
+                new_entries: list[Any], taken: set[str], event_extra: dict[str, Any]) -> None:
+        owners = self.index.owners(sorted(taken))
         held = {p for _, p in self._held().values()}
         # A claim naming an id this thread is about to write: the same resident twice in one transaction.
         for key, owner in list(owners.items()):
             if owner == ctx.extra.get("mpi_merge_from") or owner == rid:
                 owners.pop(key)
-        pending = [e for e in new_entries if e.key not in owners and self._pending_elsewhere(e.key, pid, held)]
+        pending = [e for e in new_entries if e.key in taken and e.key not in owners
+                   and self._pending_elsewhere(e.key, pid, held)]
         if pending:
             raise conflict(f"identifier {pending[0].system}|{pending[0].value} appears twice in this request",
                            expression="Patient.identifier")
         if is_update or rid:
             if owners:
                 self._refuse_taken(res, new_entries, owners)
-            self.index.write_claims((e.key for e in new_entries), pid)
+            self.index.write_claims(taken, pid)  # dangling claims, or those moving from a merged record
             return
         residents = sorted(set(owners.values()))
         if len(residents) > 1:
@@ -133,17 +159,20 @@ class MpiHooks:
         if residents:
             existing_id = residents[0]
             doc = self.svc.repo.get_doc("Patient", existing_id)
+            event_extra[PATIENT_DOC] = (existing_id, doc)
             existing = doc["res"] if doc else {}
             check_same_resident(existing, res, self.index.entries(res), self.index.entries(existing), existing_id)
             merged = merge_into(existing, res)
             res.clear()
             res.update(merged)
             self._reassign(pid, existing_id)
-            pid = existing_id
-        self.index.write_claims((e.key for e in new_entries if e.key not in owners), pid)
+            # the claims inserted for its new identifiers move to the registered resident
+            self.index.write_claims((e.key for e in new_entries if e.key not in owners), existing_id)
+            res["_ehc_existing"] = existing_id
+            return
+        self.index.write_claims((e.key for e in new_entries if e.key in taken), pid)  # dangling ones
         res["_ehc_existing"] = pid
-        if not residents:
-            ctx.extra["mpi_new_id"] = pid  # tells later handlers there is no stored version to read
+        ctx.extra["mpi_new_id"] = pid  # tells later handlers there is no stored version to read
 
     def _pending_elsewhere(self, key: str, pid: str, held_pids: set[str]) -> bool:
         claim = self.index.claims.find_one({"_id": key}) if held_pids - {pid} else None

@@ -12,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+# Keys written in one update command. A write touches one to three keys; FerretDB v1 stalls on bulks of
+# ~100 updates of existing documents, so larger sets go in chunks of this size.
+BULK_KEYS = 16
 
 
 def reference_key(resource_type: str, target: str) -> str:
@@ -41,15 +46,26 @@ class KeyIndex:
     def __init__(self, collection: Collection) -> None:
         self.col = collection
 
-    # One update per key, not bulk_write: on FerretDB v1 a bulk of many updates can stall the server, and a
-    # write usually touches one to three keys anyway.
+    # One update command per write (a command may carry several statements), not one per key: a write usually
+    # touches one to three keys. Racing upserts of one new key (a duplicate key, or FerretDB's malformed reply)
+    # are redone one key at a time: $addToSet and $pull are idempotent.
     def add(self, resource_id: str, keys: Iterable[str]) -> None:
-        for key in sorted(keys):
-            self._update(key, {"$addToSet": {"ids": resource_id}}, upsert=True)
+        self._apply(sorted(keys), {"$addToSet": {"ids": resource_id}}, upsert=True)
 
     def remove(self, resource_id: str, keys: Iterable[str]) -> None:
-        for key in sorted(keys):
-            self._update(key, {"$pull": {"ids": resource_id}}, upsert=False)
+        self._apply(sorted(keys), {"$pull": {"ids": resource_id}}, upsert=False)
+
+    def _apply(self, keys: list[str], update: dict[str, Any], upsert: bool) -> None:
+        for i in range(0, len(keys), BULK_KEYS):
+            chunk = keys[i: i + BULK_KEYS]
+            if len(chunk) == 1:
+                self._update(chunk[0], update, upsert)
+                continue
+            try:
+                self.col.bulk_write([UpdateOne({"_id": k}, update, upsert=upsert) for k in chunk], ordered=False)
+            except (KeyError, PyMongoError):
+                for key in chunk:
+                    self._update(key, update, upsert)
 
     def _update(self, key: str, update: dict[str, Any], upsert: bool) -> None:
         for attempt in range(3):
