@@ -33,11 +33,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from app.audit import plugin as audit
     from app.auth import plugin as auth
     from app.ehc import plugin as ehc
+    from app.federation import plugin as federation
     from app.mpi import plugin as mpi
 
     fhir.init_app(app, svc)
     # Order matters: the master index validates and links before the card is issued; the audit trail and the
     # access policy attach last.
-    for subsystem in (mpi, ehc, audit, auth):
+    for subsystem in (mpi, ehc, audit, auth, federation):
         subsystem.init_app(app, svc)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli import audit, clients, db, imports, keys, seed, serve, users
+from app.cli import audit, clients, db, imports, keys, nodes, seed, serve, users
 
 
 @click.group()
@@ -14,6 +14,6 @@ def main() -> None:
 
 main.add_command(serve.serve)
 main.add_command(db.db)
-for _module in (imports, clients, keys, audit, seed, users):
+for _module in (imports, clients, keys, audit, seed, users, nodes):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)

@@ -1,0 +1,40 @@
+"""The durable queue of index entries a province node owes the national node (collection `fed_outbox`).
+
+One document per Patient (`_id` = patient id): a Patient written twice before delivery is sent once, as it is
+then. The entry holds no ID number: the sender reads the Patient when it delivers. An entry is deleted only
+after the national node has answered 200, and only if it was not queued again meanwhile (`seq`); a failed
+delivery is retried with backoff. The national node's add is idempotent, so an entry delivered twice (a crash
+between the answer and the delete) leaves one index entry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pymongo.database import Database
+
+MAX_BACKOFF = 5.0
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self.col = db["fed_outbox"]
+
+    def enqueue(self, patient_id: str) -> None:
+        self.col.update_one({"_id": patient_id}, {"$set": {"seq": time.time_ns(), "next": 0.0, "tries": 0}},
+                            upsert=True)
+
+    def due(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.col.find({"next": {"$lte": time.time()}}).limit(limit))
+
+    def done(self, entry: dict[str, Any]) -> None:
+        self.col.delete_one({"_id": entry["_id"], "seq": entry["seq"]})
+
+    def failed(self, entry: dict[str, Any]) -> None:
+        tries = int(entry.get("tries", 0)) + 1
+        self.col.update_one({"_id": entry["_id"], "seq": entry["seq"]},
+                            {"$set": {"tries": tries, "next": time.time() + min(MAX_BACKOFF, 0.25 * 2 ** tries)}})
+
+    def size(self) -> int:
+        return int(self.col.count_documents({}))

@@ -1,0 +1,142 @@
+"""Wiring of the federation into a node (create_app calls init_app after the auth layer).
+
+- the access policy is wrapped (policy.FederatedPolicy): only authenticate changes;
+- Patient writes: before the write, a new formal card is claimed at the national node (one card nationwide:
+  the national node's answer replaces the card this node derived); after it, the Patient is queued in the
+  outbox for the national index; a background thread delivers the outbox and refreshes the card union;
+- the card service verifies codes of other nodes (cards.FederatedSigning / FederatedCards / FederatedNonces
+  around app.ehc's objects, so /ehc/keys and /ehc/revocations at the national node publish the union);
+- the national node answers Patient/$ihe-pix from its index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from pymongo.errors import InvalidOperation, PyMongoError
+
+from app.federation.cards import REFRESH, FederatedCards, FederatedNonces, FederatedSigning
+from app.federation.index import EHC_SYSTEM
+from app.federation.keys import NodeKey
+from app.federation.policy import FederatedPolicy
+from app.federation.registry import NATIONAL, NodeRegistry
+from app.federation.service import Federation, resident_id_number
+from app.services import Services
+from app.store.events import StoreEvent
+from app.store.repository import WriteContext
+
+log = logging.getLogger("ehc.federation")
+MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
+
+
+def registry_for(svc: Services) -> NodeRegistry:
+    """The node registry of a Services instance (the CLI uses it without Flask)."""
+    from app.auth.plugin import auth_state
+
+    reg: NodeRegistry | None = svc.extensions.get("federation_registry")
+    if reg is None:
+        reg = svc.extensions["federation_registry"] = NodeRegistry(svc.repo.db, auth_state(svc).store,
+                                                                   svc.settings.province)
+    return reg
+
+
+class PatientHooks:
+    def __init__(self, fed: Federation, wake: threading.Event) -> None:
+        self.fed = fed
+        self.wake = wake
+
+    def pre_write(self, event: StoreEvent) -> None:
+        """Registered after app.ehc's: the card is on the resource; make it the nationwide one."""
+        res = event.resource
+        if res is None or self.fed.national_node() is None:
+            return
+        number = resident_id_number(res)
+        card = next((i for i in res.get("identifier") or [] if isinstance(i, dict)
+                     and i.get("system") == EHC_SYSTEM and i.get("use") != "old"), None)
+        if number is None or card is None or not isinstance(card.get("value"), str):
+            return
+        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        target = res.get("_ehc_existing") or res.get("id")
+        prior = None
+        if target and target != ctx.extra.get("mpi_new_id"):
+            doc = self.fed.svc.repo.get_doc("Patient", target)
+            prior = doc.get("res") if doc and not doc.get("del") else None
+        held = {(i.get("system"), i.get("value")) for i in (prior or {}).get("identifier") or [] if isinstance(i, dict)}
+        if (EHC_SYSTEM, card["value"]) in held:
+            return  # this card was claimed when it was issued
+        nationwide = self.fed.claim_card(number, card["value"])
+        if nationwide and nationwide != card["value"]:
+            card["value"] = nationwide  # the card this node derived is not issued: the resident has one already
+            res["identifier"] = [i for i in res["identifier"] if not (
+                isinstance(i, dict) and i.get("system") == MASTER_INDEX_SYSTEM and (i.get("system"), i.get("value"))
+                not in held)]
+
+    def post_write(self, event: StoreEvent) -> None:
+        res = event.resource or {}
+        if res.get("id") and resident_id_number(res) and self.fed.national_node() is not None:
+            self.fed.outbox.enqueue(str(res["id"]))
+            self.wake.set()
+
+
+class Worker(threading.Thread):
+    """Delivers the outbox and refreshes the card union; stops when the database handle is closed."""
+
+    def __init__(self, fed: Federation, wake: threading.Event) -> None:
+        super().__init__(name=f"ehc-federation-{fed.province}", daemon=True)
+        self.fed, self.wake = fed, wake
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.wake.wait(1.0)
+            self.wake.clear()
+            try:
+                if not self.fed.registry.nodes():
+                    self.wake.wait(4.0)
+                    continue
+                if not self.fed.national:
+                    while self.fed.deliver() >= 50:
+                        pass
+                if time.monotonic() - self.fed.last_union >= REFRESH:
+                    self.fed.refresh_union()
+            except InvalidOperation:
+                return  # the Services were closed (a test module ended)
+            except PyMongoError as err:
+                log.warning("federation worker: %s", err)
+            except Exception:  # noqa: BLE001 - the worker must outlive one bad round
+                log.exception("federation worker round failed")
+
+
+def init_app(app: Flask, svc: Services) -> None:
+    from app.ehc.plugin import card_service
+    from app.federation.web import bp, national_pix
+
+    registry = registry_for(svc)
+    key = NodeKey(svc.settings.data_dir)
+    fed = Federation(svc, registry, key)
+    svc.extensions["federation"] = fed
+    if svc.settings.auth_required:
+        svc.policy = FederatedPolicy(svc.policy, registry, fed.replay)
+
+    cards = card_service(svc)
+    national = svc.settings.province == NATIONAL
+    cards.signing = FederatedSigning(cards.signing, fed.union, publish_union=national)  # type: ignore[assignment]
+    cards.cards = FederatedCards(cards.cards, fed.union, publish_union=national)  # type: ignore[assignment]
+    cards.nonces = FederatedNonces(cards.nonces, fed.union, fed.spend_remote)  # type: ignore[assignment]
+
+    wake = threading.Event()
+    if not national:
+        hooks = PatientHooks(fed, wake)
+        svc.events.subscribe("pre-create", hooks.pre_write, "Patient")
+        svc.events.subscribe("pre-update", hooks.pre_write, "Patient")
+        svc.events.subscribe("created", hooks.post_write, "Patient")
+        svc.events.subscribe("updated", hooks.post_write, "Patient")
+    else:
+        app.before_request(national_pix)
+    app.register_blueprint(bp)
+    worker = Worker(fed, wake)
+    svc.extensions["federation_worker"] = worker
+    worker.start()

@@ -1,0 +1,210 @@
+"""The federation of one node (no Flask): what it asks its peers and what it answers them.
+
+Province node: claims the card of a resident being registered (one card nationwide), delivers the outbox of
+index entries, fetches the card keys and revocations union, spends other provinces' one-time codes at their
+issuing node, and sends cross-province queries to the national node.
+National node: keeps the index, forwards queries and one-time codes to the home nodes, gathers the union.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from app.core.access import Principal
+from app.federation import assertions
+from app.federation.assertions import Requester
+from app.federation.cards import CardUnion
+from app.federation.index import ID_SYSTEM, NationalIndex
+from app.federation.keys import NodeKey
+from app.federation.outbox import Outbox
+from app.federation.peers import PeerRefused, Peers, PeerUnreachable, http
+from app.federation.policy import ReplayGuard
+from app.federation.registry import NATIONAL, Node, NodeRegistry
+
+log = logging.getLogger("ehc.federation")
+
+CLAIM_TIMEOUT = 3.0  # a registration waits at most this long for the national node, then goes on locally
+QUERY_TIMEOUT = 4.0  # a cross-province search answers within this (plus the local search)
+FORWARD_TIMEOUT = 3.0  # the national node's wait for a home node
+
+
+def resident_id_number(resource: dict[str, Any] | None) -> str | None:
+    for ident in (resource or {}).get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == ID_SYSTEM and ident.get("use") != "old" \
+                and isinstance(ident.get("value"), str) and ident["value"]:
+            return str(ident["value"])
+    return None
+
+
+class Federation:
+    def __init__(self, svc: Any, registry: NodeRegistry, key: NodeKey) -> None:
+        self.svc = svc
+        self.province: str = svc.settings.province
+        self.national = self.province == NATIONAL
+        self.registry = registry
+        self.key = key
+        self.peers = Peers(self.province, key)
+        self.replay = ReplayGuard(svc.repo.db)
+        self.union = CardUnion(svc.repo.db, self.province)
+        self.outbox = Outbox(svc.repo.db)
+        self.index = NationalIndex(svc.repo.db, svc.extensions["keyring"]) if self.national else None
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehc-federation")
+        self.last_union = 0.0
+
+    def national_node(self) -> Node | None:
+        return None if self.national else self.registry.get(NATIONAL)
+
+    # -- requester assertions ------------------------------------------------------------------------------
+
+    def requester_of(self, principal: Principal) -> Requester:
+        return Requester(principal.client_id, principal.organization, principal.province or self.province,
+                         principal.purpose_of_use, list(principal.scopes))
+
+    def sign_for(self, node: Node, requester: Requester, origin: dict[str, Any] | None = None) -> str:
+        return assertions.sign(self.key.key, self.province, node.url, requester, origin)
+
+    # -- province side -------------------------------------------------------------------------------------
+
+    def claim_card(self, id_number: str, card: str) -> str | None:
+        """The nationwide card of this resident (None when the national node cannot say now)."""
+        node = self.national_node()
+        if node is None:
+            return None
+        try:
+            status, body = self.peers.call(node, "POST", "/federation/claim",
+                                           body={"idNumber": id_number, "card": card}, timeout=CLAIM_TIMEOUT)
+        except (PeerUnreachable, PeerRefused) as err:
+            log.warning("card claim deferred: %s", err)
+            return None
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("card"), str):
+            log.warning("card claim refused by the national node (%s): %s", status, body)
+            return None
+        return str(body["card"])
+
+    def deliver(self, limit: int = 50) -> int:
+        """Send due outbox entries to the national node; returns how many were delivered."""
+        node = self.national_node()
+        if node is None:
+            return 0
+        sent = 0
+        for entry in self.outbox.due(limit):
+            doc = self.svc.repo.get_doc("Patient", entry["_id"])
+            res = doc.get("res") if doc and not doc.get("del") else None
+            number = resident_id_number(res)
+            card = _card_of(res)
+            if number is None or card is None:
+                self.outbox.done(entry)  # nothing the national index keeps (no ID number, or deleted)
+                continue
+            try:
+                status, body = self.peers.call(node, "POST", "/federation/index",
+                                               body={"idNumber": number, "card": card, "patient": entry["_id"]},
+                                               timeout=CLAIM_TIMEOUT)
+            except (PeerUnreachable, PeerRefused) as err:
+                log.info("index entry for Patient/%s not delivered yet: %s", entry["_id"], err)
+                self.outbox.failed(entry)
+                break  # the national node is down: try again later, in order
+            if status == 200:
+                self.outbox.done(entry)
+                sent += 1
+                if isinstance(body, dict) and body.get("card") not in (None, card):
+                    log.warning("Patient/%s holds card %s but the nationwide card is %s (registered while the "
+                                "national node was down)", entry["_id"], card, body.get("card"))
+            else:
+                log.warning("national node refused the index entry of Patient/%s (%s): %s", entry["_id"], status,
+                            body)
+                self.outbox.failed(entry)
+        return sent
+
+    def refresh_union(self) -> None:
+        """Fetch card keys and revocations: a province node from the national node, the national node from
+        every province."""
+        self.last_union = time.monotonic()
+        sources = [n for n in self.registry.nodes().values() if n.province != self.province]
+        for node in sources:
+            try:
+                _, keys = http("GET", f"{node.root}/ehc/keys", timeout=3.0, province=node.province)
+                _, revs = http("GET", f"{node.root}/ehc/revocations", timeout=3.0, province=node.province)
+            except PeerUnreachable as err:
+                log.info("card union not refreshed from %s: %s", node.province, err)
+                continue
+            if not isinstance(keys, dict) or not isinstance(revs, dict):
+                continue
+            cards = [dict(c, province=c.get("province") or revs.get("province")) for c in revs.get("cards") or []
+                     if isinstance(c, dict)]
+            self.union.replace(node.province if self.national else None, list(keys.get("keys") or []), cards)
+
+    def spend_remote(self, province: str, kid: str, nonce: bytes, exp: int) -> bool | None:
+        """Spend a one-time code at its issuing node: True first use, False replayed, None unreachable."""
+        node = self.registry.get(province) if self.national else self.national_node()
+        if node is None:
+            return None
+        try:
+            status, body = self.peers.call(node, "POST", "/federation/nonce",
+                                           body={"province": province, "kid": kid, "nonce": nonce.hex(),
+                                                 "exp": exp}, timeout=CLAIM_TIMEOUT)
+        except (PeerUnreachable, PeerRefused):
+            return None
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("first"), bool):
+            return bool(body["first"])
+        return None
+
+    def query(self, principal: Principal, resource_type: str, params: list[tuple[str, str]],
+              cursors: dict[str, str] | None) -> list[dict[str, Any]]:
+        """Results of the other provinces (through the national node). Raises PeerUnreachable."""
+        node = self.national_node()
+        if node is None:
+            return []
+        assertion = self.sign_for(node, self.requester_of(principal))
+        try:
+            status, body = self.peers.call(node, "POST", "/federation/query", requester=assertion,
+                                           body={"resourceType": resource_type, "params": [list(p) for p in params],
+                                                 "cursors": cursors}, timeout=QUERY_TIMEOUT)
+        except PeerRefused as err:
+            raise PeerUnreachable(NATIONAL, str(err)) from None
+        if status != 200 or not isinstance(body, dict):
+            raise PeerUnreachable(NATIONAL, f"the national node answered {status}: {body}")
+        return [r for r in body.get("results") or [] if isinstance(r, dict)]
+
+    # -- national side -------------------------------------------------------------------------------------
+
+    def forward_query(self, requester: Requester, origin: str, origin_assertion: str, resource_type: str,
+                      params: list[tuple[str, str]], id_number: str,
+                      cursors: dict[str, str] | None) -> list[dict[str, Any]]:
+        assert self.index is not None
+        if cursors:
+            provinces = [p for p in cursors if p != origin]
+        else:
+            provinces = [p for p in self.index.provinces(self.index.find(id_number)) if p != origin]
+        origin_node = self.registry.get(origin)
+        origin_jwk = origin_node.jwks["keys"][0] if origin_node else None
+
+        def one(province: str) -> dict[str, Any]:
+            node = self.registry.get(province)
+            if node is None:
+                return {"province": province, "unreachable": f"province {province} is not a registered node"}
+            envelope = self.sign_for(node, requester, {"province": origin, "assertion": origin_assertion,
+                                                       "jwk": origin_jwk})
+            query = list(params) + ([("_cursor", cursors[province])] if cursors and cursors.get(province) else [])
+            try:
+                status, body = self.peers.call(node, "GET", f"/fhir/{resource_type}", params=query,
+                                               requester=envelope, timeout=FORWARD_TIMEOUT)
+            except (PeerUnreachable, PeerRefused) as err:
+                return {"province": province, "unreachable": str(err)}
+            return {"province": province, "status": status, "url": node.url, "bundle": body}
+
+        return list(self._pool.map(one, provinces))
+
+    def forward_nonce(self, province: str, kid: str, nonce: bytes, exp: int) -> bool | None:
+        return self.spend_remote(province, kid, nonce, exp)
+
+
+def _card_of(resource: dict[str, Any] | None) -> str | None:
+    from app.federation.index import EHC_SYSTEM
+
+    for ident in (resource or {}).get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and ident.get("use") != "old":
+            return str(ident.get("value"))
+    return None

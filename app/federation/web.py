@@ -1,0 +1,192 @@
+"""Endpoints between nodes (/federation) and the national node's PIXm answer.
+
+GET  /federation/node    public: {province, role, fingerprint, jwks} — what `ehc nodes add` fetches
+POST /federation/claim   national, node token: {idNumber, card} -> {card} the resident's nationwide card
+POST /federation/index   national, node token: {idNumber, card, patient} -> {card}; the node Patient indexed
+POST /federation/query   national, node token + requester assertion: {resourceType, params, cursors}
+                         -> {results: [{province, status, url, bundle} | {province, unreachable}]}
+POST /federation/nonce   node token: {province, kid, nonce, exp} -> {first}; the national node forwards it to
+                         the issuing node, which spends it
+GET  /fhir/Patient/$ihe-pix at the national node: answered from the national index (card identifier, and each
+     node Patient as an absolute reference in targetId).
+Errors are OperationOutcomes with the status of the FhirError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from app.core.access import AccessRecord
+from app.core.errors import FhirError, bad_request, forbidden, not_found
+from app.federation.assertions import HEADER
+from app.federation.index import EHC_SYSTEM, ID_SYSTEM
+from app.federation.registry import NATIONAL
+from app.federation.search import resident_id
+
+bp = Blueprint("federation", __name__, url_prefix="/federation")
+
+
+def _svc() -> Any:
+    return current_app.extensions["ehc"]
+
+
+def _fed() -> Any:
+    return _svc().extensions["federation"]
+
+
+def _error(err: FhirError) -> Response:
+    resp = jsonify(err.outcome())
+    resp.status_code = err.status
+    resp.headers.update(err.headers)
+    return resp
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{name} is required (a string)", expression=name)
+    return value
+
+
+def _node() -> str:
+    """The registered province calling with a node token."""
+    svc = _svc()
+    policy = svc.policy
+    inner = getattr(policy, "inner", policy)
+    principal = inner.authenticate(request.headers.get("Authorization"))
+    return str(policy.node_of(principal))
+
+
+def _national_only() -> Any:
+    fed = _fed()
+    if not fed.national:
+        raise FhirError(404, "this endpoint exists at the national node only", code="not-found")
+    return fed
+
+
+@bp.errorhandler(FhirError)
+def _on_error(err: FhirError) -> Response:
+    return _error(err)
+
+
+@bp.get("/node")
+def node() -> Response:
+    fed = _fed()
+    return jsonify({"province": fed.province, "role": "national" if fed.national else "province",
+                    "fingerprint": fed.key.fingerprint(), "jwks": fed.key.public_jwks()})
+
+
+@bp.post("/claim")
+def claim() -> Response:
+    fed = _national_only()
+    province = _node()
+    body = _body()
+    card = fed.index.claim(_str(body, "idNumber"), _str(body, "card"), province)
+    return jsonify({"card": card})
+
+
+@bp.post("/index")
+def index() -> Response:
+    fed = _national_only()
+    province = _node()
+    body = _body()
+    node = fed.registry.get(province)
+    ref = f"{node.url}/Patient/{_str(body, 'patient')}"
+    card = fed.index.add(_str(body, "idNumber"), _str(body, "card"), province, ref)
+    return jsonify({"card": card, "patient": ref})
+
+
+@bp.post("/query")
+def query() -> Response:
+    fed = _national_only()
+    svc = _svc()
+    principal = svc.policy.authenticate(request.headers.get("Authorization"))
+    if principal is None or "via_node" not in principal.extra:
+        raise forbidden("only a registered federation node may forward a query")
+    body = _body()
+    rtype = _str(body, "resourceType")
+    if rtype not in svc.resource_types:
+        raise bad_request(f"unknown resource type {rtype!r}", expression="resourceType")
+    raw = body.get("params")
+    if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 2 for p in raw):
+        raise bad_request("params must be a list of [name, value] pairs", expression="params")
+    params = [(str(k), str(v)) for k, v in raw if k not in ("_cursor", "_remote")]
+    number = resident_id(params, rtype)
+    if number is None:
+        raise bad_request("a cross-province query names the resident by ID number", expression="params")
+    cursors = body.get("cursors") if isinstance(body.get("cursors"), dict) else None
+    requester = fed.requester_of(principal)
+    origin = str(principal.extra["origin_node"])
+    results = fed.forward_query(requester, origin, request.headers.get(HEADER, ""), rtype, params, number, cursors)
+    svc.record_access(AccessRecord("search", rtype, [], "0", 200, principal, None,
+                                   f"forwarded for node {origin} to " +
+                                   (", ".join(f"province {r['province']}" for r in results) or "no node"),
+                                   remote_addr=request.remote_addr))
+    return jsonify({"results": results})
+
+
+@bp.post("/nonce")
+def nonce() -> Response:
+    fed = _fed()
+    caller = _node()
+    body = _body()
+    province, kid = _str(body, "province"), _str(body, "kid")
+    try:
+        raw = bytes.fromhex(_str(body, "nonce"))
+        exp = int(body.get("exp"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise bad_request("nonce must be hex and exp an integer", expression="nonce") from None
+    if fed.national and province != NATIONAL:
+        first = fed.forward_nonce(province, kid, raw, exp)
+        if first is None:
+            raise FhirError(503, f"the issuing node of province {province} is unreachable", code="transient")
+        return jsonify({"first": first})
+    if province != fed.province or (not fed.national and caller != NATIONAL):
+        raise forbidden(f"this node is province {fed.province}; it spends only its own codes")
+    from app.ehc.plugin import card_service
+
+    nonces: Any = card_service(_svc()).nonces  # federated: its own codes are spent in the local store
+    return jsonify({"first": bool(nonces.use(kid, raw, exp))})
+
+
+def national_pix() -> Response | None:
+    """before_request at the national node: Patient/$ihe-pix from the national index (audited by the audit
+    layer's after_request, as every /fhir answer)."""
+    if request.method != "GET" or request.path.rstrip("/") != "/fhir/Patient/$ihe-pix":
+        return None
+    svc = _svc()
+    fed = svc.extensions["federation"]
+    try:
+        principal = svc.policy.authenticate(request.headers.get("Authorization"))
+        source = request.args.get("sourceIdentifier") or ""
+        system, _, value = source.partition("|")
+        if not system or not value:
+            raise bad_request("sourceIdentifier=<system>|<value> is required", expression="sourceIdentifier")
+        if system not in (ID_SYSTEM, EHC_SYSTEM):
+            raise FhirError(400, f"the national index knows residents by {ID_SYSTEM} or {EHC_SYSTEM}; "
+                                 f"not {system!r}", code="code-invalid", expression="sourceIdentifier")
+        svc.policy.check(principal, "read", "Patient")
+        doc = fed.index.find(value) if system == ID_SYSTEM else fed.index.by_card(value)
+        if doc is None:
+            raise not_found(f"the national index holds no resident with {system}|{value}")
+        targets = request.args.getlist("targetSystem")
+        out: list[dict[str, Any]] = []
+        if system != EHC_SYSTEM and (not targets or EHC_SYSTEM in targets):
+            out.append({"name": "targetIdentifier", "valueIdentifier": {"system": EHC_SYSTEM, "value": doc["card"]}})
+        for ref in fed.index.refs(doc):
+            out.append({"name": "targetId", "valueReference": {"reference": ref["ref"],
+                                                               "display": f"province {ref['province']}"}})
+        resp = jsonify({"resourceType": "Parameters", "parameter": out})
+        resp.mimetype = "application/fhir+json"
+        return resp
+    except FhirError as err:  # the audit layer's after_request records this answer like any other
+        return _error(err)
