@@ -25,6 +25,8 @@ from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
 from tests.integration.test_round_trips import CEILINGS  # noqa: E402
 from tests.round_trips import OPERATIONS, counter, measure_crud, steady  # noqa: E402
 
+NOTES = "<!-- notes -->"
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -88,8 +90,12 @@ def main() -> int:
     for op in OPERATIONS:
         total = Counter(str(c) for run in seen[op] for c in run)
         lines.append(f"- {op}: " + ", ".join(f"`{k}` x{v}" for k, v in total.most_common()))
+    # Hand-written notes below the marker (what was reduced, what is left) survive a re-run.
+    notes = ""
+    if args.out.exists() and NOTES in args.out.read_text(encoding="utf-8"):
+        notes = NOTES + args.out.read_text(encoding="utf-8").split(NOTES, 1)[1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args.out.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""), encoding="utf-8")
     print("\n".join(lines))
     return 0
 

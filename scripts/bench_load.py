@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Load benchmark with k6: the CRUD and read scenarios of scripts/load/fhir.js against this server (gunicorn,
+auth and audit on, a client-credentials token), optionally interleaved with a peer FHIR server given by its
+base URL; medians of the rounds go to docs/benchmarks/load.md and the "Load (k6)" section of
+docs/benchmarks.md.
+
+    python3 scripts/bench_load.py [--rounds 3] [--duration 60s] [--vus 8] [--peer-base http://127.0.0.1:8090/fhir]
+
+The server runs on a fresh embedded FerretDB in a temporary directory (or EHC_MONGODB_URI, in a new database),
+started by this script and stopped at the end. k6: `go install go.k6.io/k6@latest` (or --k6 PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
+
+SCENARIO = ROOT / "scripts" / "load" / "fhir.js"
+SCOPES = "system/*.cruds"
+SECTION = "Load (k6)"
+BEGIN, END = "<!-- load-k6:begin -->", "<!-- load-k6:end -->"
+
+
+def loadavg() -> tuple[float, float, float]:
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    return float(one), float(five), float(fifteen)
+
+
+def find_k6(given: str | None) -> str:
+    if given:
+        return given
+    found = shutil.which("k6")
+    if found:
+        return found
+    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
+    candidate = Path(gopath or Path.home() / "go") / "bin" / "k6"
+    if candidate.exists():
+        return str(candidate)
+    raise SystemExit("k6 not found: go install go.k6.io/k6@latest, or pass --k6")
+
+
+class Server:
+    """This server under gunicorn on a fresh database, with a registered client for the token grant."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.port = args.port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.embedded: EmbeddedDatabase | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        uri = os.environ.get("EHC_MONGODB_URI")
+        self.db_name = f"ehc_load_{uuid.uuid4().hex[:8]}"
+        if uri:
+            root = uri.rsplit("/", 1)[0] if uri.count("/") > 2 else uri.rstrip("/")
+            self.database = "EHC_MONGODB_URI"
+        else:
+            self.embedded = EmbeddedDatabase(tmp / "db", free_port())
+            self.embedded.start()
+            root = self.embedded.uri.rstrip("/")
+            self.database = "embedded FerretDB v1.24 (SQLite)"
+        self.root_uri = root
+        self.env = dict(os.environ, EHC_MONGODB_URI=f"{root}/{self.db_name}", EHC_DATA_DIR=str(tmp / "data"),
+                        EHC_AUTH_REQUIRED="true", EHC_PROVINCE="11")
+        self.client_id = self.secret = ""
+
+    def register_client(self) -> None:
+        out = subprocess.run([sys.executable, "-m", "app.cli", "clients", "add", "--name", "k6 load",
+                              "--scopes", SCOPES, "--province", "11"], cwd=ROOT, env=self.env,
+                             capture_output=True, text=True, check=True).stdout
+        reg = json.loads(out[out.index("{"):])
+        self.client_id, self.secret = reg["client_id"], reg["client_secret"]
+
+    def command(self) -> list[str]:
+        if self.args.server == "ehc":
+            return [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "gunicorn", "-w", str(self.args.workers), "-b", f"127.0.0.1:{self.port}",
+               "--timeout", "120", "--graceful-timeout", "5"]
+        if self.args.threads > 1:
+            cmd += ["-k", "gthread", "--threads", str(self.args.threads)]
+        return cmd + ["app.wsgi:app"]
+
+    def describe(self) -> str:
+        if self.args.server == "ehc":
+            return "`ehc serve` with its defaults"
+        kind = f"gthread, {self.args.threads} threads each" if self.args.threads > 1 else "sync"
+        return f"gunicorn, {self.args.workers} {kind} workers"
+
+    def start(self) -> None:
+        self.register_client()
+        log = (self.tmp / "server.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base}/metadata", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {(self.tmp / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        raise SystemExit("server did not answer within 120 s")
+
+    def token(self) -> str:
+        r = requests.post(f"http://127.0.0.1:{self.port}/oauth/token",
+                          data={"grant_type": "client_credentials", "scope": SCOPES},
+                          auth=(self.client_id, self.secret), timeout=30)
+        r.raise_for_status()
+        return str(r.json()["access_token"])
+
+    def audit_pending(self) -> int | None:
+        from pymongo import MongoClient
+
+        try:
+            with MongoClient(f"{self.root_uri}/", serverSelectionTimeoutMS=5000) as client:
+                return int(client[self.db_name]["_audit_pending"].count_documents({}))
+        except Exception:  # noqa: BLE001 - a figure for the report, not a check
+            return None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server's process group (master and workers)."""
+        if self.proc is None:
+            return 0.0
+        total = 0
+        for status in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = status.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.proc.pid:  # process group
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        return total / 2**20
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.embedded:
+            self.embedded.stop(timeout=5)
+
+
+def run_k6(k6: str, base: str, scenario: str, vus: int, duration: str, token: str | None, out: Path) -> dict[str, Any]:
+    before = loadavg()
+    cmd = [k6, "run", "-q", "--no-usage-report", "-e", f"BASE={base}", "-e", f"VUS={vus}",
+           "-e", f"DURATION={duration}", "-e", f"SCENARIO={scenario}", "-e", f"SUMMARY_JSON={out}",
+           "-e", f"STARTED={datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"]
+    env = dict(os.environ)
+    if token:
+        cmd += ["-e", f"TOKEN={token}"]
+    proc = subprocess.run(cmd + [str(SCENARIO)], env=env, capture_output=True, text=True)
+    if not out.exists():
+        raise SystemExit(f"k6 failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary: dict[str, Any] = json.loads(out.read_text())
+    summary["load_before"], summary["load_after"] = before, loadavg()
+    print(proc.stdout.strip(), flush=True)
+    return summary
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = [r["overall_latency_ms"] for r in runs]
+    return {"rps": median([r["total_rps"] for r in runs]), "p50": median([x["med"] for x in lat if "med" in x]),
+            "p95": median([x["p(95)"] for x in lat if "p(95)" in x]), "errors": sum(r["errors"] for r in runs),
+            "requests": sum(r["total_requests"] for r in runs), "each": [r["total_rps"] for r in runs]}
+
+
+def per_op(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    ops: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        for o in r["ops"]:
+            d = ops.setdefault(o["op"], {"rps": [], "p50": [], "p95": []})
+            for k in ("rps", "p50", "p95"):
+                if o.get(k) is not None:
+                    d[k].append(o[k])
+    return {op: {k: median(v) for k, v in d.items()} for op, d in ops.items()}
+
+
+def write_report(args: argparse.Namespace, server: Server, results: dict[str, dict[str, list[dict[str, Any]]]],
+                 notes: dict[str, Any]) -> str:
+    peer = bool(args.peer_base)
+    when = datetime.now(UTC)
+    loads = [x for runs in results.values() for rs in runs.values() for r in rs
+             for x in (r["load_before"][0], r["load_after"][0])]
+    lines = [f"# {SECTION}", "",
+             f"`python3 scripts/bench_load.py --rounds {args.rounds} --duration {args.duration} --vus {args.vus}"
+             + (" --peer-base ..." if peer else "") + f"` on {when:%Y-%m-%d %H:%M} UTC: {platform.node()}, "
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The k6 scenario `scripts/load/fhir.js` "
+             f"at {args.vus} VUs, {args.duration} per run, {args.rounds} rounds"
+             + (", each round running this server and the peer back to back (interleaved)" if peer else "")
+             + "; figures are the medians of the rounds. "
+             f"This server: {server.describe()}, {server.database} on 127.0.0.1, auth on (a `{SCOPES}` "
+             "client-credentials token) and audit on."
+             + (f" Peer: {args.peer_name} at {args.peer_base}, no auth, no audit." if peer else ""), ""]
+    lines += ["| scenario | server | req/s | p50 ms | p95 ms | errors | req/s of each round |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for scenario in ("crud", "read"):
+        for who in ("ehc", "peer"):
+            runs = results.get(who, {}).get(scenario)
+            if not runs:
+                continue
+            s = summarise(runs)
+            name = "this server" if who == "ehc" else args.peer_name
+            lines.append(f"| {scenario} | {name} | {fmt(s['rps'])} | {fmt(s['p50'], 1)} | {fmt(s['p95'], 1)} | "
+                         f"{s['errors']} of {s['requests']:,} | {', '.join(fmt(x) for x in s['each'])} |")
+    if args.reference:
+        lines.append(f"| crud | reference: {args.peer_name} measured earlier on this machine | 139 | 48 | 133 | | |")
+        lines.append(f"| read | reference: {args.peer_name} measured earlier on this machine | 760 | 7 | 25 | | |")
+    lines += ["", "Per operation (this server, medians of the rounds):", "",
+              "| scenario | operation | req/s | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
+    for scenario in ("crud", "read"):
+        for op, d in per_op(results.get("ehc", {}).get(scenario, [])).items():
+            lines.append(f"| {scenario} | {op} | {fmt(d['rps'])} | {fmt(d['p50'], 1)} | {fmt(d['p95'], 1)} |")
+    lines += ["", f"Machine load (1-minute load average at the start and end of each run): min {fmt(min(loads), 2)}, "
+              f"median {fmt(median(loads), 2)}, max {fmt(max(loads), 2)}"
+              + (f" on {os.cpu_count()} CPUs" if os.cpu_count() else "") + ". " + notes.get("noise", ""),
+              f"Audit backlog (`_audit_pending` after each CRUD run of this server): "
+              f"{', '.join(str(x) for x in notes.get('pending', [])) or '-'}. "
+              f"Server resident memory after the runs: {fmt(notes.get('rss_mb'))} MB (master and workers)."]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    splice(args.doc, text)
+    return text
+
+
+def splice(doc: Path, section: str) -> None:
+    """Put the section into docs/benchmarks.md between its markers (appended the first time)."""
+    block = f"{BEGIN}\n{section.strip()}\n{END}"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", default="60s", help="per k6 run, e.g. 60s")
+    ap.add_argument("--vus", type=int, default=8)
+    ap.add_argument("--scenarios", default="crud,read")
+    ap.add_argument("--server", choices=("gunicorn", "ehc"), default="gunicorn",
+                    help="gunicorn with --workers/--threads, or `ehc serve` with its own defaults")
+    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=1, help="> 1: gunicorn's gthread worker")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--peer-base", default=None, help="FHIR base URL of a peer server to interleave with")
+    ap.add_argument("--peer-name", default="HAPI FHIR JPA starter 8.8.0 (PostgreSQL 15)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also list the peer's reference figures measured earlier on this machine")
+    ap.add_argument("--pause", type=float, default=5.0, help="seconds between runs")
+    ap.add_argument("--k6", default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "load.md")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    k6 = find_k6(args.k6)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    tmp = Path(tempfile.mkdtemp(prefix="ehc-load-"))
+    server = Server(args, tmp)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {"ehc": {}, "peer": {}}
+    notes: dict[str, Any] = {"pending": []}
+    try:
+        server.start()
+        print(f"server: {server.base} ({server.describe()}); load average {loadavg()}", flush=True)
+        for rnd in range(1, args.rounds + 1):
+            for scenario in scenarios:
+                targets = [("ehc", server.base)] + ([("peer", args.peer_base)] if args.peer_base else [])
+                if rnd % 2 == 0:
+                    targets.reverse()  # alternate who goes first
+                for who, base in targets:
+                    token = server.token() if who == "ehc" else None
+                    out = tmp / f"{rnd}-{scenario}-{who}.json"
+                    print(f"round {rnd} {scenario} {who}", flush=True)
+                    results[who].setdefault(scenario, []).append(
+                        run_k6(k6, base, scenario, args.vus, args.duration, token, out))
+                    if who == "ehc" and scenario == "crud":
+                        notes["pending"].append(server.audit_pending())
+                    time.sleep(args.pause)
+        notes["rss_mb"] = server.rss_mb()
+    finally:
+        server.stop()
+    all_rps = [r["total_rps"] for rs in results["ehc"].values() for r in rs]
+    spread = {sc: (min(r["total_rps"] for r in rs), max(r["total_rps"] for r in rs))
+              for sc, rs in results["ehc"].items() if rs}
+    notes["noise"] = "Spread of this server's rounds (min-max req/s): " + "; ".join(
+        f"{sc} {fmt(lo)}-{fmt(hi)} ({fmt(100 * (hi - lo) / hi if hi else 0)}%)" for sc, (lo, hi) in spread.items()
+    ) + "." if all_rps else ""
+    print(write_report(args, server, results, notes))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
