@@ -1,0 +1,137 @@
+"""Who read my records: the patient's AuditEvents (AuditEvent?patient=<id>, through the API with the
+resident's token) in plain words — "上海某医院 查看了您的 检验结果, 2026-11-29 10:31" — with refused attempts
+and break-the-glass accesses highlighted, filtered by date and by organization. By default the resident's own
+use of the portal is left out (a checkbox shows it); a relative acting as proxy is always shown."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from flask import request
+from flask.typing import ResponseReturnValue
+
+from app.auth.plugin import auth_state
+from app.portal.consents import Names
+from app.portal.records import type_name
+from app.portal.registration import CLIENT_ID
+from app.portal.web import bp, fhir_ok, login_required, page, sess, svc, t
+
+CHINA = timezone(timedelta(hours=8))
+CLIENT_SYSTEM = "urn:ehc:client"
+ORG_SYSTEM = "urn:ehc:organization"
+OPERATIONS = {"$ehc-qrcode": ("生成了您的健康卡二维码", "made a QR code of your health card"),
+              "$ehc-verify": ("核验了您的健康卡", "verified your health card"),
+              "$ehc-status": ("更改了您的健康卡状态", "changed the status of your health card"),
+              "$everything": ("调阅了您的全部记录", "opened all your records")}
+VERBS = {"read": ("查看了", "viewed"), "vread": ("查看了", "viewed"), "search-type": ("查询了", "searched"),
+         "search-system": ("查询了", "searched"), "create": ("新建了", "created"), "update": ("修改了", "changed"),
+         "patch": ("修改了", "changed"), "delete": ("删除了", "deleted"), "history-instance": ("查看了", "viewed"),
+         "history-type": ("查看了", "viewed"), "history": ("查看了", "viewed")}
+
+
+def _what(event: dict[str, Any]) -> str:
+    types = []
+    for entity in event.get("entity") or []:
+        ref = str((entity.get("what") or {}).get("reference") or "")
+        rtype = ref.split("/", 1)[0] if "/" in ref else ""
+        role = (entity.get("role") or {}).get("code")
+        if rtype and rtype not in ("Patient", "Consent") and rtype not in types:
+            types.append(rtype)
+        if role == "24" and entity.get("description"):  # the query of a search
+            pass
+    if not types:
+        for entity in event.get("entity") or []:
+            if (entity.get("role") or {}).get("code") == "24":
+                rtype = str(entity.get("description") or "").split("?")[0].split("/")[0]
+                if rtype and rtype[:1].isupper():
+                    types.append(rtype)
+    if not types:
+        return t("基本信息", "basic details")
+    return "、".join(type_name(rt) if rt != "Patient" else t("基本信息", "basic details") for rt in types)
+
+
+class Describer:
+    def __init__(self, pid: str) -> None:
+        self.pid = pid
+        self.names = Names()
+        self.store = auth_state(svc()).store
+        self.clients: dict[str, str] = {}
+        self.labels = sess().get("labels") or {}
+
+    def client_name(self, client_id: str) -> str:
+        if client_id not in self.clients:
+            client = auth_state(svc()).server.lookup_client(client_id)
+            self.clients[client_id] = client.doc.name if client is not None else client_id
+        return self.clients[client_id]
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        client = org = user = None
+        for agent in event.get("agent") or []:
+            ident = (agent.get("who") or {}).get("identifier") or {}
+            if ident.get("system") == CLIENT_SYSTEM:
+                client = str(ident.get("value"))
+            elif ident.get("system") == ORG_SYSTEM:
+                org = str(ident.get("value"))
+            elif any(c.get("code") == "humanuser" for c in (agent.get("type") or {}).get("coding") or []):
+                user = str((agent.get("who") or {}).get("reference") or "")
+        own = client == CLIENT_ID and user == f"Patient/{self.pid}"
+        if client == CLIENT_ID:
+            who = t("您本人（居民门户）", "You (resident portal)") if own else \
+                t("您的家人代办", "A relative acting for you") + \
+                (f"（{self.labels[user.split('/', 1)[1]]}）" if user and user.split("/", 1)[-1] in self.labels else "")
+        elif org:
+            who = self.names.org(org)
+        elif client:
+            who = self.client_name(client)
+        else:
+            who = t("未识别的访问者", "An unidentified caller")
+        subtype = ((event.get("subtype") or [{}])[0]).get("code") or ""
+        desc = str(event.get("outcomeDesc") or "")
+        op = next((k for k in OPERATIONS if k in desc), None)
+        refused = event.get("outcome") not in (None, "0")
+        glass = any(c.get("code") == "ETREAT" for p in event.get("purposeOfEvent") or [] for c in p.get("coding") or [])
+        if op and not refused:
+            action = t(*OPERATIONS[op])
+        else:
+            verb = VERBS.get(subtype, ("访问了", "accessed"))
+            action = (t("试图", "tried to ") + ("查看" if lang_zh() else "view") if refused else t(*verb)) + \
+                t("您的 ", " your ") + _what(event)
+        recorded = datetime.fromisoformat(str(event.get("recorded")).replace("Z", "+00:00")).astimezone(CHINA)
+        consent = any((e.get("role") or {}).get("code") == "13" for e in event.get("entity") or [])
+        return {"who": who, "action": action, "when": recorded.strftime("%Y-%m-%d %H:%M"), "refused": refused,
+                "glass": glass, "own": own, "org": org, "consent": consent, "id": event.get("id"),
+                "site": (event.get("source") or {}).get("site")}
+
+
+def lang_zh() -> bool:
+    return t("zh", "en") == "zh"
+
+
+@bp.route("/accesses", methods=["GET"])
+@login_required
+def accesses() -> ResponseReturnValue:
+    pid = str(sess().get("acting"))
+    args = request.args
+    params: list[tuple[str, str]] = [("patient", pid), ("_count", "200"), ("_sort", "-date")]
+    errors = {}
+    for name, prefix in (("from", "ge"), ("to", "le")):
+        if args.get(name):
+            try:
+                day = date.fromisoformat(args[name])
+            except ValueError:
+                errors[name] = t("日期格式应为 年-月-日", "Use the date format YYYY-MM-DD")
+                continue
+            edge = f"{day}T00:00:00+08:00" if prefix == "ge" else f"{day}T23:59:59+08:00"
+            params.append(("date", f"{prefix}{edge}"))
+    bundle = fhir_ok("GET", "AuditEvent", params=params)
+    describe = Describer(pid)
+    events = [describe(e["resource"]) for e in bundle.get("entry", [])
+              if (e.get("resource") or {}).get("resourceType") == "AuditEvent"]
+    orgs = sorted({(e["org"], e["who"]) for e in events if e["org"]}, key=lambda o: o[1])
+    show_own = args.get("mine") == "1"
+    org = args.get("org") or ""
+    shown = [e for e in events if (show_own or not e["own"]) and (not org or e["org"] == org)]
+    return page("portal/accesses.html", events=shown, orgs=orgs, org=org, show_own=show_own, errors=errors,
+                start=args.get("from", ""), end=args.get("to", ""),
+                refused=sum(1 for e in shown if e["refused"]), glass=sum(1 for e in shown if e["glass"]))

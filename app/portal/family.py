@@ -1,0 +1,224 @@
+"""Family (一人绑定多人): bind a relative, act for them, unbind.
+
+Binding is account administration, done by the server's binding service (app.auth.bindings: a RelatedPerson
+and a Consent recorded in FHIR), not a read of anybody's records. The relative is found by ID number in the
+master patient index and must match the name given; nothing about a non-matching person is revealed.
+
+- A child under 14 is bound by the guardian at once (the Consent is given by the guardian).
+- Anybody 14 or older confirms with their own login: the request waits until the relative signs in to the
+  portal and accepts it under "Family" (the relative needs their own account, bound to themselves).
+
+Acting for a relative is a new SMART authorization for that patient: the token's patient is the relative and
+its user the account holder, so every FHIR call — and its AuditEvent — names the proxy as requestor and the
+relative as patient.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import date
+from typing import Any
+
+from flask import redirect, request, url_for
+from flask.typing import ResponseReturnValue
+
+from app.auth.bindings import RELATIONSHIPS, bind, unbind
+from app.auth.models import Binding, ResidentAccount
+from app.auth.plugin import auth_state
+from app.mpi.plugin import master_index
+from app.portal.registration import CLIENT_ID
+from app.portal.web import (
+    NeedLogin,
+    api,
+    bp,
+    login_required,
+    page,
+    patient_label,
+    sess,
+    start_authorization,
+    svc,
+    t,
+    token_for,
+)
+
+ID_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+GUARDIAN_AGE = 14
+REQUESTS = "portal_bind_requests"
+RELATIVES = "portal_relatives"
+# what the account holder is to the relative
+AS_GUARDIAN = {"FTH": ("父亲", "Father"), "MTH": ("母亲", "Mother"), "GUARD": ("监护人", "Guardian")}
+AS_RELATIVE = {"CHILD": ("子女", "Son or daughter"), "SPS": ("配偶", "Spouse"), "SIB": ("兄弟姐妹", "Sibling"),
+               "FAMMEMB": ("其他家庭成员", "Other family member")}
+CHOICES = {**AS_GUARDIAN, **AS_RELATIVE}
+
+
+def _db() -> Any:
+    return svc().handle.db
+
+
+def _store() -> Any:
+    return auth_state(svc()).store
+
+
+def _account() -> ResidentAccount | None:
+    acct: ResidentAccount | None = _store().get(ResidentAccount, sess().get("account") or "")
+    return acct if acct is not None and acct.active else None
+
+
+def _age(birth: str | None) -> int | None:
+    try:
+        born = date.fromisoformat((birth or "")[:10])
+    except ValueError:
+        return None
+    today = date.today()
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def relationship_text(code: str | None) -> str:
+    if code in CHOICES:
+        return t(*CHOICES[code])
+    return RELATIONSHIPS.get(code or "", code or "")
+
+
+def _relatives(account: str) -> list[dict[str, Any]]:
+    out = []
+    labels = sess().get("labels") or {}
+    meta = {d["patient"]: d for d in _db()[RELATIVES].find({"account": account})}
+    for b in _store().collection(Binding).find({"account": account, "active": {"$ne": False}}):
+        if b.get("relationship") == "SELF":
+            continue
+        pid = b["patient"]
+        name = (meta.get(pid) or {}).get("name") or labels.get(pid) or t("已绑定的家人", "Bound relative")
+        out.append({"patient": pid, "name": name, "relationship": relationship_text(b.get("relationship")),
+                    "has_token": pid in (sess().get("tokens") or {})})
+    return out
+
+
+@bp.route("/family", methods=["GET"])
+@login_required
+def family() -> ResponseReturnValue:
+    account = str(sess().get("account"))
+    me = sess().get("self")
+    outgoing = list(_db()[REQUESTS].find({"account": account, "status": "pending"}))
+    incoming = list(_db()[REQUESTS].find({"patient": me, "status": "pending"})) if me else []
+    for req in incoming:
+        other = _store().get(ResidentAccount, req["account"])
+        req["from"] = other.phone_hint if other else "—"
+        req["as"] = relationship_text(req.get("relationship"))
+    return page("portal/family.html", relatives=_relatives(account), outgoing=outgoing, incoming=incoming,
+                guardian=AS_GUARDIAN, adult=AS_RELATIVE, message=request.args.get("m"), me=me)
+
+
+def _done(message: str) -> ResponseReturnValue:
+    return redirect(url_for("portal.family", m=message))
+
+
+@bp.route("/family/bind", methods=["POST"])
+@login_required
+def family_bind() -> ResponseReturnValue:
+    account = _account()
+    if account is None:
+        return redirect(url_for("portal.login", expired=1))
+    form = request.form
+    id_number = re.sub(r"\s", "", form.get("id_number") or "").upper()
+    name = re.sub(r"\s", "", form.get("name") or "")
+    rel = form.get("relationship") or ""
+    errors = {}
+    if not re.fullmatch(r"\d{17}[\dX]", id_number):
+        errors["id_number"] = t("请输入18位身份证号码", "Enter the 18-character ID card number")
+    if not name:
+        errors["name"] = t("请输入姓名", "Enter the name")
+    if rel not in CHOICES:
+        errors["relationship"] = t("请选择关系", "Choose the relationship")
+    ok, _ = auth_state(svc()).login_limiter.allow(f"bind:{account.phone_key}")
+    if not ok:
+        errors["id_number"] = t("尝试次数过多，请稍后再试", "Too many attempts, try again later")
+    found = None
+    if not errors:
+        found = master_index(svc()).find(ID_CARD_SYSTEM, id_number)
+        if found is None or patient_label(found.get("res")).replace(" ", "") != name:
+            errors["id_number"] = t("身份证号与姓名不匹配，或该居民尚未建档",
+                                    "The ID number and name do not match, or this resident has no record yet")
+    if errors or found is None:
+        return page("portal/family.html", 400, relatives=_relatives(account.phone_key), outgoing=[], incoming=[],
+                    guardian=AS_GUARDIAN, adult=AS_RELATIVE, errors=errors, form=form, me=sess().get("self"))
+    pid = str(found["_id"])
+    if pid in account.patients:
+        return _done(t("已绑定该家人", "This relative is bound already"))
+    age = _age((found.get("res") or {}).get("birthDate"))
+    _db()[RELATIVES].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
+        "_id": f"{account.phone_key}|{pid}", "account": account.phone_key, "patient": pid, "name": name,
+        "relationship": rel}, upsert=True)
+    if age is not None and age < GUARDIAN_AGE:
+        if rel not in AS_GUARDIAN:
+            return _done(t("未满14岁的儿童须由父母或监护人绑定", "A child under 14 is bound by a parent or guardian"))
+        bind(svc(), _store(), account, pid, rel)
+        return _done(t("已绑定", "Bound") + f": {name}")
+    _db()[REQUESTS].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
+        "_id": f"{account.phone_key}|{pid}", "account": account.phone_key, "patient": pid, "name": name,
+        "relationship": rel, "status": "pending", "created": int(time.time()), "nonce": secrets.token_hex(8)},
+        upsert=True)
+    return _done(t("已发送绑定请求，请家人用自己的手机号登录门户，在“家人”页确认",
+                   "Request sent: your relative confirms it by signing in to the portal with their own number "
+                   "and accepting it under Family"))
+
+
+@bp.route("/family/requests", methods=["POST"])
+@login_required
+def family_request() -> ResponseReturnValue:
+    me = sess().get("self")
+    req = _db()[REQUESTS].find_one({"_id": request.form.get("request") or "", "status": "pending"})
+    if req is None or not me or req["patient"] != me:
+        return _done(t("请求不存在或已处理", "The request is unknown or has been handled"))
+    if request.form.get("decision") == "accept":
+        requester = _store().get(ResidentAccount, req["account"])
+        if requester is None:
+            return _done(t("请求不存在或已处理", "The request is unknown or has been handled"))
+        bind(svc(), _store(), requester, me, req["relationship"])
+        status = "accepted"
+    else:
+        status = "declined"
+    _db()[REQUESTS].update_one({"_id": req["_id"]}, {"$set": {"status": status, "decided": int(time.time())}})
+    return _done(t("已同意绑定", "Binding accepted") if status == "accepted" else t("已拒绝", "Declined"))
+
+
+@bp.route("/family/act", methods=["POST"])
+@login_required
+def family_act() -> ResponseReturnValue:
+    s = sess()
+    pid = request.form.get("patient") or ""
+    if pid == "self":
+        pid = s.get("self") or ""
+    account = _account()
+    if account is None or pid not in account.patients:
+        return _done(t("未绑定该家人", "Not a bound relative"))
+    try:
+        token_for(pid)
+    except NeedLogin:  # no token yet for this relative: authorize one
+        return start_authorization(want=pid)
+    s.set("acting", pid)
+    return redirect(url_for("portal.card"))
+
+
+@bp.route("/family/unbind", methods=["POST"])
+@login_required
+def family_unbind() -> ResponseReturnValue:
+    s = sess()
+    pid = request.form.get("patient") or ""
+    account = _account()
+    if account is None or pid not in account.patients or pid == s.get("self"):
+        return _done(t("未绑定该家人", "Not a bound relative"))
+    unbind(svc(), _store(), account, pid)
+    _db()[RELATIVES].delete_one({"_id": f"{account.phone_key}|{pid}"})
+    tokens = s.get("tokens") or {}
+    tok = tokens.pop(pid, None)
+    if tok:
+        if tok.get("refresh"):
+            api().revoke(CLIENT_ID, tok["refresh"], "refresh_token")
+        api().revoke(CLIENT_ID, tok["access"], "access_token")
+    s.set("tokens", tokens)
+    if s.get("acting") == pid:
+        s.set("acting", s.get("self") if s.get("self") in tokens else next(iter(tokens), None))
+    return _done(t("已解除绑定", "Unbound"))
