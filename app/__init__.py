@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         ops.init_app(app)
     svc = services or build_services(settings)
 
-    from app import fhir
+    from app import fhir, portal
     from app.audit import plugin as audit
     from app.auth import plugin as auth
     from app.ehc import plugin as ehc
@@ -41,4 +41,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # access policy attach last.
     for subsystem in (mpi, ehc, audit, auth, federation):
         subsystem.init_app(app, svc)
+    portal.init_app(app, svc)
     return app
