@@ -1,5 +1,5 @@
-"""`ehc clients add`: register an OAuth client (DESIGN §6). Prints JSON with client_id and, for
-confidential clients, client_secret (shown once; only its hash is stored)."""
+"""`ehc clients add`: register an OAuth client. Prints JSON with client_id and, for confidential clients
+without a JWKS, client_secret (shown once; only its hash is stored)."""
 
 from __future__ import annotations
 
@@ -25,27 +25,25 @@ def clients() -> None:
 @click.option("--redirect-uri", "redirect_uris", multiple=True, help="for apps (authorization code)")
 @click.option("--public", is_flag=True, help="a public app (PKCE, no secret)")
 @click.option("--break-glass", is_flag=True, help="may read without consent with purpose of use ETREAT")
+@click.option("--resource-server", is_flag=True, help="may introspect the tokens of other clients")
 def add(name: str, scopes: str, province: str, organization: str | None, jwks_file: Path | None,
-        redirect_uris: tuple[str, ...], public: bool, break_glass: bool) -> None:
+        redirect_uris: tuple[str, ...], public: bool, break_glass: bool, resource_server: bool) -> None:
     """Register a client."""
     from app.auth.plugin import auth_state
     from app.auth.registration import register_client
-    from app.config import load_settings
-    from app.services import build_services
+    from app.cli.common import node_services
 
     jwks = json.loads(jwks_file.read_text(encoding="utf-8")) if jwks_file else None
-    svc = build_services(load_settings())
-    try:
-        if organization and not svc.repo.exists("Organization", organization):
-            click.echo(f"warning: Organization/{organization} does not exist (yet)", err=True)
-        out = register_client(auth_state(svc).store, name=name, scopes=scopes, province=province,
-                              organization=organization, jwks=jwks, redirect_uris=list(redirect_uris),
-                              public=public, break_glass=break_glass)
-    except ValueError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    finally:
-        svc.handle.close()
+    with node_services() as svc:
+        try:
+            if organization and not svc.repo.exists("Organization", organization):
+                click.echo(f"warning: Organization/{organization} does not exist (yet)", err=True)
+            out = register_client(auth_state(svc).store, name=name, scopes=scopes, province=province,
+                                  organization=organization, jwks=jwks, redirect_uris=list(redirect_uris),
+                                  public=public, break_glass=break_glass, resource_server=resource_server)
+        except ValueError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
     click.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 

@@ -1,25 +1,32 @@
-"""`ehc import FILE --report REPORT`: bulk import of a hospital card system (DESIGN §3, §6)."""
+"""`ehc import FILE --report REPORT`: bulk import of a hospital card system (docs/mpi.md, "Bulk import")."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 
-def services_with_index():  # type: ignore[no-untyped-def]
-    """Services with the MPI and card handlers attached, as the web app has them (no Flask)."""
-    from app.config import load_settings
+def attach_index(svc: Any) -> Any:
+    """The MPI and card handlers attached to svc, as the web app has them (no Flask); returns the MPI hooks."""
     from app.ehc.plugin import attach
     from app.mpi.plugin import setup
+
+    hooks = setup(svc)
+    attach(svc)
+    return hooks
+
+
+def services_with_index():  # type: ignore[no-untyped-def]
+    """Services with the MPI and card handlers attached (for benchmarks; commands use node_services)."""
+    from app.config import load_settings
     from app.services import build_services
 
     svc = build_services(load_settings())
-    hooks = setup(svc)
-    attach(svc)
-    return svc, hooks
+    return svc, attach_index(svc)
 
 
 @click.command("import")
@@ -30,21 +37,38 @@ def services_with_index():  # type: ignore[no-untyped-def]
 @click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
 def import_file(file: Path, report: Path, workers: int, no_progress: bool) -> None:
     """Link every row of FILE (CSV or NDJSON of Patient) to the master patient index."""
+    from app.cli.common import Timer, node_services, on_terminal, summary
     from app.fhir.validation import Validator
-    from app.mpi.importer import Importer
+    from app.mpi.importer import Importer, check_header
 
-    svc, hooks = services_with_index()
-    validator = Validator(svc.profiles_dir)
-
-    def validate(resource: dict) -> list[str]:
-        return [i.diagnostics for i in validator.issues(resource, "Patient")]
-
+    if not report.parent.is_dir():
+        raise click.ClickException(f"the report's folder {report.parent} does not exist; create it or choose "
+                                   "another --report path")
     try:
-        counts = Importer(svc, hooks, validate).run(file, report, progress=not no_progress, workers=workers)
-    except ValueError as exc:
+        check_header(file)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc)) from None
+    timer = Timer()
+    with node_services() as svc:
+        hooks = attach_index(svc)
+        validator = Validator(svc.profiles_dir)
+
+        def validate(resource: dict[str, Any]) -> list[str]:
+            return [i.diagnostics for i in validator.issues(resource, "Patient")]
+
+        try:
+            counts = Importer(svc, hooks, validate).run(file, report, progress=on_terminal(not no_progress),
+                                                        workers=workers)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the report {report}: {exc.strerror}") from None
     click.echo(json.dumps({"file": str(file), "report": str(report), **counts}, ensure_ascii=False))
     sys.stdout.flush()
+    rows = sum(counts.values())
+    summary(f"ehc import: {rows:,} rows in {timer.seconds:.1f} s ({rows / max(timer.seconds, 1e-9):,.0f} rows/s): "
+            f"{counts['created']:,} created, {counts['linked']:,} linked, {counts['unchanged']:,} unchanged, "
+            f"{counts['rejected']:,} rejected; report {report}")
 
 
 COMMANDS = [import_file]

@@ -1,4 +1,4 @@
-"""`ehc keys list|rotate`: the node's SM2 signing keys for QR tokens (DESIGN §4)."""
+"""`ehc keys list|rotate`: the node's SM2 signing keys for QR tokens (docs/terminal-vendors.md)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,14 @@ def list_keys() -> None:
 @keys.command()
 def rotate() -> None:
     """Make a new current key; the old one stays published until what it signed has expired."""
-    new = _keys().rotate()
+    from app.cli.common import summary
+
+    store = _keys()
+    old = store.current(int(time.time())).kid
+    new = store.rotate()
     click.echo(json.dumps({"rotated": True, "kid": new.kid, "nbf": new.nbf, "exp": new.exp}))
+    summary(f"ehc keys rotate: {new.kid} signs from now on; {old} keeps verifying what it signed until it expires "
+            f"(it stays listed at /ehc/keys); running servers see the change at their next signing.")
 
 
 COMMANDS = [keys]

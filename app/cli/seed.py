@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 from typing import Any
 
 import click
@@ -125,20 +124,32 @@ def _post(postings: dict[str, list[str]], rid: str, rtype: str, doc: dict[str, A
 @click.option("--patients", default=1000, show_default=True, help="synthetic residents to add")
 @click.option("--observations", default=0, show_default=True, help="lab Observations per resident")
 @click.option("--start", default=None, type=int, help="first synthetic number (default: after what exists)")
+@click.option("--demo", is_flag=True, help="a ready demo instead: an organization, a resident with records and an "
+              "account, and an OAuth client; prints the token commands")
 @click.option("--no-progress", is_flag=True)
-def seed_cmd(patients: int, observations: int, start: int | None, no_progress: bool) -> None:
-    """Add synthetic residents and records in bulk."""
-    from app.cli.imports import services_with_index
+def seed_cmd(patients: int, observations: int, start: int | None, demo: bool, no_progress: bool) -> None:
+    """Add synthetic residents and records in bulk (or, with --demo, a small ready demo)."""
+    from app.cli.common import Timer, node_services, on_terminal, summary
+    from app.cli.imports import attach_index
 
-    svc, hooks = services_with_index()
-    cards = svc.extensions["ehc"]
-    if start is None:
-        start = svc.repo.current("Patient").estimated_document_count()
-    t0 = time.monotonic()
-    out: dict[str, Any] = dict(seed(svc, hooks, cards, patients, observations, start, progress=not no_progress))
-    out["seconds"] = round(time.monotonic() - t0, 1)
+    timer = Timer()
+    with node_services() as svc:
+        hooks = attach_index(svc)
+        if demo:
+            from app.cli.demo import make_demo
+
+            make_demo(svc)
+            return
+        cards = svc.extensions["ehc"]
+        if start is None:
+            start = svc.repo.current("Patient").estimated_document_count()
+        out: dict[str, Any] = dict(seed(svc, hooks, cards, patients, observations, start,
+                                        progress=on_terminal(not no_progress)))
+    out["seconds"] = round(timer.seconds, 1)
     click.echo(json.dumps(out))
     sys.stdout.flush()
+    summary(f"ehc seed: {out['patients']:,} residents and {out['observations']:,} observations in {out['seconds']} s "
+            f"({out['skipped']:,} skipped: already in the index)")
 
 
 COMMANDS = [seed_cmd]

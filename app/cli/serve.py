@@ -1,32 +1,126 @@
-"""`ehc serve`: the server. Starts the embedded database when EHC_MONGODB_URI is unset."""
+"""`ehc serve`: the server, under gunicorn (gthread workers) by default; `--dev` for Flask's reloader.
+
+Workers and threads: by default one worker process per CPU (at least 2) and 4 threads each: the work of a
+request is Python (one CPU per process at a time) with database round trips between, which the threads overlap.
+`--workers` and `--threads` override them.
+
+Without EHC_MONGODB_URI it starts the embedded database and stops it again when the server stops (Ctrl-C or
+SIGTERM); a database that was already running is left running.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import sys
+from typing import Any
+
 import click
+
+THREADS = 4
+
+
+def default_workers() -> int:
+    return max(2, os.cpu_count() or 1)
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=0, type=int, help="gunicorn workers (0: the single-process dev server)")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--workers", default=0, type=int, help="gunicorn worker processes (default: one per CPU, at least 2)")
+@click.option("--threads", default=THREADS, show_default=True, type=int, help="threads per worker")
+@click.option("--dev", is_flag=True, help="Flask's development server with the reloader, one process")
+def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     """Run the FHIR server."""
-    from app import create_app
+    from app.cli.common import node_services, reach_database
     from app.config import load_settings
-    from app.services import build_services
 
     settings = load_settings()
-    services = build_services(settings)  # starts the embedded database and recovers journals once
-    if workers <= 0:
-        app = create_app(settings, services=services)
-        click.echo(f"ehc: FHIR base http://{host}:{port}/fhir (database {services.handle.client.address})")
-        app.run(host=host, port=port, threaded=True)
-        return
-    import os
-    import subprocess
-    import sys
+    owner = os.getpid()  # gunicorn forks its workers from inside this function: only this process stops the database
+    uri, started = reach_database(settings)
+    if started is not None:
+        click.echo(f"ehc: started the embedded database on {uri} (files in {started.data_dir}); "
+                   "it stops with the server", err=True)
+    try:
+        with node_services(settings) as svc:  # recovers journals and makes the keys once, before any worker
+            _orientation(svc, host, port)
+        if not settings.mongodb_uri:  # the workers connect to the database this process reached
+            os.environ["EHC_MONGODB_URI"] = uri.rstrip("/") + "/" + settings.db_name
+        workers = workers or default_workers()
+        if dev:
+            _run_dev(host, port)
+        else:
+            click.echo(f"ehc: gunicorn, {workers} workers x {threads} threads (gthread) on http://{host}:{port}; "
+                       "Ctrl-C stops it", err=True)
+            _run_gunicorn(host, port, workers, threads, settings.data_dir)
+    finally:
+        if started is not None and os.getpid() == owner:
+            started.stop()
+            click.echo("ehc: stopped the embedded database", err=True)
 
-    uri = settings.mongodb_uri or f"mongodb://127.0.0.1:{settings.embedded_port}/"
-    env = dict(os.environ, EHC_MONGODB_URI=uri if settings.mongodb_uri else uri + settings.db_name)
-    cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{host}:{port}", "app.wsgi:app"]
-    raise SystemExit(subprocess.call(cmd, env=env))
+
+def _orientation(svc: Any, host: str, port: int) -> None:
+    from app.keyring import keys_dir
+
+    settings = svc.settings
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    base = settings.base_url or f"http://{shown}:{port}/fhir"
+    echo = lambda text: click.echo(f"ehc: {text}", err=True)  # noqa: E731
+    echo(f"FHIR base {base}")
+    echo(f"data in {settings.data_dir}; platform keys in {keys_dir(settings)} (back them up: card IDs and "
+         "encrypted fields depend on them)")
+    clients = svc.handle.db["auth_clients"].find_one({}, {"_id": 1})
+    if clients is None and settings.auth_required:
+        echo("no OAuth client is registered: every /fhir call but metadata needs a token. Register one with "
+             "`ehc clients add --name NAME --scopes \"system/*.cruds\" --province "
+             f"{settings.province}`, or run `ehc seed --demo` for a ready demo")
+
+
+def _run_dev(host: str, port: int) -> None:
+    from app import create_app
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        create_app().run(host=host, port=port, debug=True, use_reloader=True, threaded=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _run_gunicorn(host: str, port: int, workers: int, threads: int, data_dir: Any) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    metrics_dir = data_dir / "run" / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read when prometheus_client is imported: after this
+    from app.ops.metrics import mark_process_dead
+
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "accesslog": None,  # the JSON request line of app.ops.logging replaces it (no raw paths in logs)
+        "errorlog": "-",
+        "loglevel": "warning",
+        "child_exit": lambda server, worker: mark_process_dead(worker.pid),
+    }
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from app import create_app
+
+            return create_app()
+
+    sys.argv = sys.argv[:1]  # gunicorn reads its own command line too; ours is not for it
+    Server().run()

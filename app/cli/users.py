@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
 def _services() -> tuple[Services, AuthState]:
     from app.auth.plugin import auth_state
+    from app.cli.common import reach_database
     from app.config import load_settings
     from app.services import build_services
 
-    svc = build_services(load_settings())
+    settings = load_settings()
+    reach_database(settings)  # one clear line when the database is away
+    svc = build_services(settings)
     return svc, auth_state(svc)
 
 
@@ -34,13 +37,22 @@ def users() -> None:
 
 @users.command("add")
 @click.option("--phone", required=True)
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--password-stdin", is_flag=True,
+              help="read the password from the first line of standard input (scripts); otherwise it is asked twice")
 @click.option("--patient", "patients", multiple=True, metavar="ID[:RELATION]")
-def add(phone: str, password: str, patients: tuple[str, ...]) -> None:
+def add(phone: str, password_stdin: bool, patients: tuple[str, ...]) -> None:
     """Create an account and bind patients to it."""
     from app.auth.accounts import create_account
     from app.auth.bindings import bind
 
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        raise click.UsageError("no terminal to ask the password on: pipe it in with --password-stdin")
+    if not password:
+        raise click.UsageError("the password is empty")
     svc, st = _services()
     try:
         account = create_account(st.store, st.keys, phone, password)

@@ -1,7 +1,8 @@
-"""Bulk import of existing hospital card systems into the index (批量预制, DESIGN §3, §6: `ehc import`).
+"""Bulk import of existing hospital card systems into the index (批量预制: `ehc import`, docs/mpi.md).
 
 Input: CSV with the columns source_system, mrn, name, gender, birth_date, id_type, id_number, phone, address
-(id_type a document code of CV02.01.101, e.g. 01), or NDJSON with one Patient per line. Streamed row by row:
+(only source_system, mrn and name are required; id_type a document code of CV02.01.101 such as 01, or a name
+such as 身份证 / resident-id / passport: ID_TYPE_ALIASES), or NDJSON with one Patient per line. Streamed row by row:
 memory stays flat whatever the file size. Every row goes through the same path as POST /fhir/Patient
 (Repository.create and the MPI / card event handlers), with 15-digit legacy ID numbers accepted and
 normalised, and every row gets one report row: created | linked | unchanged | rejected (with the reason).
@@ -29,6 +30,19 @@ from app.services import Services
 from app.store.repository import WriteContext
 
 CSV_COLUMNS = ("source_system", "mrn", "name", "gender", "birth_date", "id_type", "id_number", "phone", "address")
+REQUIRED_COLUMNS = ("source_system", "mrn", "name")  # the others may be left out of the file
+MRN_PREFIX = "urn:ehc:mrn:"
+# Names accepted for id_type besides the document codes, the NamingSystem names and systems (docs/mpi.md).
+ID_TYPE_ALIASES = {
+    "01": ("身份证", "居民身份证", "resident-id", "resident-id-card", "id-card", "idcard", "sfz"),
+    "02": ("户口簿", "户口本", "household-register"),
+    "03": ("护照", "passport"),
+    "04": ("军官证", "officer", "officer-card"),
+    "05": ("驾驶证", "驾照", "driving-licence", "driving-license"),
+    "06": ("港澳通行证", "港澳居民来往内地通行证", "hk-macau-permit"),
+    "07": ("台胞证", "台湾居民来往大陆通行证", "taiwan-permit"),
+    "99": ("外国人永久居留身份证", "永久居留证", "foreigner-permanent-residence"),
+}
 REPORT_COLUMNS = ("row", "outcome", "patient_id", "ehc_id", "reason")
 EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 GENDERS = {"male": "male", "m": "male", "男": "male", "1": "male", "female": "female", "f": "female",
@@ -74,18 +88,45 @@ def birth_date(value: str) -> str | None:
     return v
 
 
+def id_type_system(value: str, registry: Any) -> str:
+    """The identifier system of an id_type: a document code (01, 1), a name (身份证, resident-id, passport,
+    Passport, 护照 ...) or the system itself (urn:oid:2.16.156.10011.1.3, urn:ehc:id:passport)."""
+    text = value.strip()
+    if text.isdigit():
+        return str(registry.system_for_code(text.zfill(2)))
+    wanted = text.casefold()
+    for code, aliases in ID_TYPE_ALIASES.items():
+        if wanted in aliases:
+            return str(registry.system_for_code(code))
+    for doc in registry.documents:
+        if doc.prefix or doc.server_issued:
+            continue
+        names = {doc.system.casefold(), doc.name_zh.casefold(), doc.name_en.casefold(),
+                 doc.system.rsplit(":", 1)[-1].casefold()}
+        if wanted in names:
+            return str(doc.system)
+    raise IdentifierInvalid(f"unknown id_type {value!r} (a document code such as 01, or a name such as 身份证, "
+                            "resident-id, passport: see docs/mpi.md)", field="type")
+
+
+def mrn_system(source_system: str) -> str:
+    """The record-number system of a source: an organization id (hospital-1) or the full system
+    (urn:ehc:mrn:hospital-1)."""
+    text = source_system.strip()
+    return text if text.startswith(MRN_PREFIX) else MRN_PREFIX + text
+
+
 def csv_patient(row: dict[str, str], registry: Any) -> dict[str, Any]:
     """One CSV row as a Patient (RowRejected for what the row itself gets wrong)."""
     get = {k: (row.get(k) or "").strip() for k in CSV_COLUMNS}
     if not get["source_system"] or not get["mrn"]:
         raise RowRejected("source_system and mrn are required")
-    idents = [{"system": f"urn:ehc:mrn:{get['source_system']}", "value": get["mrn"]}]
+    idents = [{"system": mrn_system(get["source_system"]), "value": get["mrn"]}]
     if get["id_number"]:
         if not get["id_type"]:
             raise RowRejected("id_number without id_type")
         try:
-            system = registry.system_for_code(get["id_type"].zfill(2) if get["id_type"].isdigit() else
-                                              get["id_type"])
+            system = id_type_system(get["id_type"], registry)
         except IdentifierInvalid as exc:
             raise RowRejected(f"id_type: {exc.reason}") from None
         idents.insert(0, {"system": system, "value": get["id_number"]})
@@ -123,14 +164,28 @@ def read_rows(path: Path, registry: Any) -> Iterator[tuple[int, dict[str, Any] |
                     yield n, exc if isinstance(exc, RowRejected) else RowRejected(f"invalid JSON: {exc}")
             return
         reader = csv.DictReader(fh)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing CSV columns {', '.join(missing)}")
+        check_columns(path, reader.fieldnames)
         for n, row in enumerate(reader, start=1):
             try:
                 yield n, csv_patient(row, registry)
             except RowRejected as exc:
                 yield n, exc
+
+
+def check_columns(path: Path, fieldnames: Any) -> None:
+    """ValueError naming the required columns a CSV header lacks."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in (fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: missing CSV columns {', '.join(missing)} (required: "
+                         f"{', '.join(REQUIRED_COLUMNS)}; optional: {', '.join(CSV_COLUMNS[3:])})")
+
+
+def check_header(path: Path) -> None:
+    """Check what can be checked before anything is written (a CSV file's header)."""
+    if is_ndjson(path):
+        return
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        check_columns(path, next(csv.reader(fh), None))
 
 
 def is_ndjson(path: Path) -> bool:
@@ -207,6 +262,7 @@ class Importer:
         """Import a file, writing one report row per input row; returns the count per outcome."""
         from tqdm import tqdm
 
+        check_header(path)  # before the progress bar and the report exist
         self._check_structure = is_ndjson(path)
         counts = {"created": 0, "linked": 0, "unchanged": 0, "rejected": 0}
         bar = tqdm(total=count_rows(path), unit="row", disable=not progress, mininterval=0.5, smoothing=0.1,
