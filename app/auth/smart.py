@@ -7,6 +7,7 @@ URLs are absolute: from EHC_BASE_URL when set, else from the request's host.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -42,8 +43,13 @@ def fhir_base(svc: Any) -> str:
 
 
 def server_root(svc: Any) -> str:
+    """Where /oauth/* is: the FHIR base without its trailing /fhir; for a base that does not end in /fhir
+    (a proxy that maps the FHIR API to the root, or to another path), the origin of the base URL."""
     base = fhir_base(svc)
-    return base[: -len("/fhir")] if base.endswith("/fhir") else base.rsplit("/", 1)[0]
+    if base.endswith("/fhir"):
+        return base[: -len("/fhir")]
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else base
 
 
 def endpoints(svc: Any) -> dict[str, str]:

@@ -128,3 +128,20 @@ def test_route_templates_never_carry_values():
     assert fhir_route("GET", "/Evil123/x", TYPES).template == "/fhir/?/{id}"
     assert fhir_route("POST", "/$whatever", TYPES, {"ehc-verify"}).interaction == "$?"
     assert fhir_route("POST", "/", TYPES).interaction == "batch/transaction"
+
+
+@pytest.mark.parametrize(("base", "root"), [("https://ehc.example.cn/fhir", "https://ehc.example.cn"),
+                                            ("https://ehc.example.cn", "https://ehc.example.cn"),
+                                            ("https://ehc.example.cn/api/r4", "https://ehc.example.cn"),
+                                            ("http://10.0.0.5:8080/ehc/fhir", "http://10.0.0.5:8080/ehc")])
+def test_oauth_endpoints_follow_any_base_url(settings, base, root):
+    from app import create_app
+
+    app = create_app(settings, base_url=base)
+    try:
+        conf = app.test_client().get("/.well-known/smart-configuration").json
+        assert conf["token_endpoint"] == f"{root}/oauth/token"
+        assert conf["authorization_endpoint"] == f"{root}/oauth/authorize"
+        assert conf["issuer"] == base
+    finally:
+        app.extensions["ehc"].handle.close()
