@@ -1,23 +1,35 @@
-"""Resident accounts: phone + password, and one-time SMS codes.
+"""Resident accounts: phone + password, and one-time SMS codes; failed logins and the login lock.
 
 The phone number is never stored in clear: the account's key is an HMAC of it (app.auth.keys), with a
 masked hint for display. Passwords are hashed with werkzeug (scrypt). An SMS code is six digits, lives
 five minutes, is used once and allows five attempts; it goes through the configured sender
 (`svc.extensions["sms_sender"]`, a callable(phone, text)) or, in development, to the log.
+
+Failed logins are counted per phone number in the database (LoginLock, keyed like the account, so every
+worker process sees the same count), for numbers with and without an account alike: the answers do not tell
+whether a number is registered. After LOCK_AFTER consecutive failures the number is locked for
+LOCK_BASE_SECONDS, and every further failure doubles the lock, up to LOCK_MAX_SECONDS; a successful login
+clears the count, and failures older than FAILURE_MEMORY are forgotten. Counting and locking are single
+findAndModify / update calls on `_id` (atomic, see app.auth.models).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.auth.keys import AuthKeys
-from app.auth.models import AuthStore, ResidentAccount, SmsCode, digest, now
+from app.auth.models import AuthStore, LoginLock, ResidentAccount, SmsCode, digest, now
 
 log = logging.getLogger("ehc.auth")
 PHONE = re.compile(r"^1[3-9]\d{9}$")
@@ -25,16 +37,34 @@ SMS_TTL = 300
 SMS_ATTEMPTS = 5
 _DUMMY_HASH = generate_password_hash("not a password")
 Sender = Callable[[str, str], None]
+LOCK_AFTER = 5  # consecutive failed logins before the first lock
+LOCK_BASE_SECONDS = 60  # the first lock; each further failure doubles it
+LOCK_MAX_SECONDS = 3600
+FAILURE_MEMORY = 24 * 3600  # a count whose last failure is older than this starts again
+PRUNE_EVERY = 600.0
+_last_prune = 0.0
 
 
 def normalize_phone(phone: str) -> str:
-    """A mainland mobile number as 11 digits; ValueError when it is not one."""
+    """A mainland mobile number as 11 digits (the country code +86 or 0086, spaces, dashes, dots and
+    parentheses dropped); ValueError when it is not one."""
     digits = "".join(ch for ch in phone if ch.isdigit())
-    if digits.startswith("86") and len(digits) == 13:
+    if digits.startswith("0086") and len(digits) == 15:
+        digits = digits[4:]
+    elif digits.startswith("86") and len(digits) == 13:
         digits = digits[2:]
     if not PHONE.match(digits):
         raise ValueError(f"not a mainland mobile number: {mask(digits)}")
     return digits
+
+
+def phone_bucket(phone: str) -> str:
+    """What the rate limit and the login lock count a typed phone number as: the normalised number, so
+    that every way of writing one number shares one count; for text that is no mobile number, its digits."""
+    try:
+        return normalize_phone(phone)
+    except ValueError:
+        return "".join(ch for ch in phone if ch.isdigit())
 
 
 def mask(phone: str) -> str:
@@ -72,8 +102,7 @@ def login_with_password(store: AuthStore, keys: AuthKeys, phone: str,
         check_password_hash(_DUMMY_HASH, password)  # same work whether or not the account exists
         return None
     if not check_password_hash(account.password_hash, password):
-        store.set(ResidentAccount, account.phone_key, failed=(account.failed or 0) + 1)
-        return None
+        return None  # counted by the caller (record_failure), as for a number without an account
     return account
 
 
@@ -106,3 +135,87 @@ def login_with_sms(store: AuthStore, keys: AuthKeys, phone: str, code: str) -> R
         return None
     store.delete(SmsCode, account.phone_key)  # used once
     return account
+
+
+# -- failed logins and the lock ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LockState:
+    locked_for: int = 0  # seconds the number stays locked (0: not locked)
+    failures: int = 0  # consecutive failures counted so far
+    expired_lock: int = 0  # a lock that ended (its locked_until) and that nobody has recorded yet
+
+
+def lock_key(keys: AuthKeys, phone: str) -> str:
+    """The LoginLock key of a typed number: the account key of its normalised form."""
+    return keys.phone_key(phone_bucket(phone))
+
+
+def lock_seconds(failures: int) -> int:
+    """How long the failure with this number locks (0: it does not)."""
+    if failures < LOCK_AFTER:
+        return 0
+    return int(min(LOCK_MAX_SECONDS, LOCK_BASE_SECONDS * 2 ** min(failures - LOCK_AFTER, 20)))
+
+
+def check_lock(store: AuthStore, key: str) -> LockState:
+    """The lock state before a login attempt. A lock that has run out is reported once (expired_lock),
+    to whichever process sees it first, so that its end is audited exactly once."""
+    doc = store.raw(LoginLock, key)
+    if doc is None:
+        return LockState()
+    t = time.time()
+    until = float(doc.get("locked_until") or 0)
+    failures = int(doc.get("failures") or 0)
+    if until > t:
+        return LockState(math.ceil(until - t), failures)
+    expired = 0
+    if until and float(doc.get("unlock_logged") or 0) < until:
+        before = store.collection(LoginLock).find_one_and_update(
+            {"_id": key}, {"$max": {"unlock_logged": until}}, return_document=ReturnDocument.BEFORE)
+        if before is not None and float(before.get("unlock_logged") or 0) < until:
+            expired = int(until)
+    if float(doc.get("last") or 0) < t - FAILURE_MEMORY:
+        store.delete(LoginLock, key)
+        return LockState(0, 0, expired)
+    return LockState(0, failures, expired)
+
+
+def record_failure(store: AuthStore, key: str) -> LockState:
+    """Count a failed login; returns the count and the seconds the number is now locked for (0: not locked)."""
+    _prune(store)
+    coll = store.collection(LoginLock)
+    update = {"$inc": {"failures": 1}, "$set": {"last": time.time()}}
+    try:
+        doc = coll.find_one_and_update({"_id": key}, update, upsert=True, return_document=ReturnDocument.AFTER)
+    except DuplicateKeyError:  # two first failures at once: the other inserted it
+        doc = coll.find_one_and_update({"_id": key}, update, return_document=ReturnDocument.AFTER)
+    failures = int(doc.get("failures") or 0)
+    seconds = lock_seconds(failures)
+    if seconds:
+        coll.update_one({"_id": key}, {"$max": {"locked_until": time.time() + seconds}})
+    return LockState(seconds, failures)
+
+
+def clear_failures(store: AuthStore, key: str) -> None:
+    """After a successful login: the count starts again."""
+    store.delete(LoginLock, key)
+
+
+def unlock(store: AuthStore, key: str) -> LockState:
+    """Lift the lock and forget the failures (an operator's `ehc users unlock`); returns what there was."""
+    before = store.collection(LoginLock).find_one_and_delete({"_id": key})
+    if before is None:
+        return LockState()
+    left = float(before.get("locked_until") or 0) - time.time()
+    return LockState(math.ceil(left) if left > 0 else 0, int(before.get("failures") or 0))
+
+
+def _prune(store: AuthStore) -> None:
+    """Now and then, drop the counts of numbers that have not failed for FAILURE_MEMORY."""
+    global _last_prune
+    if time.monotonic() - _last_prune < PRUNE_EVERY:
+        return
+    _last_prune = time.monotonic()
+    t = time.time()
+    store.collection(LoginLock).delete_many({"last": {"$lt": t - FAILURE_MEMORY}, "locked_until": {"$lt": t}})

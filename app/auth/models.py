@@ -18,7 +18,7 @@ import time
 from typing import Any, TypeVar
 
 import mongoengine
-from mongoengine import BooleanField, DictField, Document, IntField, ListField, StringField
+from mongoengine import BooleanField, DictField, Document, FloatField, IntField, ListField, StringField
 from mongoengine.connection import get_db
 from mongoengine.queryset import QuerySet
 from pymongo import ReturnDocument
@@ -136,9 +136,9 @@ class LoginLock(Document):
     meta = {"collection": "auth_login_locks", "strict": False}
     phone_key = StringField(primary_key=True)  # HMAC of the normalised number, as ResidentAccount
     failures = IntField(default=0)  # consecutive failures
-    last = IntField(default=0)  # time of the last failure
-    locked_until = IntField(default=0)
-    unlock_logged = IntField(default=0)  # the locked_until whose expiry has been audited
+    last = FloatField(default=0.0)  # time of the last failure (unix seconds)
+    locked_until = FloatField(default=0.0)
+    unlock_logged = FloatField(default=0.0)  # the locked_until whose end has been audited
 
 
 class Binding(Document):

@@ -3,7 +3,9 @@ and POST), /oauth/token, /oauth/introspect, /oauth/revoke, /oauth/jwks, /oauth/l
 the picker is skipped: the launch's patient is used, and must be one the account is bound to.
 
 The pages are Chinese with English. Every form carries a CSRF token bound to the session cookie; the
-session only remembers which account logged in (for 15 minutes).
+session only remembers which account logged in (for 15 minutes). Logins are rate-limited per address and
+per normalised phone number, failed ones lock the number with growing back-off (app.auth.accounts), and
+every login, failure, lock and end of a lock is recorded in the audit trail (interactions login / unlock).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flask.typing import ResponseReturnValue
 from app.auth import accounts
 from app.auth.models import ResidentAccount, now
 from app.auth.scopes import describe, parse_scopes
+from app.core.access import AccessRecord, Principal
 
 bp = Blueprint("ehc_oauth", __name__, template_folder="templates")
 LOGIN_SECONDS = 15 * 60
@@ -49,13 +52,32 @@ def _logged_in(st: Any) -> ResidentAccount | None:
     return account if account is not None and account.active else None
 
 
-def _login(st: Any, form: Any) -> tuple[ResidentAccount | None, str | None]:
-    """Handle the login form: (account, message for the page)."""
+TOO_MANY = "尝试次数过多，请稍后再试 / Too many attempts, try again later"
+WRONG = "手机号或密码/验证码错误 / Wrong phone number, password or code"
+
+
+def locked_message(seconds: int) -> str:
+    minutes = max(1, (seconds + 59) // 60)
+    return (f"登录失败次数过多，已暂时锁定，请 {minutes} 分钟后再试 / "
+            f"Too many failed logins: locked, try again in {minutes} min")
+
+
+def _login(st: Any, form: Any, client_id: str | None = None) -> tuple[ResidentAccount | None, str | None]:
+    """Handle the login form: (account, message for the page). The per-phone limit and the lock count the
+    normalised number; a number without an account is counted, locked and answered exactly like one with."""
     phone = (form.get("phone") or "").strip()
-    for key in (f"addr:{request.remote_addr}", f"phone:{phone}"):
+    for key in (f"addr:{request.remote_addr}", f"phone:{accounts.phone_bucket(phone)}"):
         ok, _ = st.login_limiter.allow(key)
         if not ok:
-            return None, "尝试次数过多，请稍后再试 / Too many attempts, try again later"
+            return None, TOO_MANY
+    key = accounts.lock_key(st.keys, phone)
+    state = accounts.check_lock(st.store, key)
+    if state.expired_lock:
+        _audit(st, key, client_id, "unlock", "0",
+               f"login lock ended (locked until {state.expired_lock}, after {state.failures} failed logins)")
+    if state.locked_for:
+        _audit(st, key, client_id, "login", "4", f"login refused: locked for {state.locked_for} s more")
+        return None, locked_message(state.locked_for)
     if form.get("step") == "sms":
         accounts.send_sms_code(st.store, st.keys, phone, st.sms_sender())
         return None, "如该号码已注册，验证码已发送 / If this number is registered, a code has been sent"
@@ -65,11 +87,32 @@ def _login(st: Any, form: Any) -> tuple[ResidentAccount | None, str | None]:
     else:
         account = accounts.login_with_password(st.store, st.keys, phone, form.get("password") or "")
     if account is None:
-        return None, "手机号或密码/验证码错误 / Wrong phone number, password or code"
+        failed = accounts.record_failure(st.store, key)
+        if failed.locked_for:
+            _audit(st, key, client_id, "login", "4",
+                   f"failed login ({failed.failures} in a row): locked for {failed.locked_for} s")
+            return None, locked_message(failed.locked_for)
+        _audit(st, key, client_id, "login", "4", f"failed login ({failed.failures} in a row)", known=False)
+        return None, WRONG
+    if state.failures:
+        accounts.clear_failures(st.store, key)
+    _audit(st, key, client_id, "login", "0", "login", account=account)
     session.clear()
     session["account"] = account.phone_key
     session["login_at"] = now()
     return account, None
+
+
+def _audit(st: Any, key: str, client_id: str | None, interaction: str, outcome: str, text: str,
+           account: ResidentAccount | None = None, known: bool = True) -> None:
+    """Record a login, a refusal, a lock or its end. The account's own patient is named when the number has
+    an account (so the resident sees it among the accesses to their record); the number itself never is."""
+    if account is None and known:
+        account = st.store.get(ResidentAccount, key)
+    patients = list(account.patients[:1]) if account is not None and account.patients else []
+    principal = Principal(client_id=client_id, user=f"account:{key[:16]}")
+    st.svc.record_access(AccessRecord(interaction, None, [], outcome, 200 if outcome == "0" else 401, principal,
+                                      description=text, patient_ids=patients, remote_addr=request.remote_addr))
 
 
 def _patient_label(svc: Any, pid: str) -> str:
@@ -99,7 +142,7 @@ def authorize() -> ResponseReturnValue:
     if account is None:
         message = None
         if step in ("login", "sms"):
-            account, message = _login(st, form)
+            account, message = _login(st, form, grant.request.client.client_id)
         if account is None:
             return _page("login.html", 200, client=client, message=message, sms=True)
     scopes = parse_scopes(grant.request.scope)
