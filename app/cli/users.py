@@ -1,4 +1,4 @@
-"""`ehc users add|unbind`: resident accounts (phone + password) and their bound patients (一人绑定多人).
+"""`ehc users add|unbind|unlock`: resident accounts (phone + password) and their bound patients (一人绑定多人).
 
 The first --patient is the account holder (SELF); each further one is a relative, written ID or
 ID:RELATION with RELATION a v3 RoleCode for what the holder is to that patient (MTH, FTH, CHILD, SPS,
@@ -89,6 +89,45 @@ def unbind_cmd(phone: str, patient_id: str) -> None:
     finally:
         svc.handle.close()
     click.echo(json.dumps({"account": account.phone_hint, "unbound": patient_id}))
+
+
+@users.command("unlock")
+@click.option("--phone", required=True)
+def unlock_cmd(phone: str) -> None:
+    """Lift the login lock of a phone number (after failed logins) and reset its count; audited."""
+    import getpass
+
+    from app.audit import build_trail
+    from app.auth.accounts import lock_key, normalize_phone, unlock
+    from app.auth.models import ResidentAccount
+    from app.core.access import AccessRecord, Principal
+
+    try:
+        normalize_phone(phone)
+    except ValueError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    svc, st = _services()
+    try:
+        writer, _ = build_trail(svc)  # the command is audited like the server: the trail seals it later
+
+        def audit(record: AccessRecord) -> None:
+            writer.write(record)
+
+        svc.access_listeners.append(audit)
+        key = lock_key(st.keys, phone)
+        was = unlock(st.store, key)
+        account = st.store.get(ResidentAccount, key)
+        text = (f"login unlocked by an operator ({was.failures} failed logins"
+                + (f", {was.locked_for} s of lock left)" if was.locked_for else ")"))
+        svc.record_access(AccessRecord("unlock", None, [], "0", 200,
+                                       Principal(client_id="ehc-cli", user=f"operator:{getpass.getuser()}"),
+                                       description=text,
+                                       patient_ids=list(account.patients[:1]) if account is not None else []))
+    finally:
+        svc.handle.close()
+    click.echo(json.dumps({"unlocked": was.locked_for > 0, "failures": was.failures,
+                           "locked_seconds_left": was.locked_for}))
 
 
 COMMANDS = [users]
