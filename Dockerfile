@@ -1,10 +1,14 @@
 FROM python:3.11-slim
 WORKDIR /srv/ehc
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY app ./app
 COPY fhir_profiles ./fhir_profiles
-RUN pip install --no-cache-dir .
-# fhir_profiles is read from next to the package
-ENV PYTHONPATH=/srv/ehc
+# A regular install: fhir_profiles is packaged inside it (app/_profiles).
+RUN pip install --no-cache-dir . \
+    && useradd --system --home-dir /var/lib/ehc ehc \
+    && mkdir -p /var/lib/ehc && chown ehc /var/lib/ehc
+USER ehc
+ENV EHC_DATA_DIR=/var/lib/ehc
 EXPOSE 8080
-CMD ["gunicorn", "-w", "4", "-b", "0.0.0.0:8080", "app.wsgi:app"]
+# gunicorn (gthread): one worker per CPU, 4 threads each; /healthz and /readyz for orchestrators
+CMD ["ehc", "serve", "--host", "0.0.0.0", "--port", "8080"]
