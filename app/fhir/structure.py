@@ -29,6 +29,7 @@ class ElementDef:
     attr: bool = False  # an XML attribute (Element.id, Extension.url)
     codes: frozenset[str] | None = None  # a required binding, when its codes are known
     value_set: str = ""
+    targets: frozenset[str] | None = None  # a Reference restricted to these resource types
 
     @property
     def many(self) -> bool:
@@ -69,14 +70,16 @@ class Structure:
         self.types: dict[str, TypeDef] = {}
         for tname, rows in types.items():
             tdef = TypeDef(tname)
-            for name, etypes, mn, mx, flags, vs in rows:
+            for name, etypes, mn, mx, flags, vs, *rest in rows:
                 choice = "c" in flags
+                targets = frozenset(rest[0]) if rest else None
                 names = []
                 for t in etypes:
                     jname = name + t[0].upper() + t[1:] if choice else name
                     names.append(jname)
                     tdef.elements[jname] = ElementDef(jname, t, mn, mx, name if choice else None, "a" in flags,
-                                                      codes.get(vs) if vs else None, vs)
+                                                      codes.get(vs) if vs else None, vs,
+                                                      targets if t == "Reference" else None)
                     tdef.order.append(jname)
                 if choice:
                     tdef.groups[name] = tuple(names)

@@ -216,6 +216,11 @@ class Validator:
             out.add(path, f"type {t} is not known")
             return
         self._complex(value, tdef, path, out)
+        if el.targets is not None and isinstance(value, dict) and isinstance(value.get("reference"), str):
+            target = _reference_type(value["reference"])
+            if target in self.structure.resources and target not in el.targets:
+                out.add(f"{path}.reference", f"a reference to {target} is not allowed here (only "
+                        f"{', '.join(sorted(el.targets))})")
 
     def _primitive_extension(self, value: Any, el: ElementDef, base: Any, path: str, out: _Out) -> None:
         if value is None:
@@ -292,6 +297,16 @@ def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
     if isinstance(value, float) and not isinstance(value, FhirDecimal) and value != value:  # NaN
         return "NaN is not a decimal"
     return None
+
+
+def _reference_type(ref: str) -> str | None:
+    """The resource type of a literal reference ("Patient/1", "https://x/fhir/Patient/1/_history/2")."""
+    if ref.startswith(("#", "urn:")):
+        return None
+    parts = ref.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def _real_date(value: str) -> bool:

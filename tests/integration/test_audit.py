@@ -109,13 +109,12 @@ def test_every_interaction_is_audited(client, services, patient_id):
 
 
 def test_refusal_403_is_audited(client, services, patient_id, monkeypatch):
-    from app.core.errors import FhirError
+    from app.core.access import Decision
 
     seen_all(services)
-    def deny(*_a, **_k):
-        raise FhirError(403, "no consent covers this client", code="forbidden")
-
-    monkeypatch.setattr(services.policy, "check", deny)
+    monkeypatch.setattr(services.policy, "judges_rows", lambda *_a: True)
+    monkeypatch.setattr(services.policy, "disclose",
+                        lambda *_a, **_k: Decision(False, "no consent covers this client"))
     assert client.get(f"/fhir/Patient/{patient_id}").status_code == 403
     ev = last_event(services)
     assert (ev["action"], ev["outcome"]) == ("R", "4")
@@ -123,7 +122,8 @@ def test_refusal_403_is_audited(client, services, patient_id, monkeypatch):
 
 
 def test_events_are_read_only_and_searchable_by_the_patient(client, services, patient_id):
-    other = post(client, "Patient", {**sample("patient-zhang.json"), "identifier": []}).json["id"]
+    unidentified = {k: v for k, v in sample("patient-zhang.json").items() if k != "identifier"}
+    other = post(client, "Patient", unidentified).json["id"]
     client.get(f"/fhir/Patient/{other}")
     seen_all(services)
     client.get(f"/fhir/Patient/{patient_id}")

@@ -75,7 +75,7 @@ def test_prefixes_only_for_ordered_types() -> None:
         ("Observation", [("_include", "Observation")], "SourceType:parameter"),
         ("Observation", [("_include", "Observation:code")], "not a reference parameter"),
         ("Observation", [("_include", "Patient:organization")], "source type must be Observation"),
-        ("Observation", [("_include", "Observation:subject:Location")], "cannot point to"),
+        ("Observation", [("_include", "Observation:subject:Organization")], "cannot point to"),
         ("Observation", [("_include:deep", "Observation:subject")], "Unknown modifier"),
     ],
 )
@@ -141,11 +141,15 @@ def test_empty_values_are_ignored() -> None:
 
 
 def test_chains() -> None:
-    req = parse("Observation", [("subject:Patient.identifier", "urn:x|1"), ("subject.name:exact", "张伟")])
+    req = parse("Observation", [("subject:Patient.identifier", "urn:x|1"), ("subject:Patient.name:exact", "张伟")])
     inner = Filter("identifier", None, [FilterValue(None, "urn:x|1")])
     assert req.filters[0] == Filter("subject", "Patient", [], chain=("Patient", inner))
-    # Observation.subject may point to Group, Device, Patient, Location: only Patient is served
     assert req.filters[1].chain == ("Patient", Filter("name", "exact", [FilterValue(None, "张伟")]))
+    # Observation.subject may point to Group, Device, Patient, Location: of those, Patient and Location have
+    # a name parameter, so the type must be given; only Patient has birthdate, so there it need not be
+    err = error("Observation", [("subject.name:exact", "张伟")])
+    assert "subject:" in err.diagnostics and "Location" in err.diagnostics
+    assert parse("Observation", [("subject.birthdate", "1990")]).filters[0].chain[0] == "Patient"
     # AuditEvent.agent may point to several served types: the type must be given
     err = error("AuditEvent", [("agent.identifier", "x")])
     assert "agent:" in err.diagnostics and err.issues[0].expression == ["agent.identifier"]
