@@ -26,9 +26,6 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = FHIR_JSON
     raw: bytes | None = None  # Binary content served as itself
-    # A create that registered a known resident: what the caller submitted (the disclosure gate answers with
-    # the registration view when the caller may not see the whole record).
-    registration_of: dict[str, Any] | None = None
 
 
 def negotiate(request: Request) -> str:

@@ -109,12 +109,13 @@ def test_every_interaction_is_audited(client, services, patient_id):
 
 
 def test_refusal_403_is_audited(client, services, patient_id, monkeypatch):
-    from app.core.access import Decision
+    from app.core.errors import FhirError
 
     seen_all(services)
-    monkeypatch.setattr(services.policy, "judges_rows", lambda *_a: True)
-    monkeypatch.setattr(services.policy, "disclose",
-                        lambda *_a, **_k: Decision(False, "no consent covers this client"))
+    def deny(*_a, **_k):
+        raise FhirError(403, "no consent covers this client", code="forbidden")
+
+    monkeypatch.setattr(services.policy, "check", deny)
     assert client.get(f"/fhir/Patient/{patient_id}").status_code == 403
     ev = last_event(services)
     assert (ev["action"], ev["outcome"]) == ("R", "4")
