@@ -37,7 +37,7 @@ def add(province: str, url: str, fingerprint: str | None) -> None:
     """Trust another node: fetch its key, register it as the OAuth client node-NN."""
     from app.federation.peers import PeerUnreachable, http
     from app.federation.plugin import registry_for
-    from app.federation.registry import NodeError, fhir_root
+    from app.federation.registry import NATIONAL, NodeError, fhir_root
 
     svc = _services()
     try:
@@ -50,6 +50,11 @@ def add(province: str, url: str, fingerprint: str | None) -> None:
         if status != 200 or not isinstance(info, dict):
             raise NodeError(f"{url} is not an ehc node (GET /federation/node answered {status})")
         node = registry.add(province, url, info, fingerprint)
+        if province == NATIONAL:  # the residents registered before: their index entries are owed too
+            from app.federation.outbox import Outbox
+
+            ids = [d["_id"] for d in svc.repo.current("Patient").find({"del": {"$ne": True}}, {"_id": 1})]
+            Outbox(svc.repo.db).enqueue_all(ids)
     except ValueError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

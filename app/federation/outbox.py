@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.database import Database
 
 MAX_BACKOFF = 5.0
@@ -24,6 +25,13 @@ class Outbox:
     def enqueue(self, patient_id: str) -> None:
         self.col.update_one({"_id": patient_id}, {"$set": {"seq": time.time_ns(), "next": 0.0, "tries": 0}},
                             upsert=True)
+
+    def enqueue_all(self, patient_ids: list[str], chunk: int = 50) -> None:
+        """Queue many (the residents registered before the national node was added); small bulks for FerretDB."""
+        seq = time.time_ns()
+        for i in range(0, len(patient_ids), chunk):
+            self.col.bulk_write([UpdateOne({"_id": pid}, {"$set": {"seq": seq, "next": 0.0, "tries": 0}}, upsert=True)
+                                 for pid in patient_ids[i: i + chunk]], ordered=False)
 
     def due(self, limit: int = 50) -> list[dict[str, Any]]:
         return list(self.col.find({"next": {"$lte": time.time()}}).limit(limit))

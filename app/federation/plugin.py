@@ -51,7 +51,7 @@ class PatientHooks:
     def pre_write(self, event: StoreEvent) -> None:
         """Registered after app.ehc's: the card is on the resource; make it the nationwide one."""
         res = event.resource
-        if res is None or self.fed.national_node() is None:
+        if res is None:
             return
         number = resident_id_number(res)
         card = next((i for i in res.get("identifier") or [] if isinstance(i, dict)
@@ -76,7 +76,8 @@ class PatientHooks:
 
     def post_write(self, event: StoreEvent) -> None:
         res = event.resource or {}
-        if res.get("id") and resident_id_number(res) and self.fed.national_node() is not None:
+        # Read fresh: a node added a moment ago by `ehc nodes add` (another process) must not miss a resident.
+        if res.get("id") and resident_id_number(res) and self.fed.national_node(fresh=True) is not None:
             self.fed.outbox.enqueue(str(res["id"]))
             self.wake.set()
 

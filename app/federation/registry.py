@@ -88,7 +88,11 @@ class NodeRegistry:
             self._cache = (time.monotonic() + CACHE_SECONDS, found)
         return found
 
-    def get(self, province: str) -> Node | None:
+    def get(self, province: str, fresh: bool = False) -> Node | None:
+        """The node of a province (fresh: read now, not from the 2-second cache)."""
+        if fresh:
+            d = self.col.find_one({"_id": province})
+            return Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0))) if d else None
         return self.nodes().get(province)
 
     def check_peer(self, province: str, url: str) -> None:

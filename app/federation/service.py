@@ -54,8 +54,8 @@ class Federation:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehc-federation")
         self.last_union = 0.0
 
-    def national_node(self) -> Node | None:
-        return None if self.national else self.registry.get(NATIONAL)
+    def national_node(self, fresh: bool = False) -> Node | None:
+        return None if self.national else self.registry.get(NATIONAL, fresh)
 
     # -- requester assertions ------------------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ class Federation:
 
     def claim_card(self, id_number: str, card: str) -> str | None:
         """The nationwide card of this resident (None when the national node cannot say now)."""
-        node = self.national_node()
+        node = self.national_node(fresh=True)
         if node is None:
             return None
         try:

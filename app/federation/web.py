@@ -174,7 +174,10 @@ def national_pix() -> Response | None:
         if system not in (ID_SYSTEM, EHC_SYSTEM):
             raise FhirError(400, f"the national index knows residents by {ID_SYSTEM} or {EHC_SYSTEM}; "
                                  f"not {system!r}", code="code-invalid", expression="sourceIdentifier")
-        svc.policy.check(principal, "read", "Patient")
+        if hasattr(svc.policy, "require"):  # scope before data (the access policy's name for it changed)
+            svc.policy.require(principal, "read", "Patient")
+        else:
+            svc.policy.check(principal, "read", "Patient")
         doc = fed.index.find(value) if system == ID_SYSTEM else fed.index.by_card(value)
         if doc is None:
             raise not_found(f"the national index holds no resident with {system}|{value}")

@@ -187,3 +187,6 @@ def nodes(mongo_server: str, tmp_path_factory: pytest.TempPathFactory,
 
 def unique(prefix: str = "") -> str:
     return prefix + uuid.uuid4().hex[:10]
+
+
+__all__ = ["nodes"]

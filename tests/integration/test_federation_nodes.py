@@ -13,7 +13,8 @@ from joserfc.jwk import ECKey
 from app.federation import assertions
 from app.federation.assertions import HEADER, Requester
 from app.federation.registry import NATIONAL
-from tests.integration.federation_helpers import FJ, Node, nodes  # noqa: F401 - fixture
+from tests.integration.federation_helpers import *  # noqa: F403 - the nodes fixture
+from tests.integration.federation_helpers import FJ, Node
 
 OBS = "system/Observation.rs system/DocumentReference.rs system/Patient.rs"
 
