@@ -71,9 +71,11 @@ def build_services(settings: Settings, profiles_dir: Path = PROFILES_DIR) -> Ser
     keyed = {t: conf["keyedReferences"] for t, conf in resource_types.items() if "keyedReferences" in conf}
     repo = Repository(handle, registry, events, resource_types.keys(), protector, independent, keyed)
     repo.ensure_indexes()
-    journal = TransactionJournal(repo, settings.journal_recovery_age)
+    journal = TransactionJournal(repo, settings.journal_owner_timeout)
     journal.recover()
     svc = Services(settings, handle, registry, resource_types, events, repo, Searcher(repo), journal,
                    Leases(handle.db["_leases"]), profiles_dir=profiles_dir)
     svc.extensions["keyring"] = keyring
+    # The change gate in storage asks whatever access policy is in force (the auth layer replaces the open one).
+    repo.decide_change = lambda principal, change: svc.policy.admit(principal, change)
     return svc

@@ -1,12 +1,16 @@
 """Finding the Consent that lets a client of another province see a patient's records (DESIGN §5).
 
 A Consent counts when: status = active; provision.type = permit; provision.action has code `access`;
-provision.actor has a reference to the client's Organization, or to an Organization representing the
-client's province (identifier system PROVINCE_SYSTEM, value the GB/T 2260 code), or a logical reference
-carrying that identifier; now is inside provision.period if given; the resource type is among
-provision.class codes if any are given. A nested provision of type deny for the same actor and type wins.
-Consents are found through the posting lists (Consent → Patient/<id>), an _id lookup, and cached for
-the duration of one request by the caller.
+provision.actor has a reference to the client's Organization, or a reference carrying the client's province
+as identifier (system PROVINCE_SYSTEM, value the GB/T 2260 code); now is inside provision.period if given; the
+resource type is among provision.class codes if any are given. A nested provision of type deny for the same actor
+and type wins. Consents are found through the posting lists (Consent → Patient/<id>), an _id lookup, and cached
+for the duration of one request by the caller.
+
+Grantees are frozen at grant time (`freeze_grantees`, a pre-write storage hook): an actor naming an Organization
+that represents a province gets that province written into the actor's identifier when the Consent is stored. The
+decision reads only the Consent itself, never the Organization, so editing a directory resource later cannot
+widen what a resident granted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,28 @@ from app.store.keys import reference_key
 PROVINCE_SYSTEM = "urn:ehc:province"
 ConsentDoc = dict[str, Any]
 OrgLoader = Callable[[str], dict[str, Any] | None]
+
+
+def freeze_grantees(consent: dict[str, Any], load_org: OrgLoader) -> None:
+    """Write, into each actor that references an Organization representing a province, that province."""
+    provisions = [consent.get("provision") or {}]
+    while provisions:
+        prov = provisions.pop()
+        if not isinstance(prov, dict):
+            continue
+        provisions.extend(prov.get("provision") or [])
+        for actor in prov.get("actor") or []:
+            ref = actor.get("reference") if isinstance(actor, dict) else None
+            if not isinstance(ref, dict) or ref.get("identifier"):
+                continue
+            target = ref.get("reference") or ""
+            if not isinstance(target, str) or not target.startswith("Organization/"):
+                continue
+            org = load_org(target.split("/", 1)[1]) or {}
+            for ident in org.get("identifier") or []:
+                if isinstance(ident, dict) and ident.get("system") == PROVINCE_SYSTEM and ident.get("value"):
+                    ref["identifier"] = {"system": PROVINCE_SYSTEM, "value": ident["value"]}
+                    break
 
 
 def find_consents(repo: Any, patient_id: str) -> list[dict[str, Any]]:
@@ -58,28 +84,17 @@ def _codes(items: list[dict[str, Any]] | None) -> set[str]:
     return out
 
 
-def _actor_matches(actor: dict[str, Any], organization: str | None, province: str | None,
-                   load_org: OrgLoader) -> bool:
+def _actor_matches(actor: dict[str, Any], organization: str | None, province: str | None) -> bool:
     ref = actor.get("reference") or {}
     target = ref.get("reference") or ""
     ident = ref.get("identifier") or {}
     if province and ident.get("system") == PROVINCE_SYSTEM and ident.get("value") == province:
         return True
-    if not target.startswith("Organization/"):
-        return False
-    org_id = target.split("/", 1)[1]
-    if organization and org_id == organization:
-        return True
-    if province:
-        org = load_org(org_id)
-        for i in (org or {}).get("identifier", []):
-            if i.get("system") == PROVINCE_SYSTEM and i.get("value") == province:
-                return True
-    return False
+    return bool(organization) and target == f"Organization/{organization}"
 
 
 def _provision_covers(prov: dict[str, Any], resource_type: str, organization: str | None,
-                      province: str | None, load_org: OrgLoader, at: datetime) -> bool:
+                      province: str | None, at: datetime) -> bool:
     period = prov.get("period") or {}
     start, stop = _instant(period.get("start"), False), _instant(period.get("end"), True)
     if (start and at < start) or (stop and at > stop):
@@ -90,13 +105,13 @@ def _provision_covers(prov: dict[str, Any], resource_type: str, organization: st
     if classes and resource_type not in classes:
         return False
     actors = prov.get("actor") or []
-    if actors and not any(_actor_matches(a, organization, province, load_org) for a in actors):
+    if actors and not any(_actor_matches(a, organization, province) for a in actors):
         return False
     return True
 
 
 def consent_permits(consent: dict[str, Any], resource_type: str, organization: str | None,
-                    province: str | None, load_org: OrgLoader, at: datetime | None = None) -> bool:
+                    province: str | None, at: datetime | None = None) -> bool:
     """Whether one Consent resource lets (organization, province) access a record of resource_type."""
     at = at or datetime.now(UTC)
     if consent.get("status") != "active":
@@ -104,20 +119,19 @@ def consent_permits(consent: dict[str, Any], resource_type: str, organization: s
     prov = consent.get("provision") or {}
     if prov.get("type") != "permit" or not prov.get("actor") or "access" not in _codes(prov.get("action")):
         return False
-    if not _provision_covers(prov, resource_type, organization, province, load_org, at):
+    if not _provision_covers(prov, resource_type, organization, province, at):
         return False
     for sub in prov.get("provision") or []:
-        if sub.get("type") == "deny" and _provision_covers(sub, resource_type, organization, province,
-                                                           load_org, at):
+        if sub.get("type") == "deny" and _provision_covers(sub, resource_type, organization, province, at):
             return False
     return True
 
 
 def covering_consent(consents: list[dict[str, Any]], resource_type: str, organization: str | None,
-                     province: str | None, load_org: OrgLoader) -> str | None:
+                     province: str | None) -> str | None:
     """`Consent/<id>` of the first stored Consent document that permits the access, else None."""
     at = datetime.now(UTC)
     for doc in consents:
-        if consent_permits(doc.get("res") or {}, resource_type, organization, province, load_org, at):
+        if consent_permits(doc.get("res") or {}, resource_type, organization, province, at):
             return f"Consent/{doc['_id']}"
     return None

@@ -84,10 +84,9 @@ def launch() -> ResponseReturnValue:
         doc = svc.repo.get_doc(rtype, rid)
         if doc is None or doc.get("del"):
             return _error(400, "invalid_request", f"{rtype}/{rid} is not known")
-        try:
-            policy.check(principal, "read", rtype, stored=doc)
-        except FhirError as err:
-            return _error(403, "insufficient_scope", str(err))
+        decision = policy.disclose(principal, rtype, doc["res"], doc.get("prov"), "r")
+        if not decision.allowed:
+            return _error(403, "insufficient_scope", decision.reason)
         docs[rtype] = doc
     subject = ((docs.get("Encounter") or {}).get("res") or {}).get("subject") or {}
     if encounter is not None and subject.get("reference") != f"Patient/{patient}":

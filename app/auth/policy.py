@@ -1,36 +1,39 @@
-"""The access decision (DESIGN §5): SMART scopes, the patient compartment, province and consent.
+"""The access decision (docs/auth.md): SMART scopes, the owner of the record, province, Consent, break-the-glass.
 
-authenticate: the bearer token → Principal (401 with WWW-Authenticate: Bearer, RFC 6750 §3, when it is
-missing, unknown, expired or revoked; looked up by the hash of its value — through a 2-second in-process
-cache that a revocation in the same process clears at once; expiry is checked on every request).
-check: 403 naming the scope that is missing, or the compartment, or the consent.
-restrict_search: the constraints a token's scopes put on a search (patient compartment, granular query).
-visible: whether one search result may be shown (scope, compartment, cross-province consent).
+The policy decides; it enforces nothing itself. The two gates ask it:
+- authenticate: the bearer token → Principal (401 with WWW-Authenticate: Bearer, RFC 6750 §3, when it is
+  missing, unknown, expired or revoked; looked up by the hash of its value).
+- require: before any data is touched, 403 when no scope allows the interaction on the type at all.
+- disclose: may this version of a resource leave (the disclosure gate, app.fhir.gate, asks for every one)?
+- admit: may this write happen, judged on the version before and the version after (the change gate,
+  Repository.prepare_version, asks for every one, cascades and transaction entries included)?
+- restrict_search: the constraints a token's scopes put on a search (patient compartment, granular query), so
+  that searches do not fetch what disclose would refuse anyway.
 
-Patients always see their own records: access through a patient/ scope is confined to the launch
-patient's compartment and needs no consent. Access through user/ and system/ scopes to a record written in
-another province needs the patient's active Consent (app.auth.consent) — or break-the-glass: a client
-registered for it, asking with purpose of use ETREAT (token request `purpose_of_use`, or the
-X-Purpose-Of-Use header), is let through and the principal is flagged (break_glass) for the audit trail.
+Whose record a resource is comes from one owner function (app.auth.owner, the R4 patient CompartmentDefinition).
+Patients always see their own records: access through a patient/ scope is confined to the launch patient's
+compartment and needs no consent; resident tokens never change directory data. Access through user/ and system/
+scopes to a record of another province needs the patient's active Consent (app.auth.consent), or break-the-glass
+(app.auth.breakglass: one named patient, time- and rate-limited, flagged for review). A record whose owner cannot be
+determined is sensitive: it never leaves its province. Only the home province changes a record (a registration of a
+known resident from elsewhere adds identifiers, nothing more), and only the resident, their proxy, or the home
+province's clients write a resident's Consent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.auth.compartment import (
-    COMPARTMENT_PARAM,
-    DIRECTORY_TYPES,
-    binary_context,
-    compartment_search,
-    record_patients,
-)
+from app.auth.breakglass import BreakGlassLedger
+from app.auth.compartment import COMPARTMENT_PARAM, DIRECTORY_TYPES, compartment_search
 from app.auth.consent import covering_consent, find_consents
 from app.auth.models import AuthStore, digest, now
+from app.auth.owner import Owner, owner_function
 from app.auth.scopes import INTERACTION_LETTER, ResourceScope, parse_scopes
-from app.core.access import Principal
+from app.core.access import ALLOW, Change, Decision, Principal
 from app.core.errors import FhirError, forbidden
 from app.search.compile import compile_filter
+from app.search.extract import extract_index
 from app.search.matcher import matches
 from app.search.parser import parse_search
 
@@ -69,6 +72,8 @@ class SmartPolicy:
     def __init__(self, svc: Any, store: AuthStore) -> None:
         self.svc = svc
         self.store = store
+        self.owner = owner_function(svc)
+        self.break_glass = BreakGlassLedger(svc.repo.db["_break_glass"])
         self._filters: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
 
     # -- authenticate ------------------------------------------------------------------------------------
@@ -97,129 +102,152 @@ class SmartPolicy:
             purpose_of_use=purpose,
             break_glass=False,
             token_id=raw["_id"][:16],
+            issued_at=int(raw.get("issued_at") or 0) or None,
             extra={"break_glass_allowed": bool(raw.get("break_glass")) and purpose == BREAK_GLASS},
         )
 
-    # -- check ---------------------------------------------------------------------------------------------
+    # -- scope before data ------------------------------------------------------------------------------
 
-    def check(self, principal: Principal | None, interaction: str, resource_type: str | None,
-              resource: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> str | None:
+    def require(self, principal: Principal | None, interaction: str, resource_type: str | None) -> None:
         if principal is None:
             raise unauthorized("a bearer token is required", None)
-        target = stored if stored and not stored.get("del") else None
         letter = INTERACTION_LETTER.get(interaction, "r")
-        if interaction == "history" and target is None:
-            letter = "s"  # type or system history lists many records
         scopes = parse_scopes(" ".join(principal.scopes))
         grants = scopes.granting(resource_type, letter) if resource_type else \
             [g for g in scopes.resource if g.resource_type == "*" and letter in g.perms]
+        if not grants and interaction == "history":  # history of one record is a read, of many a search
+            grants = scopes.granting(resource_type, "s") if resource_type else \
+                [g for g in scopes.resource if g.resource_type == "*" and "s" in g.perms]
         if not grants:
             raise _missing_scope(principal, interaction, resource_type, letter)
-        docs = [d for d in (target, self._pseudo(resource_type, resource)) if d is not None]
-        if not docs:
-            if interaction == "history" and not any(g.context != "patient" and not g.query for g in grants):
-                raise forbidden(f"history of all {resource_type or 'resources'} needs a user/ or system/ "
-                                "scope; patient/ scopes see one patient's records only")
-            return None  # a read of something that does not exist: 404 follows
-        via = None
-        for doc in docs:
-            via = self._grant_for(principal, grants, resource_type or "", doc)
-            if via is None:
-                raise self._outside(principal, resource_type or "", grants, doc)
-        if via is None or via.context == "patient" or target is None:
-            return None
-        allowed, consent = self._province_gate(principal, resource_type or "", target)
-        if not allowed:
-            raise _no_consent(principal, resource_type or "", target)
-        return consent
+        if interaction == "verify" and all(g.context == "patient" for g in grants):
+            # verifying would spend other residents' one-time codes; it is for terminals
+            raise forbidden("$ehc-verify is for terminals (user/ or system/ scopes); a resident's token "
+                            "(patient/ scopes) cannot verify codes")
 
-    def _pseudo(self, resource_type: str | None, resource: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A resource about to be written, shaped like a stored document for the compartment checks."""
-        if not resource or not resource_type:
-            return None
-        from app.search.extract import extract_index
+    # -- the disclosure decision ---------------------------------------------------------------------------
 
-        ix, _ = extract_index({**resource, "resourceType": resource_type}, self.svc.registry)
-        return {"_id": resource.get("id"), "res": resource, "ix": ix, "prov": None}
+    def disclose(self, principal: Principal | None, resource_type: str, resource: dict[str, Any],
+                 province: str | None, letters: str = "rs", focus: str | None = None) -> Decision:
+        if principal is None:
+            return Decision(False, "a bearer token is required")
+        scopes = parse_scopes(" ".join(principal.scopes))
+        grants = list(dict.fromkeys(g for letter in letters for g in scopes.granting(resource_type, letter)))
+        if not grants:
+            return Decision(False, f"insufficient scope: the token grants no access to {resource_type}")
+        owner = self.owner(resource_type, resource)
+        via = self._grant_for(principal, grants, resource_type, resource, owner)
+        if via is None:
+            return Decision(False, self._outside(principal, resource_type, grants), patients=owner.patients)
+        if via.context == "patient" or owner.directory:
+            return Decision(True, patients=owner.patients)
+        return self._province_gate(principal, resource_type, owner, province, focus)
 
-    def _grant_for(self, principal: Principal, grants: list[ResourceScope], rtype: str,
-                   doc: dict[str, Any]) -> ResourceScope | None:
+    def _grant_for(self, principal: Principal, grants: list[ResourceScope], rtype: str, resource: dict[str, Any],
+                   owner: Owner) -> ResourceScope | None:
         for g in sorted(grants, key=lambda g: (g.context == "patient", bool(g.query))):
-            if g.context == "patient" and not (principal.patient and self._in_compartment(rtype, doc,
-                                                                                         principal.patient)):
+            if g.context == "patient" and not (principal.patient and (
+                    owner.directory or principal.patient in owner.patients)):
                 continue
-            if g.query and not self._query_matches(rtype, g.query, doc):
+            if g.query and not self._query_matches(rtype, g.query, resource):
                 continue
             return g
         return None
 
-    def _in_compartment(self, rtype: str, doc: dict[str, Any], patient_id: str) -> bool:
-        if rtype in DIRECTORY_TYPES:
-            return True
-        return patient_id in self._patients_of(rtype, doc)
-
-    def _patients_of(self, rtype: str, doc: dict[str, Any]) -> list[str]:
-        if rtype == "Binary":
-            ctx = binary_context(doc)
-            if ctx is not None:
-                other = self.svc.repo.get_doc(*ctx) if ctx[0] in self.svc.resource_types else None
-                return record_patients(ctx[0], other) if other else []
-        return record_patients(rtype, doc)
-
-    def _query_matches(self, rtype: str, query: tuple[tuple[str, str], ...], doc: dict[str, Any]) -> bool:
+    def _query_matches(self, rtype: str, query: tuple[tuple[str, str], ...], resource: dict[str, Any]) -> bool:
         key = (rtype, query)
         flt = self._filters.get(key)
         if flt is None:
             request = parse_search(rtype, list(query), self.svc.registry, strict=True)
             flt = self._filters[key] = compile_filter(request, self.svc.registry, lambda *_: [])
-        return bool(doc.get("ix")) and matches(flt, doc)
+        ix, _ = extract_index({**resource, "resourceType": rtype}, self.svc.registry)
+        return matches(flt, {"_id": resource.get("id"), "ix": ix})
 
-    def _outside(self, principal: Principal, rtype: str, grants: list[ResourceScope],
-                 doc: dict[str, Any]) -> FhirError:
+    def _outside(self, principal: Principal, rtype: str, grants: list[ResourceScope]) -> str:
         names = " ".join(str(g) for g in grants)
         if all(g.context == "patient" for g in grants):
             if not principal.patient:
-                return forbidden(f"the scopes {names} need a patient in the launch context; "
-                                 "this token has none")
-            return forbidden(f"{rtype}/{doc.get('_id') or '(new)'} is outside the compartment of "
-                             f"Patient/{principal.patient}, the only patient this token ({names}) may access")
-        return forbidden(f"{rtype}/{doc.get('_id') or '(new)'} does not match the granular scopes {names}")
+                return f"the scopes {names} need a patient in the launch context; this token has none"
+            return (f"the {rtype} is outside the compartment of Patient/{principal.patient}, the only patient "
+                    f"this token ({names}) may access")
+        return f"the {rtype} does not match the granular scopes {names}"
 
-    # -- province and consent ----------------------------------------------------------------------------
+    # -- province, consent and break-the-glass ------------------------------------------------------------
 
-    def _province_gate(self, principal: Principal, rtype: str,
-                       doc: dict[str, Any]) -> tuple[bool, str | None]:
-        written_in = doc.get("prov")
-        if not written_in or not principal.province or written_in == principal.province:
-            return True, None
-        patients = self._patients_of(rtype, doc)
-        if not patients:
-            return True, None  # not a patient's record (directory data)
-        for pid in patients:
-            consent = self._consent_for(principal, pid, rtype)
-            if consent:
-                return True, consent
-        if principal.extra.get("break_glass_allowed"):
-            principal.break_glass = True  # used: the audit trail records it
-            principal.extra.setdefault("break_glass_records", []).append(f"{rtype}/{doc.get('_id')}")
-            return True, None
-        return False, None
+    def _province_gate(self, principal: Principal, rtype: str, owner: Owner, province: str | None,
+                       focus: str | None) -> Decision:
+        node = self.svc.settings.province
+        home, mine = province or node, principal.province or node
+        if home == mine:
+            return Decision(True, patients=owner.patients)
+        if not owner.unknown:
+            for pid in sorted(owner.patients):
+                consent = self._consent_for(principal, pid, rtype)
+                if consent:
+                    return Decision(True, consent=consent, patients=owner.patients)
+        if (principal.extra.get("break_glass_allowed") and focus and owner.patients == {focus}
+                and not owner.unknown and self.break_glass.admit(principal, focus)):
+            principal.break_glass = True  # used: the audit trail records it and flags it for review
+            return Decision(True, break_glass=True, patients=owner.patients)
+        if owner.unknown:
+            return Decision(False, f"the {rtype} is a record of province {home} whose patient cannot be "
+                                   "determined; it is not disclosed outside its province", patients=owner.patients)
+        return Decision(False, f"the {rtype} is a record of province {home}; a client of province {mine} "
+                               "needs the patient's active Consent (provision permit, action access, actor "
+                               f"Organization/{principal.organization or '?'} or province {mine})",
+                        patients=owner.patients)
 
     def _consent_for(self, principal: Principal, patient_id: str, rtype: str) -> str | None:
         cache = _request_cache()
         consents = cache.get(("consents", patient_id))
         if consents is None:
             consents = cache[("consents", patient_id)] = find_consents(self.svc.repo, patient_id)
+        return covering_consent(consents, rtype, principal.organization, principal.province)
 
-        def load_org(org_id: str) -> dict[str, Any] | None:
-            key = ("org", org_id)
-            if key not in cache:
-                doc = self.svc.repo.get_doc("Organization", org_id)
-                cache[key] = doc.get("res") if doc and not doc.get("del") else None
-            found: dict[str, Any] | None = cache[key]
-            return found
+    # -- the change decision --------------------------------------------------------------------------------
 
-        return covering_consent(consents, rtype, principal.organization, principal.province, load_org)
+    def admit(self, principal: Principal | None, change: Change) -> Decision:
+        if principal is None:
+            return ALLOW  # a write of the server itself (import, merge steps, audit): no caller to judge
+        rtype = change.resource_type
+        letter = "c" if change.before is None else ("d" if change.after is None else "u")
+        if change.registration:
+            letter = "c"  # registering a known resident adds identifiers to the golden record
+        grants = parse_scopes(" ".join(principal.scopes)).granting(rtype, letter)
+        if not grants:
+            return Decision(False, str(_missing_scope(principal, _KIND[letter], rtype, letter).diagnostics))
+        sides = [(name, res, self.owner(rtype, res)) for name, res in (("before", change.before),
+                                                                      ("after", change.after)) if res is not None]
+        patients = frozenset(p for _, _, o in sides for p in o.patients)
+        patient_only = all(g.context == "patient" for g in grants)
+        if patient_only and any(o.directory for _, _, o in sides):
+            return Decision(False, f"a resident's token (patient/ scopes) cannot change {rtype}: it is "
+                                   "directory data", patients=patients)
+        for name, res, owner in sides:
+            if self._grant_for(principal, grants, rtype, res, owner) is None:
+                return Decision(False, f"{self._outside(principal, rtype, grants)} ({name} the change)",
+                                patients=patients)
+        if patient_only:
+            return Decision(True, patients=patients)
+        node = self.svc.settings.province
+        mine = principal.province or node
+        if change.before is not None and (change.before_province or node) != mine and not change.registration:
+            return Decision(False, f"the {rtype} is a record of province {change.before_province}; only its home "
+                                   "province changes it", patients=patients)
+        if rtype == "Consent":
+            for pid in sorted(patients):
+                home = self._home_province(pid)
+                if home is not None and home != mine:
+                    return Decision(False, "only the resident, their bound proxy, or an authority of the "
+                                           f"resident's home province ({home}) may grant or change a Consent",
+                                    patients=patients)
+        return Decision(True, patients=patients)
+
+    def _home_province(self, patient_id: str) -> str | None:
+        doc = self.svc.repo.get_raw("Patient", patient_id)
+        if doc is None:
+            return None
+        return str(doc.get("prov") or self.svc.settings.province)
 
     # -- search ----------------------------------------------------------------------------------------------
 
@@ -248,17 +276,8 @@ class SmartPolicy:
             extra += _merged_query(grants)
         return list(params) + extra
 
-    def visible(self, principal: Principal | None, resource_type: str, stored: dict[str, Any]) -> bool:
-        if principal is None:
-            return False
-        scopes = parse_scopes(" ".join(principal.scopes))
-        grants = scopes.granting(resource_type, "s") or scopes.granting(resource_type, "r")
-        via = self._grant_for(principal, grants, resource_type, stored) if grants else None
-        if via is None:
-            return False
-        if via.context == "patient":
-            return True
-        return self._province_gate(principal, resource_type, stored)[0]
+    def judges_rows(self, principal: Principal | None, resource_type: str | None) -> bool:
+        return True  # every row: scope queries, compartment, province and consent are decided per version
 
 
 def _merged_query(grants: list[ResourceScope]) -> list[tuple[str, str]]:
@@ -284,11 +303,7 @@ def _missing_scope(principal: Principal, interaction: str, rtype: str | None, le
     return err
 
 
-def _no_consent(principal: Principal, rtype: str, doc: dict[str, Any]) -> FhirError:
-    return forbidden(f"{rtype}/{doc.get('_id')} was written in province {doc.get('prov')}; a client of "
-                     f"province {principal.province} needs the patient's active Consent (provision permit, "
-                     f"action access, actor Organization/{principal.organization or '?'} or province "
-                     f"{principal.province})")
+_KIND = {"c": "create", "u": "update", "d": "delete"}
 
 
 __all__ = ["SmartPolicy", "unauthorized", "COMPARTMENT_PARAM"]

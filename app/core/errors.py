@@ -58,6 +58,10 @@ class FhirError(Exception):
         super().__init__(diagnostics)
         self.status = status
         self.headers = headers or {}
+        # A refusal about a patient's record names that patient here (never in the text): the audit trail
+        # records the refusal in the patient's own trail.
+        self.patients: list[str] = []
+        self.audited = False  # the refusal was recorded already (the router records it once)
         if issues:
             self.issues = issues
         else:

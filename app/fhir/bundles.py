@@ -143,6 +143,8 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
                 existing = matches[0]["_id"] if matches else None
+                if matches:
+                    req.gate.require(rtype, matches[0])  # the match's id leaves only if the caller may see it
             if existing:
                 plans[i] = {"kind": "noop", "type": rtype, "id": existing, "sub": sub}
             else:
@@ -151,7 +153,8 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                 known = resource.pop("_ehc_existing", None)
                 # The master patient index recognised the resident: the entry becomes an update of that record.
                 plans[i] = {"kind": "put" if known else "create", "type": rtype, "id": known or new_id(),
-                            "sub": sub, "resource": resource, "pre_fired": True}
+                            "sub": sub, "resource": resource, "pre_fired": True,
+                            "registration": bool(known) and svc.repo.get_raw(rtype, known) is not None}
         else:
             if len(segments) >= 2:
                 rid = segments[1]
@@ -199,18 +202,23 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                 svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
                 resource.pop("_ehc_existing", None)
         elif plan["kind"] == "patch":
-            current = svc.repo.read(rtype, rid, fire=False).resource or {}
+            doc = svc.repo.get_doc(rtype, rid)
+            req.gate.require(rtype, doc)
+            current = svc.repo.read(rtype, rid, fire=False, doc=doc).resource or {}
             try:
                 resource = jsonpatch.apply_patch(current, (sub.body or {}).get("_patch") or [])
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
                 raise FhirError(422, f"{where}: the patch cannot be applied: {err}", expression=where) from None
             _validate(svc, resource, rtype, where)
-        svc.policy.check(req.principal, "delete" if plan["kind"] == "delete" else "update", rtype, resource,
-                         svc.repo.get_doc(rtype, rid))
+            # a patched result goes through the master patient index exactly as a PUT does
+            svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
+            resource.pop("_ehc_existing", None)
+        # The change gate (Repository.prepare_version, through the journal) judges every entry, before and after,
+        # before anything is applied.
         if_match = parse_etag(sub.header("if-match"), f"Bundle.entry[{i}].request.ifMatch")
         method = {"create": "create", "put": "update", "patch": "update", "delete": "delete"}[plan["kind"]]
         write_index[i] = len(writes)
-        writes.append(PlannedWrite(method, rtype, rid, resource, if_match))
+        writes.append(PlannedWrite(method, rtype, rid, resource, if_match, registration=bool(plan.get("registration"))))
     results = svc.journal.apply(writes, req.write)
     # 4. The response, in the order of the request.
     out: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 
-from app.core.access import AccessRecord
+from app.core.access import AccessRecord, Change
 from app.core.errors import FhirError, Issue, bad_request, info_outcome, not_found, precondition_failed
 from app.core.ids import is_valid_id
 from app.fhir.http import FhirResponse, etag, parse_etag, parse_prefer, version_headers
@@ -84,9 +84,10 @@ def _validated(svc: Services, req: FhirRequest, rtype: str, rid: str | None = No
 
 def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None, ids: list[str],
            consent: str | None = None, status: int = 200, withheld: int = 0) -> None:
+    """Say what the request did; the router completes the record with what the disclosure gate let out."""
     query = redact_query(svc.repo.protector, req.query_string() or None)
-    svc.record_access(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query,
-                                   consent=consent, remote_addr=req.remote_addr, withheld=withheld))
+    req.audit(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query,
+                           consent=consent, remote_addr=req.remote_addr, withheld=withheld))
 
 
 # -- create ---------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def create(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     check_type(svc, type, "create")
     body = _validated(svc, req, type)
     body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id on create
-    svc.policy.check(req.principal, "create", type, body)
+    svc.policy.require(req.principal, "create", type)
     criteria = req.header("if-none-exist")
     if criteria:
         return _conditional_create(req, svc, type, body, criteria)
@@ -106,8 +107,12 @@ def _do_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any])
     stored = svc.repo.create(type, body, req.write)
     created = stored.vid == 1
     _audit(svc, req, "create" if created else "update", type, [stored.id])
-    # A create the master index turned into an update of the resident's record answers 200.
-    return resource_response(req, stored, 201 if created else 200, with_location=True)
+    # A create the master index turned into an update of the resident's record answers 200 (the registration
+    # view when the caller may not see the whole record: the disclosure gate decides).
+    resp = resource_response(req, stored, 201 if created else 200, with_location=True)
+    if not created:
+        resp.registration_of = body
+    return resp
 
 
 def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any],
@@ -120,6 +125,8 @@ def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[s
             raise precondition_failed(f"If-None-Exist {criteria!r} matches more than one {type}")
         if matches:
             stored = Stored.from_doc(type, matches[0])
+            req.gate.require(type, matches[0])  # the match leaves only if the caller may see it
+            _audit(svc, req, "read", type, [stored.id])
             return resource_response(req, stored, 200, with_location=True)
         return _do_create(req, svc, type, body)
 
@@ -142,8 +149,9 @@ def _find(svc: Services, rtype: str, params: list[tuple[str, str]], limit: int) 
 
 def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "read")
+    svc.policy.require(req.principal, "read", type)
     doc = svc.repo.get_doc(type, id)
-    consent = svc.policy.check(req.principal, "read", type, None, doc)
+    consent = req.gate.require(type, doc)  # also before 304 and 410, which carry no body
     stored = svc.repo.read(type, id, req.write, doc=doc)
     inm = req.header("if-none-match")
     if inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*"):
@@ -155,7 +163,8 @@ def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
 
 def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> FhirResponse:
     check_type(svc, type, "vread")
-    svc.policy.check(req.principal, "read", type, None, svc.repo.get_doc(type, id))
+    svc.policy.require(req.principal, "read", type)
+    req.gate.require(type, svc.repo.get_doc(type, id))
     stored = svc.repo.vread(type, id, vid)
     _audit(svc, req, "vread", type, [id])
     return resource_response(req, stored)
@@ -168,8 +177,8 @@ def update(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     if not is_valid_id(id):
         raise bad_request(f"{id!r} is not a valid FHIR id", expression="id")
     body = _validated(svc, req, type, id)
-    prior = svc.repo.get_doc(type, id)
-    svc.policy.check(req.principal, "update" if prior else "create", type, body, prior)
+    prior = svc.repo.get_raw(type, id)
+    svc.policy.require(req.principal, "update" if prior else "create", type)
     if_match = parse_etag(req.header("if-match"), "If-Match")
     stored = svc.repo.update(type, id, body, if_match=if_match, context=req.write)
     created = stored.vid == 1
@@ -203,8 +212,10 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     ops = req.body.get("_patch") if isinstance(req.body, dict) else None
     if not isinstance(ops, list):
         raise FhirError(415, "PATCH needs a JSON Patch body (Content-Type: application/json-patch+json)")
-    stored = svc.repo.read(type, id, fire=False)
-    svc.policy.check(req.principal, "update", type, stored.resource, svc.repo.get_doc(type, id))
+    svc.policy.require(req.principal, "patch", type)
+    doc = svc.repo.get_doc(type, id)
+    req.gate.require(type, doc)  # nothing of a record the caller may not see shows in a patch error
+    stored = svc.repo.read(type, id, fire=False, doc=doc)
     try:
         patched = jsonpatch.apply_patch(stored.resource, ops)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
@@ -227,7 +238,7 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
 
 def delete(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "delete")
-    svc.policy.check(req.principal, "delete", type, None, svc.repo.get_doc(type, id))
+    svc.policy.require(req.principal, "delete", type)
     if_match = parse_etag(req.header("if-match"), "If-Match")
     cascade = req.param("_cascade") == "delete"
     stored = svc.repo.delete(type, id, if_match=if_match, context=req.write, cascade=cascade)
@@ -248,8 +259,10 @@ def conditional_delete(req: FhirRequest, svc: Services, type: str) -> FhirRespon
         raise precondition_failed(f"the criteria match {len(matches)} {type} resources; "
                                   "a conditional delete removes at most one")
     issues = []
+    svc.policy.require(req.principal, "delete", type)
+    for doc in matches:  # every match passes the change gate before any is deleted
+        svc.repo.admit(req.write, Change(type, doc.get("res"), None, doc.get("prov")))
     for doc in matches:
-        svc.policy.check(req.principal, "delete", type, None, doc)
         svc.repo.delete(type, doc["_id"], context=req.write, cascade=req.param("_cascade") == "delete")
         issues.append(Issue(f"{type}/{doc['_id']} deleted", "informational", "information"))
     _audit(svc, req, "delete", type, [d["_id"] for d in matches])

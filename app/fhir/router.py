@@ -1,6 +1,10 @@
 """A FHIR router with no web framework inside (Medplum's habit): handlers are (FhirRequest, Services) ->
 FhirResponse, and the whole route table is in routes.py. Bundle entries are dispatched through the same
-router as HTTP requests, so batch and transaction behave exactly like the interactions they contain."""
+router as HTTP requests, so batch and transaction behave exactly like the interactions they contain.
+
+`dispatch` is also where every request meets the disclosure gate (app.fhir.gate): the handler's response is
+released through it, so no route, present or future, can return data the gate has not judged; and it writes the
+request's one access record (the handler's, completed by the gate with what actually left), or the refusal."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from app.core.access import Principal
+from app.core.access import AccessRecord, Principal
 from app.core.errors import FhirError
 from app.fhir.http import FhirResponse
 from app.services import Services
@@ -30,6 +34,12 @@ class FhirRequest:
     write: WriteContext = field(default_factory=WriteContext)
     remote_addr: str | None = None
     in_transaction: bool = False
+    gate: Any = None  # the request's DisclosureGate (set by Router.dispatch)
+    access: AccessRecord | None = None  # what the handler says the request did, for the audit trail
+
+    def audit(self, record: AccessRecord) -> None:
+        """Say what this request did; the router completes it with what was disclosed and records it."""
+        self.access = record
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -73,8 +83,40 @@ class Router:
         raise FhirError(404, f"no FHIR interaction at /{path}", code="not-found")
 
     def dispatch(self, request: FhirRequest, services: Services) -> FhirResponse:
+        from app.fhir.gate import DisclosureGate
+
         handler, args = self.match(request.method, request.path)
-        return handler(request, services, **args)
+        gate = request.gate = DisclosureGate(services, request)
+        try:
+            response = gate.release(handler(request, services, **args))
+        except FhirError as err:
+            if request.access is not None and request.access.outcome != "0":
+                err.audited = True  # the handler recorded a refusal of its own (e.g. one answered as 404)
+                services.record_access(gate.audit_record(request.access))
+            elif err.status in (401, 403) and not err.audited:
+                err.audited = True
+                rtype, ids = _target(request.path)
+                services.record_access(AccessRecord(
+                    "refused", rtype, ids, "4", err.status, request.principal, _query(services, request),
+                    err.diagnostics, patient_ids=sorted({*err.patients, *gate.refused_patients}),
+                    remote_addr=request.remote_addr))
+            raise
+        if request.access is not None:
+            services.record_access(gate.audit_record(request.access))
+        return response
+
+
+def _target(path: str) -> tuple[str | None, list[str]]:
+    segs = [s for s in path.split("/") if s]
+    rtype = segs[0] if segs and segs[0][:1].isupper() else None
+    ids = [segs[1]] if len(segs) > 1 and not segs[1].startswith(("$", "_")) else []
+    return rtype, ids
+
+
+def _query(services: Services, request: FhirRequest) -> str | None:
+    from app.store.protect import redact_query
+
+    return redact_query(services.repo.protector, request.query_string() or None)
 
 
 def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:

@@ -31,10 +31,10 @@ def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str |
     # The access an operation needs is declared with it ("access": read | search | update | None), and
     # decided here by the policy like any interaction: on the instance for instance-level operations.
     access = spec.get("access", "read" if level == "instance" else "search")
+    if access and type:
+        svc.policy.require(req.principal, access, type)
     if access and level == "instance" and type and id:
-        svc.policy.check(req.principal, access, type, None, svc.repo.get_doc(type, id))
-    elif access and type:
-        svc.policy.check(req.principal, access, type)
+        req.gate.require(type, svc.repo.get_doc(type, id), access)
     return spec["handler"](req, svc, type, id) if level != "system" else spec["handler"](req, svc)
 
 

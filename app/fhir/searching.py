@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from app.core.errors import FhirError, Issue, bad_request
+from app.federation.search import REMOTE_CURSOR, merge_remote, remote_entries
 from app.fhir.http import FhirResponse, parse_prefer
 from app.fhir.interactions import _audit, check_type
 from app.fhir.presentation import apply_elements, apply_summary
@@ -16,7 +17,7 @@ from app.services import Services
 from app.store.repository import Stored
 
 # Parameters about the response, not the match: the parser never sees them.
-CONTROL_PARAMS = {"_format", "_pretty", "_cursor"}
+CONTROL_PARAMS = {"_format", "_pretty", "_cursor", REMOTE_CURSOR}
 
 
 def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
@@ -27,25 +28,26 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     request = parse_search(type, params, svc.registry, strict=strict, default_count=svc.settings.default_count,
                            max_count=svc.settings.max_count)
     request.cursor = req.param("_cursor")
+    gate = req.gate
+    # Rows are judged by the disclosure gate before paging and counting: totals, pages and cursors hold only
+    # what the caller may see.
+    admit = (lambda doc: gate.admits(type, doc)) if svc.policy.judges_rows(req.principal, type) else None
     if request.summary == "count" or request.count == 0:
-        total = svc.searcher.count(request, req.base)
+        total = svc.searcher.count(request, req.base, admit=admit)
         _audit(svc, req, "search", type, [])
         bundle = _bundle("searchset", total=total)
         bundle["link"] = [{"relation": "self", "url": _url(req, type, params)}]
         return FhirResponse(200, bundle)
     count = request.count or svc.settings.default_count
-    result = svc.searcher.search(request, count, req.base)
+    result = svc.searcher.search(request, count, req.base, admit=admit)
     entries: list[dict[str, Any]] = []
-    withheld = 0
+    withheld = result.withheld
     shown_ids = []
     for doc in result.docs:
-        if not svc.policy.visible(req.principal, type, doc):
-            withheld += 1
-            continue
         shown_ids.append(doc["_id"])
         entries.append(_entry(req, type, doc, "match", request.summary, request.elements))
     for itype, doc in result.included:
-        if svc.policy.visible(req.principal, itype, doc):
+        if gate.admits(itype, doc):
             entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
     issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
               for name in request.ignored]
@@ -53,10 +55,10 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
         issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
                             "suppressed", "information"))
     if issues:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
+        entries.append({"fullUrl": "urn:uuid:search-outcome",
+                        "resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
                         "search": {"mode": "outcome"}})
-    shown_total = None if result.total is None else max(result.total - withheld, 0)
-    bundle = _bundle("searchset", total=shown_total)
+    bundle = _bundle("searchset", total=result.total)
     kept = [(k, v) for k, v in params if k not in request.ignored]
     links = [{"relation": "self", "url": _url(req, type, kept, req.param("_cursor"))}]
     if result.next_cursor:
@@ -65,6 +67,7 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
         links.append({"relation": "previous", "url": _url(req, type, kept, result.prev_cursor)})
     bundle["link"] = links
     bundle["entry"] = entries
+    merge_remote(bundle, req, *remote_entries(req, svc, type, kept))  # records at other provinces' nodes
     _audit(svc, req, "search", type, shown_ids, withheld=withheld)
     return FhirResponse(200, bundle)
 
@@ -136,29 +139,45 @@ def _history_bundle(req: FhirRequest, versions: list[Stored]) -> dict[str, Any]:
 
 def history_instance(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "history-instance")
-    svc.policy.check(req.principal, "history", type, None, svc.repo.get_doc(type, id))
+    svc.policy.require(req.principal, "history", type)
+    req.gate.require(type, svc.repo.get_doc(type, id))
     since, count = _history_args(req, svc)
-    versions = svc.repo.instance_history(type, id, since, count)
+    versions = _disclosed(req, svc.repo.instance_history(type, id, since, count))
     _audit(svc, req, "history", type, [id])
     return FhirResponse(200, _history_bundle(req, versions))
 
 
 def history_type(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     check_type(svc, type, "history-type")
-    svc.policy.check(req.principal, "history", type)
+    svc.policy.require(req.principal, "history", type)
     since, count = _history_args(req, svc)
-    versions = svc.repo.type_history([type], since, count)
+    versions = _disclosed(req, svc.repo.type_history([type], since, count))
     _audit(svc, req, "history", type, [])
     return FhirResponse(200, _history_bundle(req, versions))
 
 
 def history_system(req: FhirRequest, svc: Services) -> FhirResponse:
-    svc.policy.check(req.principal, "history", None)
+    svc.policy.require(req.principal, "history", None)
     since, count = _history_args(req, svc)
     types = [t for t, conf in svc.resource_types.items() if "history-type" in conf["interactions"]]
-    versions = svc.repo.type_history(types, since, count)
+    versions = _disclosed(req, svc.repo.type_history(types, since, count))
     _audit(svc, req, "history", None, [])
     return FhirResponse(200, _history_bundle(req, versions))
+
+
+def _disclosed(req: FhirRequest, versions: list[Stored]) -> list[Stored]:
+    """The versions the disclosure gate lets out (each judged on its own content and its record's province);
+    the rest are counted as withheld."""
+    gate = req.gate
+    out = []
+    for v in versions:
+        ok = gate.tombstone_ok(v.resource_type, v.id, v.province) if v.resource is None else gate.decide(
+            v.resource_type, {"_id": v.id, "vid": v.vid, "prov": v.province, "res": v.resource}).allowed
+        if ok:
+            out.append(v)
+        else:
+            gate.withheld += 1
+    return out
 
 
 def search_post(req: FhirRequest, svc: Services, type: str) -> FhirResponse:

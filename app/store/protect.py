@@ -41,14 +41,23 @@ class FieldProtector:
     # -- stored documents -------------------------------------------------------------------------------
 
     def _protected(self, res: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+        """Every Identifier and ContactPoint of a protected system, wherever it stands in the resource: its own
+        identifiers and telecoms, a logical reference by identifier (`subject.identifier`), contained resources."""
         out = []
-        for ident in res.get("identifier") or ():
-            if isinstance(ident, dict) and ident.get("system") in self.identifier_systems:
-                out.append((ident, "value"))
-        for cp in res.get("telecom") or ():
-            if isinstance(cp, dict) and cp.get("system") in self.telecom_systems:
-                out.append((cp, "value"))
-        return [(node, key) for node, key in out if isinstance(node.get(key), str)]
+        stack: list[Any] = [res]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+                continue
+            if not isinstance(node, dict):
+                continue
+            system = node.get("system")
+            if isinstance(node.get("value"), str) and isinstance(system, str) and (
+                    system in self.identifier_systems or system in self.telecom_systems):
+                out.append((node, "value"))
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        return out
 
     def encode(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A stored document with the protected values encrypted and blinded (ix, so computed in clear)."""
@@ -82,7 +91,7 @@ class FieldProtector:
         if not nodes:
             return doc
         doc = dict(doc)
-        res = doc["res"] = _copy_protected_lists(res)
+        res = doc["res"] = copy.deepcopy(res)
         for node, key in self._protected(res):
             if node[key].startswith(PREFIX):
                 node[key] = self.cipher.decrypt(node[key][len(PREFIX):])
@@ -125,15 +134,6 @@ class FieldProtector:
             return [v]
         # No system: the value may be protected under some system, or a clear one under another.
         return [v, FilterValue(v.prefix, self.blind(raw))]
-
-
-def _copy_protected_lists(res: dict[str, Any]) -> dict[str, Any]:
-    """A copy of res sharing everything but the identifier and telecom entries (what decode rewrites)."""
-    out = dict(res)
-    for key in ("identifier", "telecom"):
-        if isinstance(out.get(key), list):
-            out[key] = [dict(x) if isinstance(x, dict) else x for x in out[key]]
-    return out
 
 
 def redact_query(protector: FieldProtector | None, query: str | None) -> str | None:

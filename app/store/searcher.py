@@ -9,12 +9,17 @@ Either way every candidate is checked with the exact filter (app.search.matcher)
 
 Paging is keyset, never skip: a cursor carries the sort values and _id of the last entry of a page, so
 the next page starts after it even when resources are written in between.
+
+`admit` (the disclosure gate's per-row decision, on the decoded document) is applied to candidates before
+paging and counting: pages, totals and cursors are made of rows the caller may see, and a cursor never carries
+the sort values of a withheld row. SearchResult.withheld counts the rows it left out while filling the page.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +46,10 @@ class SearchResult:
     next_cursor: str | None = None
     prev_cursor: str | None = None
     included: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    withheld: int = 0
+
+
+Admit = Callable[[dict[str, Any]], bool]
 
 
 # -- cursors ------------------------------------------------------------------------------------------
@@ -152,7 +161,8 @@ class Searcher:
             return sorted({v for d in docs for v in d.get("ix", {}).get(request.collect, ()) if isinstance(v, str)})
         return [d["_id"] for d in docs]
 
-    def search(self, request: SearchRequest, count: int, base_url: str | None = None) -> SearchResult:
+    def search(self, request: SearchRequest, count: int, base_url: str | None = None,
+               admit: Admit | None = None) -> SearchResult:
         rtype = request.resource_type
         self.repo.check_type(rtype)
         self._blind(request)
@@ -162,12 +172,15 @@ class Searcher:
         if request.cursor:
             direction, after = decode_cursor(request.cursor, len(sort))
         want = count + 1
-        docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want, base_url)
+        withheld: list[int] = [0]
+        docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want, base_url,
+                                self._gated(admit, withheld))
         has_more = len(docs) > count
         docs = docs[:count]
         if direction == "p":
             docs.reverse()
-        total = self._total(rtype, request, flt, len(docs), has_more, after is None, base_url)
+        total = self._total(rtype, request, flt, len(docs), has_more, after is None, base_url,
+                            self._gated(admit, None))
         row = functools.partial(self._row, sort)
         next_cursor = prev_cursor = None
         if docs:
@@ -177,36 +190,55 @@ class Searcher:
                 prev_cursor = encode_cursor("p", row(docs[0]))
         decode = self.repo.decode
         included = [(t, decode(d) or d) for t, d in self._includes(request, docs)]
-        return SearchResult(rtype, [decode(d) or d for d in docs], total, next_cursor, prev_cursor, included)
+        return SearchResult(rtype, [decode(d) or d for d in docs], total, next_cursor, prev_cursor, included,
+                            withheld[0])
+
+    def _gated(self, admit: Admit | None, withheld: list[int] | None) -> Admit | None:
+        """admit over raw documents (decoded first), counting refusals into withheld[0]."""
+        if admit is None:
+            return None
+        decode = self.repo.decode
+
+        def gated(doc: dict[str, Any]) -> bool:
+            ok = admit(decode(doc) or doc)
+            if not ok and withheld is not None:
+                withheld[0] += 1
+            return ok
+
+        return gated
 
     def _blind(self, request: SearchRequest) -> None:
         if self.repo.protector and not getattr(request, "_blinded", False):
             self.repo.protector.blind_request(request)
             request._blinded = True  # type: ignore[attr-defined]
 
-    def count(self, request: SearchRequest, base_url: str | None = None) -> int:
+    def count(self, request: SearchRequest, base_url: str | None = None, admit: Admit | None = None) -> int:
         self._blind(request)
         flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
-        return self._total(request.resource_type, request, flt, 0, True, True, base_url) or 0
+        return self._total(request.resource_type, request, flt, 0, True, True, base_url,
+                           self._gated(admit, None)) or 0
 
     @staticmethod
     def _row(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
         return [_get_path(doc, path) for path, _ in sort]
 
     def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
-               has_more: bool, first_page: bool, base_url: str | None) -> int | None:
+               has_more: bool, first_page: bool, base_url: str | None, admit: Admit | None = None) -> int | None:
+        """How many match (and, with admit, may be shown): counted from rows, never from withheld ones."""
         if request.total == "none":
             return None
         if first_page and not has_more:
             return page_len
         keyed = self._keyed_ids(rtype, request, base_url)
         if keyed is not None:
-            return sum(1 for d in self._fetch(rtype, keyed) if matches(flt, d))
+            return sum(1 for d in self._fetch(rtype, keyed) if matches(flt, d) and (admit is None or admit(d)))
         lowered = lower_for_database(flt)
         db_filter = {"$and": [lowered, {"del": False}]}
-        if lowered == flt:
+        if lowered == flt and admit is None:
             return self.repo.current(rtype).count_documents(db_filter)
-        return sum(1 for d in self.repo.current(rtype).find(db_filter, {"res": 0}) if matches(flt, d))
+        projection = None if admit is not None else {"res": 0}
+        return sum(1 for d in self.repo.current(rtype).find(db_filter, projection)
+                   if matches(flt, d) and (admit is None or admit(d)))
 
     def _keyed_ids(self, rtype: str, request: SearchRequest, base_url: str | None) -> list[str] | None:
         """Candidate ids from the posting lists, when some filter allows it; None otherwise."""
@@ -260,8 +292,8 @@ class Searcher:
         return docs
 
     def _candidates(self, rtype: str, request: SearchRequest, flt: dict[str, Any], sort: list[tuple[str, int]],
-                    cursor: tuple[str, list[Any]] | None, want: int, base_url: str | None
-                    ) -> list[dict[str, Any]]:
+                    cursor: tuple[str, list[Any]] | None, want: int, base_url: str | None,
+                    admit: Admit | None = None) -> list[dict[str, Any]]:
         direction = cursor[0] if cursor else "n"
         order = sort if direction == "n" else [(p, -d) for p, d in sort]
         keyed = self._keyed_ids(rtype, request, base_url)
@@ -271,6 +303,14 @@ class Searcher:
             docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
             if cursor:
                 docs = [d for d in docs if _compare_rows(order, row(d), cursor[1]) > 0]
+            if admit is not None:
+                kept: list[dict[str, Any]] = []
+                for d in docs:
+                    if len(kept) >= want:
+                        break
+                    if admit(d):
+                        kept.append(d)
+                return kept
             return docs[:want]
         conditions = [lower_for_database(flt), {"del": False}]
         if cursor:
@@ -284,7 +324,7 @@ class Searcher:
             if seen_last is not None:
                 conds.append(_keyset_condition(order, seen_last, after=True))
             rows = list(col.find({"$and": conds}).sort(order).limit(batch))
-            out.extend(d for d in rows if matches(flt, d))
+            out.extend(d for d in rows if matches(flt, d) and (admit is None or admit(d)))
             if len(rows) < batch:
                 break
             seen_last = self._row(order, rows[-1])

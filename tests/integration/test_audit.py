@@ -109,13 +109,12 @@ def test_every_interaction_is_audited(client, services, patient_id):
 
 
 def test_refusal_403_is_audited(client, services, patient_id, monkeypatch):
-    from app.core.errors import FhirError
+    from app.core.access import Decision
 
     seen_all(services)
-    def deny(*_a, **_k):
-        raise FhirError(403, "no consent covers this client", code="forbidden")
-
-    monkeypatch.setattr(services.policy, "check", deny)
+    monkeypatch.setattr(services.policy, "judges_rows", lambda *_a: True)
+    monkeypatch.setattr(services.policy, "disclose",
+                        lambda *_a, **_k: Decision(False, "no consent covers this client"))
     assert client.get(f"/fhir/Patient/{patient_id}").status_code == 403
     ev = last_event(services)
     assert (ev["action"], ev["outcome"]) == ("R", "4")

@@ -55,7 +55,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         raise bad_request("validity must be an integer number of seconds", expression="validity")
     image = (params.get("image") or {}).get("valueBoolean", True) is not False
     doc = svc.repo.get_doc("Patient", id)
-    svc.policy.check(req.principal, "read", "Patient", None, doc)
+    req.gate.require("Patient", doc)
     if doc is None:
         raise not_found(f"Patient/{id} is not known")
     if doc.get("del"):
@@ -71,7 +71,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         out.append({"name": "image", "valueAttachment": {
             "contentType": "image/svg+xml", "data": base64.b64encode(qr_svg(token)).decode("ascii"),
             "title": "电子健康卡二维码"}})
-    svc.record_access(AccessRecord("operation", "Patient", [id], "0", 200, req.principal, "$ehc-qrcode",
+    req.audit(AccessRecord("operation", "Patient", [id], "0", 200, req.principal, "$ehc-qrcode",
                                    patient_ids=[id], remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 

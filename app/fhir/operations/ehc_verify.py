@@ -31,7 +31,7 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
                 token = p.get("valueString")
     if not isinstance(token, str) or not token:
         raise bad_request("$ehc-verify needs a 'token' parameter (valueString)", expression="token")
-    svc.policy.check(req.principal, "read", "Patient")
+    svc.policy.require(req.principal, "verify", "Patient")  # terminals only: resident tokens are refused
     result = card_service(svc).verify(token)
     record_qr_verification("valid" if result.valid else result.reason or "invalid")
     out: list[dict[str, Any]] = [{"name": "valid", "valueBoolean": result.valid}]
@@ -47,7 +47,7 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
         out.append({"name": "requiresConfirmation", "valueBoolean": True})
     if result.reason:
         out.append({"name": "reason", "valueCode": result.reason})
-    svc.record_access(AccessRecord("verify", "Patient", [result.patient] if result.patient else [],
+    req.audit(AccessRecord("verify", "Patient", [result.patient] if result.patient else [],
                                    "0" if result.valid else "4", 200, req.principal, "$ehc-verify",
                                    result.reason, patient_ids=[result.patient] if result.patient else [],
                                    remote_addr=req.remote_addr))

@@ -22,7 +22,7 @@ MAX_ENTRIES = 1000
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
     assert id is not None
     doc = svc.repo.get_doc("Patient", id)
-    svc.policy.check(req.principal, "read", "Patient", None, doc)
+    req.gate.require("Patient", doc)
     stored = svc.repo.read("Patient", id, req.write)  # 404 / 410
     types = {t.strip() for t in (req.param("_type") or "").split(",") if t.strip()}
     raw_count = req.param("_count")
@@ -41,7 +41,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         other = svc.repo.get_doc(rtype, rid)
         if other is None or other.get("del"):
             continue
-        if not svc.policy.visible(req.principal, rtype, other):
+        if not req.gate.admits(rtype, other):
             withheld += 1
             continue
         shown.append(f"{rtype}/{rid}")
@@ -52,7 +52,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [Issue(
             f"{withheld} resource(s) withheld: no consent covers this client", "suppressed", "information"
         ).to_json()]}, "search": {"mode": "outcome"}})
-    svc.record_access(AccessRecord("operation", "Patient", shown, "0", 200, req.principal, "$everything",
+    req.audit(AccessRecord("operation", "Patient", shown, "0", 200, req.principal, "$everything",
                                    patient_ids=[id], remote_addr=req.remote_addr, withheld=withheld))
     return FhirResponse(200, {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
 

@@ -41,10 +41,16 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         if not _known(index.registry, target):
             raise FhirError(403, f"targetSystem {target!r} is not known to this server", code="code-invalid",
                             expression="targetSystem")
+    svc.policy.require(req.principal, "read", "Patient")
     doc = index.find(system, value)
-    if doc is None:
+    decision = req.gate.decide("Patient", doc) if doc is not None else None
+    if doc is None or decision is None or not decision.allowed:
+        # Unknown and forbidden answer alike: the difference would tell whether the number is registered.
+        if decision is not None:
+            req.audit(AccessRecord("refused", "Patient", [], "4", 404, req.principal, "$ihe-pix",
+                                   decision.reason, patient_ids=sorted(decision.patients),
+                                   remote_addr=req.remote_addr))
         raise not_found(f"no resident holds {system}|{value}")
-    svc.policy.check(req.principal, "read", "Patient", None, doc)
     try:
         normalised = index.normalise(system, value)
     except ValueError:
@@ -60,7 +66,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
             continue
         out.append({"name": "targetIdentifier", "valueIdentifier": ident})
     out.append({"name": "targetId", "valueReference": {"reference": f"Patient/{doc['_id']}"}})
-    svc.record_access(AccessRecord("operation", "Patient", [doc["_id"]], "0", 200, req.principal, "$ihe-pix",
+    req.audit(AccessRecord("operation", "Patient", [doc["_id"]], "0", 200, req.principal, "$ihe-pix",
                                    patient_ids=[doc["_id"]], remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 

@@ -31,7 +31,7 @@ def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
-    svc.policy.check(req.principal, "search", "Patient")
+    svc.policy.require(req.principal, "search", "Patient")
     params = _params(req.body)
     query = (params.get("resource") or {}).get("resource")
     if not isinstance(query, dict) or query.get("resourceType") != "Patient":
@@ -58,7 +58,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
                 candidates[doc["_id"]] = doc
     scored = []
     for pid, doc in candidates.items():
-        if not svc.policy.visible(req.principal, "Patient", doc):
+        if not req.gate.admits("Patient", doc):
             continue
         result = score(query, doc["res"], registry=index.registry)
         if result.grade == "certainly-not" or (only_certain and result.grade != "certain"):
@@ -69,7 +69,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
                 "search": {"mode": "match", "score": s,
                            "extension": [{"url": GRADE_URL, "valueCode": grade}]}}
                for s, pid, doc, grade in scored[:count]]
-    svc.record_access(AccessRecord("operation", "Patient", [e["resource"]["id"] for e in entries], "0", 200,
+    req.audit(AccessRecord("operation", "Patient", [e["resource"]["id"] for e in entries], "0", 200,
                                    req.principal, "$match", remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
                               "entry": entries})

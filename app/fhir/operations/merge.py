@@ -46,14 +46,14 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     target_id = _patient_id(req, svc, params, "target")
     preview = (params.get("preview") or {}).get("valueBoolean") is True
     for rid in (source_id, target_id):
-        svc.policy.check(req.principal, "update", "Patient", None, svc.repo.get_doc("Patient", rid))
+        req.gate.require("Patient", svc.repo.get_doc("Patient", rid), "update")
     result = merge_patients(svc, master_index(svc), svc.extensions["mpi_hooks"], source_id, target_id, req.write,
                             preview=preview)
     what = "would merge" if preview else "merged"
     text = (f"{what} Patient/{source_id} into Patient/{target_id}; "
             f"{len(result.repointed)} resource(s) {'would be ' if preview else ''}re-pointed")
     if not preview:
-        svc.record_access(AccessRecord("operation", "Patient", [source_id, target_id, *result.repointed], "0",
+        req.audit(AccessRecord("operation", "Patient", [source_id, target_id, *result.repointed], "0",
                                        200, req.principal, "$merge", text, patient_ids=[target_id],
                                        remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": [

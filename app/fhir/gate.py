@@ -1,0 +1,306 @@
+"""The disclosure gate: every resource that leaves the server passes here, whatever form it leaves in.
+
+One gate per request (Router.dispatch makes it and hands every handler's response to `release`, so a new route
+cannot forget it). It asks the policy (`AccessPolicy.disclose`) about each resource version in the response body:
+- a single resource (read, vread, write responses, the match of If-None-Exist): refused → 403, or for a
+  registration of a known resident by a client that may not see the record, the registration view (what the
+  caller submitted, plus the id and the card identifier it needs);
+- Bundle entries of every kind (searchset, history, $everything, batch and transaction responses): a refused
+  entry is left out and counted (searchset: an `outcome` entry says how many, never which);
+- Parameters parts that carry resources ($operation outputs);
+- OperationOutcome texts: `Type/id` of a record the caller may not see is replaced by `Type/(withheld)`.
+Handlers that page or count (search, history, $everything) ask the same gate per row *before* paging
+(`decide`), so that counts, totals and cursors are made of disclosed rows only; `release` re-checks what they
+return. Decisions are memoised per resource version for the request.
+
+The gate also gathers what the request disclosed (entities, their patients, consents relied on, withheld count,
+break-the-glass) for the request's one AuditEvent, which the router writes (`audit_record`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
+from app.core.errors import FhirError, Issue, forbidden
+from app.fhir.http import FhirResponse
+from app.services import Services
+
+CONTAINERS = {"Bundle", "Parameters", "OperationOutcome"}
+_MENTION = re.compile(r"\b([A-Z][A-Za-z]{1,40})/([A-Za-z0-9\-.]{1,64})\b")
+CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"
+FOCUS_PARAMS = {"patient", "subject", "_id", "beneficiary"}
+
+
+class DisclosureGate:
+    def __init__(self, svc: Services, req: Any) -> None:
+        self.svc = svc
+        self.req = req
+        self.principal = req.principal
+        self.judging = svc.policy.judges_rows(req.principal, None)
+        self._memo: dict[tuple[str, str, str, str], Decision] = {}
+        self._provinces: dict[tuple[str, str], str | None] = {}
+        self.disclosed: list[str] = []
+        self.patients: set[str] = set()
+        self.refused_patients: set[str] = set()
+        self.consents: list[str] = []
+        self.withheld = 0
+        self.break_glass = False
+
+    # -- deciding -------------------------------------------------------------------------------------------
+
+    def decide(self, rtype: str, doc: dict[str, Any], letters: str = "rs") -> Decision:
+        """The decision for a stored (decoded) document {_id, vid, prov, res}, remembered for release."""
+        res = doc.get("res")
+        if res is None:
+            return Decision(False, "deleted")
+        self._provinces[(rtype, str(doc.get("_id")))] = doc.get("prov")
+        return self.judge(rtype, res, doc.get("prov"), letters)
+
+    def admits(self, rtype: str, doc: dict[str, Any]) -> bool:
+        return self.decide(rtype, doc).allowed
+
+    def require(self, rtype: str, doc: dict[str, Any] | None, access: str = "read") -> str | None:
+        """Before a response that carries no body of the record (304, 410, errors, operations): 403 unless the
+        caller may see it (access "read") or change it ("update", "delete": the change gate's decision). A
+        deleted record is judged on its last live version. Returns the Consent relied on, if any."""
+        if doc is None:
+            return None
+        if doc.get("del"):
+            doc = self._last_live(rtype, doc)
+            if doc is None:
+                return None
+        if access in ("update", "delete"):
+            res = doc.get("res")
+            self.svc.repo.admit(self.req.write, Change(rtype, res, res if access == "update" else None,
+                                                       doc.get("prov")))
+            return None
+        decision = self.decide(rtype, doc)
+        if not decision.allowed:
+            self.refused_patients |= decision.patients
+            err = forbidden(decision.reason)
+            err.patients = sorted(decision.patients)
+            raise err
+        return decision.consent
+
+    def _last_live(self, rtype: str, tombstone: dict[str, Any]) -> dict[str, Any] | None:
+        rid = tombstone.get("_id")
+        for vid in range(int(tombstone.get("vid") or 1) - 1, 0, -1):
+            hist = self.svc.repo.decode(self.svc.repo.history_col(rtype).find_one({"_id": f"{rid}/{vid}"}))
+            if hist is not None and not hist.get("del"):
+                return {**hist, "_id": rid, "prov": hist.get("prov") or tombstone.get("prov")}
+        return None
+
+    def tombstone_ok(self, rtype: str, rid: str, province: str | None) -> bool:
+        """A deletion entry of a history: judged on the record's last live version."""
+        if not self.judging:
+            return True
+        doc = self.svc.repo.get_raw(rtype, rid)
+        live = self._last_live(rtype, doc) if doc is not None and doc.get("del") else None
+        if live is None:
+            return False
+        return self.decide(rtype, live).allowed
+
+    def judge(self, rtype: str, resource: dict[str, Any], province: str | None, letters: str = "rs") -> Decision:
+        if not self.judging:
+            return ALLOW
+        rid = str(resource.get("id") or "")
+        key = (rtype, rid, str((resource.get("meta") or {}).get("versionId") or ""), letters)
+        found = self._memo.get(key)
+        if found is None:
+            found = self.svc.policy.disclose(self.principal, rtype, resource, province, letters,
+                                             self._focus(rtype, resource))
+            self._memo[key] = found
+        return found
+
+    def _focus(self, rtype: str, resource: dict[str, Any]) -> str | None:
+        """The one patient this request names (break-the-glass reaches no other)."""
+        segs = self.req.path.split("/")
+        if len(segs) >= 2 and segs[0] == "Patient" and not segs[1].startswith(("$", "_")):
+            return segs[1]
+        if len(segs) >= 2 and segs[0] == rtype and segs[1] == resource.get("id"):
+            owner = getattr(self.svc.policy, "owner", None)
+            patients = owner(rtype, resource).patients if owner else frozenset()
+            return next(iter(patients)) if len(patients) == 1 else None
+        named = {v.split("/")[-1] for k, v in self.req.params if k.split(":")[0].split(".")[0] in FOCUS_PARAMS
+                 for v in [v] if v and "," not in v}
+        return named.pop() if len(named) == 1 else None
+
+    def _province(self, rtype: str, rid: str) -> str | None:
+        key = (rtype, rid)
+        if key not in self._provinces:
+            doc = self.svc.repo.current(rtype).find_one({"_id": rid}, {"prov": 1}) \
+                if rtype in self.svc.repo.resource_types and rid else None
+            self._provinces[key] = doc.get("prov") if doc else None
+        return self._provinces[key]
+
+    def _note(self, rtype: str, resource: dict[str, Any], decision: Decision) -> None:
+        ref = f"{rtype}/{resource.get('id')}"
+        if ref not in self.disclosed:
+            self.disclosed.append(ref)
+        self.patients |= decision.patients
+        if decision.consent and decision.consent not in self.consents:
+            self.consents.append(decision.consent)
+        self.break_glass = self.break_glass or decision.break_glass
+
+    # -- releasing a response -------------------------------------------------------------------------------
+
+    def release(self, resp: FhirResponse) -> FhirResponse:
+        body = resp.body
+        if body is None or not isinstance(body, dict):
+            return resp
+        rtype = body.get("resourceType")
+        if rtype == "Bundle":
+            resp.body = self._bundle(body)
+        elif rtype == "Parameters":
+            resp.body = self._parameters(body)
+        elif rtype == "OperationOutcome":
+            resp.body = self._outcome(body)
+        elif isinstance(rtype, str) and rtype in self.svc.repo.resource_types:
+            resp.body = self._single(resp, rtype, body)
+        return resp
+
+    def _letters(self) -> str:
+        return {"POST": "rsc", "PUT": "rscu", "PATCH": "rsu"}.get(self.req.method, "rs")
+
+    def _single(self, resp: FhirResponse, rtype: str, body: dict[str, Any]) -> dict[str, Any]:
+        decision = self.judge(rtype, body, self._province(rtype, str(body.get("id") or "")), self._letters())
+        if decision.allowed:
+            self._note(rtype, body, decision)
+            return body
+        if resp.registration_of is not None:
+            self.patients |= decision.patients
+            return registration_view(resp.registration_of, body)
+        self.refused_patients |= decision.patients
+        for header in ("Location", "Content-Location", "ETag", "Last-Modified"):
+            resp.headers.pop(header, None)
+        err = forbidden(decision.reason)
+        err.patients = sorted(decision.patients)
+        raise err
+
+    def _resource_ok(self, res: Any) -> bool:
+        """Judge one contained-in-a-response resource; containers are released recursively in place."""
+        if not isinstance(res, dict):
+            return True
+        rtype = res.get("resourceType")
+        if rtype == "Bundle":
+            res.update(self._bundle(res))
+            return True
+        if rtype == "Parameters":
+            res.update(self._parameters(res))
+            return True
+        if rtype == "OperationOutcome":
+            res.update(self._outcome(res))
+            return True
+        if not isinstance(rtype, str) or rtype not in self.svc.repo.resource_types:
+            return True
+        decision = self.judge(rtype, res, self._province(rtype, str(res.get("id") or "")), self._letters())
+        if decision.allowed:
+            self._note(rtype, res, decision)
+        else:
+            self.refused_patients |= decision.patients
+        return decision.allowed
+
+    def _bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        kept, dropped = [], 0
+        for entry in bundle.get("entry") or []:
+            if not isinstance(entry, dict) or self._resource_ok(entry.get("resource")):
+                kept.append(entry)
+                continue
+            dropped += 1
+            if bundle.get("type") in ("batch-response", "transaction-response"):
+                outcome = FhirError(403, "withheld: this client may not see the resource").outcome()
+                kept.append({"response": {"status": "403 Forbidden", "outcome": outcome}})
+        if dropped:
+            self.withheld += dropped
+            if bundle.get("type") in ("searchset", "history"):
+                kept.append(withheld_entry(dropped))
+                if isinstance(bundle.get("total"), int):
+                    bundle["total"] = max(0, bundle["total"] - dropped)
+        if "entry" in bundle:
+            bundle["entry"] = kept
+        return bundle
+
+    def _parameters(self, params: dict[str, Any]) -> dict[str, Any]:
+        def walk(parts: list[Any]) -> list[Any]:
+            out = []
+            for part in parts:
+                if not isinstance(part, dict):
+                    continue
+                if "resource" in part and not self._resource_ok(part["resource"]):
+                    self.withheld += 1
+                    continue
+                if isinstance(part.get("part"), list):
+                    part["part"] = walk(part["part"])
+                out.append(part)
+            return out
+
+        if isinstance(params.get("parameter"), list):
+            params["parameter"] = walk(params["parameter"])
+        return params
+
+    def _outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        if not self.judging:
+            return outcome
+        for issue in outcome.get("issue") or []:
+            if isinstance(issue, dict) and isinstance(issue.get("diagnostics"), str):
+                issue["diagnostics"] = self.scrub(issue["diagnostics"])
+        return outcome
+
+    def scrub(self, text: str) -> str:
+        """Replace `Type/id` of records the caller may not see (ids the caller named itself stay)."""
+        asked = self.req.path + "?" + self.req.query_string()
+
+        def one(m: re.Match[str]) -> str:
+            rtype, rid = m.group(1), m.group(2)
+            if rtype not in self.svc.repo.resource_types or f"{rtype}/{rid}" in asked:
+                return m.group(0)
+            doc = self.svc.repo.get_doc(rtype, rid)
+            if doc is None or doc.get("res") is None:
+                return m.group(0)
+            return m.group(0) if self.decide(rtype, doc).allowed else f"{rtype}/(withheld)"
+
+        return _MENTION.sub(one, text)
+
+    # -- the request's audit record -------------------------------------------------------------------------
+
+    def audit_record(self, record: AccessRecord) -> AccessRecord:
+        """The handler's record of the request, completed with what actually left."""
+        ids = list(record.resource_ids)
+        for ref in self.disclosed:
+            rtype, _, rid = ref.partition("/")
+            item = rid if rtype == record.resource_type else ref
+            if item not in ids:
+                ids.append(item)
+        description = record.description
+        if self.break_glass:
+            description = f"{description}; {REVIEW_NOTE}" if description else REVIEW_NOTE
+        return replace(record, resource_ids=ids,
+                       patient_ids=sorted({*record.patient_ids, *self.patients}),
+                       withheld=record.withheld + self.withheld, consent=record.consent or next(
+                           iter(self.consents), None), description=description,
+                       break_glass=record.break_glass or self.break_glass)
+
+
+def withheld_entry(count: int) -> dict[str, Any]:
+    issue = Issue(f"{count} matching resource(s) withheld: no consent covers this client", "suppressed",
+                  "information")
+    return {"fullUrl": "urn:uuid:withheld", "resource": {"resourceType": "OperationOutcome",
+                                                          "issue": [issue.to_json()]},
+            "search": {"mode": "outcome"}}
+
+
+def registration_view(submitted: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """What a client that registered a known resident, but may not see their record, gets back: its own
+    submission, the record's id and version, and the card identifier it needs. Nothing else of the record."""
+    view = {k: v for k, v in submitted.items() if k not in ("id", "meta", "text", "contained")}
+    view["resourceType"] = stored.get("resourceType", "Patient")
+    view["id"] = stored.get("id")
+    meta = stored.get("meta") or {}
+    view["meta"] = {k: meta[k] for k in ("versionId", "lastUpdated") if k in meta}
+    idents = [i for i in submitted.get("identifier") or [] if isinstance(i, dict)]
+    cards = [i for i in stored.get("identifier") or [] if isinstance(i, dict) and i.get("system") == CARD_SYSTEM]
+    view["identifier"] = idents + [c for c in cards if c not in idents]
+    return view
