@@ -18,11 +18,13 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 
 from app.auth import launch, smart, views
+from app.auth.consent import freeze_grantees
 from app.auth.keys import AuthKeys
 from app.auth.models import AuthStore, Client
 from app.auth.policy import PURPOSE_HEADER, SmartPolicy
 from app.auth.ratelimit import Limit, RateLimiter
 from app.auth.server import SmartAuthorizationServer
+from app.store.events import StoreEvent
 
 CORS_PATHS = ("/fhir", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/.well-known/")
 CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Match, If-None-Exist, "
@@ -85,6 +87,18 @@ def init_app(app: Flask, svc: Any) -> None:
     st = auth_state(svc)
     if svc.settings.auth_required:
         svc.policy = SmartPolicy(svc, st.store)
+
+    def freeze(event: StoreEvent) -> None:
+        """A Consent's grantees are fixed when it is written (app.auth.consent.freeze_grantees)."""
+        if event.resource is not None:
+            def load_org(org_id: str) -> dict[str, Any] | None:
+                doc = svc.repo.get_doc("Organization", org_id)
+                return doc.get("res") if doc and not doc.get("del") else None
+
+            freeze_grantees(event.resource, load_org)
+
+    for name in ("pre-create", "pre-update"):
+        svc.events.subscribe(name, freeze, "Consent")
     app.register_blueprint(smart.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(launch.bp)
