@@ -1,33 +1,49 @@
 """Sealing: numbers pending audit events, stores them as AuditEvent resources and links them into the SM3
 chain, off the request path.
 
-One sealer at a time across all processes (the lease "audit-seal"). A pass reads `_audit_pending` (only what
-is not sealed yet, so the scan stays small) and, oldest first:
+One sealer at a time across all processes (the lease "audit-seal"). A pass takes at most `batch` of the
+oldest records of `_audit_pending` and, oldest first:
 - an event: gets the next sequence number, is stored as an AuditEvent (Repository.build_doc, so search finds
   it; a broad search gets its resources' patients added first) and gets its chain entry (app.audit.chain);
 - an intent with no event: younger than `intent_grace` its request is still running, and it waits (later
-  events are sealed meanwhile); older, its process died between the operation and its event, and it is
-  sealed as an event with outcome 8 (serious failure: the outcome is unknown).
+  events are sealed meanwhile); older, and its event (named after it: writer.event_id_for) is not stored
+  either, its process died between the operation and its event: it is sealed as an event with outcome 8
+  (serious failure: the outcome is unknown).
 Writes of a pass, in this order: posting lists (idempotent), the AuditEvent documents (replaced if a dead
 pass left them), the chain entries with one insert_many (their unique ids make a second sealer fail instead
-of forking the chain), removal of what was sealed from pending, the head. A pass that died half way is
-completed by the next (`_resync`). Start-up (plugin.init_app) runs a pass: what a dead process left is
-recovered when the server starts. Round trips per pass do not grow with the number of events sealed.
+of forking the chain), removal of what was sealed from pending, the head, and (when due) a signed checkpoint
+of the head outside the database (app.audit.checkpoints). A pass that died half way is completed by the next
+(`_resync`). Start-up (plugin.init_app) runs a pass: what a dead process left is recovered when the server
+starts.
+
+Cost proportional to the new work, never to the backlog. FerretDB v1 on SQLite pushes down only `{_id:
+value}` filters and a limit on an unfiltered, unsorted find: any other filter, any sort, a `$in` and every
+count scan the whole collection. So a pass
+- reads the oldest records with `find().limit(batch)` (SQLite returns rows in insertion order; pending ids
+  sort by time, writer.pending_id, and the window is ordered by id), or, on MongoDB, with a sort on `_id`,
+  which its index serves;
+- looks single records up by `_id` only (the event of an old intent, the patients of a broad search);
+- deletes what it sealed with one delete command of `{_id}` statements (each pushed down), never `$in`;
+- updates posting lists in bulks of a few keys (FerretDB v1 stalls on large update bulks);
+- stops taking new records once it has worked `budget` seconds, well inside the lease.
+The background loop (plugin.SealLoop) runs the next pass at once while a pass reports more work (`more`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from app.audit.chain import CHAIN, EVENTS, GENESIS, HEAD_ID, PENDING, STATE, digest, key, link
 from app.audit.events import add_patients, as_reference, interaction_for, split_path
-from app.audit.writer import AuditWriter
+from app.audit.writer import AuditWriter, event_id_for
 from app.core.access import AccessRecord, Principal
 from app.core.errors import FhirError
 from app.core.timeutil import utcnow
@@ -35,10 +51,14 @@ from app.store.keys import keys_for
 from app.store.leases import Leases
 from app.store.repository import Repository
 
+if TYPE_CHECKING:
+    from app.audit.checkpoints import Checkpoints
+
 log = logging.getLogger("ehc.audit")
 LEASE = "audit-seal"
 RECOVERED = ("the server stopped before the outcome of this request was recorded; "
              "the change may or may not have been applied")
+BULK_KEYS = 16  # posting-list updates per command
 
 
 @dataclass
@@ -47,11 +67,15 @@ class SealResult:
     head: int  # last sealed sequence number
     waiting: int = 0  # intents whose request is still running
     recovered: int = 0  # intents of dead processes sealed as events
+    more: bool = False  # the pass left work behind (a full window, or its time budget ran out)
+    seconds: float = 0.0  # how long the pass took
+    checkpoint: bool = False  # it wrote a signed checkpoint
 
 
 class Sealer:
     def __init__(self, db: Database, repo: Repository, leases: Leases, writer: AuditWriter, *,
-                 intent_grace: float = 60.0, batch: int = 500) -> None:
+                 intent_grace: float = 60.0, batch: int = 200, budget: float = 2.0,
+                 checkpoints: Checkpoints | None = None) -> None:
         self.repo = repo
         self.leases = leases
         self.writer = writer
@@ -61,6 +85,8 @@ class Sealer:
         self.pending = db[PENDING]
         self.intent_grace = intent_grace
         self.batch = batch
+        self.budget = budget
+        self.checkpoints = checkpoints
         self.ref_codes = repo.keyed_codes(EVENTS)
 
     def seal(self, wait_seconds: float = 5.0) -> SealResult | None:
@@ -71,17 +97,42 @@ class Sealer:
         except FhirError:
             return None
 
+    def seal_all(self, wait_seconds: float = 5.0, max_passes: int = 1000) -> SealResult | None:
+        """Passes until nothing is left to seal now (the CLI, tests, a read of AuditEvents)."""
+        total: SealResult | None = None
+        for _ in range(max_passes):
+            result = self.seal(wait_seconds)
+            if result is None:
+                return total
+            if total is None:
+                total = result
+            else:
+                total.sealed += result.sealed
+                total.recovered += result.recovered
+                total.head, total.waiting, total.more = result.head, result.waiting, result.more
+                total.seconds += result.seconds
+                total.checkpoint = total.checkpoint or result.checkpoint
+            if not result.more:
+                break
+        return total
+
     def _seal(self) -> SealResult:
+        started = time.monotonic()
         head = self.state.find_one({"_id": HEAD_ID}) or {}
         seq, prev = self._resync(int(head.get("seq") or 0), bytes.fromhex(head["h"]) if head.get("h") else GENESIS)
         result = SealResult(0, seq)
         now = utcnow()
-        queue = self._queue(now, result)
+        window = self._oldest()
+        queue = self._queue(window, now, result)
         entries: list[dict[str, Any]] = []
         docs: list[dict[str, Any]] = []
         keys: dict[str, list[str]] = {}
-        for pending in queue[:self.batch]:
-            doc = self._stored(pending)
+        cache: dict[str, set[str]] = {}
+        for pending in queue:
+            if time.monotonic() - started > self.budget:
+                result.more = True  # the rest waits for the next pass, which starts at once
+                break
+            doc = self._stored(pending, cache)
             seq += 1
             d = digest(doc)
             prev = link(prev, d)
@@ -92,16 +143,105 @@ class Sealer:
             for k in keys_for(EVENTS, doc.get("ix", {}), self.ref_codes):
                 keys.setdefault(k, []).append(doc["_id"])
         if entries:
-            for k, ids in sorted(keys.items()):  # one update each: FerretDB v1 can stall on large bulks
-                self.repo.keys.col.update_one({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}}, upsert=True)
+            self._post(keys)
             self._store(docs)
             self.chain.insert_many(entries, ordered=True)
-            # pending holds only what is not sealed yet: small, so the scan a $in costs there is cheap
-            self.pending.delete_many({"_id": {"$in": [i for e in entries for i in e["done"]]}})
+            self._delete([i for e in entries for i in e["done"]])
             self.state.update_one({"_id": HEAD_ID}, {"$set": {"seq": seq, "h": prev.hex(), "at": now}},
                                   upsert=True)
         result.sealed, result.head = len(entries), seq
+        result.more = result.more or (len(window) >= self.batch and bool(entries))
+        if self.checkpoints is not None and seq:
+            try:
+                result.checkpoint = self.checkpoints.maybe_write(seq, prev.hex())
+            except Exception:  # a checkpoint failure must not stop sealing; the next pass retries
+                log.exception("audit: could not write the checkpoint of event %s", seq)
+        result.seconds = time.monotonic() - started
         return result
+
+    # -- reading the window -----------------------------------------------------------------------------
+
+    def _oldest(self) -> list[dict[str, Any]]:
+        """The `batch` oldest pending records, oldest first, at a cost proportional to `batch`."""
+        if self.repo.handle.supports_secondary_indexes:  # MongoDB: the _id index serves the sort
+            return list(self.pending.find({}).sort("_id", 1).limit(self.batch))
+        # FerretDB v1: a bare limit is pushed down (rows in insertion order); a sort would read everything
+        window = list(self.pending.find({}).limit(self.batch))
+        window.sort(key=lambda p: str(p["_id"]))
+        return window
+
+    def _queue(self, window: list[dict[str, Any]], now: datetime, result: SealResult) -> list[dict[str, Any]]:
+        """Events of the window, and intents of dead processes, oldest first."""
+        answered = {p.get("intent") for p in window if p.get("kind") == "event"}
+        queue = []
+        for p in window:
+            if p.get("kind") == "event":
+                queue.append(p)
+            elif p["_id"] not in answered:
+                if (now - p["at"]).total_seconds() < self.intent_grace:
+                    result.waiting += 1
+                elif self.pending.find_one({"_id": event_id_for(str(p["_id"]))}, {"_id": 1}) is not None:
+                    result.waiting += 1  # its event is stored, beyond this window: sealed with it later
+                else:
+                    queue.append(p)
+                    result.recovered += 1
+                    log.warning("audit: the event of intent %s was lost with its process; sealed as unknown",
+                                p["_id"])
+        return queue
+
+    def _stored(self, pending: dict[str, Any], cache: dict[str, set[str]]) -> dict[str, Any]:
+        """The AuditEvent document for a pending event (or for an intent whose event was lost)."""
+        if pending.get("kind") == "intent":
+            rtype, ids = split_path(pending.get("path"))
+            principal = Principal(**pending["principal"]) if pending.get("principal") else None
+            record = AccessRecord(interaction_for(pending.get("method"), pending.get("path")), rtype, ids, "8",
+                                  0, principal, pending.get("query") or None, RECOVERED,
+                                  remote_addr=pending.get("remote_addr"))
+            pending = self.writer.pending_event(record, pending["_id"], method=pending.get("method"),
+                                                path=pending.get("path"))
+        res = pending["res"]
+        if pending.get("todo"):
+            res = add_patients(res, self._patients_of(pending["todo"], cache))
+        return self.repo.build_doc(EVENTS, pending["_id"], 1, pending["at"], res,
+                                   pending.get("prov") or self.writer.node.province)
+
+    def _patients_of(self, refs: list[str], cache: dict[str, set[str]]) -> set[str]:
+        """The patients of the resources a broad search returned, so that residents find its event."""
+        patients: set[str] = set()
+        for ref in refs:
+            if ref not in cache:
+                cache[ref] = found = set()
+                rtype, ids = split_path(ref)
+                if rtype in self.repo.resource_types and ids:
+                    target = self.repo.get_raw(rtype, ids[0]) or {}
+                    for code in ("patient", "subject"):
+                        for value in target.get("ix", {}).get(code, ()):
+                            p = as_reference(value) if isinstance(value, str) else None
+                            if p and p.startswith("Patient/"):
+                                found.add(p)
+            patients |= cache[ref]
+        return patients
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def _post(self, keys: dict[str, list[str]]) -> None:
+        """Posting lists of the sealed events (idempotent), a few keys per update command."""
+        items = sorted(keys.items())
+        for i in range(0, len(items), BULK_KEYS):
+            chunk = items[i:i + BULK_KEYS]
+            ops = [UpdateOne({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}}, upsert=True) for k, ids in chunk]
+            try:
+                self.repo.keys.col.bulk_write(ops, ordered=False)
+            except (KeyError, PyMongoError):  # racing upserts of a new key: redo one at a time
+                for k, ids in chunk:
+                    for attempt in range(3):
+                        try:
+                            self.repo.keys.col.update_one({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}},
+                                                          upsert=True)
+                            break
+                        except (KeyError, PyMongoError):
+                            if attempt == 2:
+                                raise
 
     def _store(self, docs: list[dict[str, Any]]) -> None:
         """Insert the AuditEvent documents. Only the sealer writes that collection, so a document already
@@ -115,66 +255,22 @@ class Sealer:
             for i in sorted(dups):
                 self.events.replace_one({"_id": docs[i]["_id"]}, docs[i])
 
-    def _queue(self, now: datetime, result: SealResult) -> list[dict[str, Any]]:
-        """Pending events, and intents of dead processes, oldest first."""
-        items = list(self.pending.find({}))
-        answered = {p.get("intent") for p in items if p.get("kind") == "event"}
-        queue = []
-        for p in items:
-            if p.get("kind") == "event":
-                queue.append(p)
-            elif p["_id"] not in answered:
-                if (now - p["at"]).total_seconds() < self.intent_grace:
-                    result.waiting += 1
-                else:
-                    queue.append(p)
-                    result.recovered += 1
-                    log.warning("audit: the event of intent %s was lost with its process; sealed as unknown",
-                                p["_id"])
-        queue.sort(key=lambda p: (p["at"], p["_id"]))
-        return queue
-
-    def _stored(self, pending: dict[str, Any]) -> dict[str, Any]:
-        """The AuditEvent document for a pending event (or for an intent whose event was lost)."""
-        if pending.get("kind") == "intent":
-            rtype, ids = split_path(pending.get("path"))
-            principal = Principal(**pending["principal"]) if pending.get("principal") else None
-            record = AccessRecord(interaction_for(pending.get("method"), pending.get("path")), rtype, ids, "8",
-                                  0, principal, pending.get("query") or None, RECOVERED,
-                                  remote_addr=pending.get("remote_addr"))
-            pending = self.writer.pending_event(record, pending["_id"], method=pending.get("method"),
-                                                path=pending.get("path"))
-        res = pending["res"]
-        if pending.get("todo"):
-            res = add_patients(res, self._patients_of(pending["todo"]))
-        return self.repo.build_doc(EVENTS, pending["_id"], 1, pending["at"], res,
-                                   pending.get("prov") or self.writer.node.province)
-
-    def _patients_of(self, refs: list[str]) -> set[str]:
-        """The patients of the resources a broad search returned, so that residents find its event."""
-        patients: set[str] = set()
-        for ref in refs:
-            rtype, ids = split_path(ref)
-            if rtype not in self.repo.resource_types or not ids:
-                continue
-            target = self.repo.get_raw(rtype, ids[0]) or {}
-            for code in ("patient", "subject"):
-                for value in target.get("ix", {}).get(code, ()):
-                    p = as_reference(value) if isinstance(value, str) else None
-                    if p and p.startswith("Patient/"):
-                        patients.add(p)
-        return patients
+    def _delete(self, ids: list[str]) -> None:
+        """Remove sealed records from pending: one command of `{_id}` deletes (never `$in`: a full scan)."""
+        if ids:
+            self.pending.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=False)
 
     def _resync(self, seq: int, prev: bytes) -> tuple[int, bytes]:
         """Complete a pass that died after appending chain entries but before moving the head."""
         moved = False
+        done: list[str] = []
         while True:
             entry = self.chain.find_one({"_id": key(seq + 1)})
             if entry is None:
                 break
-            for i in entry.get("done") or [entry["ev"]]:
-                self.pending.delete_one({"_id": i})
+            done.extend(entry.get("done") or [entry["ev"]])
             seq, prev, moved = seq + 1, bytes.fromhex(entry["h"]), True
         if moved:
+            self._delete(done)
             self.state.update_one({"_id": HEAD_ID}, {"$set": {"seq": seq, "h": prev.hex()}}, upsert=True)
         return seq, prev

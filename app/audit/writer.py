@@ -1,22 +1,38 @@
-"""Storing audit events on the request path: one small insert, no counter, no read-modify-write.
+"""Storing audit events on the request path: no counter, no read-modify-write, and no insert of its own.
 
 FerretDB v1 has no atomic read-modify-write (a findAndModify `$inc` from parallel connections loses updates
 and hands out the same number twice), and SQLite behind it runs one write at a time; its one reliable
 primitive is a unique `_id` insert. So writers neither number events nor touch the AuditEvent collection:
-- `write(record)`: one insert into `_audit_pending` of `{_id, at, kind: "event", res, intent, todo}`;
-- `reserve(...)`: for a request that changes data, one insert of its intent `{_id, at, kind: "intent",
-  method, path, query, remote_addr, principal}` before the operation runs; its event names the intent.
+- `write(record)`: the event `{_id, at, kind: "event", res, intent, todo}` goes to `_audit_pending`;
+- `reserve(...)`: for a request that changes data, its intent `{_id, at, kind: "intent", method, path, query,
+  remote_addr, principal}` goes there before the operation runs; its event names the intent.
+Both are handed to the group committer (app.audit.commit): the records of concurrent requests share one
+insert, and each call returns only when its record is durable (or raises AuditWriteError).
 The sealer (app.audit.sealer), alone under a lease, numbers pending events, stores them as AuditEvent
 resources (Repository.build_doc: search index values included) and chains them. An intent left without its
 event by a process that died is sealed as an event with outcome 8. Writing straight to collections, never
 through Repository.create, means no storage events and no access records: auditing never audits itself.
-Queries and error texts are stored with ID and phone numbers blinded (as the search index holds them).
+
+Pending ids sort by time (`pending_id`, a UUIDv7: 48-bit milliseconds, then a per-process counter, then
+random bits), so that the sealer finds the oldest records without a sort or a scan: FerretDB v1 on SQLite
+pushes down only `{_id: value}` filters and a bare limit, so a sorted or filtered read of `_audit_pending`
+costs the whole backlog, while `find().limit(n)` costs n. The event of a write is named after its intent
+(`event_id_for`), so that the sealer can ask whether a lost-looking intent has its event with one `_id` lookup.
+
+Queries and error texts are stored with ID and phone numbers blinded (as the search index holds them):
+values of protected parameters wholesale, and elsewhere any run of at least ten digits written with or
+without spaces, dashes, dots, brackets or a +86 prefix (an ID number's final X included), normalised first.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+import secrets
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -24,22 +40,95 @@ from urllib.parse import parse_qsl, urlencode
 from pymongo.database import Database
 
 from app.audit.chain import PENDING
-from app.audit.events import MAX_ENTITIES, Node, build_audit_event, unresolved_refs
+from app.audit.commit import GroupCommitter
+from app.audit.events import MAX_ENTITIES, Node, build_audit_event, query_patients, unresolved_refs
 from app.core.access import AccessRecord, Principal
-from app.core.ids import new_id
 from app.core.timeutil import utcnow
 from app.store.repository import Repository
 
-# ID numbers (15/18 chars), phone numbers (11 digits) and the like, wherever free text may echo them.
-_LONG_NUMBER = re.compile(r"\d{10,}[\dXx]?")
+# A number: digits, with at most two separators (spaces, dashes, dots, brackets, full-width forms) between
+# digits, an optional +/00 international prefix, and an optional final X (ID numbers). Ten digits or more
+# are scrubbed: mobile (11) and fixed-line (10-12) phone numbers, ID numbers (15 and 18), card numbers.
+_SEP = r"[\s\-.()\u2010-\u2015\u2212\u3000\uff08\uff09\uff0d\uff0e]"
+_NUMBER = re.compile(rf"(?<!\d){_SEP}{{0,2}}(?:[+\uff0b]\s?)?{_SEP}{{0,2}}\d(?:{_SEP}{{0,2}}\d)+(?:{_SEP}?[Xx])?(?!\d)")
+# Left as they are: UUIDs (resource ids; only a plain run of digits inside one is scrubbed) and blind indexes.
+_KEEP = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|#[0-9a-f]{64}")
+_PLAIN = re.compile(r"\d{10,}[\dXx]?")  # inside ids: only unformatted runs, as before
+MIN_DIGITS = 10
 PROTECTED_PARAMS = {"identifier": "identifier", "phone": "phone", "telecom": "telecom"}
 
 
+def normalise_number(text: str) -> str | None:
+    """The digits of a number as written (plus a final X), without a +86/0086 prefix before a mobile
+    number; None when it has fewer than ten digits."""
+    digits = "".join(str(unicodedata.digit(c)) for c in text if c.isdigit())
+    if len(digits) < MIN_DIGITS:
+        return None
+    if text.rstrip()[-1:] in ("X", "x"):
+        digits += "X"
+    for prefix in ("0086", "86"):
+        rest = digits[len(prefix):]
+        if digits.startswith(prefix) and len(rest) == 11 and rest.startswith("1"):
+            return rest
+    return digits
+
+
+def scrub_numbers(text: str | None, blind: Callable[[str], str]) -> str | None:
+    """Text with every number of ten digits or more, in any format, replaced by blind(normalised number).
+    UUIDs (resource ids) and blind indexes stay readable; a plain run of digits inside a UUID is scrubbed."""
+    if not text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        number = normalise_number(m.group())
+        if number is None:
+            return m.group()
+        lead = m.group()[: len(m.group()) - len(m.group().lstrip())]  # a leading space (a "+" decoded) stays
+        return lead + blind(number)
+
+    out, at = [], 0
+    for m in _KEEP.finditer(text):
+        out.append(_NUMBER.sub(one, text[at:m.start()]))
+        keep = m.group()
+        out.append(keep if keep.startswith("#") else _PLAIN.sub(lambda p: blind(p.group().upper()), keep))
+        at = m.end()
+    out.append(_NUMBER.sub(one, text[at:]))
+    return "".join(out)
+
+
+_lock = threading.Lock()
+_last = [0, 0, 0]  # pid, ms, counter
+
+
+def pending_id() -> str:
+    """A UUIDv7 (RFC 9562; 12-bit counter in rand_a): ids of one process sort in creation order, and across
+    processes by millisecond."""
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        pid = os.getpid()
+        if _last[0] == pid and ms <= _last[1]:
+            ms, counter = _last[1], _last[2] + 1
+            if counter > 0xFFF:
+                ms, counter = ms + 1, 0
+        else:
+            counter = 0
+        _last[:] = [pid, ms, counter]
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | secrets.randbits(62)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def event_id_for(intent_id: str) -> str:
+    """The id of the event of a write whose intent is intent_id."""
+    return f"{intent_id}.e"
+
+
 class AuditWriter:
-    def __init__(self, db: Database, repo: Repository, node: Node) -> None:
+    def __init__(self, db: Database, repo: Repository, node: Node, committer: GroupCommitter | None = None) -> None:
         self.repo = repo
         self.node = node
         self.pending = db[PENDING]
+        self.committer = committer or GroupCommitter(self.pending)
 
     # -- what must not reach the audit trail in clear (DESIGN §5: ID and phone numbers) --------------------
 
@@ -48,11 +137,13 @@ class AuditWriter:
         return protector.blind(value) if protector else "#redacted"
 
     def scrub(self, text: str | None) -> str | None:
-        """Free text with long numbers replaced by their blind index (what the search index holds)."""
-        return _LONG_NUMBER.sub(lambda m: self._blind(m.group()), text) if text else text
+        """Free text with phone and ID numbers (any format) replaced by the blind index of their normalised
+        form (scrub_numbers)."""
+        return scrub_numbers(text, self._blind)
 
     def redact_query(self, query: str | None) -> str | None:
-        """A query string with the values of protected parameters blinded, as the store blinds them."""
+        """A query string with the values of protected parameters blinded, as the store blinds them, and
+        numbers elsewhere scrubbed."""
         if not query:
             return query
         protector = self.repo.protector
@@ -62,7 +153,9 @@ class AuditWriter:
             kind = params.get(name.split(":")[0]) or ("identifier" if name == "sourceIdentifier" else None)
             if kind:
                 value = ",".join(self._blind_value(kind, v) for v in value.split(","))
-            out.append((name, self.scrub(value) or ""))
+            else:
+                value = self.scrub(value) or ""
+            out.append((self.scrub(name) or "", value))
         return urlencode(out)
 
     def _blind_value(self, kind: str, value: str) -> str:
@@ -74,25 +167,32 @@ class AuditWriter:
             if protector else None
         if code and (systems is None or system in systems):
             return f"{system}|{self._blind(code)}"
-        return value
+        return self.scrub(value) or value
 
     # -- writing ------------------------------------------------------------------------------------------
 
-    def reserve(self, method: str | None, path: str | None, query: str | None, remote_addr: str | None,
-                principal: Principal | None = None) -> str:
-        """Leave the intent of an event to come (before a write runs); returns the intent id."""
-        iid = new_id()
-        marker: dict[str, Any] = {"_id": iid, "at": utcnow(), "kind": "intent", "method": method, "path": path,
-                                  "query": self.redact_query(query), "remote_addr": remote_addr}
+    def intent_doc(self, method: str | None, path: str | None, query: str | None, remote_addr: str | None,
+                   principal: Principal | None = None) -> dict[str, Any]:
+        marker: dict[str, Any] = {"_id": pending_id(), "at": utcnow(), "kind": "intent", "method": method,
+                                  "path": path, "query": self.redact_query(query), "remote_addr": remote_addr}
         if principal is not None:
             marker["principal"] = {k: v for k, v in asdict(principal).items() if k != "extra"}
-        self.pending.insert_one(marker)
-        return iid
+        return marker
+
+    def reserve(self, method: str | None, path: str | None, query: str | None, remote_addr: str | None,
+                principal: Principal | None = None) -> str:
+        """Store the intent of an event to come (before a write runs; durable when this returns); returns
+        the intent id. Raises AuditWriteError when the database refuses it."""
+        marker = self.intent_doc(method, path, query, remote_addr, principal)
+        self.committer.submit(marker, final=False)
+        return str(marker["_id"])
 
     def pending_event(self, record: AccessRecord, event_id: str, *, method: str | None = None,
                       path: str | None = None, patients: Iterable[str] = (),
                       intent_id: str | None = None) -> dict[str, Any]:
         now = utcnow()
+        # the patients a query names, read before the query is scrubbed
+        patients = {*patients, *query_patients(record.resource_type, record.query)}
         record = replace(record, query=self.redact_query(record.query), description=self.scrub(record.description))
         event = build_audit_event(record, event_id=event_id, recorded=now, node=self.node, method=method,
                                   path=path, patients=patients)
@@ -106,10 +206,12 @@ class AuditWriter:
         return doc
 
     def write(self, record: AccessRecord, *, intent_id: str | None = None, method: str | None = None,
-              path: str | None = None, patients: Iterable[str] = ()) -> str:
-        """Store the event for one access (one insert); returns its id. Raises when the database refuses
-        it: an access that cannot be audited must not be answered as if it were."""
-        eid = new_id()
-        self.pending.insert_one(self.pending_event(record, eid, method=method, path=path, patients=patients,
-                                                   intent_id=intent_id))
+              path: str | None = None, patients: Iterable[str] = (), leaving: int | None = None) -> str:
+        """Store the event for one access (durable when this returns); returns its id. Raises
+        AuditWriteError when the database refuses it: an access that cannot be audited must not be answered
+        as if it were. `leaving`: the committer token of a request (GroupCommitter.enter) of which this is
+        the last record."""
+        eid = event_id_for(intent_id) if intent_id else pending_id()
+        self.committer.submit(self.pending_event(record, eid, method=method, path=path, patients=patients,
+                                                 intent_id=intent_id), leaving=leaving)
         return eid

@@ -1,17 +1,22 @@
-"""`ehc audit verify|seal`: check the SM3 hash chain of the audit trail (DESIGN §5, §6).
+"""`ehc audit verify|seal|checkpoint`: check the audit trail (DESIGN §5, §6).
 
-`ehc audit verify` exits 0 when the chain is intact and 1 naming the first bad event otherwise; it prints
-the report as JSON (with the head hash, worth recording outside the database: see docs/audit.md).
+`ehc audit verify` exits 0 when the trail is intact and 1 naming the first bad event otherwise; it prints the
+report as JSON. It checks the SM3 hash chain, the signed checkpoints of EHC_DATA_DIR/audit-checkpoints.jsonl
+(or --checkpoints FILE) against the chain and the node's keys (or the keys of --keys FILE, a saved copy of
+/ehc/keys), and the patient index of every event against the event (docs/audit.md).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from app.crypto import SM2PublicKey
+    from app.ehc.signing import SigningKeys
     from app.services import Services
 
 
@@ -22,25 +27,68 @@ def _services() -> Services:
     return build_services(load_settings())
 
 
+def _node_keys(svc: Services) -> SigningKeys:
+    from app.ehc.signing import SigningKeys, signing_keys_path
+    from app.keyring import keyring_for
+
+    return SigningKeys(signing_keys_path(keyring_for(svc).keys_dir), svc.settings.province)
+
+
+def _published_keys(path: Path) -> dict[str, SM2PublicKey]:
+    from app.audit.checkpoints import public_key_from_jwk
+
+    data: Any = json.loads(path.read_text(encoding="utf-8"))
+    out = {}
+    for jwk in data.get("keys", []) if isinstance(data, dict) else []:
+        try:
+            out[str(jwk["kid"])] = public_key_from_jwk(jwk)
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 @click.group()
 def audit() -> None:
-    """The audit trail: verify the hash chain, seal pending events."""
+    """The audit trail: verify the chain, its checkpoints and its patient index; seal pending events."""
 
 
 @audit.command()
 @click.option("--no-seal", is_flag=True, help="verify only what is sealed; do not seal pending events first")
-def verify(no_seal: bool) -> None:
-    """Recompute the chain; exit 1 naming the first edited, removed or reordered event."""
-    from app.audit import build_trail
+@click.option("--checkpoints", "checkpoint_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="checkpoint file (JSON lines) to check the chain against [EHC_DATA_DIR/audit-checkpoints.jsonl]")
+@click.option("--keys", "keys_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="public keys as /ehc/keys publishes them [the node's own key file]")
+def verify(no_seal: bool, checkpoint_file: Path | None, keys_file: Path | None) -> None:
+    """Recompute the chain; exit 1 naming the first edited, removed, reordered or truncated event."""
+    from app.audit import build_trail, chain_name
+    from app.audit.chain import EVENTS, CheckpointCheck, IndexCheck
     from app.audit.chain import verify as verify_chain
+    from app.audit.checkpoints import FILE_NAME, Checkpoints
 
     svc = _services()
+    node_keys = _node_keys(svc)
     if not no_seal:
-        build_trail(svc)[1].seal(wait_seconds=20.0)
-    report = verify_chain(svc.handle.db)
+        build_trail(svc, keys=node_keys)[1].seal_all(wait_seconds=20.0)
+    published = _published_keys(keys_file) if keys_file else None
+
+    def public_key(kid: str) -> SM2PublicKey | None:
+        if published is not None:
+            return published.get(kid)
+        key = node_keys.get(kid)
+        return key.public if key else None
+
+    path = checkpoint_file or svc.settings.data_dir / FILE_NAME
+    lines = Checkpoints(path, chain_name(svc), node_keys).lines()
+    repo = svc.repo
+
+    def rebuild(doc: dict[str, Any]) -> dict[str, Any]:
+        return repo.build_doc(EVENTS, str(doc["_id"]), int(doc["vid"]), doc["ts"], doc["res"], str(doc["prov"]))
+
+    report = verify_chain(svc.handle.db, checkpoints=CheckpointCheck(lines, chain_name(svc), public_key),
+                          index=IndexCheck(rebuild, repo.keyed_codes(EVENTS)))
     click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
     if not report.ok:
-        click.echo(f"audit chain broken at {report.first}", err=True)
+        click.echo(f"audit trail broken at {report.first}", err=True)
         raise SystemExit(1)
 
 
@@ -49,11 +97,30 @@ def seal() -> None:
     """Seal pending events now (the server does this in the background)."""
     from app.audit import build_trail
 
-    result = build_trail(_services())[1].seal(wait_seconds=20.0)
+    svc = _services()
+    result = build_trail(svc, keys=_node_keys(svc))[1].seal_all(wait_seconds=20.0)
     if result is None:
         raise click.ClickException("another process holds the sealing lease; retry")
     click.echo(json.dumps({"sealed": result.sealed, "head": result.head, "waiting": result.waiting,
-                           "recovered": result.recovered}))
+                           "recovered": result.recovered, "checkpoint": result.checkpoint}))
+
+
+@audit.command()
+def checkpoint() -> None:
+    """Seal what is pending, then sign and append a checkpoint of the head now."""
+    from app.audit import build_trail
+    from app.audit.chain import HEAD_ID, STATE
+
+    svc = _services()
+    sealer = build_trail(svc, keys=_node_keys(svc), checkpoint_interval=float("inf"))[1]
+    if sealer.seal_all(wait_seconds=20.0) is None:
+        raise click.ClickException("another process holds the sealing lease; retry")
+    head = svc.handle.db[STATE].find_one({"_id": HEAD_ID}) or {}
+    if not head.get("seq"):
+        raise click.ClickException("the chain is empty: nothing to checkpoint")
+    assert sealer.checkpoints is not None
+    cp = sealer.checkpoints.write(int(head["seq"]), str(head["h"]))
+    click.echo(json.dumps(cp.to_json()))
 
 
 COMMANDS = [audit]

@@ -1,0 +1,234 @@
+"""Group commit of audit records (issue #12): concurrent requests share one insert, each response waits for
+its record to be durable, a refused record fails its request, and a write killed between its intent and its
+event is still recovered. Database commands are counted with pymongo command monitoring."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from pymongo import MongoClient, monitoring
+
+from app.audit import build_trail
+from app.audit.chain import CHAIN, EVENTS, PENDING, verify
+from app.audit.commit import AuditWriteError, GroupCommitter
+from app.audit.writer import pending_id
+from app.core.access import AccessRecord, Principal
+from app.store.embedded import free_port
+
+FJ = "application/fhir+json"
+AUDIT = ("_audit", "AuditEvent")
+
+
+class AuditCommands(monitoring.CommandListener):
+    """Commands on the audit collections, except those of the background sealer (not on the request path)."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.counting or threading.current_thread().name == "ehc-audit-sealer":
+            return
+        coll = event.command.get(event.command_name)
+        if isinstance(coll, str) and coll.startswith(AUDIT):
+            with self._lock:
+                self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+LISTENER = AuditCommands()
+monitoring.register(LISTENER)  # before any client of this module's services is created
+
+
+@pytest.fixture(scope="module")
+def web(mongo_server, tmp_path_factory):
+    """A web app on a database of its own (its client created after the listener was registered)."""
+    from app import create_app
+    from app.config import Settings
+
+    uri = mongo_server.rstrip("/") + "/t_audit_gc_" + uuid.uuid4().hex[:8]
+    settings = Settings(mongodb_uri=uri, province="11", data_dir=tmp_path_factory.mktemp("gc"),
+                        auth_required=False)
+    app = create_app(settings)
+    app.testing = True
+    svc = app.extensions["ehc"]
+    yield app, svc
+    svc.handle.client.drop_database(svc.handle.db.name)
+    svc.handle.close()
+
+
+def _patient(app: Any) -> str:
+    body = {"resourceType": "Patient", "name": [{"family": "王", "given": ["芳"]}], "gender": "female"}
+    r = app.test_client().post("/fhir/Patient", data=json.dumps(body), content_type=FJ)
+    assert r.status_code == 201, r.json
+    return str(r.json["id"])
+
+
+def _amortised(app: Any, clients: int, per_client: int, pid: str) -> float:
+    """Audit commands per request while `clients` threads each read a Patient `per_client` times."""
+    errors: list[Any] = []
+    barrier = threading.Barrier(clients)
+
+    def work() -> None:
+        client = app.test_client()
+        barrier.wait()
+        for _ in range(per_client):
+            r = client.get(f"/fhir/Patient/{pid}")
+            if r.status_code != 200:
+                errors.append(r.status_code)
+
+    LISTENER.count = 0
+    LISTENER.counting = True
+    try:
+        threads = [threading.Thread(target=work) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        LISTENER.counting = False
+    assert errors == []
+    return LISTENER.count / (clients * per_client)
+
+
+def test_concurrent_requests_share_audit_inserts(web):
+    app, svc = web
+    pid = _patient(app)
+    committer = svc.extensions["audit"].writer.committer
+    before = committer.stats.records
+    # defaults (linger 0.1 s): on a loaded machine a batch may close before every request has joined it
+    assert _amortised(app, 8, 25, pid) <= 0.25
+    # a linger that never binds: a batch closes when every request in flight waits in it; one insert per
+    # batch of N is the floor, 1/8 = 0.125 at 8 clients; 1/16 at 16
+    committer.linger, committer.slow = 5.0, 30.0
+    try:
+        at8 = _amortised(app, 8, 25, pid)
+        at16 = _amortised(app, 16, 15, pid)
+    finally:
+        committer.linger, committer.slow = 0.1, 0.5
+    assert 0.125 <= at8 <= 0.16, at8
+    assert at16 <= 0.1, at16
+    # every request's event was stored, none twice
+    assert committer.stats.records - before == 8 * 25 * 2 + 16 * 15
+    svc.extensions["audit"].sealer.seal_all()
+    report = verify(svc.handle.db)
+    assert report.ok and report.pending == 0
+
+
+def test_a_refused_record_fails_only_its_request(web):
+    app, svc = web
+    pid = _patient(app)
+    writer = svc.extensions["audit"].writer
+    taken = pending_id()
+    writer.committer.submit(writer.pending_event(AccessRecord("read", "Patient", ["x"]), taken))
+    # the next event of this process gets an id that is stored already: the database refuses that insert
+    import app.audit.writer as writer_module
+
+    real = writer_module.pending_id
+    ids = iter([taken])
+    writer_module.pending_id = lambda: next(ids, None) or real()
+    try:
+        r = app.test_client().get(f"/fhir/Patient/{pid}")
+    finally:
+        writer_module.pending_id = real
+    assert r.status_code in (500, 503)
+    assert r.json["resourceType"] == "OperationOutcome"
+    assert "王" not in r.get_data(as_text=True)  # the record was not disclosed without its audit event
+    assert app.test_client().get(f"/fhir/Patient/{pid}").status_code == 200  # the next one is audited again
+
+
+def test_a_batch_fails_only_its_refused_members(web):
+    _app, svc = web
+    pending = svc.handle.db[PENDING]
+    committer = GroupCommitter(pending, linger=5.0)
+    dup = pending_id()
+    pending.insert_one({"_id": dup, "at": None, "kind": "test"})
+    tokens = [committer.enter() for _ in range(4)]
+    ids = [pending_id() for _ in range(3)] + [dup]
+    outcome: dict[str, Any] = {}
+
+    def submit(i: int) -> None:
+        try:
+            committer.submit({"_id": ids[i], "kind": "test"}, leaving=tokens[i])
+            outcome[ids[i]] = "ok"
+        except AuditWriteError as err:
+            outcome[ids[i]] = err
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert committer.stats.batches == 1  # the four shared one insert
+    assert isinstance(outcome[dup], AuditWriteError)
+    assert [outcome[i] for i in ids[:3]] == ["ok"] * 3
+    assert pending.count_documents({"_id": {"$in": ids[:3]}}) == 3
+    pending.delete_many({"kind": "test"})
+    committer.close()
+
+
+def test_an_unreachable_database_fails_the_record():
+    client: MongoClient = MongoClient(f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=300)
+    committer = GroupCommitter(client["nowhere"][PENDING])
+    started = time.monotonic()
+    with pytest.raises(AuditWriteError):
+        committer.submit({"_id": pending_id(), "kind": "event"})
+    assert time.monotonic() - started < 5
+    client.close()
+
+
+KILLED_WRITER = """
+import sys, time
+from app.config import Settings
+from app.services import build_services
+from app.audit import build_trail
+from app.core.access import Principal
+svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=sys.argv[2], auth_required=False))
+writer, _ = build_trail(svc)
+iid = writer.reserve("PUT", "Patient/p-killed", None, "10.2.3.4", Principal(client_id="his-7"))
+print(iid, flush=True)
+time.sleep(120)  # "the operation": killed here, before its event
+"""
+
+
+def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_path):
+    from app.config import Settings
+    from app.services import build_services
+
+    uri = mongo_server.rstrip("/") + "/t_audit_kill_" + uuid.uuid4().hex[:8]
+    svc = build_services(Settings(mongodb_uri=uri, province="11", data_dir=tmp_path, auth_required=False))
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, uri, str(tmp_path)], stdout=subprocess.PIPE,
+                                text=True, cwd=os.getcwd())
+        assert proc.stdout is not None
+        iid = proc.stdout.readline().strip()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert iid and svc.handle.db[PENDING].find_one({"_id": iid})["kind"] == "intent"
+        writer, sealer = build_trail(svc, intent_grace=0.0)
+        writer.write(AccessRecord("read", "Patient", ["other"], principal=Principal(client_id="c")))
+        result = sealer.seal_all()
+        assert result is not None and result.recovered == 1 and result.sealed == 2
+        ev = svc.handle.db[EVENTS].find_one({"_id": iid})["res"]
+        assert (ev["action"], ev["outcome"], ev["subtype"][0]["code"]) == ("U", "8", "update")
+        assert ev["agent"][0]["who"]["identifier"]["value"] == "his-7"
+        assert svc.handle.db[CHAIN].count_documents({}) == 2
+        assert verify(svc.handle.db).ok
+    finally:
+        svc.handle.client.drop_database(svc.handle.db.name)
+        svc.handle.close()
