@@ -18,7 +18,7 @@ import time
 from flask import Flask
 from pymongo.errors import InvalidOperation, PyMongoError
 
-from app.federation.cards import REFRESH, FederatedCards, FederatedNonces, FederatedSigning
+from app.federation.cards import REFRESH, FederatedCards, FederatedNonces, FederatedSigning, verify_nationwide
 from app.federation.index import EHC_SYSTEM
 from app.federation.keys import NodeKey
 from app.federation.policy import FederatedPolicy
@@ -127,6 +127,8 @@ def init_app(app: Flask, svc: Services) -> None:
     cards.signing = FederatedSigning(cards.signing, fed.union, publish_union=national)  # type: ignore[assignment]
     cards.cards = FederatedCards(cards.cards, fed.union, publish_union=national)  # type: ignore[assignment]
     cards.nonces = FederatedNonces(cards.nonces, fed.union, fed.spend_remote)  # type: ignore[assignment]
+    if not national:
+        cards.verify = verify_nationwide(cards.verify, fed.card_known, cards.nonces)  # type: ignore[method-assign]
 
     wake = threading.Event()
     if not national:

@@ -151,6 +151,17 @@ class Federation:
             return bool(body["first"])
         return None
 
+    def card_known(self, card: str) -> bool | None:
+        """Whether the national index knows this card (None: cannot say now)."""
+        node = self.national_node()
+        if node is None:
+            return None
+        try:
+            status, _ = self.peers.call(node, "GET", f"/federation/card/{card}", timeout=CLAIM_TIMEOUT)
+        except (PeerUnreachable, PeerRefused):
+            return None
+        return True if status == 200 else False if status == 404 else None
+
     def query(self, principal: Principal, resource_type: str, params: list[tuple[str, str]],
               cursors: dict[str, str] | None) -> list[dict[str, Any]]:
         """Results of the other provinces (through the national node). Raises PeerUnreachable."""

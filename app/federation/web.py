@@ -5,6 +5,7 @@ POST /federation/claim   national, node token: {idNumber, card} -> {card} the re
 POST /federation/index   national, node token: {idNumber, card, patient} -> {card}; the node Patient indexed
 POST /federation/query   national, node token + requester assertion: {resourceType, params, cursors}
                          -> {results: [{province, status, url, bundle} | {province, unreachable}]}
+GET  /federation/card/C  national, node token: {card, home, patients} when the index knows card C
 POST /federation/nonce   node token: {province, kid, nonce, exp} -> {first}; the national node forwards it to
                          the issuing node, which spends it
 GET  /fhir/Patient/$ihe-pix at the national node: answered from the national index (card identifier, and each
@@ -132,6 +133,17 @@ def query() -> Response:
                                    (", ".join(f"province {r['province']}" for r in results) or "no node"),
                                    remote_addr=request.remote_addr))
     return jsonify({"results": results})
+
+
+@bp.get("/card/<card>")
+def card(card: str) -> Response:
+    """Whether the national index knows a card (for a code shown at a node that does not know the resident)."""
+    fed = _national_only()
+    _node()
+    doc = fed.index.by_card(card)
+    if doc is None:
+        raise not_found(f"the national index knows no card {card}")
+    return jsonify({"card": doc["card"], "home": doc.get("home"), "patients": fed.index.refs(doc)})
 
 
 @bp.post("/nonce")
