@@ -48,7 +48,17 @@ from pymongo.errors import BulkWriteError
 
 from app.auth.keys import AuthKeys
 from app.auth.launch import peek_launch, take_launch
-from app.auth.models import AuthorizationCode, AuthStore, Client, Launch, Token, UsedAssertion, digest, now
+from app.auth.models import (
+    AuthorizationCode,
+    AuthStore,
+    Client,
+    Launch,
+    Token,
+    TokenFamily,
+    UsedAssertion,
+    digest,
+    now,
+)
 from app.auth.scopes import narrow, parse_scopes
 from app.auth.smart import endpoints, fhir_base
 
@@ -418,8 +428,10 @@ class SmartAuthorizationServer(AuthorizationServer):
         if time.monotonic() - self._last_prune < 600:
             return
         self._last_prune = time.monotonic()
-        # the same sweep drops expired tokens (they share the collection)
+        # the same sweep drops expired tokens (they share the collection), and revoked families none of whose
+        # tokens can still be alive
         self.store.collection(UsedAssertion).delete_many({"expires_at": {"$lt": now() - 3600}})
+        self.store.collection(TokenFamily).delete_many({"expires_at": {"$lt": now()}})
 
     def generate(self, grant_type: str, client: SmartClient, user: Any = None, scope: str | None = None,
                  expires_in: int | None = None, include_refresh_token: bool = True) -> dict[str, Any]:
