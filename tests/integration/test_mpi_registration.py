@@ -195,3 +195,33 @@ def test_claims_hold_no_identifier_in_clear(services):
         assert len(doc["_id"]) == 64 and set(doc) == {"_id", "p"}
     dump = json.dumps(docs, default=str)
     assert "urn:" not in dump and "110101" not in dump
+
+
+def test_identifiers_added_by_a_second_registration_belong_to_the_resident(client):
+    number = id_number("320102", "1977-07-07", 41)
+    first = post(client, "Patient", patient(number, name="钱七"))
+    assert first.status_code == 201
+    # A known resident registered again with a new hospital number: the number is now the resident's ...
+    again = post(client, "Patient", patient(number, name="钱七", extra=[{"system": "urn:ehc:mrn:hosp-e",
+                                                                         "value": "E-5"}]))
+    assert again.status_code == 200 and again.json["id"] == first.json["id"]
+    # ... so another resident cannot take it.
+    other = post(client, "Patient", patient(id_number("320102", "1978-07-07", 43), name="孙八",
+                                            extra=[{"system": "urn:ehc:mrn:hosp-e", "value": "E-5"}]))
+    assert other.status_code == 409
+    found = client.get("/fhir/Patient?identifier=urn:ehc:mrn:hosp-e|E-5").json
+    assert [e["resource"]["id"] for e in found["entry"] if e["search"]["mode"] == "match"] == [first.json["id"]]
+
+
+def test_a_refused_registration_leaves_its_new_identifiers_free(client):
+    number = id_number("320102", "1979-08-08", 45)
+    assert post(client, "Patient", patient(number, name="周九")).status_code == 201
+    # The same ID number under another name is refused; the hospital number it carried stays unclaimed.
+    refused = post(client, "Patient", patient(number, name="吴十", extra=[{"system": "urn:ehc:mrn:hosp-f",
+                                                                          "value": "F-3"}]))
+    assert refused.status_code == 409
+    other = post(client, "Patient", patient(id_number("320102", "1980-08-08", 47), name="郑一",
+                                            extra=[{"system": "urn:ehc:mrn:hosp-f", "value": "F-3"}]))
+    assert other.status_code == 201, other.json
+    found = client.get("/fhir/Patient?identifier=urn:ehc:mrn:hosp-f|F-3").json
+    assert [e["resource"]["id"] for e in found["entry"] if e["search"]["mode"] == "match"] == [other.json["id"]]
