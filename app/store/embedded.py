@@ -195,6 +195,9 @@ class EmbeddedDatabase:
         pid = self.running_pid()
         if pid and _port_open(self.port):
             return pid
+        if _port_open(self.port):
+            raise EmbeddedDatabaseError(f"127.0.0.1:{self.port} is in use by another process (a database of another "
+                                        "data folder?); stop it, or choose another port with EHC_DB_PORT")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         log = self.log_file.open("ab")
