@@ -26,7 +26,12 @@ SAMPLE = {
 SKIP = {"id", "extension", "modifierExtension", "meta", "implicitRules", "language", "text", "contained"}
 
 
+BY_NAME = {"contentType": "text/plain", "language": "zh-CN", "currency": "CNY", "mimeType": "text/plain"}
+
+
 def _primitive(el: ElementDef) -> Any:
+    if el.type == "code" and el.name in BY_NAME:
+        return BY_NAME[el.name]
     if el.type == "decimal":
         return FhirDecimal("1.50")
     if el.type == "code" and el.codes:

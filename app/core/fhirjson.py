@@ -76,36 +76,41 @@ def dumps(obj: Any, pretty: bool = False) -> bytes:
     return orjson.dumps(obj, default=_default, option=opts)
 
 
-def decimal_shadow(node: Any, path: list[Any] | None = None, out: list[Any] | None = None) -> list[Any]:
-    """[[path, text], ...] for every FhirDecimal whose text a plain float would not reproduce.
+def decimal_shadow(node: Any, path: str = "", out: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """[{"p": "/valueQuantity/value", "t": "1.50"}, ...] for every FhirDecimal a plain float would not
+    write back the same (p: a JSON pointer into the resource, t: the text).
 
     A database stores numbers as doubles; this list is what a stored document keeps beside the resource
-    so that `restore_decimals` can put the exact text back after a read.
+    so that `restore_decimals` can put the exact text back after a read. (Flat documents, no nested
+    arrays: FerretDB v1 stores those too.)
     """
-    path = path if path is not None else []
     out = out if out is not None else []
     if isinstance(node, dict):
         for k, v in node.items():
             if isinstance(v, dict | list | FhirDecimal):
-                decimal_shadow(v, [*path, k], out)
+                decimal_shadow(v, f"{path}/{k}", out)
     elif isinstance(node, list):
         for i, v in enumerate(node):
             if isinstance(v, dict | list | FhirDecimal):
-                decimal_shadow(v, [*path, i], out)
+                decimal_shadow(v, f"{path}/{i}", out)
     elif isinstance(node, FhirDecimal) and node.text != repr(float(node)):
-        out.append([path, node.text])
+        out.append({"p": path, "t": node.text})
     return out
 
 
-def restore_decimals(node: Any, shadow: list[Any]) -> None:
-    """Put the decimal texts of `shadow` back into `node` (in place); paths that no longer fit are skipped."""
-    for path, text in shadow:
+def restore_decimals(node: Any, shadow: list[dict[str, str]]) -> None:
+    """Put the decimal texts of `shadow` back into `node` (in place); pointers that no longer fit are skipped."""
+    for item in shadow:
+        steps = str(item.get("p", "")).split("/")[1:]
+        if not steps:
+            continue
         parent = node
         try:
-            for step in path[:-1]:
-                parent = parent[step]
-            value = parent[path[-1]]
-        except (KeyError, IndexError, TypeError):
+            for step in steps[:-1]:
+                parent = parent[int(step)] if isinstance(parent, list) else parent[step]
+            last: Any = int(steps[-1]) if isinstance(parent, list) else steps[-1]
+            value = parent[last]
+        except (KeyError, IndexError, TypeError, ValueError):
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
-            parent[path[-1]] = FhirDecimal(text)
+            parent[last] = FhirDecimal(str(item["t"]))

@@ -24,6 +24,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from app.core.errors import FhirError, conflict, gone, not_found, precondition_failed, unprocessable
+from app.core.fhirjson import decimal_shadow, restore_decimals
 from app.core.ids import is_valid_id, new_id, split_reference
 from app.core.timeutil import to_instant, utcnow
 from app.search.extract import extract_index
@@ -138,6 +139,8 @@ class Repository:
         return self.decode(self.get_raw(resource_type, rid))
 
     def decode(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc and doc.get("dec") and doc.get("res"):
+            restore_decimals(doc["res"], doc["dec"])  # the exact decimal texts the doubles lost
         return self.protector.decode(doc) if self.protector and doc else doc
 
     def read(self, resource_type: str, rid: str, context: Any = None, fire: bool = True,
@@ -295,7 +298,7 @@ class Repository:
 
     def _claim_slot(self, resource_type: str, rid: str, prior: dict[str, Any], now: datetime) -> None:
         """Copy version n into history under its unique id: the serialisation point of n -> n+1."""
-        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov") if k in prior}
+        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov", "dec") if k in prior}
         hist.update({"_id": f"{rid}/{prior['vid']}", "rid": rid, "at": now})
         col = self.history_col(resource_type)
         try:
@@ -322,6 +325,9 @@ class Repository:
             res["meta"] = meta
             ix, so = extract_index(res, self.registry)
             doc.update({"res": res, "ix": ix, "so": so})
+            shadow = decimal_shadow(res)
+            if shadow:  # the database keeps doubles: the decimal texts ride beside them
+                doc["dec"] = shadow
             if self.protector:
                 doc = self.protector.encode(doc)
         return doc

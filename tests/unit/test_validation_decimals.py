@@ -33,7 +33,7 @@ def test_huge_integers_become_decimals_a_database_can_store() -> None:
 def test_the_shadow_survives_a_bson_round_trip() -> None:
     res = loads(b'{"valueQuantity":{"value":1.50},"component":[{"v":2.5},{"v":0.000100}]}')
     shadow = decimal_shadow(res)
-    assert shadow == [[["valueQuantity", "value"], "1.50"], [["component", 1, "v"], "0.000100"]]
+    assert shadow == [{"p": "/valueQuantity/value", "t": "1.50"}, {"p": "/component/1/v", "t": "0.000100"}]
     stored = bson.decode(bson.encode({"res": res, "dec": shadow}))
     assert dumps(stored["res"]) != dumps(res)  # the database alone loses the text
     restore_decimals(stored["res"], stored["dec"])
@@ -42,5 +42,6 @@ def test_the_shadow_survives_a_bson_round_trip() -> None:
 
 def test_restore_skips_paths_that_no_longer_fit() -> None:
     res = {"a": "text", "b": [1.5]}
-    restore_decimals(res, [[["a"], "1.50"], [["b", 3], "2.0"], [["zz", "y"], "1"]])
+    restore_decimals(res, [{"p": "/a", "t": "1.50"}, {"p": "/b/3", "t": "2.0"}, {"p": "/zz/y", "t": "1"},
+                           {"p": "/b/x", "t": "1"}, {"p": "", "t": "1"}])
     assert res == {"a": "text", "b": [1.5]}
