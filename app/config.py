@@ -1,4 +1,4 @@
-"""Configuration from the environment (DESIGN §6). One typed object; nothing reads os.environ elsewhere."""
+"""Configuration from the environment. One typed object; nothing reads os.environ elsewhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The platform's symmetric keys (DESIGN §3, §5), loaded once per process and created on first use.
+"""The platform's symmetric keys, loaded once per process and created on first use.
 
 - master-index key, 32 bytes: keys/index.key (Settings.index_key_file); 主索引ID = SM3-HMAC.
 - card root key, 16 bytes: keys/card-root.key (Settings.card_root_key_file); SM4 card ID diversification.

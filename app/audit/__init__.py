@@ -1,4 +1,4 @@
-"""The audit trail (DESIGN §5): every access as a FHIR AuditEvent (IHE BALP shape), in an SM3 hash chain.
+"""The audit trail: every access as a FHIR AuditEvent (IHE BALP shape), in an SM3 hash chain.
 
 - events.py       AccessRecord -> AuditEvent resource (pure)
 - chain.py        canonical JSON, SM3 digests and links, verify(db) (chain, checkpoints, patient index)

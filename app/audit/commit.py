@@ -1,6 +1,6 @@
 """Group commit of audit records: the events (and intents) of concurrent requests share one insert.
 
-Every request must have its audit record durable before its response leaves (DESIGN §5), and one insert per
+Every request must have its audit record durable before its response leaves, and one insert per
 request made the audit trail the largest share of database commands under load. So requests do not insert:
 `submit(doc)` queues the record and blocks; one committer thread per process takes everything queued and
 stores it with one `insert_many(ordered=False)`; each waiting request is released when the insert of its batch

@@ -268,7 +268,7 @@ def _entities(record: AccessRecord, patients: set[str]) -> list[dict[str, Any]]:
             query["query"] = base64.b64encode(record.query.encode("utf-8")).decode("ascii")
             query["description"] = record.query[:1000]
         if record.withheld:
-            # Results left out for want of consent (DESIGN §5): counted, never named.
+            # Results left out for want of consent: counted, never named.
             query["detail"] = [{"type": "withheld", "valueString": str(record.withheld)}]
         entities.append(query)
     if record.consent:

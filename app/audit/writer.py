@@ -130,7 +130,7 @@ class AuditWriter:
         self.pending = db[PENDING]
         self.committer = committer or GroupCommitter(self.pending)
 
-    # -- what must not reach the audit trail in clear (DESIGN §5: ID and phone numbers) --------------------
+    # -- what must not reach the audit trail in clear (ID and phone numbers) --------------------
 
     def _blind(self, value: str) -> str:
         protector = self.repo.protector

@@ -1,4 +1,4 @@
-"""OAuth2 / SMART App Launch 2.0 and the access decision (DESIGN §5).
+"""OAuth2 / SMART App Launch 2.0 and the access decision.
 
 scopes (pure SMART scope algebra), models (mongoengine documents), server (authlib authorization server),
 policy (the AccessPolicy the FHIR edge asks), consent (cross-province consents), smart (discovery),

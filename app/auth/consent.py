@@ -1,4 +1,4 @@
-"""Finding the Consent that lets a client of another province see a patient's records (DESIGN §5).
+"""Finding the Consent that lets a client of another province see a patient's records.
 
 A Consent counts when: status = active; provision.type = permit; provision.action has code `access`;
 provision.actor has a reference to the client's Organization, or a reference carrying the client's province

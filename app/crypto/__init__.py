@@ -7,7 +7,7 @@ cannot be loaded (`backend_name()`); SM3 on hashlib; SM4 on the `cryptography` p
 - `sm4_ecb_encrypt/decrypt(key, data)`                     GB/T 32907, raw blocks, no padding
 - `sm4_gcm_encrypt(key, pt, aad)` -> nonce|ct|tag          SP 800-38D / RFC 8998; decrypt raises CryptoError
 - `SM2PrivateKey`, `SM2PublicKey`                          GB/T 32918.2 signatures, raw 64-byte r|s
-- `FieldCipher`                                            encrypted fields with blind indexes (DESIGN §5)
+- `FieldCipher`                                            encrypted fields with blind indexes
 """
 
 from app.crypto.errors import CryptoError

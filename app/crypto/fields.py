@@ -1,4 +1,4 @@
-"""Field-level encryption at rest with blind indexes (DESIGN §5): ID numbers and phone numbers.
+"""Field-level encryption at rest with blind indexes: ID numbers and phone numbers.
 
 A value is stored as the text "<key_id>:<base64url, no padding, of SM4-GCM nonce | ciphertext | tag>"
 (the key id is also the GCM associated data, so a ciphertext cannot be relabelled to another key), and

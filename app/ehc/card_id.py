@@ -5,7 +5,7 @@ diversification factor f = XOR of the four 8-byte groups of the master index ID
 card user key  = SM4-ECB(root key, f || NOT f)
 card ID        = SM4-ECB(user key, document code + number, zero-padded to 32 bytes), as 64 upper-case hex
 
-The 32-byte padding is what reproduces the specification's example (reference/test-vectors.md): a 20-byte
+The 32-byte padding is what reproduces the specification's example (docs/terminal-vendors.md, "Test vectors"): a 20-byte
 input ("01" + an 18-character ID number) padded to 32 gives two blocks, i.e. the 64 hex digits of a card ID.
 Local extensions, not in the specification: a non-ASCII number (officer cards) is encoded as UTF-8, and an
 input longer than 32 bytes is replaced by its SM3 digest so that every card ID stays 32 bytes.

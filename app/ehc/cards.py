@@ -1,4 +1,4 @@
-"""Cards of a Patient (DESIGN §3, §4): which identifiers make the card, and the card status store.
+"""Cards of a Patient: which identifiers make the card, and the card status store.
 
 On every Patient write `assign_card` leaves exactly one current card identifier on the resource:
 

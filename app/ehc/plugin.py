@@ -1,4 +1,4 @@
-"""The electronic health card attached to the server (DESIGN §4): card issuance on Patient writes, QR tokens,
+"""The electronic health card attached to the server: card issuance on Patient writes, QR tokens,
 their verification, and the /ehc endpoints for terminals.
 
 Issuance runs in the Patient pre-create / pre-update events, after the master patient index (registered

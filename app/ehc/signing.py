@@ -1,4 +1,4 @@
-"""The node's SM2 signing keys for QR tokens (DESIGN §4): current key, rotation, published public keys.
+"""The node's SM2 signing keys for QR tokens: current key, rotation, published public keys.
 
 Keys live in one JSON file, EHC_DATA_DIR/keys/signing-keys.json (mode 0600), replaced atomically under an
 flock so that `ehc keys rotate` and every server process agree; a process re-reads it when the file changes.
@@ -10,7 +10,7 @@ Lifetimes (unix seconds):
   MAX_TOKEN_LIFETIME; once retired, retired-at + MAX_TOKEN_LIFETIME. A token's exp never exceeds its key's.
 - /ehc/keys publishes every key whose exp has not passed, so terminals can verify offline until then.
 
-kid: the node's province code, then 8 random characters of A-Z 0-9 (DESIGN §4 allows 1-16).
+kid: the node's province code, then 8 random characters of A-Z 0-9 (the token format allows 1-16: docs/terminal-vendors.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The signed QR token of the electronic health card, exactly as DESIGN §4 specifies it for terminal vendors.
+"""The signed QR token of the electronic health card, exactly as docs/terminal-vendors.md specifies it.
 
     token     = "EHC1:" kid ":" payload ":" signature
     kid       = 1*16(A-Z / 0-9)
@@ -10,7 +10,7 @@ Every character is in the QR alphanumeric set (0-9 A-Z and " $%*+-./:"), so the 
 bytes (exactly 80 base32 characters) and the signature 64 bytes (103 characters). Parsing accepts only the
 canonical base32 text, so one signed token has exactly one spelling.
 
-Also here: today's static code `<64-hex card ID>:1[:...]` (reference/identifiers.md), accepted for the
+Also here: today's static code `<64-hex card ID>:1[:...]` (docs/mpi.md), accepted for the
 terminals already in hospitals.
 """
 

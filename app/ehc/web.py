@@ -1,4 +1,4 @@
-"""Public endpoints for QR terminals (DESIGN §4): the node's SM2 keys and the card revocation list.
+"""Public endpoints for QR terminals: the node's SM2 keys and the card revocation list.
 
 GET /ehc/keys         {"keys": [{kid, kty "EC", crv "SM2", alg "SM2SM3", x, y, nbf, exp, province}]}
 GET /ehc/revocations  {"generatedAt", "province", "cards": [{"ehcId", "status", "since"}]}

@@ -1,1 +1,1 @@
-"""Master patient index (DESIGN §3): identifier systems and validation, patient matching, linking, merge."""
+"""Master patient index: identifier systems and validation, patient matching, linking, merge."""

@@ -1,4 +1,4 @@
-"""Identifier systems of the master patient index (DESIGN §3) and their validation.
+"""Identifier systems of the master patient index and their validation.
 
 The systems and their rules are data: one FHIR R4 NamingSystem per document in fhir_profiles/NamingSystem/,
 each carrying the extension https://ehc.example.cn/fhir/StructureDefinition/identifier-rule (document code of

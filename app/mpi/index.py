@@ -1,4 +1,4 @@
-"""The master patient index store (DESIGN §3): identifier claims, name postings, resident lookups.
+"""The master patient index store: identifier claims, name postings, resident lookups.
 
 - `mpi_claims`: `_id` = blind index of "<system>|<normalised value>" (hex SM3-HMAC under the platform's
   blind-index key) -> {p: patient id}. One claim per identifier, so an identifier belongs to one Patient;

@@ -1,4 +1,4 @@
-"""The master patient index attached to storage events (DESIGN §3): one Patient per resident.
+"""The master patient index attached to storage events: one Patient per resident.
 
 pre-create / pre-update of a Patient:
 1. identifiers validated and normalised (app.mpi.identifiers): 422 naming Patient.identifier[i].value,

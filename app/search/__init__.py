@@ -1,4 +1,4 @@
-"""Pure FHIR search (DESIGN §1 "app/search"): query string -> SearchRequest -> MongoDB filter and sort.
+"""Pure FHIR search (docs/architecture.md): query string -> SearchRequest -> MongoDB filter and sort.
 
     registry = SearchRegistry.from_profiles("fhir_profiles")
     ix, so = extract_index(resource, registry, base_url=...)          # at write time

@@ -1,4 +1,4 @@
-"""Encryption at rest of resident ID numbers and phone numbers (DESIGN §5).
+"""Encryption at rest of resident ID numbers and phone numbers.
 
 In the stored resource these values are replaced by `enc:<key id>:<SM4-GCM ciphertext>`; in the search index,
 the sort keys and the posting lists every occurrence of them is replaced by `#<SM3-HMAC blind index>`, so exact

@@ -1,4 +1,4 @@
-"""The electronic health card (DESIGN §4): $ehc-qrcode, $ehc-verify (every reason), $ehc-status, /ehc/keys,
+"""The electronic health card: $ehc-qrcode, $ehc-verify (every reason), $ehc-status, /ehc/keys,
 /ehc/revocations, key rotation, and verifying a token offline with gmssl and the published keys only."""
 
 from __future__ import annotations

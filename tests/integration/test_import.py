@@ -1,4 +1,4 @@
-"""`ehc import` (DESIGN §3, §6): every row reported, legacy 15-digit numbers normalised, rerun idempotent,
+"""`ehc import`: every row reported, legacy 15-digit numbers normalised, rerun idempotent,
 an interrupted run completed by a rerun without duplicates, CSV and NDJSON, through the CLI as well."""
 
 from __future__ import annotations

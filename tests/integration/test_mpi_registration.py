@@ -1,4 +1,4 @@
-"""POST/PUT Patient through the master patient index (DESIGN §3): validation (422), one Patient per resident
+"""POST/PUT Patient through the master patient index: validation (422), one Patient per resident
 (200 + Location), conflicts (409), cards issued in the same version, temporary cards made formal, and every
 code of a resident (insurance, citizen card, social security, payment code) finding the same Patient."""
 

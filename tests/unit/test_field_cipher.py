@@ -1,4 +1,4 @@
-"""Encrypted fields with blind indexes (DESIGN §5): format, tamper detection, key rotation, normalisation."""
+"""Encrypted fields with blind indexes: format, tamper detection, key rotation, normalisation."""
 
 import re
 

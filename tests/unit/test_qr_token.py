@@ -1,4 +1,4 @@
-"""The EHC1 QR token of DESIGN §4: encoding, strict parsing, signatures, offline verification by a vendor."""
+"""The EHC1 QR token of docs/terminal-vendors.md: encoding, strict parsing, signatures, offline verification by a vendor."""
 
 import base64
 import re
@@ -155,7 +155,7 @@ def test_issue_rejects_bad_kid(key, claims):
 
 
 def _vendor_verify(token: str, jwk_x: str, jwk_y: str) -> dict | None:
-    """What a terminal vendor writes from DESIGN §4 alone, with gmssl and the standard library."""
+    """What a terminal vendor writes from docs/terminal-vendors.md alone, with gmssl and the standard library."""
     prefix, kid, payload, sig = token.split(":")
     if prefix != "EHC1":
         return None

@@ -1,4 +1,4 @@
-"""Patient/{id}/$ehc-qrcode (DESIGN §4): a signed QR token for the resident's electronic health card.
+"""Patient/{id}/$ehc-qrcode: a signed QR token for the resident's electronic health card.
 
 POST Patient/{id}/$ehc-qrcode with Parameters: type (valueCode dynamic | static, default dynamic),
 validity (valueInteger seconds; dynamic 5-300, default 60; static 3,600 to one year, default one year),

@@ -1,4 +1,4 @@
-"""Patient/{id}/$ehc-status (DESIGN §4): set the status of the resident's current card.
+"""Patient/{id}/$ehc-status: set the status of the resident's current card.
 
 POST Patient/{id}/$ehc-status with Parameters status (valueCode active | suspended (挂失) | cancelled (注销)),
 optional reason (valueString). Cancelled is final: any later change answers 409. Answer: Parameters ehcId,

@@ -1,4 +1,4 @@
-"""$ehc-verify (DESIGN §4, system level): check a scanned QR code for a terminal.
+"""$ehc-verify (system level; docs/terminal-vendors.md): check a scanned QR code for a terminal.
 
 POST /fhir/$ehc-verify with Parameters token (valueString). Accepts EHC1 tokens and today's static code
 `<64-hex card ID>:1[:...]`. Answer: Parameters valid (valueBoolean), patient (valueReference), ehcId,
