@@ -1,8 +1,8 @@
 """Sealing: numbers pending audit events, stores them as AuditEvent resources and links them into the SM3
 chain, off the request path.
 
-One sealer at a time across all processes (the lease "audit-seal"). A pass takes at most `batch` of the
-oldest records of `_audit_pending` and, oldest first:
+One sealer at a time across all processes (the lease "audit-seal"). A pass takes at most `window` (<= `batch`)
+of the oldest records of `_audit_pending` and, oldest first:
 - an event: gets the next sequence number, is stored as an AuditEvent (Repository.build_doc, so search finds
   it; a broad search gets its resources' patients added first) and gets its chain entry (app.audit.chain);
 - an intent with no event: younger than `intent_grace` its request is still running, and it waits (later
@@ -25,7 +25,9 @@ count scan the whole collection. So a pass
 - looks single records up by `_id` only (the event of an old intent, the patients of a broad search);
 - deletes what it sealed with one delete command of `{_id}` statements (each pushed down), never `$in`;
 - updates posting lists in bulks of a few keys (FerretDB v1 stalls on large update bulks);
-- stops taking new records once it has worked `budget` seconds, well inside the lease.
+- stops taking new records once it has worked `budget` seconds, and sizes its window to the time passes take
+  (halved after a pass longer than `budget`, doubled up to `batch` after one shorter than half of it), so that
+  a pass stays well inside the lease (10 s) on a loaded database too.
 The background loop (plugin.SealLoop) runs the next pass at once while a pass reports more work (`more`).
 """
 
@@ -59,6 +61,7 @@ LEASE = "audit-seal"
 RECOVERED = ("the server stopped before the outcome of this request was recorded; "
              "the change may or may not have been applied")
 BULK_KEYS = 16  # posting-list updates per command
+MIN_WINDOW = 10
 
 
 @dataclass
@@ -84,7 +87,8 @@ class Sealer:
         self.state = db[STATE]
         self.pending = db[PENDING]
         self.intent_grace = intent_grace
-        self.batch = batch
+        self.batch = batch  # the largest window
+        self.window = batch  # the current one (adapted to the time passes take)
         self.budget = budget
         self.checkpoints = checkpoints
         self.ref_codes = repo.keyed_codes(EVENTS)
@@ -150,23 +154,27 @@ class Sealer:
             self.state.update_one({"_id": HEAD_ID}, {"$set": {"seq": seq, "h": prev.hex(), "at": now}},
                                   upsert=True)
         result.sealed, result.head = len(entries), seq
-        result.more = result.more or (len(window) >= self.batch and bool(entries))
+        result.more = result.more or (len(window) >= self.window and bool(entries))
         if self.checkpoints is not None and seq:
             try:
                 result.checkpoint = self.checkpoints.maybe_write(seq, prev.hex())
             except Exception:  # a checkpoint failure must not stop sealing; the next pass retries
                 log.exception("audit: could not write the checkpoint of event %s", seq)
         result.seconds = time.monotonic() - started
+        if result.seconds > self.budget:
+            self.window = max(MIN_WINDOW, self.window // 2)
+        elif result.seconds < self.budget / 2 and len(window) >= self.window:
+            self.window = min(self.batch, self.window * 2)
         return result
 
     # -- reading the window -----------------------------------------------------------------------------
 
     def _oldest(self) -> list[dict[str, Any]]:
-        """The `batch` oldest pending records, oldest first, at a cost proportional to `batch`."""
+        """The `window` oldest pending records, oldest first, at a cost proportional to `window`."""
         if self.repo.handle.supports_secondary_indexes:  # MongoDB: the _id index serves the sort
-            return list(self.pending.find({}).sort("_id", 1).limit(self.batch))
+            return list(self.pending.find({}).sort("_id", 1).limit(self.window))
         # FerretDB v1: a bare limit is pushed down (rows in insertion order); a sort would read everything
-        window = list(self.pending.find({}).limit(self.batch))
+        window = list(self.pending.find({}).limit(self.window))
         window.sort(key=lambda p: str(p["_id"]))
         return window
 

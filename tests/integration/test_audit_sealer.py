@@ -74,7 +74,7 @@ def backlog(writer: Any, n: int, threads: int = 8) -> list[str]:
 
 
 def test_a_pass_takes_a_bounded_window_without_scanning(fresh):
-    writer, sealer = build_trail(fresh, batch=50)
+    writer, sealer = build_trail(fresh, batch=50, budget=60.0)
     written = backlog(writer, 160)
     LISTENER.thread, LISTENER.seen = threading.get_ident(), []
     try:
@@ -121,7 +121,7 @@ def test_the_loop_keeps_sealing_while_a_backlog_exists(fresh):
 
 
 def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh):
-    writer, sealer = build_trail(fresh, batch=5, intent_grace=0.0)
+    writer, sealer = build_trail(fresh, batch=5, intent_grace=0.0, budget=60.0)
     iid = writer.reserve("PUT", "Patient/p1", None, None)
     backlog(writer, 8, threads=1)
     eid = writer.write(AccessRecord("update", "Patient", ["p1"]), intent_id=iid)
