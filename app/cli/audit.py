@@ -1,14 +1,16 @@
-"""`ehc audit verify|seal|checkpoint`: check the audit trail (DESIGN §5, §6).
+"""`ehc audit verify|seal|checkpoint`: check the audit trail.
 
 `ehc audit verify` exits 0 when the trail is intact and 1 naming the first bad event otherwise; it prints the
 report as JSON. It checks the SM3 hash chain, the signed checkpoints of EHC_DATA_DIR/audit-checkpoints.jsonl
 (or --checkpoints FILE) against the chain and the node's keys (or the keys of --keys FILE, a saved copy of
-/ehc/keys), and the patient index of every event against the event (docs/audit.md).
+/ehc/keys), and the patient index of every event against the event (docs/audit.md). On a terminal it draws a
+progress bar while it reads the trail, and it ends with a summary line on stderr.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,39 @@ if TYPE_CHECKING:
 
 
 def _services() -> Services:
+    from app.cli.common import reach_database
     from app.config import load_settings
     from app.services import build_services
 
-    return build_services(load_settings())
+    settings = load_settings()
+    reach_database(settings)  # one clear line when the database is away
+    return build_services(settings)
+
+
+class _CountingDatabase:
+    """A pymongo Database whose find() cursors advance a progress bar (verify reads each collection once)."""
+
+    def __init__(self, db: Any, bar: Any) -> None:
+        self._db, self._bar = db, bar
+
+    def __getitem__(self, name: str) -> Any:
+        return _CountingCollection(self._db[name], self._bar)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+class _CountingCollection:
+    def __init__(self, col: Any, bar: Any) -> None:
+        self._col, self._bar = col, bar
+
+    def find(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for doc in self._col.find(*args, **kwargs):
+            self._bar.update(1)
+            yield doc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._col, name)
 
 
 def _node_keys(svc: Services) -> SigningKeys:
@@ -58,12 +89,18 @@ def audit() -> None:
               help="checkpoint file (JSON lines) to check the chain against [EHC_DATA_DIR/audit-checkpoints.jsonl]")
 @click.option("--keys", "keys_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="public keys as /ehc/keys publishes them [the node's own key file]")
-def verify(no_seal: bool, checkpoint_file: Path | None, keys_file: Path | None) -> None:
+@click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
+def verify(no_seal: bool, checkpoint_file: Path | None, keys_file: Path | None, no_progress: bool) -> None:
     """Recompute the chain; exit 1 naming the first edited, removed, reordered or truncated event."""
+    from tqdm import tqdm
+
     from app.audit import build_trail, chain_name
     from app.audit.chain import EVENTS, CheckpointCheck, IndexCheck
     from app.audit.chain import verify as verify_chain
     from app.audit.checkpoints import FILE_NAME, Checkpoints
+    from app.cli.common import Timer, on_terminal, summary
+
+    timer = Timer()
 
     svc = _services()
     node_keys = _node_keys(svc)
@@ -84,9 +121,17 @@ def verify(no_seal: bool, checkpoint_file: Path | None, keys_file: Path | None) 
     def rebuild(doc: dict[str, Any]) -> dict[str, Any]:
         return repo.build_doc(EVENTS, str(doc["_id"]), int(doc["vid"]), doc["ts"], doc["res"], str(doc["prov"]))
 
-    report = verify_chain(svc.handle.db, checkpoints=CheckpointCheck(lines, chain_name(svc), public_key),
-                          index=IndexCheck(rebuild, repo.keyed_codes(EVENTS)))
+    db = svc.handle.db
+    head = db["_audit_state"].find_one({"_id": "audit-head"}) or {}
+    total = 2 * int(head.get("seq") or 0)  # chain entries and their events, read once each
+    with tqdm(total=total or None, unit="doc", desc="ehc audit verify", disable=not on_terminal(not no_progress),
+              mininterval=0.5) as bar:
+        report = verify_chain(_CountingDatabase(db, bar),
+                              checkpoints=CheckpointCheck(lines, chain_name(svc), public_key),
+                              index=IndexCheck(rebuild, repo.keyed_codes(EVENTS)))
     click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    summary(f"ehc audit verify: {report.sealed:,} events sealed, {report.pending:,} pending; trail "
+            f"{'intact' if report.ok else f'BROKEN at {report.first}'} ({timer.seconds:.1f} s)")
     if not report.ok:
         click.echo(f"audit trail broken at {report.first}", err=True)
         raise SystemExit(1)
