@@ -91,7 +91,12 @@ class Describer:
         op = next((k for k in OPERATIONS if k in desc), None)
         refused = event.get("outcome") not in (None, "0")
         glass = any(c.get("code") == "ETREAT" for p in event.get("purposeOfEvent") or [] for c in p.get("coding") or [])
-        if op and not refused:
+        if "login" in desc:  # the authorization server's login record for this resident's account
+            own = not refused
+            who = t("您的账户", "Your account")
+            action = t("登录失败（密码或验证码错误，或已锁定）",
+                       "failed to sign in (wrong password or code, or locked)") if refused else t("已登录", "signed in")
+        elif op and not refused:
             action = t(*OPERATIONS[op])
         else:
             verb = VERBS.get(subtype, ("访问了", "accessed"))

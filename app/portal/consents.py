@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from app.auth.models import Binding
 from app.auth.plugin import auth_state
 from app.portal.fhirclient import ApiError
-from app.portal.records import record_types, type_name
+from app.portal.records import type_name
 from app.portal.web import bp, fhir, fhir_ok, login_required, page, sess, svc, t
 
 PROVINCE_SYSTEM = "urn:ehc:province"
@@ -32,8 +32,37 @@ def province_name(code: str) -> str:
     return PROVINCES.get(code, code) + t("（全省医疗机构）", f" (all providers, province {code})")
 
 
+# What a resident chooses to share, in words, and the resource types each choice covers (provision.class).
+DATA_CLASSES = [
+    ("Patient", ("基本信息", "Basic details"), ("Patient",)),
+    ("Observation", ("检验检查", "Tests and observations"), ("Observation", "DiagnosticReport", "Specimen")),
+    ("Encounter", ("就诊", "Visits"), ("Encounter", "EpisodeOfCare", "Appointment")),
+    ("Condition", ("诊断", "Diagnoses"), ("Condition", "Procedure", "AllergyIntolerance")),
+    ("MedicationRequest", ("用药", "Medicines"), ("MedicationRequest", "MedicationStatement",
+                                                 "MedicationDispense", "Immunization")),
+    ("DocumentReference", ("文档", "Documents"), ("DocumentReference", "Binary", "Composition")),
+]
+
+
 def data_classes() -> list[tuple[str, str]]:
-    return [("Patient", t("基本信息", "Basic details"))] + [(rt, type_name(rt)) for rt in record_types()]
+    """(choice, words) for the kinds of record this server holds."""
+    held = set(svc().resource_types)
+    return [(key, t(*words)) for key, words, types in DATA_CLASSES if held & set(types)]
+
+
+def class_codes(choice: str) -> list[str]:
+    held = set(svc().resource_types)
+    return [rt for key, _, types in DATA_CLASSES if key == choice for rt in types if rt in held]
+
+
+def class_words(codes: list[str]) -> str:
+    """The choices a list of provision.class codes covers, in words (a code outside them by its type name)."""
+    out = []
+    for code in codes:
+        words = next((t(*w) for _, w, types in DATA_CLASSES if code in types), type_name(code))
+        if words not in out:
+            out.append(words)
+    return "、".join(out)
 
 
 class Names:
@@ -69,13 +98,12 @@ def describe_actor(actor: dict[str, Any], names: Names) -> tuple[str, str]:
 def summarize(consent: dict[str, Any], names: Names) -> dict[str, Any]:
     prov = consent.get("provision") or {}
     actors = [describe_actor(a, names) for a in prov.get("actor") or []]
-    classes = [type_name(c.get("code", "")) if c.get("code") != "Patient" else t("基本信息", "Basic details")
-               for c in prov.get("class") or []]
+    classes = class_words([str(c.get("code", "")) for c in prov.get("class") or []])
     period = prov.get("period") or {}
     kind = actors[0][0] if actors else "other"
     return {"id": consent.get("id"), "version": (consent.get("meta") or {}).get("versionId"),
             "status": consent.get("status"), "kind": kind, "who": "、".join(a[1] for a in actors) or "—",
-            "classes": "、".join(classes) or t("全部记录", "All records"),
+            "classes": classes or t("全部记录", "All records"),
             "start": (period.get("start") or "")[:10], "end": (period.get("end") or "")[:10],
             "permit": prov.get("type") == "permit",
             "editable": consent.get("status") == "active" and kind in ("province", "organization")}
@@ -151,7 +179,7 @@ def consent_grant() -> ResponseReturnValue:
                                             "code": "IRCP"}]}, "reference": actor}],
             "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
                                     "code": "access"}]}],
-            "class": [{"system": CLASS_SYSTEM, "code": c} for c in chosen],
+            "class": [{"system": CLASS_SYSTEM, "code": code} for c in chosen for code in class_codes(c)],
         },
     }
     try:

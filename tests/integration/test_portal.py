@@ -11,7 +11,7 @@ from app.auth.models import Client
 from app.auth.plugin import auth_state
 from app.portal.registration import CLIENT_ID
 from tests.integration.auth_helpers import *  # noqa: F403
-from tests.integration.auth_helpers import account, bearer, csrf_of
+from tests.integration.auth_helpers import account, bearer, csrf_of, stored_token
 from tests.integration.portal_helpers import glucose, portal_login, resident
 
 PASSWORD = "portal pass 1"
@@ -54,3 +54,25 @@ def test_pages_render(live, world):
     for path in ("family", "consents", "accesses"):
         page = s.get(f"{live}/portal/{path}", timeout=10)
         assert page.status_code == 200, page.text[:3000]
+
+
+def test_consent_grant_and_revoke_are_consent_versions(live, world, svc):
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    page = s.get(f"{live}/portal/consents", timeout=10)
+    form = {"csrf": csrf_of(page.text), "target": "province", "province": "44", "class": ["Observation"],
+            "start": "2026-01-01", "end": "2027-01-01"}
+    r = s.post(f"{live}/portal/consents", data=form, timeout=10)
+    assert r.status_code == 200 and "已授权" in r.text, r.text[-3000:]
+    token = stored_token(svc, "system/Consent.rs")
+    bundle = requests.get(f"{live}/fhir/Consent", params={"patient": world["me"]}, headers=bearer(token),
+                          timeout=10).json()
+    consent = bundle["entry"][0]["resource"]
+    assert consent["provision"]["actor"][0]["reference"]["identifier"] == {"system": "urn:ehc:province",
+                                                                          "value": "44"}
+    assert consent["meta"]["versionId"] == "1"
+    page = s.get(f"{live}/portal/consents", timeout=10)
+    r = s.post(f"{live}/portal/consents/{consent['id']}/revoke", data={"csrf": csrf_of(page.text), "version": "1"},
+               timeout=10)
+    assert "已撤销" in r.text
+    again = requests.get(f"{live}/fhir/Consent/{consent['id']}", headers=bearer(token), timeout=10).json()
+    assert again["status"] == "inactive" and again["meta"]["versionId"] == "2"
