@@ -1,57 +1,48 @@
-"""The patient compartment (FHIR R4 compartmentdefinition-patient), as far as this server's types go.
+"""The patient compartment as a search constraint (FHIR R4 CompartmentDefinition/patient).
 
-Pure: works on stored documents `{_id, prov, res, ix}` and on index values computed for a resource
-about to be written. A type with no compartment parameter here holds no patient's data (directory
-resources such as Organization and Practitioner); Binary belongs to whatever its securityContext names.
+The same definition the owner function (app.auth.owner) reads: fhir_profiles/CompartmentDefinition/patient.json.
+`compartment_search` turns "the records of Patient X" into one search parameter for a type, used to confine
+searches of patient-scoped tokens and for the compartment search `GET Patient/{id}/{type}`. Where a type names its
+patient in several elements, the one parameter chosen (`patient`, else `subject`, else the first) may find fewer
+records than the whole compartment, never more; the disclosure gate judges every row on all of them anyway.
+A type outside the definition holds nobody's data (directory resources such as Organization and Practitioner).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
 
-# The search parameter that places a resource of each type in a patient's compartment.
-COMPARTMENT_PARAM = {
-    "Patient": "_id",
-    "Observation": "patient",
-    "DocumentReference": "patient",
-    "Consent": "patient",
-    "RelatedPerson": "patient",
-    "AuditEvent": "patient",
-}
-DIRECTORY_TYPES = frozenset({"Organization", "Practitioner"})
+from app.auth.owner import load_compartment
+
+PREFERRED = ("patient", "subject")
 
 
-def record_patients(resource_type: str, doc: dict[str, Any]) -> list[str]:
-    """The Patient ids a stored document belongs to ([] when it is nobody's record)."""
+@lru_cache(maxsize=8)
+def compartment(profiles_dir: Path) -> dict[str, list[str]]:
+    return load_compartment(profiles_dir)
+
+
+def is_directory(profiles_dir: Path, resource_type: str) -> bool:
+    return resource_type != "Binary" and resource_type not in compartment(profiles_dir)
+
+
+def compartment_param(profiles_dir: Path, resource_type: str, known: set[str] | None = None) -> str | None:
+    """The search parameter that places a resource of this type in a patient's compartment."""
     if resource_type == "Patient":
-        return [doc["_id"]] if doc.get("_id") else []
-    if resource_type == "Binary":
-        ref = ((doc.get("res") or {}).get("securityContext") or {}).get("reference", "")
-        return [ref.split("/", 1)[1]] if ref.startswith("Patient/") else []
-    code = COMPARTMENT_PARAM.get(resource_type)
-    if not code:
-        return []
-    out = []
-    for value in (doc.get("ix") or {}).get(code, ()):
-        if isinstance(value, str) and value.startswith("Patient/"):
-            pid = value.split("/", 1)[1]
-            if pid not in out:
-                out.append(pid)
-    return out
+        return "_id"
+    params = compartment(profiles_dir).get(resource_type) or []
+    usable = [p for p in params if known is None or p in known]
+    for name in PREFERRED:
+        if name in usable:
+            return name
+    return usable[0] if usable else None
 
 
-def binary_context(doc: dict[str, Any]) -> tuple[str, str] | None:
-    """(type, id) of a Binary's securityContext when it is not a Patient."""
-    ref = ((doc.get("res") or {}).get("securityContext") or {}).get("reference", "")
-    if "/" in ref and not ref.startswith("Patient/"):
-        rtype, rid = ref.split("/", 1)
-        return rtype, rid.split("/")[0]
-    return None
-
-
-def compartment_search(resource_type: str, patient_id: str) -> tuple[str, str] | None:
-    """The search parameter that keeps a search inside the patient's compartment."""
-    code = COMPARTMENT_PARAM.get(resource_type)
+def compartment_search(profiles_dir: Path, resource_type: str, patient_id: str,
+                       known: set[str] | None = None) -> tuple[str, str] | None:
+    """The search parameter that keeps a search inside the patient's compartment (None: no compartment)."""
+    code = compartment_param(profiles_dir, resource_type, known)
     if code is None:
         return None
     return (code, patient_id) if code == "_id" else (code, f"Patient/{patient_id}")

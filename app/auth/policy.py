@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.auth.breakglass import BreakGlassLedger
-from app.auth.compartment import COMPARTMENT_PARAM, DIRECTORY_TYPES, compartment_search
+from app.auth.compartment import compartment_search, is_directory
 from app.auth.consent import covering_consent, find_consents
 from app.auth.models import AuthStore, digest, now
 from app.auth.owner import Owner, owner_function
@@ -266,10 +266,11 @@ class SmartPolicy:
         if not principal.patient:
             raise forbidden(f"patient/ scopes need a patient in the launch context to search {resource_type}")
         extra: list[tuple[str, str]] = []
-        comp = compartment_search(resource_type, principal.patient)
+        comp = compartment_search(self.svc.profiles_dir, resource_type, principal.patient,
+                                  set(self.svc.registry.params(resource_type)))
         if comp is not None:
             extra.append(comp)
-        elif resource_type not in DIRECTORY_TYPES:
+        elif not is_directory(self.svc.profiles_dir, resource_type):
             raise forbidden(f"{resource_type} cannot be searched with patient/ scopes "
                             "(it has no patient compartment)")
         if all(g.query for g in grants):
@@ -306,4 +307,4 @@ def _missing_scope(principal: Principal, interaction: str, rtype: str | None, le
 _KIND = {"c": "create", "u": "update", "d": "delete"}
 
 
-__all__ = ["SmartPolicy", "unauthorized", "COMPARTMENT_PARAM"]
+__all__ = ["SmartPolicy", "unauthorized"]

@@ -13,13 +13,12 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import jsonpatch
 import orjson
 
-from app.core.errors import FhirError, Issue, bad_request
+from app.core.errors import FhirError, Issue, bad_request, info_outcome
 from app.core.ids import new_id
-from app.fhir.http import FhirResponse, parse_etag
-from app.fhir.interactions import _audit, _find, check_type, validator
+from app.fhir.http import FhirResponse, parse_etag, parse_prefer
+from app.fhir.interactions import _audit, _find, apply_patch, check_type, validator
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
 from app.store.events import StoreEvent
@@ -64,6 +63,10 @@ def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
     if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
         # FHIR carries a JSON Patch in a transaction as a Binary holding the patch document
         body = {"_patch": orjson.loads(base64.b64decode(body.get("data", "")))}
+    elif r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        body = {"_fhirpath_patch": body}  # a FHIRPath Patch
+    if req.header("prefer") and "prefer" not in headers:
+        headers["prefer"] = req.header("prefer") or ""  # Prefer applies to every entry (http.html#transaction)
     return FhirRequest(r["method"], path.strip("/"), parse_qsl(parts.query, keep_blank_values=True), headers,
                        body, base=req.base, principal=req.principal, write=req.write,
                        remote_addr=req.remote_addr, in_transaction=True)
@@ -206,9 +209,10 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             req.gate.require(rtype, doc)
             current = svc.repo.read(rtype, rid, fire=False, doc=doc).resource or {}
             try:
-                resource = jsonpatch.apply_patch(current, (sub.body or {}).get("_patch") or [])
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
-                raise FhirError(422, f"{where}: the patch cannot be applied: {err}", expression=where) from None
+                resource = apply_patch(current, (sub.body or {}).get("_patch") or [],
+                                       (sub.body or {}).get("_fhirpath_patch"))
+            except FhirError as err:
+                raise FhirError(err.status, f"{where}: {err.diagnostics}", expression=where) from None
             _validate(svc, resource, rtype, where)
             # a patched result goes through the master patient index exactly as a PUT does
             svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
@@ -220,7 +224,8 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         write_index[i] = len(writes)
         writes.append(PlannedWrite(method, rtype, rid, resource, if_match, registration=bool(plan.get("registration"))))
     results = svc.journal.apply(writes, req.write)
-    # 4. The response, in the order of the request.
+    # 4. The response, in the order of the request (Prefer: return=minimal | representation | OperationOutcome).
+    prefer = parse_prefer(req.header("prefer")).get("return", "representation")
     out: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
         plan = plans.get(i)
@@ -249,8 +254,10 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                 "response": {"status": status, "etag": f'W/"{stored.vid}"',
                              "location": f"{req.base}/{stored.resource_type}/{stored.id}/_history/{stored.vid}",
                              "lastModified": stored.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}}
-        if stored.resource is not None:
+        if stored.resource is not None and prefer == "representation":
             item["resource"] = stored.resource
+        elif stored.resource is not None and prefer == "operationoutcome":
+            item["response"]["outcome"] = info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}")
         out.append(item)
     _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})

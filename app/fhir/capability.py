@@ -16,22 +16,28 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
     resources = []
     for rtype, conf in sorted(svc.resource_types.items()):
         params = svc.registry.params(rtype)
+        interactions = conf["interactions"]
+        writable = "update" in interactions
         entry: dict[str, Any] = {
             "type": rtype,
-            "interaction": [{"code": code} for code in conf["interactions"]],
-            "versioning": "versioned-update",
-            "readHistory": True,
-            "updateCreate": "update" in conf["interactions"],
-            "conditionalCreate": "create" in conf["interactions"],
-            "conditionalUpdate": "update" in conf["interactions"],
-            "conditionalDelete": "single",
-            "referencePolicy": ["literal", "enforced", "local"],
-            "searchInclude": sorted(f"{rtype}:{c}" for c, p in params.items() if p.type == "reference"),
+            "interaction": [{"code": code} for code in interactions],
+            "versioning": "versioned-update" if writable else "versioned",
+            "readHistory": "vread" in interactions and writable,  # past versions exist only where updates do
+            "updateCreate": writable,
+            "conditionalCreate": "create" in interactions,
+            "conditionalRead": "full-support",
+            "conditionalUpdate": writable,
+            "conditionalDelete": "single" if "delete" in interactions else "not-supported",
+            "referencePolicy": ["literal", "logical", "enforced", "local"],
+            "searchInclude": ["*", *sorted(f"{rtype}:{c}" for c, p in params.items() if p.type == "reference")],
+            "searchRevInclude": sorted(f"{src}:{c}" for src in svc.resource_types
+                                       for c, p in svc.registry.params(src).items()
+                                       if p.type == "reference" and (not p.target or rtype in p.target)),
             "searchParam": [{"name": c, "type": p.type, **({"definition": p.url} if getattr(p, "url", None) else {})}
                             for c, p in sorted(params.items()) if c not in COMMON],
         }
         ops = [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
-               if rtype in op.get("types", ())]
+               if op.get("types") == "*" or rtype in op.get("types", ())]
         if ops:
             entry["operation"] = ops
         resources.append(entry)
@@ -41,9 +47,11 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
         "searchParam": [{"name": c, "type": p.type} for c in COMMON
                         if (p := svc.registry.get("Patient", c)) is not None],
-        "operation": [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
-                      if op.get("system")],
     }
+    system_ops = [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
+                  if "system" in op.get("levels", ())]
+    if system_ops:  # an empty list is invalid FHIR (every array has at least one element)
+        rest["operation"] = system_ops
     security = svc.extensions.get("capability_security")
     if security:
         rest["security"] = security
@@ -57,6 +65,6 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "implementation": {"description": "电子健康卡 FHIR R4 server", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [rest],
     }

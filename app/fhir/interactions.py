@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -12,7 +15,8 @@ import jsonpatch
 from app.core.access import AccessRecord, Change
 from app.core.errors import FhirError, Issue, bad_request, info_outcome, not_found, precondition_failed
 from app.core.ids import is_valid_id
-from app.fhir.http import FhirResponse, etag, parse_etag, parse_prefer, version_headers
+from app.fhir.fhirpath_patch import apply_fhirpath_patch
+from app.fhir.http import FHIR_MEDIA, FhirResponse, etag, parse_etag, parse_prefer, version_headers
 from app.fhir.presentation import apply_elements, apply_summary
 from app.fhir.router import FhirRequest
 from app.fhir.validation import Validator
@@ -54,6 +58,19 @@ def resource_response(req: FhirRequest, stored: Stored, status: int = 200,
         if elements:
             body = apply_elements(body, [e.strip() for e in elements.split(",") if e.strip()])
     return FhirResponse(status, body, headers)
+
+
+def not_modified_since(header: str | None, ts: datetime) -> bool:
+    """If-Modified-Since (RFC 9110 §13.1.3): true when the version is not newer than the date given."""
+    if not header:
+        return False
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False  # an invalid date is ignored, as the RFC says
+    if since.tzinfo is not None:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    return ts.replace(microsecond=0) <= since
 
 
 def _prefer_return(req: FhirRequest) -> str:
@@ -105,7 +122,7 @@ def create(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
 
 def _do_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any]) -> FhirResponse:
     stored = svc.repo.create(type, body, req.write)
-    created = stored.vid == 1
+    created = stored.vid == 1 and not stored.unchanged
     _audit(svc, req, "create" if created else "update", type, [stored.id])
     # A create the master index turned into an update of the resident's record answers 200 (the registration
     # view when the caller may not see the whole record: the disclosure gate decides).
@@ -154,11 +171,28 @@ def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     consent = req.gate.require(type, doc)  # also before 304 and 410, which carry no body
     stored = svc.repo.read(type, id, req.write, doc=doc)
     inm = req.header("if-none-match")
-    if inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*"):
+    if (inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*")) or (
+            not inm and not_modified_since(req.header("if-modified-since"), stored.ts)):
         _audit(svc, req, "read", type, [id], consent, 304)
         return FhirResponse(304, None, {"ETag": etag(stored.vid)})
     _audit(svc, req, "read", type, [id], consent)
-    return resource_response(req, stored)
+    return as_native(req, resource_response(req, stored))
+
+
+def as_native(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
+    """A Binary asked for in its own content type (Accept): its bytes. The body stays on the response, so the
+    disclosure gate judges the resource before the bytes leave."""
+    res = resp.body
+    accept = (req.header("accept") or "").split(",")[0].split(";")[0].strip().lower()
+    if (resp.status != 200 or not isinstance(res, dict) or res.get("resourceType") != "Binary"
+            or accept in FHIR_MEDIA or req.param("_format")):
+        return resp
+    ctype = str(res.get("contentType") or "application/octet-stream")
+    if accept not in (ctype.lower(), "*/*") and not accept.endswith("/*"):
+        raise FhirError(406, f"Binary/{res.get('id')} is {ctype}, not {accept}", code="not-supported")
+    resp.raw = base64.b64decode(res.get("data") or "")
+    resp.content_type = ctype
+    return resp
 
 
 def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> FhirResponse:
@@ -167,7 +201,7 @@ def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> Fhir
     req.gate.require(type, svc.repo.get_doc(type, id))
     stored = svc.repo.vread(type, id, vid)
     _audit(svc, req, "vread", type, [id])
-    return resource_response(req, stored)
+    return as_native(req, resource_response(req, stored))
 
 
 # -- update ---------------------------------------------------------------------------------------------
@@ -208,21 +242,18 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
 # -- patch ----------------------------------------------------------------------------------------------
 
 def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+    """JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource), judged on the result."""
     check_type(svc, type, "patch")
-    ops = req.body.get("_patch") if isinstance(req.body, dict) else None
-    if not isinstance(ops, list):
-        raise FhirError(415, "PATCH needs a JSON Patch body (Content-Type: application/json-patch+json)")
+    body = req.body if isinstance(req.body, dict) else {}
+    ops, fhirpath = body.get("_patch"), body.get("_fhirpath_patch")
+    if not isinstance(ops, list) and not isinstance(fhirpath, dict):
+        raise FhirError(415, "PATCH needs a JSON Patch (application/json-patch+json) or a FHIRPath Patch "
+                             "(a Parameters resource, application/fhir+json)")
     svc.policy.require(req.principal, "patch", type)
     doc = svc.repo.get_doc(type, id)
     req.gate.require(type, doc)  # nothing of a record the caller may not see shows in a patch error
     stored = svc.repo.read(type, id, fire=False, doc=doc)
-    try:
-        patched = jsonpatch.apply_patch(stored.resource, ops)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
-        code = 422 if isinstance(err, jsonpatch.JsonPatchTestFailed) else 400
-        raise FhirError(code, f"the JSON Patch cannot be applied: {err}", code="processing") from None
-    except (TypeError, KeyError, ValueError) as err:
-        raise bad_request(f"the JSON Patch is malformed: {err}") from None
+    patched = apply_patch(stored.resource or {}, ops, fhirpath)
     if patched.get("resourceType") != type or patched.get("id") != id:
         raise FhirError(422, "a patch may not change resourceType or id", code="business-rule",
                         expression=["resourceType", "id"])
@@ -231,7 +262,23 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     new = svc.repo.update(type, id, patched, if_match=if_match if if_match is not None else stored.vid,
                           context=req.write)
     _audit(svc, req, "patch", type, [id])
-    return resource_response(req, new, 200)
+    resp = resource_response(req, new, 200, with_location=True)
+    resp.headers["Content-Location"] = resp.headers["Location"]
+    return resp
+
+
+def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, Any]:
+    """The patched resource (400 malformed, 422 a JSON Patch test that fails or a path that is not there)."""
+    if isinstance(fhirpath, dict):
+        return apply_fhirpath_patch(resource, fhirpath)
+    try:
+        patched: dict[str, Any] = jsonpatch.apply_patch(resource, ops)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+        code = 422 if isinstance(err, jsonpatch.JsonPatchTestFailed) else 400
+        raise FhirError(code, f"the JSON Patch cannot be applied: {err}", code="processing") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise bad_request(f"the JSON Patch is malformed: {err}") from None
+    return patched
 
 
 # -- delete ---------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str |
     from app.core.errors import FhirError
 
     spec = OPERATIONS.get(op)
-    if spec is None or level not in spec["levels"] or (type and type not in spec.get("types", ())):
+    types = spec.get("types", ()) if spec else ()
+    if spec is None or level not in spec["levels"] or (type and types != "*" and type not in types):
         raise FhirError(404, f"operation ${op} is not known at this level", code="not-supported")
     if req.method not in spec["methods"]:
         raise FhirError(405, f"${op} does not accept {req.method}", code="not-supported")
@@ -55,6 +56,7 @@ def build_router() -> Router:
         Route("DELETE", ("{type}", "{id}"), i.delete),
         Route("GET", ("{type}", "{id}", "_history"), s.history_instance),
         Route("GET", ("{type}", "{id}", "_history", "{vid}"), i.vread),
+        Route("GET", ("Patient", "{id}", "{type}"), s.compartment_search),
     ]
     for method in ("GET", "POST"):
         routes += [

@@ -15,6 +15,7 @@ from app.fhir.router import FhirRequest
 from app.search.parser import parse_search
 from app.services import Services
 from app.store.repository import Stored
+from app.store.searcher import decode_cursor, encode_cursor
 
 # Parameters about the response, not the match: the parser never sees them.
 CONTROL_PARAMS = {"_format", "_pretty", "_cursor", REMOTE_CURSOR}
@@ -118,8 +119,9 @@ def _history_args(req: FhirRequest, svc: Services) -> tuple[datetime | None, int
     return since, count
 
 
-def _history_bundle(req: FhirRequest, versions: list[Stored]) -> dict[str, Any]:
-    bundle = _bundle("history", total=len(versions))
+def _history_bundle(req: FhirRequest, versions: list[Stored], next_cursor: str | None,
+                    total: int | None) -> dict[str, Any]:
+    bundle = _bundle("history", total=total)
     entries = []
     for s in versions:
         entry: dict[str, Any] = {"fullUrl": f"{req.base}/{s.resource_type}/{s.id}"}
@@ -133,36 +135,83 @@ def _history_bundle(req: FhirRequest, versions: list[Stored]) -> dict[str, Any]:
             entry["resource"] = s.resource
         entries.append(entry)
     bundle["entry"] = entries
-    bundle["link"] = [{"relation": "self", "url": f"{req.base}/{req.path}"}]
+    kept = [(k, v) for k, v in req.params if k != "_cursor"]
+    links = [{"relation": "self", "url": _page_url(req, kept, req.param("_cursor"))}]
+    if next_cursor:
+        links.append({"relation": "next", "url": _page_url(req, kept, next_cursor)})
+    bundle["link"] = links
     return bundle
+
+
+def _page_url(req: FhirRequest, params: list[tuple[str, str]], cursor: str | None) -> str:
+    query = list(params) + ([("_cursor", cursor)] if cursor else [])
+    return f"{req.base}/{req.path}" + (f"?{urlencode(query)}" if query else "")
 
 
 def history_instance(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "history-instance")
     svc.policy.require(req.principal, "history", type)
-    req.gate.require(type, svc.repo.get_doc(type, id))
+    current = svc.repo.get_doc(type, id)
+    req.gate.require(type, current)
     since, count = _history_args(req, svc)
-    versions = _disclosed(req, svc.repo.instance_history(type, id, since, count))
+    below = None
+    if req.param("_cursor"):
+        _, values = decode_cursor(req.param("_cursor") or "", 1)
+        below = values[0] if isinstance(values[0], int) else None
+    page = svc.repo.instance_history(type, id, since, count + 1, below=below)
+    more = len(page) > count
+    page = page[:count]
+    versions = _disclosed(req, page)
+    next_cursor = encode_cursor("n", [page[-1].vid]) if more and page else None
+    total = None if since or current is None else int(current["vid"])
     _audit(svc, req, "history", type, [id])
-    return FhirResponse(200, _history_bundle(req, versions))
+    return FhirResponse(200, _history_bundle(req, versions, next_cursor, total))
 
 
 def history_type(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     check_type(svc, type, "history-type")
     svc.policy.require(req.principal, "history", type)
-    since, count = _history_args(req, svc)
-    versions = _disclosed(req, svc.repo.type_history([type], since, count))
-    _audit(svc, req, "history", type, [])
-    return FhirResponse(200, _history_bundle(req, versions))
+    return _history_of(req, svc, [type], type)
 
 
 def history_system(req: FhirRequest, svc: Services) -> FhirResponse:
     svc.policy.require(req.principal, "history", None)
-    since, count = _history_args(req, svc)
     types = [t for t, conf in svc.resource_types.items() if "history-type" in conf["interactions"]]
-    versions = _disclosed(req, svc.repo.type_history(types, since, count))
-    _audit(svc, req, "history", None, [])
-    return FhirResponse(200, _history_bundle(req, versions))
+    return _history_of(req, svc, types, None)
+
+
+def _history_of(req: FhirRequest, svc: Services, types: list[str], rtype: str | None) -> FhirResponse:
+    """A page of the versions of many resources, newest first, made only of versions the caller may see; the
+    cursor holds the position (lastUpdated, version, type, id) of the last version shown."""
+    since, count = _history_args(req, svc)
+    last: tuple[Any, ...] | None = None
+    if req.param("_cursor"):
+        _, values = decode_cursor(req.param("_cursor") or "", 4)
+        last = tuple(values)
+    shown: list[Stored] = []
+    exhausted = False
+    while len(shown) <= count and not exhausted:
+        want = count + 21
+        batch = svc.repo.type_history(types, since, want, until=last[0] if last else None)
+        exhausted = len(batch) < want
+        batch = [v for v in batch if last is None or _hkey(v) < last]
+        if not batch:
+            break
+        for v in batch:
+            last = _hkey(v)
+            if _disclosed(req, [v]):
+                shown.append(v)
+                if len(shown) > count:
+                    break
+    more = len(shown) > count
+    shown = shown[:count]
+    next_cursor = encode_cursor("n", list(_hkey(shown[-1]))) if more and shown else None
+    _audit(svc, req, "history", rtype, [])
+    return FhirResponse(200, _history_bundle(req, shown, next_cursor, None))
+
+
+def _hkey(v: Stored) -> tuple[Any, ...]:
+    return (v.ts, v.vid, v.resource_type, v.id)
 
 
 def _disclosed(req: FhirRequest, versions: list[Stored]) -> list[Stored]:
@@ -178,6 +227,19 @@ def _disclosed(req: FhirRequest, versions: list[Stored]) -> list[Stored]:
         else:
             gate.withheld += 1
     return out
+
+
+def compartment_search(req: FhirRequest, svc: Services, id: str, type: str) -> FhirResponse:
+    """GET Patient/{id}/{type}: the search of that type within the patient's compartment (R4 search.html#3.1.1.5.4,
+    from the patient CompartmentDefinition)."""
+    from app.auth.compartment import compartment_search as constraint
+
+    check_type(svc, type, "search-type")
+    where = constraint(svc.profiles_dir, type, id, set(svc.registry.params(type)))
+    if where is None:
+        raise FhirError(404, f"{type} is not in the Patient compartment", code="not-supported")
+    req.params = [*req.params, where]
+    return search(req, svc, type)
 
 
 def search_post(req: FhirRequest, svc: Services, type: str) -> FhirResponse:

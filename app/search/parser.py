@@ -132,6 +132,12 @@ def _include(rt: str, name: str, value: str, registry: SearchRegistry, rev: bool
     types = registry.resource_types()
     if source not in types:
         raise bad_request(f"{name}: unknown resource type {source!r}", name)
+    if code == "*":  # every reference parameter of the source type (search.html#include)
+        if target is not None and target not in types:
+            raise bad_request(f"{name}: unknown resource type {target!r}", name)
+        if not rev and not iterate and source != rt:
+            raise bad_request(f"{name}: source type must be {rt} (or use :iterate)", name)
+        return Include(source, code, target, iterate)
     p = registry.get(source, code)
     if p is None or p.type != "reference":
         raise bad_request(f"{name}: {code!r} is not a reference parameter of {source}", name)

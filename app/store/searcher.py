@@ -36,6 +36,7 @@ from app.store.repository import Repository
 
 MAX_KEYED_CANDIDATES = 5000
 MAX_CHAIN_IDS = 1000
+MAX_INCLUDE_ROUNDS = 4
 
 
 @dataclass
@@ -333,38 +334,66 @@ class Searcher:
     # -- _include / _revinclude --------------------------------------------------------------------------
 
     def _includes(self, request: SearchRequest, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """_include and _revinclude over the matches; the :iterate ones also over everything included so far
+        (plain includes too), until nothing new appears (at most MAX_INCLUDE_ROUNDS rounds)."""
         included: list[tuple[str, dict[str, Any]]] = []
         seen = {(request.resource_type, d["_id"]) for d in docs}
-        frontier = [(request.resource_type, d) for d in docs]
+        primary = [(request.resource_type, d) for d in docs]
+
+        def add(rtype: str, doc: dict[str, Any]) -> None:
+            seen.add((rtype, doc["_id"]))
+            included.append((rtype, doc))
+
+        for rtype, doc in self._include_round(request, primary, seen, iterate=False):
+            add(rtype, doc)
+        frontier = list(included)
+        for _ in range(MAX_INCLUDE_ROUNDS):
+            if not frontier or not any(i.iterate for i in (*request.includes, *request.revincludes)):
+                break
+            found = self._include_round(request, primary + included, seen, iterate=True)
+            for rtype, doc in found:
+                add(rtype, doc)
+            frontier = found
+        return included
+
+    def _include_round(self, request: SearchRequest, sources: list[tuple[str, dict[str, Any]]],
+                       seen: set[tuple[str, str]], iterate: bool) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
         for inc in request.includes:
-            for rtype, doc in list(frontier):
+            if inc.iterate != iterate:
+                continue
+            for rtype, doc in sources:
                 if rtype != inc.source_type:
                     continue
-                for ref in doc.get("ix", {}).get(inc.code, ()):
-                    if not isinstance(ref, str) or "/" not in ref or "://" in ref:
-                        continue
-                    ttype, tid = ref.split("/", 1)
-                    if inc.target_type and ttype != inc.target_type:
-                        continue
-                    if ttype in self.repo.resource_types and (ttype, tid) not in seen:
-                        target = self.repo.get_doc(ttype, tid)
-                        if target and not target.get("del"):
-                            seen.add((ttype, tid))
-                            included.append((ttype, target))
-                            if inc.iterate:
-                                frontier.append((ttype, target))
+                codes = [inc.code] if inc.code != "*" else [
+                    c for c, p in self.registry.params(rtype).items() if p.type == "reference"]
+                for code in codes:
+                    for ref in doc.get("ix", {}).get(code, ()):
+                        if not isinstance(ref, str) or "/" not in ref or "://" in ref:
+                            continue
+                        ttype, tid = ref.split("/", 1)
+                        if inc.target_type and ttype != inc.target_type:
+                            continue
+                        if ttype in self.repo.resource_types and (ttype, tid) not in seen:
+                            target = self.repo.get_doc(ttype, tid)
+                            if target and not target.get("del"):
+                                seen.add((ttype, tid))
+                                out.append((ttype, target))
         for inc in request.revincludes:
-            if inc.source_type not in self.repo.resource_types:
+            if inc.iterate != iterate or inc.source_type not in self.repo.resource_types:
                 continue
-            for rtype, doc in list(frontier):
+            for rtype, doc in sources:
                 ref = f"{rtype}/{doc['_id']}"
                 if inc.target_type and inc.target_type != rtype:
                     continue
-                for rid in self.repo.keys.lookup(reference_key(inc.source_type, ref)):
-                    if (inc.source_type, rid) in seen:
-                        continue
-                    other = self.repo.get_doc(inc.source_type, rid)
-                    if other and not other.get("del") and ref in other.get("ix", {}).get(inc.code, ()):
-                        seen.add((inc.source_type, rid))
-                        included.append((inc.source_type, other))
-        return included
+                codes = [inc.code] if inc.code != "*" else [
+                    c for c, p in self.registry.params(inc.source_type).items() if p.type == "reference"]
+                for code in codes:
+                    for rid in self.repo.keys.lookup(reference_key(inc.source_type, ref)):
+                        if (inc.source_type, rid) in seen:
+                            continue
+                        other = self.repo.get_doc(inc.source_type, rid)
+                        if other and not other.get("del") and ref in other.get("ix", {}).get(code, ()):
+                            seen.add((inc.source_type, rid))
+                            out.append((inc.source_type, other))
+        return out

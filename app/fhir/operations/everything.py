@@ -3,18 +3,21 @@
 The compartment is found through the reference posting lists (Repository.referrers), never by scanning.
 Answer: Bundle searchset, the Patient first (mode match), then the other resources (mode include); records
 the caller may not see (cross-province without consent) are withheld and counted in an outcome entry.
-Optional _type (comma-separated resource types) and _count (at most 1,000 resources) narrow it.
+Optional _type (comma-separated resource types) narrows it; _count (at most 1,000) pages it: `total` counts
+the whole result the caller may see, and a `next` link carries a cursor of the last (type, id) shown.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from app.core.access import AccessRecord
 from app.core.errors import Issue, bad_request
 from app.fhir.http import FhirResponse
 from app.fhir.router import FhirRequest
 from app.services import Services
+from app.store.searcher import decode_cursor, encode_cursor
 
 MAX_ENTRIES = 1000
 
@@ -28,33 +31,49 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     raw_count = req.param("_count")
     if raw_count is not None and (not raw_count.isdigit() or not 1 <= int(raw_count) <= MAX_ENTRIES):
         raise bad_request(f"_count must be 1 to {MAX_ENTRIES}", expression="_count")
-    limit = int(raw_count) if raw_count else MAX_ENTRIES
-    entries: list[dict[str, Any]] = [{"fullUrl": f"{req.base}/Patient/{id}", "resource": stored.resource,
-                                      "search": {"mode": "match"}}]
+    count = int(raw_count) if raw_count else MAX_ENTRIES
+    after: tuple[str, str] | None = None
+    if req.param("_cursor"):
+        _, values = decode_cursor(req.param("_cursor") or "", 2)
+        after = (str(values[0]), str(values[1]))
+
+    def key(rtype: str, rid: str) -> tuple[str, str]:  # the Patient first, then by type and id
+        return ("", rid) if (rtype, rid) == ("Patient", id) else (rtype, rid)
+
+    # The whole result, in a stable order (type, id), made of what the caller may see: the total counts it,
+    # and a page is a slice after the cursor's (type, id).
+    everything: list[tuple[str, str, dict[str, Any]]] = [("Patient", id, stored.resource or {})]
     withheld = 0
-    shown = [f"Patient/{id}"]
-    for rtype, rid in svc.repo.referrers("Patient", id):
+    for rtype, rid in sorted(svc.repo.referrers("Patient", id)):
         if types and rtype not in types:
             continue
-        if len(entries) > limit:
-            break
         other = svc.repo.get_doc(rtype, rid)
         if other is None or other.get("del"):
             continue
         if not req.gate.admits(rtype, other):
             withheld += 1
             continue
-        shown.append(f"{rtype}/{rid}")
-        entries.append({"fullUrl": f"{req.base}/{rtype}/{rid}", "resource": other["res"],
-                        "search": {"mode": "include"}})
-    total = len(entries)
+        everything.append((rtype, rid, other["res"]))
+    rest = [e for e in everything if after is None or key(e[0], e[1]) > after]
+    page, more = rest[:count], len(rest) > count
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": f"{req.base}/{rtype}/{rid}", "resource": res,
+         "search": {"mode": "match" if (rtype, rid) == ("Patient", id) else "include"}}
+        for rtype, rid, res in page]
     if withheld:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [Issue(
-            f"{withheld} resource(s) withheld: no consent covers this client", "suppressed", "information"
-        ).to_json()]}, "search": {"mode": "outcome"}})
-    req.audit(AccessRecord("operation", "Patient", shown, "0", 200, req.principal, "$everything",
-                                   patient_ids=[id], remote_addr=req.remote_addr, withheld=withheld))
-    return FhirResponse(200, {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries})
+        entries.append({"fullUrl": "urn:uuid:withheld", "resource": {"resourceType": "OperationOutcome", "issue": [
+            Issue(f"{withheld} resource(s) withheld: no consent covers this client", "suppressed",
+                  "information").to_json()]}, "search": {"mode": "outcome"}})
+    base_url = f"{req.base}/Patient/{id}/$everything"
+    kept = [(k, v) for k, v in req.params if k != "_cursor"]
+    links = [{"relation": "self", "url": base_url + (f"?{urlencode(req.params)}" if req.params else "")}]
+    if more and page:
+        nxt = encode_cursor("n", list(key(page[-1][0], page[-1][1])))
+        links.append({"relation": "next", "url": f"{base_url}?{urlencode([*kept, ('_cursor', nxt)])}"})
+    req.audit(AccessRecord("operation", "Patient", [f"{t}/{i}" for t, i, _ in page], "0", 200, req.principal,
+                           "$everything", patient_ids=[id], remote_addr=req.remote_addr, withheld=withheld))
+    return FhirResponse(200, {"resourceType": "Bundle", "type": "searchset", "total": len(everything),
+                              "link": links, "entry": entries})
 
 
 OPERATION = {

@@ -72,6 +72,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     req.audit(AccessRecord("operation", "Patient", [e["resource"]["id"] for e in entries], "0", 200,
                                    req.principal, "$match", remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                              "link": [{"relation": "self", "url": f"{req.base}/Patient/$match"}],
                               "entry": entries})
 
 

@@ -19,17 +19,44 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     if not isinstance(resource, dict):
         raise bad_request("$validate needs a resource, or Parameters with a 'resource' parameter")
     issues = validator(svc).issues(resource, type)
+    if not issues and (type or resource.get("resourceType")) == "Patient":
+        issues = patient_rules(svc, resource, id)
     if not issues:
         issues = [Issue("the resource is valid", "informational", "information")]
     return FhirResponse(200, operation_outcome(issues))
+
+
+def patient_rules(svc: Services, patient: dict[str, Any], pid: str | None) -> list[Issue]:
+    """The business rules a create or update of a Patient applies (the master patient index): identifier
+    formats and check characters, birth date and gender against the ID number, one resident per document."""
+    from app.mpi.identifiers import normalize_patient_identifiers
+    from app.mpi.plugin import master_index
+
+    index = master_index(svc)
+    stored = svc.repo.get_doc("Patient", pid) if pid else None
+    existing = stored.get("res") if stored and not stored.get("del") else None
+    normalised, issues = normalize_patient_identifiers(patient, index.registry, existing=existing)
+    if issues:
+        return issues
+    owners = index.owners(e.key for e in index.entries(normalised))
+    others = sorted({o for o in owners.values() if o != pid})
+    if pid and others:
+        return [Issue("an identifier of this Patient belongs to another registered resident; the update would "
+                      "be refused (409)", "duplicate", "error", ["Patient.identifier"])]
+    if not pid and len(others) > 1:
+        return [Issue("the identifiers belong to different registered residents; the create would be refused "
+                      "(409)", "duplicate", "error", ["Patient.identifier"])]
+    if not pid and others:
+        return [Issue("the resident is registered already: a create would add these identifiers to their record "
+                      "(200)", "informational", "information")]
+    return []
 
 
 OPERATION = {
     "handler": handle,
     "access": None,
     "levels": ("type", "instance"),
-    "types": ("Patient", "Observation", "DocumentReference", "Binary", "Organization", "Practitioner",
-              "RelatedPerson", "Consent"),
+    "types": "*",  # every resource type
     "methods": ("POST",),
     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
 }

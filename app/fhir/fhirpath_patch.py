@@ -1,0 +1,180 @@
+"""FHIRPath Patch (FHIR R4 fhirpatch.html): a Parameters resource of `operation` parts applied to a resource.
+
+Each operation has `type` (add | insert | delete | replace | move), `path` (a FHIRPath expression naming the
+element), and as the type needs `name`, `value[x]`, `index`, `source`, `destination`. Paths are the forms patches
+use in practice: element names from the resource type, with an optional index (`Patient.name[0].given`) or a
+`where(<field>='<text>')` filter (`Patient.identifier.where(system='urn:x')`). Anything else is refused with 400
+naming the operation. Pure: no Flask, no database.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from app.core.errors import FhirError, bad_request
+
+_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+_WHERE = re.compile(r"^where\(\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*'([^'\\]*)'\s*\)$")
+
+
+def apply_fhirpath_patch(resource: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("resourceType") != "Parameters":
+        raise bad_request("a FHIRPath Patch is a Parameters resource", expression="Parameters")
+    out = copy.deepcopy(resource)
+    ops = [p for p in params.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "operation"]
+    if not ops:
+        raise bad_request("the FHIRPath Patch has no 'operation' parameter", expression="Parameters.parameter")
+    for n, op in enumerate(ops):
+        where = f"Parameters.parameter[{n}]"
+        parts = {str(p.get("name")): p for p in op.get("part") or [] if isinstance(p, dict)}
+        kind = _value(parts.get("type"))
+        path = _value(parts.get("path"))
+        if kind not in ("add", "insert", "delete", "replace", "move") or not isinstance(path, str):
+            raise bad_request(f"{where}: an operation needs a type (add, insert, delete, replace, move) and a path",
+                              expression=where)
+        _apply(out, str(resource.get("resourceType")), kind, path, parts, where)
+    return out
+
+
+def _value(part: dict[str, Any] | None) -> Any:
+    if not part:
+        return None
+    for key, value in part.items():
+        if key.startswith("value"):
+            return value
+    if isinstance(part.get("part"), list):  # a complex value given as parts
+        return {str(p.get("name")): _value(p) for p in part["part"] if isinstance(p, dict)}
+    return None
+
+
+def _resolve(root: dict[str, Any], rtype: str, path: str, where: str) -> list[tuple[Any, Any]]:
+    """(container, key) pairs the path names: key is a dict key or a list index."""
+    steps = _split(path)
+    if not steps or steps[0] != rtype:
+        raise bad_request(f"{where}: the path must start with {rtype}", expression=where)
+    found: list[tuple[Any, Any]] = [(None, root)]  # (container, key) with the root as a pseudo-entry
+    nodes: list[tuple[Any, Any, Any]] = [(None, None, root)]
+    for step in steps[1:]:
+        nxt: list[tuple[Any, Any, Any]] = []
+        m = _WHERE.match(step)
+        if m:
+            field, text = m.groups()
+            for parent, key, node in nodes:
+                if isinstance(node, dict) and str(node.get(field)) == text:
+                    nxt.append((parent, key, node))
+            nodes = nxt
+            continue
+        m = _STEP.match(step)
+        if not m:
+            raise bad_request(f"{where}: the path step {step!r} is not supported", expression=where)
+        name, index = m.group(1), m.group(2)
+        for _, _, node in nodes:
+            targets = node if isinstance(node, list) else [node]
+            for t in targets:
+                if not isinstance(t, dict) or name not in t:
+                    continue
+                value = t[name]
+                if isinstance(value, list):
+                    if index is not None:
+                        i = int(index)
+                        if i < len(value):
+                            nxt.append((value, i, value[i]))
+                    else:
+                        nxt.extend((value, i, v) for i, v in enumerate(value))
+                elif index in (None, "0"):
+                    nxt.append((t, name, value))
+        nodes = nxt
+    found = [(parent, key) for parent, key, _ in nodes]
+    return found
+
+
+def _split(path: str) -> list[str]:
+    steps, depth, start = [], 0, 0
+    for i, ch in enumerate(path):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "." and depth == 0:
+            steps.append(path[start:i])
+            start = i + 1
+    steps.append(path[start:])
+    return [s.strip() for s in steps if s.strip()]
+
+
+def _one(targets: list[tuple[Any, Any]], path: str, where: str) -> tuple[Any, Any]:
+    if len(targets) != 1:
+        raise FhirError(422, f"{where}: the path {path!r} names {len(targets)} elements, not one",
+                        code="processing", expression=where)
+    return targets[0]
+
+
+def _apply(root: dict[str, Any], rtype: str, kind: str, path: str, parts: dict[str, Any], where: str) -> None:
+    targets = _resolve(root, rtype, path, where)
+    if kind == "delete":
+        if not targets:
+            return  # deleting what is not there is not an error (fhirpatch.html)
+        parent, key = _one(targets, path, where)
+        if parent is None:
+            raise bad_request(f"{where}: cannot delete the resource itself", expression=where)
+        del parent[key]
+        if isinstance(parent, list) and not parent:
+            _drop_empty(root)
+        return
+    if kind == "replace":
+        parent, key = _one(targets, path, where)
+        if parent is None:
+            raise bad_request(f"{where}: cannot replace the resource itself", expression=where)
+        parent[key] = _value(parts.get("value"))
+        return
+    if kind == "add":
+        name = _value(parts.get("name"))
+        value = _value(parts.get("value"))
+        if not isinstance(name, str) or value is None:
+            raise bad_request(f"{where}: add needs a name and a value", expression=where)
+        parent, key = _one(targets, path, where)
+        node = root if parent is None else parent[key]
+        if not isinstance(node, dict):
+            raise FhirError(422, f"{where}: {path} is not an element that can hold {name}", code="processing")
+        existing = node.get(name)
+        if isinstance(existing, list):
+            existing.append(value)
+        elif existing is None:
+            node[name] = [value] if _is_list_element(name, existing) else value
+        else:
+            node[name] = [existing, value]
+        return
+    if kind in ("insert", "move"):
+        parent, key = _one(targets, path, where)
+        seq = parent[key] if parent is not None else None
+        if not isinstance(seq, list):
+            raise FhirError(422, f"{where}: {path} is not a list", code="processing", expression=where)
+        if kind == "insert":
+            index = _value(parts.get("index"))
+            if not isinstance(index, int) or not 0 <= index <= len(seq):
+                raise bad_request(f"{where}: insert needs an index from 0 to {len(seq)}", expression=where)
+            seq.insert(index, _value(parts.get("value")))
+        else:
+            source, dest = _value(parts.get("source")), _value(parts.get("destination"))
+            if not all(isinstance(x, int) and 0 <= x < len(seq) for x in (source, dest)):
+                raise bad_request(f"{where}: move needs a source and destination within the list", expression=where)
+            seq.insert(dest, seq.pop(source))
+
+
+def _is_list_element(name: str, _existing: Any) -> bool:
+    # Elements that repeat in R4 and are commonly added (the validator refuses a wrong shape anyway).
+    return name in {"identifier", "name", "telecom", "address", "contact", "extension", "modifierExtension",
+                    "given", "prefix", "suffix", "line", "coding", "category", "note", "link", "contained"}
+
+
+def _drop_empty(node: Any) -> None:
+    if isinstance(node, dict):
+        for k in [k for k, v in node.items() if v == [] or v == {}]:
+            del node[k]
+        for v in node.values():
+            _drop_empty(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_empty(v)
