@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 
-W, H = 340, 200
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 14, 38
+W, H = 320, 210
+LEFT, RIGHT, TOP, BOTTOM = 40, 14, 26, 34
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def trend_svg(points: list[Point], label: str, unit: str = "", low: float | None
     v = y0
     while v <= y1 + step / 1000:
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#c9d3dd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11" '
+        out.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="13" '
                    f'fill="#1a1a1a">{_fmt(v)}</text>')
         v += step
     coords = " ".join(f"{x(p):.1f},{y(p.value):.1f}" for p in pts)
@@ -75,9 +75,9 @@ def trend_svg(points: list[Point], label: str, unit: str = "", low: float | None
                    f'fill="{"#a11b1b" if outside else "#0a4a85"}"/>')
     for p in (pts[0], pts[-1]) if len(pts) > 1 else (pts[0],):
         anchor = "start" if p is pts[0] and len(pts) > 1 else "end"
-        out.append(f'<text x="{x(p):.1f}" y="{H - 12}" text-anchor="{anchor}" font-size="11" '
+        out.append(f'<text x="{x(p):.1f}" y="{H - 12}" text-anchor="{anchor}" font-size="13" '
                    f'fill="#1a1a1a">{p.when:%Y-%m-%d}</text>')
     if unit:
-        out.append(f'<text x="4" y="{TOP - 2}" font-size="11" fill="#1a1a1a">{escape(unit)}</text>')
+        out.append(f'<text x="4" y="{TOP - 10}" font-size="13" fill="#1a1a1a">{escape(unit)}</text>')
     out.append("</svg>")
     return "".join(out)

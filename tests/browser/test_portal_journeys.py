@@ -165,7 +165,7 @@ def test_resident_journeys(browser, live, svc):  # noqa: PLR0915 - one session t
         _click(drv, wait_for(lambda: _css(drv, "button[name=large][value='1']"), what="large text")[0])
         wait_for(lambda: "large" in drv.find_element("tag name", "html").get_attribute("class"), what="large mode")
         assert drv.execute_script("return document.documentElement.lang") == "en"
-        assert "Electronic health card" in drv.page_source
+        assert "My electronic health card" in drv.page_source
         assert drv.execute_script("return parseFloat(getComputedStyle(document.documentElement).fontSize)") >= 22
         check_page(drv, "04-card-english-large-text", problems)
         _click(drv, _css(drv, "button[name=lang][value=zh]")[0])
