@@ -128,6 +128,9 @@ class DisclosureGate:
                  for v in [v] if v and "," not in v}
         return named.pop() if len(named) == 1 else None
 
+    def remember(self, rtype: str, rid: str, province: str | None) -> None:
+        self._provinces[(rtype, rid)] = province
+
     def _province(self, rtype: str, rid: str) -> str | None:
         key = (rtype, rid)
         if key not in self._provinces:

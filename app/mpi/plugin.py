@@ -34,12 +34,12 @@ from app.keyring import keyring_for
 from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifiers
 from app.mpi.index import MasterIndex, check_same_resident, merge_into
 from app.services import Services
-from app.store.events import StoreEvent
+from app.store.events import PRIOR_DOC, StoreEvent
 from app.store.repository import WriteContext
 
 # StoreEvent.extra key: (patient id, its stored document or None) as read by a pre-write handler of this event,
 # so that the handlers after it (the card) do not read the same version again.
-PATIENT_DOC = "patient_doc"
+PATIENT_DOC = PRIOR_DOC
 
 
 class MpiHooks:

@@ -25,6 +25,10 @@ class StoreEvent:
 
 Handler = Callable[[StoreEvent], None]
 
+# StoreEvent.extra key: (id, decoded stored document or None), the version a writer or handler read already, so
+# that the handlers after it do not read the same version again.
+PRIOR_DOC = "patient_doc"
+
 
 class EventBus:
     def __init__(self) -> None:
