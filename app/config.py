@@ -24,9 +24,9 @@ class Settings:
     default_count: int = 20
     max_count: int = 500
     auth_required: bool = True  # switched off only by tests and benchmarks that measure its cost
-    # A pending transaction journal older than this belongs to a dead process and is undone (at start-up
-    # and before each transaction). Younger ones may belong to another live worker.
-    journal_recovery_age: float = 120.0
+    # A process whose heartbeat is older than this many seconds is dead: its pending transaction journals are
+    # undone (at start-up, before each transaction and on every heartbeat) and its history slots taken over.
+    journal_owner_timeout: float = 5.0
     index_key_file: Path | None = None  # platform master-index key (SM3-HMAC)
     card_root_key_file: Path | None = None  # SM4 root key for card ID diversification
     field_key_file: Path | None = None  # SM4 key for ID numbers and phones at rest
@@ -65,7 +65,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         default_count=int(env.get("EHC_DEFAULT_COUNT", "20")),
         max_count=int(env.get("EHC_MAX_COUNT", "500")),
         auth_required=_bool(env.get("EHC_AUTH_REQUIRED", "true")),
-        journal_recovery_age=float(env.get("EHC_JOURNAL_RECOVERY_AGE", "120")),
+        journal_owner_timeout=float(env.get("EHC_JOURNAL_OWNER_TIMEOUT", "5")),
         index_key_file=path("EHC_INDEX_KEY_FILE"),
         card_root_key_file=path("EHC_CARD_ROOT_KEY_FILE"),
         field_key_file=path("EHC_FIELD_KEY_FILE"),

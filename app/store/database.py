@@ -1,21 +1,60 @@
-"""Connecting to MongoDB (or FerretDB) and preparing collections."""
+"""Connecting to MongoDB (or FerretDB) and preparing collections.
+
+When the database cannot be reached, every operation fails within about a second (server selection and
+connection timeouts below, instead of pymongo's 30 s / 20 s), and the store reports it as DatabaseUnavailable,
+which the web edge answers with 503, `Retry-After` and an OperationOutcome. Options given in the URI
+(`?serverSelectionTimeoutMS=...`) win over these defaults.
+"""
 
 from __future__ import annotations
 
 from functools import cached_property
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, uri_parser
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure
+
+from app.core.errors import FhirError
+
+# Fail fast when the server is gone (a stopped database answers "connection refused" at once; a vanished host
+# is bounded by the connect timeout); an operation on a connected but hung server is bounded by the socket
+# timeout, long enough for the slowest legitimate query.
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 500,
+    "connectTimeoutMS": 1000,
+    "socketTimeoutMS": 60000,
+    "waitQueueTimeoutMS": 10000,
+}
+RETRY_AFTER_SECONDS = 5
+
+# The pymongo errors that mean "the database cannot be reached" (ServerSelectionTimeoutError, AutoReconnect,
+# NetworkTimeout, WaitQueueTimeoutError are all ConnectionFailure).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (ConnectionFailure,)
+
+
+class DatabaseUnavailable(FhirError):
+    """The database cannot be reached: 503 with Retry-After; the client may retry the same request."""
+
+    def __init__(self, diagnostics: str = "the database is unavailable; retry shortly") -> None:
+        super().__init__(503, diagnostics, code="transient",
+                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def client_options(uri: str, **overrides: Any) -> dict[str, Any]:
+    """Our defaults, minus what the URI sets itself, plus explicit overrides."""
+    in_uri = {k.lower() for k in uri_parser.parse_uri(uri, validate=False).get("options", {})}
+    opts: dict[str, Any] = {"tz_aware": False, "maxPoolSize": 50}
+    opts.update({k: v for k, v in CLIENT_DEFAULTS.items() if k.lower() not in in_uri})
+    opts.update(overrides)
+    return opts
 
 
 class DatabaseHandle:
     """The database plus what we know of the server behind it."""
 
-    def __init__(self, uri: str, name: str, **client_options: Any) -> None:
-        opts: dict[str, Any] = {"tz_aware": False, "maxPoolSize": 50, "serverSelectionTimeoutMS": 10000}
-        opts.update(client_options)
-        self.client: MongoClient = MongoClient(uri, **opts)
+    def __init__(self, uri: str, name: str, **client_options_: Any) -> None:
+        self.client: MongoClient = MongoClient(uri, **client_options(uri, **client_options_))
         self.db: Database = self.client[name]
 
     @cached_property

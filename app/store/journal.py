@@ -1,30 +1,42 @@
 """Atomic transactions without multi-document transactions (FerretDB v1 has none).
 
 Before a transaction touches anything, a journal document records, for every entry, the version it
-replaces (before) and the version it writes (after). Then the entries are applied one by one. If one
-fails, the applied ones are undone from the journal. If the process dies half way, start-up recovery
-(`recover`) finds the journal still pending and undoes what was applied, so nothing partial survives a
-restart. Only a fully applied transaction deletes its journal.
+replaces (before) and the version it writes (after), and names its owner: this process (app.store.owners).
+Then the entries are applied one by one. If one fails, for whatever reason (a version race, a document the
+database refuses, the database going away), the applied ones are undone from the journal before the error is
+answered; when the database is unreachable the undo is retried by the heartbeat until it succeeds. Only a
+fully applied transaction deletes its journal, and only while it still owns it.
+
+If the process dies half way, its heartbeat stops; once it is `timeout` seconds old (5 by default) any other
+process, at start-up, before each transaction and on every heartbeat, takes the journal over (one atomic
+update, so only one does) and undoes what was applied. So nothing half-applied stays visible for more than a
+few seconds after a crash, and a live process's transaction is never undone under it.
 
 Readers may see a transaction's entries appear one after another while it is being applied (no
-isolation); atomicity holds: after any crash either all or none of it is stored.
+isolation); atomicity holds: after any crash or error either all or none of it is stored.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo import ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from app.core.errors import FhirError, precondition_failed
 from app.core.timeutil import utcnow
+from app.store.database import DatabaseUnavailable
 from app.store.events import StoreEvent
+from app.store.owners import OWNER_TIMEOUT, owner_for
 from app.store.repository import Repository, Stored, WriteContext, _VersionTaken
+
+log = logging.getLogger("ehc.store")
 
 
 @dataclass
@@ -36,6 +48,7 @@ class PlannedWrite:
     id: str
     resource: dict[str, Any] | None
     if_match: int | None = None
+    registration: bool = False  # the master index turned a create into adding identifiers to a known resident
 
 
 def _fault_pause(applied: int) -> None:
@@ -47,14 +60,28 @@ def _fault_pause(applied: int) -> None:
             time.sleep(float(seconds))
 
 
+def _fault_refused(position: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """Test hook: EHC_FAULT_TXN_REFUSE="<n>" gives the n-th entry (1-based) a field name that the database
+    refuses, so that its real write fails half way through the transaction."""
+    spec = os.environ.get("EHC_FAULT_TXN_REFUSE")
+    if spec and int(spec) == position:
+        return {**doc, "$refused": True}
+    return doc
+
+
 class TransactionJournal:
-    def __init__(self, repo: Repository, recovery_age: float = 120.0) -> None:
+    def __init__(self, repo: Repository, owner_timeout: float = OWNER_TIMEOUT) -> None:
         self.repo = repo
         self.col = repo.db["_journal"]
-        self.recovery_age = recovery_age
+        self.owner = owner_for(repo.db, owner_timeout)
+        # Our own transactions whose undo failed (database down): txid -> entries, retried until done.
+        self._failed: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.owner.add_task(self.recover)
 
     def apply(self, writes: list[PlannedWrite], context: WriteContext) -> list[Stored | None]:
         repo = self.repo
+        self.owner.ensure_fresh()
         self.recover()
         now = utcnow()
         entries: list[dict[str, Any]] = []
@@ -69,29 +96,38 @@ class TransactionJournal:
                 continue
             if w.resource is not None:
                 repo.check_references(w.resource_type, w.resource, pending=pending_refs)
-            vid = (prior["vid"] if prior else 0) + 1
-            after = repo.build_doc(w.resource_type, w.id, vid, now, w.resource, context.province)
+            # The change gate judges every entry, before and after, before anything is applied.
+            after = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
+                                         registration=w.registration)
             entries.append({"w": w, "before": prior, "after": after})
         txid = uuid.uuid4().hex
-        self.col.insert_one({
-            "_id": txid, "state": "pending", "at": now,
-            "entries": [{"type": e["w"].resource_type, "id": e["w"].id, "before": e["before"], "after": e["after"]}
-                        for e in entries],
-        })
+        journal_entries = [{"type": e["w"].resource_type, "id": e["w"].id, "before": e["before"],
+                            "after": e["after"]} for e in entries]
+        try:
+            self.col.insert_one({"_id": txid, "state": "pending", "at": now, "owner": self.owner.id,
+                                 "entries": journal_entries})
+        except ConnectionFailure as err:
+            raise DatabaseUnavailable() from err
         applied: list[dict[str, Any]] = []
         try:
-            for e in entries:
-                if e["after"] is not None:
-                    repo.store_version(e["w"].resource_type, e["before"], e["after"], utcnow())
-                applied.append(e)
-                _fault_pause(len(applied))
-        except (_VersionTaken, DuplicateKeyError):
-            for done in reversed(applied):
-                self._undo(done["w"].resource_type, done["before"], done["after"])
-            self.col.delete_one({"_id": txid})
-            raise FhirError(409, "a resource in the transaction was changed by another request meanwhile; "
-                                 "nothing was stored", code="conflict") from None
-        self.col.delete_one({"_id": txid})
+            with self.owner.transaction(txid):
+                for e in entries:
+                    if e["after"] is not None:
+                        doc = _fault_refused(len(applied) + 1, e["after"])
+                        repo.store_version(e["w"].resource_type, e["before"], doc, utcnow())
+                    applied.append(e)
+                    _fault_pause(len(applied))
+            committed = self.col.find_one_and_delete({"_id": txid, "owner": self.owner.id})
+        except BaseException as err:
+            self._abort(txid, journal_entries[:len(applied) + 1])
+            mapped = _as_domain_error(err)
+            if mapped is err:
+                raise
+            raise mapped from err
+        if committed is None:
+            # Another process judged us dead (heartbeat stale) and took the journal over to undo it.
+            self._abort(txid, journal_entries)
+            raise DatabaseUnavailable("the transaction was interrupted (this server stalled); nothing was stored")
         results: list[Stored | None] = []
         for e in entries:
             w, after = e["w"], e["after"]
@@ -106,7 +142,22 @@ class TransactionJournal:
             results.append(stored)
         return results
 
-    def _undo(self, rtype: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    def _abort(self, txid: str, entries: list[dict[str, Any]]) -> None:
+        """Undo `entries` (newest first) and drop the journal; when the database does not answer, keep them
+        for the heartbeat to retry (the journal stays ours meanwhile, so nobody else undoes it twice)."""
+        try:
+            self._undo_all(txid, entries)
+        except PyMongoError as err:
+            log.warning("transaction %s: undo failed (%s); retrying in the background", txid, type(err).__name__)
+            with self._lock:
+                self._failed[txid] = entries
+
+    def _undo_all(self, txid: str, entries: list[dict[str, Any]]) -> None:
+        for e in reversed(entries):
+            self._undo(e["type"], e.get("before"), e.get("after"), txid)
+        self.col.delete_one({"_id": txid})
+
+    def _undo(self, rtype: str, before: dict[str, Any] | None, after: dict[str, Any] | None, txid: str) -> None:
         if after is None:
             return
         repo = self.repo
@@ -116,21 +167,58 @@ class TransactionJournal:
                 repo.current(rtype).delete_one({"_id": after["_id"]})
             else:
                 repo.current(rtype).replace_one({"_id": after["_id"]}, before)
-        if before is not None:
-            # Release the history slot this transaction claimed for `before`.
+        if before is not None and (current is None or current["vid"] <= after["vid"]):
+            # Release the history slot this transaction claimed for `before` (only if it is ours).
             slot_id = f"{after['_id']}/{before['vid']}"
-            if current is None or current["vid"] <= after["vid"]:
+            slot = repo.history_col(rtype).find_one({"_id": slot_id}, {"txn": 1})
+            if slot is not None and slot.get("txn") == txid:
                 repo.history_col(rtype).delete_one({"_id": slot_id})
 
     def recover(self) -> int:
-        """Undo every transaction left pending by a process that died. Returns how many."""
-        count = 0
-        cutoff = utcnow() - timedelta(seconds=self.recovery_age)
-        for journal in list(self.col.find({})):
-            if journal["at"] > cutoff:
+        """Undo every transaction left pending by a dead process, and retry our own failed undos.
+        Returns how many were undone."""
+        self.owner.start()  # from now on the heartbeat also runs this every second
+        count = self._retry_failed()
+        seen: dict[str, bool] = {}
+        for journal in list(self.col.find({}, {"entries": 0})):
+            owner = journal.get("owner")
+            if owner == self.owner.id or self.owner.is_alive(owner, journal.get("at"), seen):
                 continue
-            for e in reversed(journal.get("entries", [])):
-                self._undo(e["type"], e.get("before"), e.get("after"))
-            self.col.delete_one({"_id": journal["_id"]})
+            taken = self.col.find_one_and_update({"_id": journal["_id"], "owner": owner},
+                                                 {"$set": {"owner": self.owner.id}},
+                                                 return_document=ReturnDocument.AFTER)
+            if taken is None:
+                continue  # another process took it first
+            log.warning("undoing transaction %s left pending by %s (heartbeat stale)", taken["_id"], owner)
+            self._abort(taken["_id"], taken.get("entries", []))
             count += 1
         return count
+
+    def _retry_failed(self) -> int:
+        with self._lock:
+            failed, self._failed = self._failed, {}
+        done = 0
+        for txid, entries in failed.items():
+            try:
+                self._undo_all(txid, entries)
+                done += 1
+                log.warning("transaction %s: undone after the database came back", txid)
+            except PyMongoError:
+                with self._lock:
+                    self._failed.setdefault(txid, entries)
+        return done
+
+
+def _as_domain_error(err: BaseException) -> BaseException:
+    """What the client is told after a failed transaction was undone."""
+    if isinstance(err, (_VersionTaken, DuplicateKeyError)):
+        return FhirError(409, "a resource in the transaction was changed by another request meanwhile; "
+                              "nothing was stored", code="conflict")
+    if isinstance(err, ConnectionFailure):
+        return DatabaseUnavailable("the database became unreachable during the transaction; nothing of it "
+                                   "is kept (what was applied is undone)")
+    if isinstance(err, PyMongoError):
+        log.warning("transaction failed on a database error, undone: %s", err)
+        return FhirError(500, "the database refused a write of the transaction; nothing was stored",
+                         code="exception")
+    return err

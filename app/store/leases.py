@@ -1,16 +1,20 @@
 """Named leases: a document whose unique _id is the lock. Serialises conditional creates with the same
 criteria and master-index registrations of the same resident, across processes.
 
-A lease expires so that a process killed while holding one cannot block the name forever.
+A lease expires so that a process killed while holding one cannot block the name forever. Taking over an
+expired lease is one atomic update of exactly the lease that was seen expired (same token): of several
+waiters that saw it expire, one update matches and the others find a live lease and wait. (Deleting it by
+name and inserting again, as before, let a late waiter delete the new holder's lease: two holders.)
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -25,6 +29,8 @@ class Leases:
     def __init__(self, collection: Collection, ttl_seconds: float = 10.0) -> None:
         self.col = collection
         self.ttl = ttl_seconds
+        # Test hook: called with the expired lease a waiter is about to take over.
+        self.before_takeover: Callable[[dict[str, Any]], None] | None = None
 
     @contextmanager
     def hold(self, name: str, wait_seconds: float = 20.0) -> Iterator[None]:
@@ -33,14 +39,20 @@ class Leases:
         delay = 0.002
         while True:
             now = utcnow()
+            until = now + timedelta(seconds=self.ttl)
             try:
-                self.col.insert_one({"_id": name, "token": token, "until": now + timedelta(seconds=self.ttl)})
+                self.col.insert_one({"_id": name, "token": token, "until": until})
                 break
             except DuplicateKeyError:
                 held = self.col.find_one({"_id": name})
                 if held and held["until"] < now:
-                    # The holder died: take the lease over (only one taker wins the delete+insert race).
-                    self.col.delete_one({"_id": name})
+                    # The holder died: take over exactly the lease we saw (only one waiter's update matches).
+                    if self.before_takeover is not None:
+                        self.before_takeover(held)
+                    taken = self.col.find_one_and_update({"_id": name, "token": held["token"]},
+                                                         {"$set": {"token": token, "until": until}})
+                    if taken is not None:
+                        break
                     continue
             if time.monotonic() > deadline:
                 raise FhirError(409, f"another request holds {name!r}; retry", code="lock-error")
@@ -49,6 +61,7 @@ class Leases:
         try:
             yield
         finally:
-            # Only our own lease: after an expiry another holder may own the name. (_leases stays tiny, so
-            # this two-field filter is cheap even where only _id filters use an index.)
-            self.col.delete_one({"_id": name, "token": token})
+            # Only our own lease: after an expiry another holder may own the name. One atomic find-and-delete
+            # (FerretDB serialises findAndModify), so we never delete a lease taken over meanwhile.
+            # (_leases stays tiny, so this two-field filter is cheap even where only _id filters use an index.)
+            self.col.find_one_and_delete({"_id": name, "token": token})

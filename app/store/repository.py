@@ -15,7 +15,7 @@ Only `_id` filters are used, because FerretDB v1 answers nothing else from an in
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,31 +23,40 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from app.core.errors import FhirError, conflict, gone, not_found, precondition_failed, unprocessable
+from app.core.access import Change, Decision
+from app.core.errors import FhirError, conflict, forbidden, gone, not_found, precondition_failed, unprocessable
 from app.core.fhirjson import decimal_shadow, restore_decimals
 from app.core.ids import is_valid_id, new_id, split_reference
 from app.core.timeutil import to_instant, utcnow
 from app.search.extract import extract_index
 from app.search.registry import SearchRegistry
 from app.store.database import DatabaseHandle
-from app.store.events import EventBus, StoreEvent
+from app.store.events import PRIOR_DOC, EventBus, StoreEvent
 from app.store.keys import KeyIndex, keys_for, reference_key
+from app.store.owners import Claim, fault_pause_after_claim, owner_for
 from app.store.protect import FieldProtector
 
-# A history slot older than this whose current document never moved on belongs to a writer that died.
+# A history slot written before slots named their owner (no `owner` field), older than this, whose current
+# document never moved on, belongs to a writer that died. Slots that name their owner are taken over only
+# when that owner's heartbeat is stale (app.store.owners), however long a live writer stalls.
 STALE_SLOT = timedelta(seconds=5)
 MAX_WRITE_RETRIES = 20
 
 
 @dataclass
 class WriteContext:
-    """Who writes: recorded with each version (province) and passed to event handlers."""
+    """Who writes: recorded with each new record (province) and passed to event handlers and the change gate."""
 
     province: str = "00"
     client_id: str | None = None
     organization: str | None = None
     user: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    principal: Any = None  # the caller (app.core.access.Principal); None: a write of the server itself
+
+
+# The change decision (the access policy's `admit`), injected so that storage never imports the policy.
+ChangeDecision = Callable[[Any, Change], Decision]
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Stored:
     deleted: bool
     resource: dict[str, Any] | None
     province: str | None = None
+    unchanged: bool = False  # a write that changed nothing: this is the version that was there already
 
     @classmethod
     def from_doc(cls, resource_type: str, doc: dict[str, Any]) -> Stored:
@@ -86,6 +96,8 @@ class Repository:
         self.resource_types = set(resource_types) or set(registry.resource_types())
         self.keys = KeyIndex(self.db["_keys"])
         self.protector = protector
+        self.decide_change: ChangeDecision | None = None  # set at wiring time (app.services)
+        self._referring: dict[str, list[str]] = {}
         # Types whose references are records of an access, not dependencies (AuditEvent).
         self.independent_types = set(independent_types)
         # The reference parameters that get posting lists (all of them unless the type's config narrows it).
@@ -194,7 +206,8 @@ class Repository:
             # A pre-create handler (the master patient index) turned the create into an update of an
             # existing record; it left the target id and the merged resource.
             existing_id = resource.pop("_ehc_existing")
-            return self.update(resource_type, existing_id, resource, context=context, fire_pre=False)
+            return self.update(resource_type, existing_id, resource, context=context, fire_pre=False,
+                               registration=True)
         rid = rid or new_id()
         self.check_references(resource_type, resource)
         stored = self._write(resource_type, rid, resource, None, context)
@@ -203,8 +216,10 @@ class Repository:
 
     def update(self, resource_type: str, rid: str, resource: dict[str, Any], *, if_match: int | None = None,
                context: WriteContext | None = None, fire_pre: bool = True,
-               on_conflict_retry: bool = True) -> Stored:
-        """Update (or create with a client-chosen id). Returns the new version; .vid == 1 means created."""
+               on_conflict_retry: bool = True, registration: bool = False,
+               known_prior: dict[str, Any] | None = None) -> Stored:
+        """Update (or create with a client-chosen id). Returns the new version; .vid == 1 means created.
+        registration: the master index turned a create into adding identifiers to a known resident."""
         self.check_type(resource_type)
         if not is_valid_id(rid):
             raise FhirError(400, f"{rid!r} is not a valid FHIR id", expression="id")
@@ -212,11 +227,13 @@ class Repository:
         resource = copy.deepcopy(resource)
         resource["resourceType"] = resource_type
         resource["id"] = rid
+        extra = {PRIOR_DOC: (rid, self.decode(known_prior))} if known_prior is not None else {}
         if fire_pre:
-            self.events.fire(StoreEvent("pre-update", resource_type, resource, context))
+            self.events.fire(StoreEvent("pre-update", resource_type, resource, context, extra=extra))
         self.check_references(resource_type, resource)
-        for _ in range(MAX_WRITE_RETRIES):
-            prior = self.get_raw(resource_type, rid)
+        for attempt in range(MAX_WRITE_RETRIES):
+            # known_prior: the raw current document the caller read just before (saves reading it again)
+            prior = known_prior if attempt == 0 and known_prior is not None else self.get_raw(resource_type, rid)
             if if_match is not None:
                 if prior is None:
                     raise precondition_failed(f"{resource_type}/{rid} does not exist (If-Match {if_match})")
@@ -224,8 +241,17 @@ class Repository:
                     raise precondition_failed(
                         f"{resource_type}/{rid} is at version {prior['vid']}, not {if_match} (If-Match)")
             resource.pop("_ehc_existing", None)
+            if registration and prior is not None and not prior.get("del"):
+                current = self.decode(prior) or prior
+                if same_content(current.get("res") or {}, resource):
+                    # A re-registration that adds nothing: no new version, but still judged.
+                    self.admit(context, Change(resource_type, current.get("res"), resource, prior.get("prov"),
+                                               registration=registration))
+                    kept = Stored.from_doc(resource_type, current)
+                    kept.unchanged = True
+                    return kept
             try:
-                stored = self._write(resource_type, rid, resource, prior, context)
+                stored = self._write(resource_type, rid, resource, prior, context, registration=registration)
             except _VersionTaken:
                 if if_match is not None or not on_conflict_retry:
                     raise precondition_failed(
@@ -248,11 +274,18 @@ class Repository:
                 return None
             if if_match is not None and prior["vid"] != if_match:
                 raise precondition_failed(f"{resource_type}/{rid} is at version {prior['vid']}, not {if_match}")
+            # judged before anything about its referrers is said or done
+            self.admit(context, Change(resource_type, (self.decode(prior) or {}).get("res"), None, prior.get("prov")))
             referrers = self.referrers(resource_type, rid)
             if referrers and not cascade:
                 sample = ", ".join(f"{t}/{i}" for t, i in referrers[:5])
                 raise conflict(f"{resource_type}/{rid} is referenced by {len(referrers)} resource(s) ({sample}); "
                                "delete those first or use _cascade=delete")
+            if referrers:
+                # Every resource the cascade would delete passes the change gate before any is deleted.
+                for t, _i, doc in self._cascade(referrers, {(resource_type, rid)}):
+                    self.admit(context, Change(t, self.decode(doc).get("res"), None,  # type: ignore[union-attr]
+                                               doc.get("prov")))
             for t, i in referrers:
                 self.delete(t, i, context=context, cascade=True)
             try:
@@ -267,14 +300,58 @@ class Repository:
             return stored
         raise conflict(f"{resource_type}/{rid} is being changed by many requests at once; retry")
 
+    def _cascade(self, referrers: list[tuple[str, str]],
+                 seen: set[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every live resource a cascading delete of these referrers reaches (raw documents)."""
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        todo = list(referrers)
+        while todo:
+            t, i = todo.pop()
+            if (t, i) in seen:
+                continue
+            seen.add((t, i))
+            doc = self.get_raw(t, i)
+            if doc is None or doc.get("del"):
+                continue
+            out.append((t, i, doc))
+            todo.extend(self.referrers(t, i))
+        return out
+
     def _write(self, resource_type: str, rid: str, resource: dict[str, Any] | None,
-               prior: dict[str, Any] | None, context: WriteContext) -> Stored:
+               prior: dict[str, Any] | None, context: WriteContext, registration: bool = False) -> Stored:
         """Make version prior.vid + 1 (a deletion when resource is None)."""
         now = utcnow()
-        vid = (prior["vid"] if prior else 0) + 1
-        doc = self.build_doc(resource_type, rid, vid, now, resource, context.province)
+        doc = self.prepare_version(resource_type, rid, prior, resource, context, now, registration=registration)
         self.store_version(resource_type, prior, doc, now)
         return Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
+
+    # -- the change gate -------------------------------------------------------------------------------
+
+    def prepare_version(self, resource_type: str, rid: str, prior: dict[str, Any] | None,
+                        resource: dict[str, Any] | None, context: WriteContext, now: datetime, *,
+                        registration: bool = False) -> dict[str, Any]:
+        """The document of version prior.vid + 1, admitted by the change gate. Every write of a resource goes
+        through here (single writes, cascades, merges, transaction entries): the one place a change is judged,
+        with the version before and the version after. The record's home province is that of its first
+        version: nobody's write moves it."""
+        live = prior if prior is not None and not prior.get("del") else None
+        before = (self.decode(live) or {}).get("res") if live is not None else None
+        province = (prior.get("prov") if prior else None) or context.province
+        after = None if resource is None else {**resource, "resourceType": resource_type, "id": rid}
+        self.admit(context, Change(resource_type, before, after, prior.get("prov") if prior else None,
+                                   registration=registration and before is not None))
+        vid = (prior["vid"] if prior else 0) + 1
+        return self.build_doc(resource_type, rid, vid, now, resource, province)
+
+    def admit(self, context: WriteContext, change: Change) -> None:
+        """Ask the change decision; 403 naming the reason when refused."""
+        if self.decide_change is None:
+            return
+        decision = self.decide_change(context.principal, change)
+        if not decision.allowed:
+            err = forbidden(decision.reason)
+            err.patients = sorted(decision.patients)
+            raise err
 
     def store_version(self, resource_type: str, prior: dict[str, Any] | None, doc: dict[str, Any],
                       now: datetime) -> None:
@@ -297,20 +374,49 @@ class Repository:
         self.keys.remove(rid, old_keys - new_keys)
 
     def _claim_slot(self, resource_type: str, rid: str, prior: dict[str, Any], now: datetime) -> None:
-        """Copy version n into history under its unique id: the serialisation point of n -> n+1."""
-        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov", "dec") if k in prior}
-        hist.update({"_id": f"{rid}/{prior['vid']}", "rid": rid, "at": now})
+        """Copy version n into history under its unique id: the serialisation point of n -> n+1.
+
+        The slot names its claimer: this process's owner id (app.store.owners) and, inside a transaction, the
+        journal. It is taken over only when its claimer can never move the resource on: the claimer's process
+        is dead (heartbeat stale), no pending journal holds the slot, and the resource is still at version n;
+        and then by exactly one writer (a unique takeover marker). A writer that merely stalls in a live
+        process keeps its slot, so no other writer can make n+1 under it and lose its update."""
+        owner = owner_for(self.db)
+        owner.ensure_fresh()
+        slot_id = f"{rid}/{prior['vid']}"
+        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov") if k in prior}
+        hist.update({"_id": slot_id, "rid": rid, "at": now, "owner": owner.id})
+        txid = owner.current_transaction()
+        if txid:
+            hist["txn"] = txid
         col = self.history_col(resource_type)
         try:
             col.insert_one(hist)
         except DuplicateKeyError:
-            slot = col.find_one({"_id": hist["_id"]})
-            if slot and now - slot.get("at", now) > STALE_SLOT:
-                # The writer that claimed it died before moving the current document on: the slot
-                # holds exactly version n, so reuse it.
-                col.update_one({"_id": hist["_id"]}, {"$set": {"at": now}})
-                return
-            raise _VersionTaken() from None
+            slot = col.find_one({"_id": slot_id}, {"owner": 1, "at": 1, "txn": 1})
+            if slot is None:
+                raise _VersionTaken() from None  # released meanwhile: re-read and retry
+            claimer = slot.get("owner")
+            if claimer is None:  # written before slots named their owner
+                dead = now - slot.get("at", now) > STALE_SLOT
+            else:
+                dead = not owner.is_alive(claimer)
+            if not dead or (slot.get("txn") and self.db["_journal"].find_one({"_id": slot["txn"]}, {"_id": 1})):
+                raise _VersionTaken() from None  # a live writer's, or a pending journal's: it undoes it
+            current = self.current(resource_type).find_one({"_id": rid}, {"vid": 1})
+            if current is None or current["vid"] != prior["vid"]:
+                raise _VersionTaken() from None  # the claimer did finish: version n is history now
+            if not owner.take_over(f"{resource_type}/{slot_id}", claimer):
+                raise _VersionTaken() from None  # another writer took it over
+            update: dict[str, Any] = {"$set": {"at": now, "owner": owner.id}}
+            if txid:
+                update["$set"]["txn"] = txid
+            else:
+                update["$unset"] = {"txn": ""}
+            if col.update_one({"_id": slot_id}, update).matched_count == 0:
+                raise _VersionTaken() from None
+        owner.note_claim(Claim(resource_type, slot_id, rid, prior["vid"]))
+        fault_pause_after_claim(rid)
 
     def build_doc(self, resource_type: str, rid: str, vid: int, ts: datetime,
                   resource: dict[str, Any] | None, province: str) -> dict[str, Any]:
@@ -354,7 +460,12 @@ class Repository:
         """Live resources that reference resource_type/rid (through the posting lists, re-checked)."""
         target = f"{resource_type}/{rid}"
         found: list[tuple[str, str]] = []
-        for rtype in sorted(self.resource_types - self.independent_types):
+        # Only types that can point at this type (their reference parameters' targets) and that hold anything
+        # at all (a collection exists once a type is first written; listing them is one command).
+        existing = set(self.db.list_collection_names())
+        for rtype in self._referring_types(resource_type):
+            if rtype not in existing:
+                continue
             for other in self.keys.lookup(reference_key(rtype, target)):
                 if rtype == resource_type and other == rid:
                     continue
@@ -365,17 +476,28 @@ class Repository:
                     found.append((rtype, other))
         return found
 
+    def _referring_types(self, target_type: str) -> list[str]:
+        found = self._referring.get(target_type)
+        if found is None:
+            found = self._referring[target_type] = sorted(
+                t for t in self.resource_types - self.independent_types
+                if any(p.type == "reference" and p.code in self._reference_codes.get(t, ())
+                       and (not p.target or target_type in p.target) for p in self.registry.params(t).values()))
+        return found
+
     # -- history ---------------------------------------------------------------------------------------
 
     def instance_history(self, resource_type: str, rid: str, since: datetime | None = None,
-                         count: int = 50) -> list[Stored]:
+                         count: int = 50, below: int | None = None) -> list[Stored]:
+        """Versions of one resource, newest first; `below`: only versions older than that versionId (paging)."""
         self.check_type(resource_type)
         doc = self.get_doc(resource_type, rid)
         if doc is None:
             raise not_found(f"{resource_type}/{rid} is not known")
-        out = [Stored.from_doc(resource_type, doc)]
+        out = [Stored.from_doc(resource_type, doc)] if below is None or doc["vid"] < below else []
         col = self.history_col(resource_type)
-        for vid in range(doc["vid"] - 1, 0, -1):
+        top = doc["vid"] - 1 if below is None else min(doc["vid"], below) - 1
+        for vid in range(top, 0, -1):
             if len(out) >= count:
                 break
             hist = self.decode(col.find_one({"_id": f"{rid}/{vid}"}))
@@ -386,16 +508,34 @@ class Repository:
         return out[:count]
 
     def type_history(self, resource_types: Iterable[str], since: datetime | None = None,
-                     count: int = 50) -> list[Stored]:
-        """Every version of every resource of these types, newest first."""
-        flt: dict[str, Any] = {"ts": {"$gte": since}} if since else {}
+                     count: int = 50, until: datetime | None = None) -> list[Stored]:
+        """Every version of every resource of these types, newest first (`until`: lastUpdated at most that,
+        for paging). Types never written have no collection and cost nothing."""
+        flt: dict[str, Any] = {}
+        if since or until:
+            flt["ts"] = {k: v for k, v in (("$gte", since), ("$lte", until)) if v is not None}
+        existing = set(self.db.list_collection_names())
         out: list[Stored] = []
         for rtype in resource_types:
             for col in (self.current(rtype), self.history_col(rtype)):
+                if col.name not in existing:
+                    continue
                 for doc in col.find(flt, {"ix": 0, "so": 0}).sort([("ts", -1)]).limit(count):
                     out.append(Stored.from_doc(rtype, self.decode(doc)))  # type: ignore[arg-type]
-        out.sort(key=lambda s: (s.ts, s.vid), reverse=True)
+        out.sort(key=lambda s: (s.ts, s.vid, s.resource_type, s.id), reverse=True)
         return out[:count]
+
+
+def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a write would store what is there already (meta.versionId and lastUpdated aside)."""
+    def strip(res: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in res.items() if k != "meta"}
+        meta = {k: v for k, v in (res.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        if meta:
+            out["meta"] = meta
+        return out
+
+    return strip(stored) == strip(new)
 
 
 class _VersionTaken(Exception):

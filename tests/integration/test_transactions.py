@@ -144,8 +144,12 @@ def test_kill_mid_transaction_leaves_nothing_after_restart(db_uri, tmp_path):
         slow.kill()
     finally:
         slow.kill()
-    restarted = LiveServer(db_uri, tmp_path, workers=1, env={"EHC_JOURNAL_RECOVERY_AGE": "0"}).start()
+    restarted = LiveServer(db_uri, tmp_path, workers=1).start()
     try:
+        # undone once the killed process's heartbeat is stale (5 s), at start-up or by the next heartbeat
+        deadline = time.monotonic() + 20
+        while db["_journal"].count_documents({}) and time.monotonic() < deadline:
+            time.sleep(0.2)
         found = requests.get(f"{restarted.base}/Patient?identifier={KILLED}").json()
         assert found.get("total") == 0, found
         assert db["Patient"].count_documents({"res.identifier.system": KILL}) == 0
