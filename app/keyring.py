@@ -59,9 +59,33 @@ def keys_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "keys"
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter (0700), created with its parents if need be; an
+    existing one is tightened (EHC_DATA_DIR holds the keys and the embedded database)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except PermissionError:  # not ours (an operator's shared directory): leave it, the files stay 0600
+        pass
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Tighten an existing file to 0600 (key files written by an older version or by hand)."""
+    try:
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except PermissionError:
+        pass
+
+
 def load_keyring(settings: Settings) -> Keyring:
-    """The platform keys of these settings, creating any that do not exist yet."""
-    kdir = keys_dir(settings)
+    """The platform keys of these settings, creating any that do not exist yet. The data directory and the
+    key directory are made 0700 and the key files 0600."""
+    private_dir(settings.data_dir)
+    kdir = private_dir(keys_dir(settings))
     index_key = load_or_create(settings.index_key_file or kdir / "index.key", INDEX_KEY_SIZE)
     root_key = load_or_create(settings.card_root_key_file or kdir / "card-root.key", CARD_ROOT_KEY_SIZE)
     both = load_or_create(settings.field_key_file or kdir / "field.key", FIELD_KEY_SIZE + BLIND_KEY_SIZE)
@@ -81,6 +105,7 @@ def load_or_create(path: Path, size: int) -> bytes:
     path = Path(path)
     if not path.exists():
         _create(path, secrets.token_bytes(size))
+    private_file(path)
     data = path.read_bytes()
     if len(data) == size:
         return data
@@ -94,7 +119,7 @@ def load_or_create(path: Path, size: int) -> bytes:
 
 
 def _create(path: Path, key: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
+from app.keyring import private_dir, private_file
+
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -37,6 +39,7 @@ class AuthKeys:
         path = self.dir / "secret.key"
         if not path.exists():
             _write_private(path, secrets.token_bytes(32))
+        private_file(path)
         return path.read_bytes()
 
     def phone_key(self, phone: str) -> str:
@@ -52,6 +55,7 @@ class AuthKeys:
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
             _write_private(path, pem)
+        private_file(path)
         jwk = RSAKey.import_key(path.read_bytes())
         jwk.ensure_kid()
         return jwk

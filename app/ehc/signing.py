@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.crypto import SM2PrivateKey, SM2PublicKey
+from app.keyring import private_dir
 
 USE_PERIOD = 365 * 86400
 MAX_TOKEN_LIFETIME = 365 * 86400  # the longest static code; dynamic ones live at most 300 s
@@ -162,7 +163,7 @@ class SigningKeys:
                 return kid
 
     def _modify(self, change: Any, now: int) -> SigningKey:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         lock_path = self.path.with_suffix(".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -11,10 +11,12 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from app.core import fhirjson
 from app.core.access import AccessRecord
 from app.core.errors import FhirError
-from app.fhir.http import FhirResponse, negotiate, read_json_body, to_flask
+from app.fhir import outage
+from app.fhir.http import FhirResponse, check_json_depth, negotiate, read_json_body, to_flask, too_deep
 from app.fhir.router import FhirRequest
 from app.fhir.routes import build_router
 from app.services import Services
+from app.store.database import UNAVAILABLE_ERRORS
 from app.store.protect import redact_query
 from app.store.repository import WriteContext
 
@@ -47,9 +49,13 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
         try:
-            return {"_patch": fhirjson.loads(data)}, data  # decimals keep their text
+            patch = fhirjson.loads(data)  # decimals keep their text
         except fhirjson.JsonError as err:
             raise FhirError(400, f"the JSON Patch is not valid JSON: {err}") from None
+        except RecursionError:
+            raise too_deep() from None
+        check_json_depth(patch)
+        return {"_patch": patch}, data
     if method == "POST" and path.endswith("_search"):
         if ctype == "application/x-www-form-urlencoded":
             return {"_form": parse_qsl(request.get_data(as_text=True), keep_blank_values=True)}, None
@@ -98,8 +104,11 @@ def fhir_entry(path: str) -> Response:
             svc.record_access(AccessRecord("refused", path.split("/")[0] or None, [], "4", err.status, principal,
                                            query, err.diagnostics, remote_addr=request.remote_addr))
         resp = FhirResponse(err.status, err.outcome(), dict(err.headers))
+    except UNAVAILABLE_ERRORS as err:  # the database is down: 503 + Retry-After within about a second
+        resp = outage.unavailable(svc, err)
     except Exception:  # the one place that turns any failure into an OperationOutcome, never a trace
         log.exception("unhandled error on %s /fhir/%s", request.method, path)
+        outage.abandon_claims(svc)
         resp = FhirResponse(500, FhirError(500, "internal error; the server log has the details").outcome())
     return to_flask(resp, media, pretty)
 
@@ -107,6 +116,7 @@ def fhir_entry(path: str) -> Response:
 def init_app(app: Flask, svc: Services) -> None:
     app.extensions["ehc"] = svc
     app.register_blueprint(bp)
+    outage.init_app(app, svc)
 
     @app.errorhandler(413)
     def _too_large(_e: Any) -> Response:

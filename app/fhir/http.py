@@ -74,9 +74,35 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         body = fhirjson.loads(data)  # decimals keep their text (1.50 stays 1.50)
     except fhirjson.JsonError as err:
         raise bad_request(f"the body is not valid JSON: {err}") from None
+    except RecursionError:  # the parser gave up on a body nested hundreds of levels deep
+        raise too_deep() from None
+    check_json_depth(body)
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object (a FHIR resource)")
     return body
+
+
+# How deeply a request body may nest (objects and arrays). A FHIR resource, even a Bundle of Questionnaires
+# with nested items, stays far below; anything deeper is refused with 400 before any code walks it
+# recursively (validation, indexing, serialising), so it can never cause a RecursionError.
+MAX_JSON_DEPTH = 100
+
+
+def too_deep() -> FhirError:
+    return bad_request(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep (the limit)", code="too-costly")
+
+
+def check_json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """400 when `value` nests objects/arrays deeper than `limit` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise too_deep()
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:

@@ -142,6 +142,19 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _private_tree(root: Path) -> None:
+    """root and every folder below 0700, every file 0600: the database files hold health records."""
+    for path in [root, *root.rglob("*")]:
+        try:
+            if path.is_symlink():
+                continue
+            wanted = 0o700 if path.is_dir() else 0o600
+            if path.stat().st_mode & 0o777 != wanted:
+                path.chmod(wanted)
+        except (FileNotFoundError, PermissionError):
+            pass
+
+
 @dataclass
 class EmbeddedDatabase:
     """One database server process on 127.0.0.1, its files under data_dir."""
@@ -165,10 +178,10 @@ class EmbeddedDatabase:
         mongod = shutil.which("mongod")
         if mongod:
             dbpath = self.data_dir / "mongod"
-            dbpath.mkdir(parents=True, exist_ok=True)
+            dbpath.mkdir(parents=True, exist_ok=True, mode=0o700)
             return [mongod, "--dbpath", str(dbpath), "--bind_ip", "127.0.0.1", "--port", str(self.port), "--quiet"]
         sqlite_dir = self.data_dir / "ferretdb"
-        sqlite_dir.mkdir(parents=True, exist_ok=True)
+        sqlite_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return [
             str(install_ferretdb()),
             "--handler=sqlite",
@@ -198,11 +211,16 @@ class EmbeddedDatabase:
         if _port_open(self.port):
             raise EmbeddedDatabaseError(f"127.0.0.1:{self.port} is in use by another process (a database of another "
                                         "data folder?); stop it, or choose another port with EHC_DB_PORT")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         cmd = self.command()
-        log = self.log_file.open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
+        _private_tree(self.data_dir)  # also what an older version left 0644
+        log = os.fdopen(os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+        # umask 077: the database files the server creates (SQLite files, WAL, state.json) are 0600.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+        log.close()
+        fd = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
