@@ -76,3 +76,167 @@ def test_consent_grant_and_revoke_are_consent_versions(live, world, svc):
     assert "已撤销" in r.text
     again = requests.get(f"{live}/fhir/Consent/{consent['id']}", headers=bearer(token), timeout=10).json()
     assert again["status"] == "inactive" and again["meta"]["versionId"] == "2"
+
+
+def test_every_portal_form_needs_its_csrf_token(live, world, auth_app):
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    posts = [rule.rule for rule in auth_app.url_map.iter_rules()
+             if rule.rule.startswith("/portal/") and "POST" in (rule.methods or ())]
+    assert len(posts) >= 10
+    for path in posts:
+        path = path.replace("<cid>", "x")
+        for data in ({}, {"csrf": "forged"}):
+            resp = s.post(f"{live}{path}", data=data, timeout=10, allow_redirects=False)
+            assert resp.status_code == 400, (path, resp.status_code)
+    # the session is still good after the refusals
+    assert s.get(f"{live}/portal/card", timeout=10, allow_redirects=False).status_code == 200
+
+
+def test_cookie_is_secure_behind_tls_and_csp_is_strict(auth_app):
+    client = auth_app.test_client()
+    resp = client.get("/portal/login", base_url="https://ehc.example.cn")
+    cookie = resp.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/portal" in cookie
+    plain = auth_app.test_client().get("/portal/login").headers["Set-Cookie"]
+    assert "Secure" not in plain
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+    assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
+    html = resp.get_data(as_text=True)
+    assert "<script>" not in html and 'lang="zh-CN"' in html and "onclick" not in html
+
+
+def test_session_is_shorter_than_the_refresh_token_and_expires(live, world, svc):
+    from app.auth.server import ACCESS_TTL, REFRESH_TTL
+    from app.portal import session as portal_session
+
+    assert portal_session.IDLE_SECONDS < portal_session.MAX_SECONDS < REFRESH_TTL
+    assert portal_session.IDLE_SECONDS <= ACCESS_TTL
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    # the server keeps no usable token: the stored state is encrypted with a key only the cookie holds
+    sid = next(c.value for c in s.cookies if c.name == "ehc_portal")
+    col = svc.handle.db[portal_session.COLLECTION]
+    import hashlib
+
+    doc = col.find_one({"_id": hashlib.sha256(sid.encode()).hexdigest()})
+    assert doc is not None and "access" not in str(doc) and sid not in str(doc)
+    col.update_one({"_id": doc["_id"]}, {"$set": {"expires_at": 0}})  # idle too long
+    resp = s.get(f"{live}/portal/card", timeout=10, allow_redirects=False)
+    assert resp.status_code == 302 and "/portal/login" in resp.headers["Location"]
+
+
+def test_suspended_card_explains_and_shows_no_code(live, world, svc):
+    from app.ehc.cards import EHC_SYSTEM
+    from app.ehc.plugin import card_service
+
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    res = svc.repo.read("Patient", world["me"]).resource
+    card = next(i["value"] for i in res["identifier"] if i["system"] == EHC_SYSTEM and i.get("use") != "old")
+    service = card_service(svc)
+    service.cards.set_status(card, "suspended", world["me"], "lost phone")
+    try:
+        page = s.get(f"{live}/portal/card", timeout=10)
+        assert page.status_code == 200
+        assert "已挂失" in page.text and "解除挂失" in page.text and 'id="qr"' not in page.text
+        assert card[:4] in page.text and card not in page.text  # masked
+    finally:
+        service.cards.set_status(card, "active", world["me"])
+
+
+def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
+    from app.auth.accounts import find_account
+
+    son, _ = resident(svc, "赵", "子", "1990-02-03", "301")
+    mother, mother_id = resident(svc, "钱", "母", "1950-07-08", "302")
+    account(svc, "13933334444", PASSWORD, son)
+    account(svc, "13955556666", PASSWORD, mother)
+    st = auth_state(svc)
+    s, r = portal_login(live, "13933334444", PASSWORD)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    wrong = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "钱某",
+                                                       "id_number": mother_id, "relationship": "CHILD"}, timeout=10)
+    assert wrong.status_code == 400 and "不匹配" in wrong.text  # a wrong name reveals nothing
+    asked = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "钱母",
+                                                       "id_number": mother_id, "relationship": "CHILD"}, timeout=10)
+    assert "已发送绑定请求" in asked.text
+    assert mother not in find_account(st.store, st.keys, "13933334444").patients  # not yet
+    # the mother signs in herself and accepts
+    m, r = portal_login(live, "13955556666", PASSWORD)
+    fam = m.get(f"{live}/portal/family", timeout=10)
+    assert "139****4444" in fam.text and "子女" in fam.text
+    from tests.integration.portal_helpers import form_of
+
+    form = form_of(fam.text, "/portal/family/requests")
+    done = m.post(f"{live}/portal/family/requests", data={**form, "decision": "accept"}, timeout=10)
+    assert "已同意绑定" in done.text
+    assert find_account(st.store, st.keys, "13933334444").patients == [son, mother]
+    # the son now acts for his mother (the authorization server asks which patient)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    assert "钱母" in page.text
+    from tests.integration.portal_helpers import oauth_pages
+
+    act = s.post(f"{live}/portal/family/act", data={"csrf": csrf_of(page.text), "patient": mother}, timeout=10)
+    card = oauth_pages(s, act, "13933334444", PASSWORD, mother)
+    assert card.url.endswith("/portal/card") and "正在为家人办理" in card.text and "钱母" in card.text
+    # unbind: the account loses the patient, the portal its token
+    page = s.get(f"{live}/portal/family", timeout=10)
+    gone = s.post(f"{live}/portal/family/unbind", data={"csrf": csrf_of(page.text), "patient": mother}, timeout=10)
+    assert "已解除绑定" in gone.text
+    assert find_account(st.store, st.keys, "13933334444").patients == [son]
+    assert "本人" in s.get(f"{live}/portal/card", timeout=10).text
+
+
+def test_portal_has_no_back_door_to_records():
+    """The portal reads and writes records only through the FHIR API (app.portal.fhirclient)."""
+    from pathlib import Path
+
+    import app.portal as portal
+
+    for path in Path(portal.__file__).parent.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert ".repo." not in text and "get_doc(" not in text and "searcher" not in text, path.name
+
+
+def test_trend_chart_svg_is_static_and_describes_every_value():
+    from datetime import datetime
+
+    from app.portal.charts import Point, trend_svg
+
+    svg = trend_svg([Point(datetime(2026, 1, 1), 5.5), Point(datetime(2026, 2, 1), 7.25),
+                     Point(datetime(2026, 3, 1), 4.0)], "葡萄糖趋势图", "mmol/L", 3.9, 6.1)
+    assert svg.startswith("<svg") and "<script" not in svg and "style=" not in svg
+    assert svg.count("<circle") == 3 and svg.count('fill="#a11b1b"') == 1  # 7.25 is above the range
+    assert "2026-01-01 5.5 mmol/L; 2026-02-01 7.2 mmol/L; 2026-03-01 4 mmol/L" in svg
+    assert 'role="img"' in svg and "<title>葡萄糖趋势图</title>" in svg
+
+
+def test_document_attachments_open_inline_only_for_safe_types(live, world, svc):
+    import base64
+
+    from tests.integration.auth_helpers import create
+
+    me = world["me"]
+    pdf = base64.b64encode(b"%PDF-1.4\n% a tiny test file\n").decode()
+    svg = base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>").decode()
+    doc = create(svc, {"resourceType": "DocumentReference", "status": "current",
+                       "subject": {"reference": f"Patient/{me}"}, "description": "检查报告",
+                       "content": [{"attachment": {"contentType": "application/pdf", "data": pdf}},
+                                   {"attachment": {"contentType": "image/svg+xml", "data": svg}}]})
+    stranger, _ = resident(svc, "孙", "某", "1970-01-01", "401")
+    other = create(svc, {"resourceType": "DocumentReference", "status": "current",
+                         "subject": {"reference": f"Patient/{stranger}"},
+                         "content": [{"attachment": {"contentType": "application/pdf", "data": pdf}}]})
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    page = s.get(f"{live}/portal/records/document/{doc}", timeout=10)
+    assert page.status_code == 200 and "<iframe" in page.text
+    first = s.get(f"{live}/portal/records/document/{doc}/0", timeout=10)
+    assert first.headers["Content-Type"] == "application/pdf" and first.content.startswith(b"%PDF")
+    assert first.headers["Content-Disposition"].startswith("inline")
+    assert first.headers["X-Frame-Options"] == "SAMEORIGIN"
+    second = s.get(f"{live}/portal/records/document/{doc}/1", timeout=10)
+    assert second.headers["Content-Type"] == "application/octet-stream"
+    assert second.headers["Content-Disposition"].startswith("attachment")
+    # another resident's document: the API refuses the portal's token, the portal answers 404
+    assert s.get(f"{live}/portal/records/document/{other}", timeout=10).status_code == 404
+    assert s.get(f"{live}/portal/records/document/{other}/0", timeout=10).status_code == 404
