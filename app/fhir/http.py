@@ -10,11 +10,16 @@ from flask import Request, Response
 from app.core import fhirjson
 from app.core.errors import FhirError, bad_request
 from app.core.timeutil import http_date
+from app.fhir import xml as fhir_xml
+from app.fhir.structure import load_structure
+from app.services import PROFILES_DIR
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
-FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": FHIR_JSON, "application/fhir+json": FHIR_JSON}
-XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "xml"}
+FHIR_XML = "application/fhir+xml"
+FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": FHIR_JSON, "application/fhir+json": FHIR_JSON,
+                  "xml": FHIR_XML, "text/xml": FHIR_XML, "application/xml": FHIR_XML, FHIR_XML: FHIR_XML}
+XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "xml", "application/xml+fhir"}
 
 
 @dataclass
@@ -35,9 +40,7 @@ def negotiate(request: Request) -> str:
         fmt = fmt.strip().replace(" ", "+")
         if fmt in FORMAT_ALIASES:
             return FORMAT_ALIASES[fmt]
-        if fmt in XML_TYPES:
-            raise FhirError(406, "XML is not supported by this server; use _format=json", expression="_format")
-        raise FhirError(406, f"_format={fmt!r} is not a supported format (json)", expression="_format")
+        raise FhirError(406, f"_format={fmt!r} is not a supported format (json, xml)", expression="_format")
     accept = request.headers.get("Accept", "")
     if not accept.strip():
         return FHIR_JSON
@@ -51,6 +54,8 @@ def negotiate(request: Request) -> str:
     for media in acceptable:
         if media in JSON_TYPES:
             return FHIR_JSON if media != "application/json" else "application/json"
+        if media in XML_TYPES:
+            return FHIR_XML
         if media in ("*/*", "application/*"):
             return FHIR_JSON
     raise FhirError(406, f"cannot answer in any of the accepted media types ({accept}); use application/fhir+json")
@@ -61,15 +66,15 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     if length is not None and length > max_bytes:
         raise FhirError(413, f"the request body is {length} bytes; the limit is {max_bytes}")
     ctype = (request.mimetype or "").lower()
-    if ctype and ctype not in JSON_TYPES:
-        if ctype in XML_TYPES:
-            raise FhirError(415, "XML bodies are not supported; send application/fhir+json")
-        raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json")
+    if ctype and ctype not in JSON_TYPES and ctype not in XML_TYPES:
+        raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json or +xml")
     data = request.get_data(cache=True)
     if len(data) > max_bytes:
         raise FhirError(413, f"the request body is larger than {max_bytes} bytes")
     if not data.strip():
         raise bad_request("the request has no body; a FHIR resource was expected")
+    if ctype in XML_TYPES:
+        return fhir_xml.from_xml(load_structure(PROFILES_DIR), data)
     try:
         body = fhirjson.loads(data)  # decimals keep their text (1.50 stays 1.50)
     except fhirjson.JsonError as err:
@@ -146,7 +151,10 @@ def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     elif resp.body is None:
         out = Response(b"", status=resp.status)
     else:
-        payload = fhirjson.dumps(resp.body, pretty)
+        if media_type == FHIR_XML:
+            payload = fhir_xml.to_xml(load_structure(PROFILES_DIR), resp.body, pretty)
+        else:
+            payload = fhirjson.dumps(resp.body, pretty)
         out = Response(payload, status=resp.status, content_type=f"{media_type}; charset=utf-8")
     for k, v in resp.headers.items():
         out.headers[k] = v
