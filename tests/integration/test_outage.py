@@ -22,7 +22,7 @@ from tests.integration.auth_helpers import register, secret_token
 from tests.live import serve_in_thread
 
 FJ = "application/fhir+json"
-BUDGET = 4.0  # seconds: about 2 s measured on an idle machine, with room for a loaded 2-core one
+BUDGET = 5.0  # seconds: 1-3 s measured on an idle machine, with room for a loaded 2-core one
 
 
 @pytest.fixture(scope="module")

@@ -262,6 +262,54 @@ def test_dead_writers_slot_is_taken_over_once_its_heartbeat_stops(client, db_uri
     assert db["Patient_history"].find_one({"_id": f"{pid}/1"})["owner"] != slot["owner"]
 
 
+@pytest.mark.slow
+def test_write_that_fails_after_claiming_releases_its_slot(tmp_path, monkeypatch):
+    """The database dies while an update holds its history slot: the client gets 503, and once the database is
+    back the live server releases the slot by itself, so the resource is not locked until a restart."""
+    from app import create_app
+
+    dbserver = EmbeddedDatabase(tmp_path / "db", free_port())
+    dbserver.start()
+    app = create_app(Settings(mongodb_uri=dbserver.uri + "robust_slot", data_dir=tmp_path / "data",
+                              auth_required=False))
+    raw = MongoClient(dbserver.uri, serverSelectionTimeoutMS=20000)["robust_slot"]
+    try:
+        first = app.test_client().post("/fhir/Patient", data=json.dumps(patient("Orig", "F1", "urn:ehc:mrn:fail")),
+                                       content_type=FJ).json
+        pid = first["id"]
+        monkeypatch.setenv("EHC_FAULT_SLOT_PAUSE", f"{pid}:2")
+        result: dict[str, int] = {}
+
+        def put(family: str) -> int:
+            return app.test_client().put(f"/fhir/Patient/{pid}", content_type=FJ, headers={"If-Match": 'W/"1"'},
+                                         data=json.dumps({**first, "name": [{"family": family}]})).status_code
+
+        writer = threading.Thread(target=lambda: result.update(status=put("Lost")))
+        writer.start()
+        deadline = time.monotonic() + 10
+        while raw["Patient_history"].find_one({"_id": f"{pid}/1"}) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert raw["Patient_history"].find_one({"_id": f"{pid}/1"}) is not None, "the slot is claimed"
+        pid_db = dbserver.running_pid()
+        assert pid_db
+        os.kill(pid_db, signal.SIGKILL)  # while the writer stalls between its claim and its write
+        writer.join(30)
+        assert result["status"] == 503
+        dbserver.pid_file.unlink(missing_ok=True)
+        dbserver.start()
+        back = time.monotonic()
+        while raw["Patient_history"].find_one({"_id": f"{pid}/1"}) and time.monotonic() - back < 10:
+            time.sleep(0.2)
+        assert raw["Patient_history"].find_one({"_id": f"{pid}/1"}) is None, "released by the live server"
+        assert put("Next") == 200
+        final = app.test_client().get(f"/fhir/Patient/{pid}").json
+        assert final["meta"]["versionId"] == "2" and final["name"][0]["family"] == "Next"
+    finally:
+        app.extensions["ehc"].handle.close()
+        raw.client.close()
+        dbserver.stop(timeout=2)
+
+
 def test_only_one_process_takes_over_a_dead_owners_claim(services):
     """Two live processes race to take over what a dead one held: exactly one wins, every time; when the
     winner dies too, the other can take over from it."""
