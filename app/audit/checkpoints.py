@@ -159,16 +159,21 @@ class Checkpoints:
     def maybe_write(self, seq: int, head: str) -> bool:
         """Sign and append the head when the chain grew and the last checkpoint is `interval` old."""
         with self._lock:
-            last = self._newest_cached()
             now = utcnow()
-            if last is not None:
-                if seq <= last.seq:
-                    return False
-                age = (now - datetime.strptime(last.time, "%Y-%m-%dT%H:%M:%S.%fZ")).total_seconds()
-                if age < self.interval:
-                    return False
+            if not self._due(self._newest_cached(), seq, now):
+                return False
+            self._loaded = False  # another process (a gunicorn sibling) may have written one meanwhile
+            if not self._due(self._newest_cached(), seq, now):
+                return False
             self._append(sign(self.keys.current(), self.chain, seq, head, now))
             return True
+
+    def _due(self, last: Checkpoint | None, seq: int, now: datetime) -> bool:
+        if last is None:
+            return True
+        if seq <= last.seq:
+            return False
+        return (now - datetime.strptime(last.time, "%Y-%m-%dT%H:%M:%S.%fZ")).total_seconds() >= self.interval
 
     def write(self, seq: int, head: str) -> Checkpoint:
         with self._lock:

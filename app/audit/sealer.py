@@ -44,9 +44,9 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from app.audit.chain import CHAIN, EVENTS, GENESIS, HEAD_ID, PENDING, STATE, digest, key, link
-from app.audit.events import add_patients, as_reference, interaction_for, split_path
-from app.audit.writer import AuditWriter, event_id_for
-from app.core.access import AccessRecord, Principal
+from app.audit.events import MAX_ENTITIES, add_patients, as_reference, interaction_for, split_path, unresolved_refs
+from app.audit.writer import AuditWriter, event_id_for, principal_from
+from app.core.access import AccessRecord
 from app.core.errors import FhirError
 from app.core.timeutil import utcnow
 from app.store.keys import keys_for
@@ -201,15 +201,16 @@ class Sealer:
         """The AuditEvent document for a pending event (or for an intent whose event was lost)."""
         if pending.get("kind") == "intent":
             rtype, ids = split_path(pending.get("path"))
-            principal = Principal(**pending["principal"]) if pending.get("principal") else None
+            principal = principal_from(pending.get("principal"))
             record = AccessRecord(interaction_for(pending.get("method"), pending.get("path")), rtype, ids, "8",
                                   0, principal, pending.get("query") or None, RECOVERED,
                                   remote_addr=pending.get("remote_addr"))
-            pending = self.writer.pending_event(record, pending["_id"], method=pending.get("method"),
-                                                path=pending.get("path"))
-        res = pending["res"]
-        if pending.get("todo"):
-            res = add_patients(res, self._patients_of(pending["todo"], cache))
+            pending = {**self.writer.pending_event(record, pending["_id"], method=pending.get("method"),
+                                                   path=pending.get("path")), "at": pending["at"]}
+        res = self.writer.build_event(pending)
+        todo = unresolved_refs(res)  # a broad search: its results' patients are looked up now
+        if todo:
+            res = add_patients(res, self._patients_of(todo[:MAX_ENTITIES], cache))
         return self.repo.build_doc(EVENTS, pending["_id"], 1, pending["at"], res,
                                    pending.get("prov") or self.writer.node.province)
 

@@ -3,7 +3,8 @@
 FerretDB v1 has no atomic read-modify-write (a findAndModify `$inc` from parallel connections loses updates
 and hands out the same number twice), and SQLite behind it runs one write at a time; its one reliable
 primitive is a unique `_id` insert. So writers neither number events nor touch the AuditEvent collection:
-- `write(record)`: the event `{_id, at, kind: "event", res, intent, todo}` goes to `_audit_pending`;
+- `write(record)`: the event `{_id, at, kind: "event", prov, rec, method, path, patients, intent}` goes to
+  `_audit_pending` (`rec`: the access record, compact; the sealer builds the AuditEvent from it);
 - `reserve(...)`: for a request that changes data, its intent `{_id, at, kind: "intent", method, path, query,
   remote_addr, principal}` goes there before the operation runs; its event names the intent.
 Both are handed to the group committer (app.audit.commit): the records of concurrent requests share one
@@ -33,7 +34,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -41,7 +42,7 @@ from pymongo.database import Database
 
 from app.audit.chain import PENDING
 from app.audit.commit import GroupCommitter
-from app.audit.events import MAX_ENTITIES, Node, build_audit_event, query_patients, unresolved_refs
+from app.audit.events import Node, build_audit_event, query_patients
 from app.core.access import AccessRecord, Principal
 from app.core.timeutil import utcnow
 from app.store.repository import Repository
@@ -94,6 +95,37 @@ def scrub_numbers(text: str | None, blind: Callable[[str], str]) -> str | None:
         at = m.end()
     out.append(_NUMBER.sub(one, text[at:]))
     return "".join(out)
+
+
+_RECORD_FIELDS = {f.name for f in fields(AccessRecord)}
+_PRINCIPAL_FIELDS = {f.name for f in fields(Principal)} - {"extra", "scopes", "issued_at"}
+
+
+def record_doc(record: AccessRecord) -> dict[str, Any]:
+    """An AccessRecord as a compact document (no empty values; the principal without scopes and extras).
+    Pending records are a fifth the size of the AuditEvent they make, and FerretDB's cost of inserting,
+    reading and deleting a document grows with its size."""
+    out = {k: v for k, v in asdict(record).items() if k != "principal" and v not in (None, [], {})}
+    if record.principal is not None:
+        out["principal"] = principal_doc(record.principal)
+    return out
+
+
+def principal_doc(principal: Principal) -> dict[str, Any]:
+    return {k: v for k, v in asdict(principal).items() if k in _PRINCIPAL_FIELDS and v not in (None, [], {})}
+
+
+def principal_from(doc: Any) -> Principal | None:
+    if not isinstance(doc, dict):
+        return None
+    return Principal(**{k: v for k, v in doc.items() if k in _PRINCIPAL_FIELDS})
+
+
+def record_from(doc: dict[str, Any]) -> AccessRecord:
+    """The AccessRecord of record_doc (fields this version does not know are left out)."""
+    values = {k: v for k, v in doc.items() if k in _RECORD_FIELDS and k != "principal"}
+    values["principal"] = principal_from(doc.get("principal"))
+    return AccessRecord(**values)
 
 
 _lock = threading.Lock()
@@ -176,7 +208,7 @@ class AuditWriter:
         marker: dict[str, Any] = {"_id": pending_id(), "at": utcnow(), "kind": "intent", "method": method,
                                   "path": path, "query": self.redact_query(query), "remote_addr": remote_addr}
         if principal is not None:
-            marker["principal"] = {k: v for k, v in asdict(principal).items() if k != "extra"}
+            marker["principal"] = principal_doc(principal)
         return marker
 
     def reserve(self, method: str | None, path: str | None, query: str | None, remote_addr: str | None,
@@ -190,20 +222,27 @@ class AuditWriter:
     def pending_event(self, record: AccessRecord, event_id: str, *, method: str | None = None,
                       path: str | None = None, patients: Iterable[str] = (),
                       intent_id: str | None = None) -> dict[str, Any]:
-        now = utcnow()
+        """The pending record of an event: the access itself, compact (its query and text scrubbed, the
+        patients it names resolved), not the AuditEvent, which the sealer builds from it (`build_event`)."""
         # the patients a query names, read before the query is scrubbed
         patients = {*patients, *query_patients(record.resource_type, record.query)}
         record = replace(record, query=self.redact_query(record.query), description=self.scrub(record.description))
-        event = build_audit_event(record, event_id=event_id, recorded=now, node=self.node, method=method,
-                                  path=path, patients=patients)
-        doc: dict[str, Any] = {"_id": event_id, "at": now, "kind": "event", "prov": self.node.province,
-                               "res": event}
-        if intent_id:
-            doc["intent"] = intent_id
-        todo = unresolved_refs(event)
-        if todo:
-            doc["todo"] = todo[:MAX_ENTITIES]  # the sealer adds these resources' patients
+        doc: dict[str, Any] = {"_id": event_id, "at": utcnow(), "kind": "event", "prov": self.node.province,
+                               "rec": record_doc(record)}
+        for name, value in (("method", method), ("path", path), ("patients", sorted(patients)),
+                            ("intent", intent_id)):
+            if value:
+                doc[name] = value
         return doc
+
+    def build_event(self, pending: dict[str, Any]) -> dict[str, Any]:
+        """The AuditEvent of a pending event record (as `pending_event` stored it; records stored whole by
+        earlier versions are taken as they are)."""
+        if "rec" not in pending:
+            return dict(pending["res"])
+        return build_audit_event(record_from(pending["rec"]), event_id=str(pending["_id"]), recorded=pending["at"],
+                                 node=self.node, method=pending.get("method"), path=pending.get("path"),
+                                 patients=pending.get("patients") or ())
 
     def write(self, record: AccessRecord, *, intent_id: str | None = None, method: str | None = None,
               path: str | None = None, patients: Iterable[str] = (), leaving: int | None = None) -> str:
