@@ -18,6 +18,7 @@ class Settings:
     mongodb_uri: str | None = None  # None: start the embedded FerretDB
     province: str = "11"  # GB/T 2260 two digits; "00" for the national node
     base_url: str | None = None  # absolute FHIR base, e.g. https://ehc.example.cn/fhir; None: from request
+    national_url: str | None = None  # a province node: the national node's FHIR base (federation)
     data_dir: Path = field(default_factory=_default_data_dir)
     embedded_port: int = 27018
     max_body_bytes: int = 10 * 1024 * 1024
@@ -59,6 +60,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mongodb_uri=env.get("EHC_MONGODB_URI") or None,
         province=env.get("EHC_PROVINCE", "11"),
         base_url=(env.get("EHC_BASE_URL") or "").rstrip("/") or None,
+        national_url=(env.get("EHC_NATIONAL_URL") or "").rstrip("/") or None,
         data_dir=data_dir,
         embedded_port=int(env.get("EHC_DB_PORT", "27018")),
         max_body_bytes=int(env.get("EHC_MAX_BODY_BYTES", str(10 * 1024 * 1024))),

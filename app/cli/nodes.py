@@ -1,6 +1,7 @@
 """`ehc nodes add|list|remove|key`: the federation's trust, set up by the operator (docs/federation.md).
 
-    ehc nodes add --province NN --url BASE [--fingerprint FP]   trust the node at BASE (its FHIR base)
+    ehc nodes add --province NN --url BASE [--fingerprint FP]   trust the node at BASE (its FHIR base; for
+                                                                --province 00, EHC_NATIONAL_URL by default)
     ehc nodes list                                              the trusted nodes, with key fingerprints
     ehc nodes remove --province NN                              stop trusting it (its tokens stop at once)
     ehc nodes key                                               this node's own province, role and fingerprint
@@ -31,9 +32,10 @@ def nodes() -> None:
 
 @nodes.command("add")
 @click.option("--province", required=True, help="the other node's GB/T 2260 code (00: the national node)")
-@click.option("--url", required=True, help="the other node's FHIR base, e.g. https://ehc.sh.example.cn/fhir")
+@click.option("--url", default=None, help="the other node's FHIR base, e.g. https://ehc.sh.example.cn/fhir "
+                                         "(for --province 00 on a province node: EHC_NATIONAL_URL by default)")
 @click.option("--fingerprint", default=None, help="refuse unless the other node's key has this fingerprint")
-def add(province: str, url: str, fingerprint: str | None) -> None:
+def add(province: str, url: str | None, fingerprint: str | None) -> None:
     """Trust another node: fetch its key, register it as the OAuth client node-NN."""
     from app.federation.peers import PeerUnreachable, http
     from app.federation.plugin import registry_for
@@ -41,6 +43,13 @@ def add(province: str, url: str, fingerprint: str | None) -> None:
 
     svc = _services()
     try:
+        national_url = svc.settings.national_url
+        if province == NATIONAL and national_url:
+            if url and url.rstrip("/") != national_url:
+                raise NodeError(f"EHC_NATIONAL_URL is {national_url} but --url is {url}; they must agree")
+            url = url or national_url
+        if not url:
+            raise NodeError("--url is required (the other node's FHIR base)")
         registry = registry_for(svc)
         registry.check_peer(province, url)
         try:

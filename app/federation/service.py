@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from app.core.access import Principal
@@ -55,7 +56,12 @@ class Federation:
         self.last_union = 0.0
 
     def national_node(self, fresh: bool = False) -> Node | None:
-        return None if self.national else self.registry.get(NATIONAL, fresh)
+        """The trusted national node; reached at EHC_NATIONAL_URL when that is set (its key: the registry's)."""
+        node = None if self.national else self.registry.get(NATIONAL, fresh)
+        address = getattr(self.svc.settings, "national_url", None)
+        if node is not None and address and address != node.url:
+            node = replace(node, url=address)
+        return node
 
     # -- requester assertions ------------------------------------------------------------------------------
 

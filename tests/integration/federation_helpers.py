@@ -35,7 +35,7 @@ EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 
 
 class Node:
-    def __init__(self, province: str, db_uri: str, data_dir: Path) -> None:
+    def __init__(self, province: str, db_uri: str, data_dir: Path, national_url: str | None = None) -> None:
         from app import create_app
 
         self.province = province
@@ -44,7 +44,9 @@ class Node:
         self.base = f"{self.url}/fhir"
         self.db_uri = db_uri
         self.data_dir = data_dir
-        self.settings = Settings(mongodb_uri=db_uri, province=province, data_dir=data_dir, auth_required=True)
+        self.national_url = national_url
+        self.settings = Settings(mongodb_uri=db_uri, province=province, data_dir=data_dir, auth_required=True,
+                                 national_url=national_url)
         self.app = create_app(self.settings)
         self.app.testing = True
         self.svc = self.app.extensions["ehc"]
@@ -56,7 +58,10 @@ class Node:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"EHC_PROVINCE": self.province, "EHC_MONGODB_URI": self.db_uri, "EHC_DATA_DIR": str(self.data_dir)}
+        env = {"EHC_PROVINCE": self.province, "EHC_MONGODB_URI": self.db_uri, "EHC_DATA_DIR": str(self.data_dir)}
+        if self.national_url:
+            env["EHC_NATIONAL_URL"] = self.national_url
+        return env
 
     def start(self) -> Node:
         for _ in range(50):
@@ -172,12 +177,17 @@ def nodes(mongo_server: str, tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[dict[str, Node]]:
     """The three nodes, running and trusting each other (national <-> 11, national <-> 31)."""
     uris = database_names(mongo_server, request.module.__name__.split(".")[-1][-12:])
-    started = {p: Node(p, uris[p], tmp_path_factory.mktemp(f"node{p}")).start() for p in ("00", "11", "31")}
+    national = Node("00", uris["00"], tmp_path_factory.mktemp("node00")).start()
+    started = {"00": national}
+    for p in ("11", "31"):  # a province node knows the national node from EHC_NATIONAL_URL
+        started[p] = Node(p, uris[p], tmp_path_factory.mktemp(f"node{p}"), national_url=national.base).start()
     try:
         for p in ("11", "31"):
             r = started["00"].ehc("nodes", "add", "--province", p, "--url", started[p].base)
             assert r.exit_code == 0, r.output
-            r = started[p].ehc("nodes", "add", "--province", "00", "--url", started["00"].base)
+            # node 11's operator relies on EHC_NATIONAL_URL, node 31's names the URL too
+            url = ["--url", started["00"].base] if p == "31" else []
+            r = started[p].ehc("nodes", "add", "--province", "00", *url)
             assert r.exit_code == 0, r.output
         yield started
     finally:

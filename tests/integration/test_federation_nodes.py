@@ -4,10 +4,12 @@ requester assertion, refused when forged, replayed, or sent by a node that is no
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 import requests
+from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from app.federation import assertions
@@ -60,6 +62,13 @@ def test_a_province_node_trusts_only_the_national_node(nodes: dict[str, Node]) -
     assert r.exit_code == 2 and "only the national node" in r.output
 
 
+def test_the_national_url_on_a_province_node_must_agree_with_the_one_added(nodes: dict[str, Node]) -> None:
+    r = nodes["11"].ehc("nodes", "add", "--province", "00", "--url", nodes["31"].base)
+    assert r.exit_code == 2 and "EHC_NATIONAL_URL" in r.output
+    assert [json.loads(line)["url"] for line in nodes["11"].ehc("nodes", "list").output.splitlines()] == \
+        [nodes["00"].base]
+
+
 def test_add_refuses_a_wrong_fingerprint_and_a_node_that_is_another_province(nodes: dict[str, Node]) -> None:
     r = nodes["00"].ehc("nodes", "add", "--province", "11", "--url", nodes["11"].base, "--fingerprint", "AAAA")
     assert r.exit_code == 2 and "fingerprint mismatch" in r.output
@@ -72,16 +81,14 @@ def test_a_node_that_is_not_registered_gets_no_token(nodes: dict[str, Node]) -> 
     stranger = ECKey.generate_key("P-384", {"alg": "ES384", "use": "sig"})
     stranger.ensure_kid()
     fed = _fed(nodes["31"])
-    fed_key = fed.peers.key
-    original = fed_key.__dict__.get("key")
-    try:
-        fed_key.__dict__["key"] = stranger  # node 31's client id, someone else's key
-        r = requests.post(f"{nodes['00'].url}/oauth/token", timeout=10, data={
-            "grant_type": "client_credentials", "scope": "system/*.rs",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": fed.peers.client_assertion(_national_as_seen_by(nodes["31"]))})
-    finally:
-        fed_key.__dict__["key"] = original
+    t = int(time.time())
+    forged = jwt.encode({"alg": "ES384", "kid": stranger.kid, "typ": "JWT"},
+                        {"iss": "node-31", "sub": "node-31", "aud": f"{nodes['00'].url}/oauth/token", "iat": t,
+                         "exp": t + 60, "jti": uuid.uuid4().hex}, stranger, algorithms=["ES384"])
+    r = requests.post(f"{nodes['00'].url}/oauth/token", timeout=10, data={  # node 31's client id, another key
+        "grant_type": "client_credentials", "scope": "system/*.rs",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": forged})
     assert r.status_code in (400, 401) and r.json()["error"] == "invalid_client"
     from app.federation.peers import Peers
     from app.federation.registry import Node as Peer
@@ -161,8 +168,6 @@ def test_a_removed_node_is_refused_at_once_even_with_a_live_token(nodes: dict[st
     token = fed.peers.token(national, fresh=True)
     assert nodes["00"].ehc("nodes", "remove", "--province", "31").exit_code == 0
     try:
-        import time
-
         time.sleep(2.2)  # the registry is cached for 2 s per process
         r = _query(nodes["31"], nodes["00"], fed.sign_for(national, _requester()), token=token)
         assert r.status_code == 401 and "not registered" in r.json()["issue"][0]["diagnostics"]
