@@ -269,8 +269,19 @@ def prefs() -> ResponseReturnValue:
         s.set("lang", request.form["lang"])
     if request.form.get("large") in ("0", "1"):
         s.set("large", request.form["large"] == "1")
-    back = request.form.get("next") or ""
-    return redirect(back if back.startswith("/portal/") and "//" not in back else url_for("portal.home"))
+    return redirect(_back(request.form.get("next") or ""))
+
+
+def _back(path: str) -> str:
+    """Where the preference form came from, when that is a portal page one can GET; else the home page."""
+    target = path.split("?", 1)[0]
+    if not target.startswith("/portal/") or "//" in path or "\\" in path:
+        return str(url_for("portal.home"))
+    try:
+        current_app.url_map.bind("localhost").match(target, method="GET")
+    except HTTPException:
+        return str(url_for("portal.home"))
+    return path
 
 
 

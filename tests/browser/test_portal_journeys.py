@@ -88,6 +88,10 @@ def _world(svc: Any) -> dict[str, Any]:
                                                    "title": "出院小结"}}]})
     org = create(svc, {"resourceType": "Organization", "name": "上海某医院",
                        "identifier": [{"system": "urn:ehc:province", "value": "31"}]}, province="31")
+    create(svc, {"resourceType": "Encounter", "status": "finished",
+                  "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                  "type": [{"text": "内分泌科门诊 Endocrinology clinic"}], "subject": {"reference": f"Patient/{me}"},
+                  "period": {"start": "2026-09-15T09:00:00+08:00", "end": "2026-09-15T09:30:00+08:00"}})
     shanghai = register(svc, "system/*.rs", province="31", organization=org, name="上海某医院 HIS")
     account(svc, PHONE, "a long password 1", me)
     return {"me": me, "child": child, "child_id": child_id, "doc": doc, "org": org, "shanghai": shanghai}
@@ -188,11 +192,14 @@ def test_resident_journeys(browser, live, svc):  # noqa: PLR0915 - one session t
         assert _by_id(drv, "card-holder").text == "王小宝"
         check_page(drv, "06-card-acting-for-child", problems)
         # the proxy's calls are audited as proxy: requestor the parent, patient the child
-        events = requests.get(f"{live}/fhir/AuditEvent", params={"patient": child, "_count": 200},
-                              headers=bearer(system), timeout=10).json()
-        proxy = [e["resource"] for e in events.get("entry", [])
-                 if any(a.get("requestor") and (a.get("who") or {}).get("reference") == f"Patient/{me}"
-                        for a in e["resource"].get("agent", []))]
+        def proxy_events() -> list[Any]:
+            events = requests.get(f"{live}/fhir/AuditEvent", params={"patient": child, "_count": 200},
+                                  headers=bearer(system), timeout=10).json()
+            return [e["resource"] for e in events.get("entry", [])
+                    if any(a.get("requestor") and (a.get("who") or {}).get("reference") == f"Patient/{me}"
+                           for a in e["resource"].get("agent", []))]
+
+        proxy = wait_for(proxy_events, 15, "the proxy's AuditEvents")
         assert proxy, "no AuditEvent of the child's record names the parent as requestor"
         _click(drv, _css(drv, "#whose button")[0])  # back to myself
         wait_for(lambda: "本人" in _by_id(drv, "whose").text, what="the resident's own card")
@@ -242,6 +249,7 @@ def test_resident_journeys(browser, live, svc):  # noqa: PLR0915 - one session t
         assert "葡萄糖" in chart.get_attribute("aria-label")
         rows = _css(drv, "article.lab tbody tr")
         assert len(rows) == 4 and "7.4" in drv.page_source
+        assert "内分泌科门诊" in _by_id(drv, "visits").text
         check_page(drv, "09-records", problems)
         _click(drv, _css(drv, f"a[href='/portal/records/document/{world['doc']}']")[0])
         image = wait_for(lambda: _css(drv, "#attachment-0"), what="the attachment")[0]

@@ -240,3 +240,42 @@ def test_document_attachments_open_inline_only_for_safe_types(live, world, svc):
     # another resident's document: the API refuses the portal's token, the portal answers 404
     assert s.get(f"{live}/portal/records/document/{other}", timeout=10).status_code == 404
     assert s.get(f"{live}/portal/records/document/{other}/0", timeout=10).status_code == 404
+
+
+def test_break_the_glass_and_refusals_are_highlighted(live, world, svc):
+    me = world["me"]
+    obs = glucose(svc, me, 9.9, "2026-11-01T08:00:00+08:00")
+    glass = stored_token(svc, "user/Observation.rs", province="31", break_glass=True, purpose="ETREAT")
+    plain = stored_token(svc, "user/Observation.rs", province="31")
+    assert requests.get(f"{live}/fhir/Observation/{obs}", headers=bearer(glass), timeout=10).status_code == 200
+    assert requests.get(f"{live}/fhir/Observation/{obs}", headers=bearer(plain), timeout=10).status_code == 403
+    s, r = portal_login(live, "13811112222", PASSWORD)
+
+    def shown() -> str | None:
+        page = s.get(f"{live}/portal/accesses", timeout=10).text
+        return page if "紧急调阅" in page and "已拒绝" in page else None
+
+    from tests.integration.auth_helpers import wait_until
+
+    assert wait_until(shown, 10)
+    page = shown() or ""
+    assert 'class="glass"' in page and 'class="refused"' in page
+    # the date filter: nothing before 2000
+    old = s.get(f"{live}/portal/accesses", params={"to": "2000-01-01"}, timeout=10).text
+    assert "没有符合条件的记录" in old
+    bad = s.get(f"{live}/portal/accesses", params={"from": "yesterday"}, timeout=10).text
+    assert "日期格式" in bad
+
+
+def test_language_switch_returns_to_the_page(live, world):
+    s, r = portal_login(live, "13811112222", PASSWORD)
+    page = s.get(f"{live}/portal/records", timeout=10)
+    en = s.post(f"{live}/portal/prefs", data={"csrf": csrf_of(page.text), "lang": "en", "next": "/portal/records"},
+                timeout=10)
+    assert en.url == f"{live}/portal/records" and '<html lang="en"' in en.text and "Lab results" in en.text
+    big = s.post(f"{live}/portal/prefs", data={"csrf": csrf_of(en.text), "large": "1", "next": "/portal/card/print"},
+                 timeout=10)  # a POST-only page: back to the start page instead
+    assert big.url == f"{live}/portal/card" and 'class="large"' in big.text
+    away = s.post(f"{live}/portal/prefs", data={"csrf": csrf_of(big.text), "lang": "zh", "next": "https://evil.example/"},
+                  timeout=10)
+    assert away.url == f"{live}/portal/card" and '<html lang="zh-CN"' in away.text
