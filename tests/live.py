@@ -73,3 +73,47 @@ class LiveServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class EhcServe:
+    """`ehc serve` as an operator starts it (gunicorn, auth on), in its own data folder, on a free port."""
+
+    def __init__(self, data_dir: Path, db_uri: str, workers: int = 2, threads: int = 4,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.env = dict(os.environ, EHC_MONGODB_URI=db_uri, EHC_DATA_DIR=str(data_dir), EHC_PROVINCE="11")
+        self.env.pop("EHC_AUTH_REQUIRED", None)
+        self.env.pop("EHC_BASE_URL", None)
+        self.env.update(env or {})
+        self.cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers),
+                    "--threads", str(threads)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "serve.log"
+
+    def start(self, timeout: float = 90.0) -> EhcServe:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.root}/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ehc serve exited: {self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("ehc serve did not become ready")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
