@@ -157,3 +157,20 @@ def test_national_node_down_registration_works_and_the_index_entries_arrive_late
     for number in numbers:
         refs = [p for p in pix(nodes, tokens, number).json()["parameter"] if p["name"] == "targetId"]
         assert len(refs) == 1
+
+
+def test_residents_registered_before_the_national_node_was_added_are_indexed_when_it_is(
+        nodes: dict[str, Node], tokens: dict[str, str]) -> None:
+    assert nodes["31"].ehc("nodes", "remove", "--province", "00").exit_code == 0
+    try:
+        number = new_id_number()
+        patient = register(nodes["31"], tokens["31"], patient_body(number, "吴", "敏"))
+        time.sleep(2.5)
+        assert pix(nodes, tokens, number).status_code == 404
+    finally:
+        r = nodes["31"].ehc("nodes", "add", "--province", "00")
+        assert r.exit_code == 0, r.output
+    found = wait_for(lambda: known(nodes, tokens, number), timeout=15)
+    assert found, "the earlier registration was never indexed"
+    assert [p["valueReference"]["reference"] for p in found["parameter"] if p["name"] == "targetId"] == \
+        [f"{nodes['31'].base}/Patient/{patient['id']}"]
