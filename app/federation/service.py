@@ -8,17 +8,19 @@ National node: keeps the index, forwards queries and one-time codes to the home 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from app.core.access import Principal
 from app.federation import assertions
 from app.federation.assertions import Requester
 from app.federation.cards import CardUnion
-from app.federation.index import ID_SYSTEM, NationalIndex
+from app.federation.index import EHC_SYSTEM, ID_SYSTEM, NationalIndex
 from app.federation.keys import NodeKey
 from app.federation.outbox import Outbox
 from app.federation.peers import PeerRefused, Peers, PeerUnreachable, http
@@ -115,14 +117,39 @@ class Federation:
             if status == 200:
                 self.outbox.done(entry)
                 sent += 1
-                if isinstance(body, dict) and body.get("card") not in (None, card):
-                    log.warning("Patient/%s holds card %s but the nationwide card is %s (registered while the "
-                                "national node was down)", entry["_id"], card, body.get("card"))
+                if isinstance(body, dict) and isinstance(body.get("card"), str) and body["card"] != card:
+                    self.adopt_card(str(entry["_id"]), card, str(body["card"]))
             else:
                 log.warning("national node refused the index entry of Patient/%s (%s): %s", entry["_id"], status,
                             body)
                 self.outbox.failed(entry)
         return sent
+
+    def adopt_card(self, patient_id: str, local: str, nationwide: str) -> None:
+        """The resident was given a card here while the national node was down, and another node's card was
+        claimed first: this Patient takes the nationwide card; its own is kept as an old identifier and
+        cancelled (its codes stop verifying)."""
+        from app.ehc.cards import card_identifier
+        from app.store.repository import WriteContext
+
+        doc = self.svc.repo.get_doc("Patient", patient_id)
+        if not doc or doc.get("del"):
+            return
+        res = copy.deepcopy(doc["res"])
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        idents = res.setdefault("identifier", [])
+        for ident in idents:
+            if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and ident.get("value") == local:
+                ident["use"] = "old"
+                ident["period"] = {**(ident.get("period") or {}), "end": now}
+        idents.append(card_identifier(nationwide, "formal"))
+        ctx = WriteContext(province=self.province, client_id="federation", extra={"mpi_trusted": True})
+        self.svc.repo.update("Patient", patient_id, res, context=ctx)
+        cards = self.svc.extensions.get("ehc")
+        if cards is not None:
+            cards.cards.set_status(local, "cancelled", patient_id, "replaced by the nationwide card " + nationwide)
+        log.warning("Patient/%s: card %s (issued while the national node was down) replaced by the nationwide "
+                    "card %s", patient_id, local, nationwide)
 
     def refresh_union(self) -> None:
         """Fetch card keys and revocations: a province node from the national node, the national node from
@@ -219,8 +246,6 @@ class Federation:
 
 
 def _card_of(resource: dict[str, Any] | None) -> str | None:
-    from app.federation.index import EHC_SYSTEM
-
     for ident in (resource or {}).get("identifier") or []:
         if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and ident.get("use") != "old":
             return str(ident.get("value"))

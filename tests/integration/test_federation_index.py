@@ -174,3 +174,28 @@ def test_residents_registered_before_the_national_node_was_added_are_indexed_whe
     assert found, "the earlier registration was never indexed"
     assert [p["valueReference"]["reference"] for p in found["parameter"] if p["name"] == "targetId"] == \
         [f"{nodes['31'].base}/Patient/{patient['id']}"]
+
+
+def test_a_resident_registered_at_two_nodes_while_the_national_node_was_down_ends_with_one_card(
+        nodes: dict[str, Node], tokens: dict[str, str]) -> None:
+    number = new_id_number()
+    nodes["00"].stop()
+    try:
+        at11 = register(nodes["11"], tokens["11"], patient_body(number, "郑", "强"))
+        at31 = register(nodes["31"], tokens["31"], patient_body(number, "郑", "强"))
+        assert card_of(at11) != card_of(at31)  # each node derived its own while it could not ask
+    finally:
+        nodes["00"].start()
+
+    def current(p: str, pid: str) -> str:
+        r = requests.get(f"{nodes[p].base}/Patient/{pid}", headers=h(tokens[p]), timeout=10)
+        return card_of(r.json())
+
+    assert wait_for(lambda: current("11", at11["id"]) == current("31", at31["id"]), timeout=20)
+    card = current("11", at11["id"])
+    found = wait_for(lambda: known(nodes, tokens, number, refs=2), timeout=20)
+    assert found and [p["valueIdentifier"]["value"] for p in found["parameter"]
+                      if p["name"] == "targetIdentifier"] == [card]
+    loser, loser_card = ("31", card_of(at31)) if card == card_of(at11) else ("11", card_of(at11))
+    cards = nodes[loser].svc.extensions["ehc"].cards
+    assert cards.status(loser_card) == "cancelled"
