@@ -61,8 +61,9 @@ def _fault_pause(applied: int) -> None:
 
 
 def _fault_refused(position: int, doc: dict[str, Any]) -> dict[str, Any]:
-    """Test hook: EHC_FAULT_TXN_REFUSE="<n>" gives the n-th entry (1-based) a field name that the database
-    refuses, so that its real write fails half way through the transaction."""
+    """Test hook: EHC_FAULT_TXN_REFUSE="<n>" gives the n-th entry (1-based) a top-level field name starting with
+    "$", so that its real write is refused by the database half way through the transaction (FerretDB refuses it
+    in every write, MongoDB in a replacing update: make the n-th entry an update)."""
     spec = os.environ.get("EHC_FAULT_TXN_REFUSE")
     if spec and int(spec) == position:
         return {**doc, "$refused": True}
@@ -107,6 +108,8 @@ class TransactionJournal:
             self.col.insert_one({"_id": txid, "state": "pending", "at": now, "owner": self.owner.id,
                                  "entries": journal_entries})
         except ConnectionFailure as err:
+            with self._lock:  # it may have been stored with the reply lost: drop it once the database answers
+                self._failed[txid] = []
             raise DatabaseUnavailable() from err
         applied: list[dict[str, Any]] = []
         try:
