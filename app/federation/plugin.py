@@ -51,14 +51,14 @@ class PatientHooks:
     def pre_write(self, event: StoreEvent) -> None:
         """Registered after app.ehc's: the card is on the resource; make it the nationwide one."""
         res = event.resource
-        if res is None:
+        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        if res is None or not self._federated(ctx):
             return
         number = resident_id_number(res)
         card = next((i for i in res.get("identifier") or [] if isinstance(i, dict)
                      and i.get("system") == EHC_SYSTEM and i.get("use") != "old"), None)
         if number is None or card is None or not isinstance(card.get("value"), str):
             return
-        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
         target = res.get("_ehc_existing") or res.get("id")
         prior = None
         if target and target != ctx.extra.get("mpi_new_id"):
@@ -74,10 +74,17 @@ class PatientHooks:
                 isinstance(i, dict) and i.get("system") == MASTER_INDEX_SYSTEM and (i.get("system"), i.get("value"))
                 not in held)]
 
+    def _federated(self, ctx: WriteContext) -> bool:
+        """Whether the national node is trusted, read fresh once per write (a node added a moment ago by
+        `ehc nodes add`, in another process, must not miss a resident)."""
+        if "federation_national" not in ctx.extra:
+            ctx.extra["federation_national"] = self.fed.national_node(fresh=True) is not None
+        return bool(ctx.extra["federation_national"])
+
     def post_write(self, event: StoreEvent) -> None:
         res = event.resource or {}
-        # Read fresh: a node added a moment ago by `ehc nodes add` (another process) must not miss a resident.
-        if res.get("id") and resident_id_number(res) and self.fed.national_node(fresh=True) is not None:
+        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        if res.get("id") and resident_id_number(res) and self._federated(ctx):
             self.fed.outbox.enqueue(str(res["id"]))
             self.wake.set()
 
