@@ -139,8 +139,13 @@ def _summary(res: dict[str, Any]) -> str:
         if res.get(key):
             return str(res[key])
     for key in ("type", "code", "class"):
-        if isinstance(res.get(key), dict):
-            return concept_text(res[key])
+        value = res.get(key)
+        if isinstance(value, list) and value:
+            value = value[0]
+        if isinstance(value, dict) and (value.get("coding") or value.get("text")):
+            return concept_text(value)
+        if isinstance(value, dict) and value.get("code"):  # a Coding (Encounter.class)
+            return str(value.get("display") or value["code"])
     return res.get("resourceType", "")
 
 

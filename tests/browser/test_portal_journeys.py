@@ -54,6 +54,10 @@ def _click(drv: Any, element: Any) -> None:
     element.click()
 
 
+def _lang(drv: Any) -> str:
+    return str(drv.execute_script("return document.documentElement.lang"))
+
+
 def _select(drv: Any, element_id: str, value: str) -> None:
     """Choose an option (by script: a native select popup under mobile emulation would swallow the next click)."""
     element = _by_id(drv, element_id)
@@ -166,6 +170,7 @@ def test_resident_journeys(browser, live, svc):  # noqa: PLR0915 - one session t
 
         # -- English and large text -------------------------------------------------------------------------------
         _click(drv, _css(drv, "button[name=lang][value=en]")[0])
+        wait_for(lambda: _lang(drv) == "en", what="the English page")
         _click(drv, wait_for(lambda: _css(drv, "button[name=large][value='1']"), what="large text")[0])
         wait_for(lambda: "large" in drv.find_element("tag name", "html").get_attribute("class"), what="large mode")
         assert drv.execute_script("return document.documentElement.lang") == "en"
@@ -173,7 +178,10 @@ def test_resident_journeys(browser, live, svc):  # noqa: PLR0915 - one session t
         assert drv.execute_script("return parseFloat(getComputedStyle(document.documentElement).fontSize)") >= 22
         check_page(drv, "04-card-english-large-text", problems)
         _click(drv, _css(drv, "button[name=lang][value=zh]")[0])
+        wait_for(lambda: _lang(drv) == "zh-CN", what="the Chinese page")
         _click(drv, wait_for(lambda: _css(drv, "button[name=large][value='0']"), what="normal text")[0])
+        wait_for(lambda: "large" not in (drv.find_element("tag name", "html").get_attribute("class") or ""),
+                 what="normal text")
 
         # -- family: bind a child (under 14: by the guardian) and act for them --------------------------------------
         drv.get(f"{live}/portal/family")
