@@ -122,7 +122,7 @@ class FederatedPolicy:
         via = f"node-{node_province}" + (f" for node-{origin}" if origin != node_province else "")
         return Principal(client_id=requester.client_id, scopes=scopes, organization=requester.organization,
                          province=requester.province, purpose_of_use=requester.purpose,
-                         token_id=f"{via} assertion {jti[:12]}",
+                         token_id=f"{via}, requester of province {requester.province}, assertion {jti[:12]}",
                          extra={"via_node": node_province, "origin_node": origin, "requester_assertion": jti,
                                 "node_token": node.token_id})
 

@@ -136,6 +136,8 @@ class Federation:
         if not doc or doc.get("del"):
             return
         res = copy.deepcopy(doc["res"])
+        if _card_of(res) == nationwide:
+            return  # another worker process adopted it already
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         idents = res.setdefault("identifier", [])
         for ident in idents:
