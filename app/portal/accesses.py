@@ -35,19 +35,16 @@ def _what(event: dict[str, Any]) -> str:
     for entity in event.get("entity") or []:
         ref = str((entity.get("what") or {}).get("reference") or "")
         rtype = ref.split("/", 1)[0] if "/" in ref else ""
-        role = (entity.get("role") or {}).get("code")
         if rtype and rtype not in ("Patient", "Consent") and rtype not in types:
             types.append(rtype)
-        if role == "24" and entity.get("description"):  # the query of a search
-            pass
-    if not types:
+    if not types:  # a search: the type its query names
         for entity in event.get("entity") or []:
             if (entity.get("role") or {}).get("code") == "24":
                 rtype = str(entity.get("description") or "").split("?")[0].split("/")[0]
                 if rtype and rtype[:1].isupper():
                     types.append(rtype)
     if not types:
-        return t("基本信息", "basic details")
+        return t("记录", "records") if event.get("action") == "E" else t("基本信息", "basic details")
     return "、".join(type_name(rt) if rt != "Patient" else t("基本信息", "basic details") for rt in types)
 
 
@@ -55,7 +52,6 @@ class Describer:
     def __init__(self, pid: str) -> None:
         self.pid = pid
         self.names = Names()
-        self.store = auth_state(svc()).store
         self.clients: dict[str, str] = {}
         self.labels = sess().get("labels") or {}
 
@@ -100,17 +96,12 @@ class Describer:
             action = t(*OPERATIONS[op])
         else:
             verb = VERBS.get(subtype, ("访问了", "accessed"))
-            action = (t("试图", "tried to ") + ("查看" if lang_zh() else "view") if refused else t(*verb)) + \
-                t("您的 ", " your ") + _what(event)
+            action = (t("试图查看", "tried to view") if refused else t(*verb)) + t("您的 ", " your ") + _what(event)
         recorded = datetime.fromisoformat(str(event.get("recorded")).replace("Z", "+00:00")).astimezone(CHINA)
         consent = any((e.get("role") or {}).get("code") == "13" for e in event.get("entity") or [])
         return {"who": who, "action": action, "when": recorded.strftime("%Y-%m-%d %H:%M"), "refused": refused,
                 "glass": glass, "own": own, "org": org, "consent": consent, "id": event.get("id"),
                 "site": (event.get("source") or {}).get("site")}
-
-
-def lang_zh() -> bool:
-    return t("zh", "en") == "zh"
 
 
 @bp.route("/accesses", methods=["GET"])

@@ -36,7 +36,7 @@ def current_card(patient: dict[str, Any]) -> dict[str, Any] | None:
 def card_status(card_id: str) -> tuple[str, str | None]:
     """(active | suspended | cancelled, since) from GET /ehc/revocations (public, what terminals read)."""
     client = api()
-    ans = client._open("GET", "/ehc/revocations", {"Accept": "application/json"})
+    ans = client.open("GET", "/ehc/revocations", {"Accept": "application/json"})
     for entry in (ans.body or {}).get("cards", []) if isinstance(ans.body, dict) else []:
         if entry.get("ehcId") == card_id:
             return str(entry.get("status")), entry.get("since")

@@ -51,7 +51,7 @@ class PortalApi:
         self.remote_addr = remote_addr or "127.0.0.1"
         self.scheme = scheme
 
-    def _open(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+    def open(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
               content_type: str | None = None) -> Answer:
         client = self.app.test_client(use_cookies=False)
         with self.app.app_context():
@@ -77,7 +77,7 @@ class PortalApi:
             url += "?" + urlencode(params, doseq=True)
         hdrs = {"Authorization": f"Bearer {token}", "Accept": accept, **(headers or {})}
         raw = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-        return self._open(method, url, hdrs, raw, FJ if raw is not None else None)
+        return self.open(method, url, hdrs, raw, FJ if raw is not None else None)
 
     def get(self, path: str, token: str, **params: Any) -> Answer:
         return self.fhir("GET", path, token, params or None)
@@ -85,7 +85,7 @@ class PortalApi:
     # -- OAuth ---------------------------------------------------------------------------------------------
 
     def _form(self, path: str, form: dict[str, str]) -> Answer:
-        return self._open("POST", path, {"Accept": "application/json"}, urlencode(form).encode(),
+        return self.open("POST", path, {"Accept": "application/json"}, urlencode(form).encode(),
                           "application/x-www-form-urlencoded")
 
     def token(self, form: dict[str, str]) -> Answer:
