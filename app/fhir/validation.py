@@ -33,6 +33,7 @@ from xml.parsers import expat
 
 from app.core.errors import FhirError, Issue
 from app.core.fhirjson import FhirDecimal
+from app.fhir.profiles import load_profiles
 from app.fhir.structure import ElementDef, Structure, TypeDef, load_structure
 
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -93,7 +94,19 @@ class Validator:
         self._resource(resource, rtype, rtype, out, contained=False)
         if not out.issues:
             out.issues.extend(self._rules(rtype, resource))
+        if not out.issues:
+            out.issues.extend(self._profiles(resource, profile))
         return out.issues
+
+    def _profiles(self, resource: dict[str, Any], profile: str | None) -> list[Issue]:
+        """The profile asked for, and those of ours the resource declares in meta.profile."""
+        profiles = load_profiles(self.profiles_dir)
+        urls = [profile] if profile else []
+        meta = resource.get("meta")
+        for url in (meta.get("profile") or []) if isinstance(meta, dict) else []:
+            if url.split("|")[0] in profiles.by_url and url not in urls:
+                urls.append(url)
+        return [issue for url in urls for issue in profiles.check(resource, url)]
 
     def validate(self, resource: dict[str, Any], resource_type: str | None = None) -> None:
         issues = self.issues(resource, resource_type)

@@ -14,11 +14,14 @@ from app.services import Services
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
     body = req.body or {}
     resource: Any = body
+    profile = req.param("profile")  # a profile of fhir_profiles/StructureDefinition (or meta.profile)
     if body.get("resourceType") == "Parameters":
         resource = next((p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"), None)
+        profile = next((p.get("valueUri") or p.get("valueCanonical") for p in body.get("parameter", [])
+                        if p.get("name") == "profile"), None) or profile
     if not isinstance(resource, dict):
         raise bad_request("$validate needs a resource, or Parameters with a 'resource' parameter")
-    issues = validator(svc).issues(resource, type)
+    issues = validator(svc).issues(resource, type, profile=profile)
     if not issues and (type or resource.get("resourceType")) == "Patient":
         issues = patient_rules(svc, resource, id)
     if not issues:
