@@ -34,7 +34,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, fields, replace
+from dataclasses import MISSING, asdict, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -98,6 +98,7 @@ def scrub_numbers(text: str | None, blind: Callable[[str], str]) -> str | None:
 
 
 _RECORD_FIELDS = {f.name for f in fields(AccessRecord)}
+_REQUIRED_FIELDS = {f.name for f in fields(AccessRecord) if f.default is MISSING and f.default_factory is MISSING}
 _PRINCIPAL_FIELDS = {f.name for f in fields(Principal)} - {"extra", "scopes", "issued_at"}
 
 
@@ -125,6 +126,8 @@ def record_from(doc: dict[str, Any]) -> AccessRecord:
     """The AccessRecord of record_doc (fields this version does not know are left out)."""
     values = {k: v for k, v in doc.items() if k in _RECORD_FIELDS and k != "principal"}
     values["principal"] = principal_from(doc.get("principal"))
+    for name in _REQUIRED_FIELDS - values.keys():  # record_doc leaves None out, also of required fields
+        values[name] = None
     return AccessRecord(**values)
 
 
