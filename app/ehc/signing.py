@@ -10,7 +10,8 @@ Lifetimes (unix seconds):
   MAX_TOKEN_LIFETIME; once retired, retired-at + MAX_TOKEN_LIFETIME. A token's exp never exceeds its key's.
 - /ehc/keys publishes every key whose exp has not passed, so terminals can verify offline until then.
 
-kid: the node's province code, then 8 random characters of A-Z 0-9 (the token format allows 1-16: docs/terminal-vendors.md).
+kid: the node's province code, then 8 random characters of A-Z 0-9 (the token format of
+docs/terminal-vendors.md allows 1-16).
 """
 
 from __future__ import annotations

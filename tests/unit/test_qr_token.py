@@ -1,4 +1,5 @@
-"""The EHC1 QR token of docs/terminal-vendors.md: encoding, strict parsing, signatures, offline verification by a vendor."""
+"""The EHC1 QR token of docs/terminal-vendors.md: encoding, strict parsing, signatures, offline verification
+by a vendor."""
 
 import base64
 import re
