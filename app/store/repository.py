@@ -384,7 +384,7 @@ class Repository:
         owner = owner_for(self.db)
         owner.ensure_fresh()
         slot_id = f"{rid}/{prior['vid']}"
-        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov") if k in prior}
+        hist: dict[str, Any] = {k: prior[k] for k in ("vid", "ts", "del", "res", "prov", "dec") if k in prior}
         hist.update({"_id": slot_id, "rid": rid, "at": now, "owner": owner.id})
         txid = owner.current_transaction()
         if txid:
