@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 from urllib.parse import parse_qsl
@@ -12,7 +13,17 @@ from app.core import fhirjson
 from app.core.access import AccessRecord
 from app.core.errors import FhirError
 from app.fhir import outage
-from app.fhir.http import FhirResponse, check_json_depth, negotiate, read_json_body, to_flask, too_deep
+from app.fhir.http import (
+    FhirResponse,
+    check_fhir_version,
+    check_json_depth,
+    native_binary_type,
+    negotiate,
+    query_params,
+    read_json_body,
+    to_flask,
+    too_deep,
+)
 from app.fhir.router import FhirRequest
 from app.fhir.routes import build_router
 from app.services import Services
@@ -41,10 +52,27 @@ def fhir_base() -> str:
 def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | None, bytes | None]:
     if method in ("GET", "DELETE"):
         return None, None
+    native = native_binary_type(request, path)
+    if native is not None:  # POST/PUT Binary with the content itself: stored as a Binary resource
+        data = request.get_data()
+        if len(data) > svc.settings.max_body_bytes:
+            raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
+        binary: dict[str, Any] = {"resourceType": "Binary", "contentType": native,
+                                  "data": base64.b64encode(data).decode("ascii")}
+        context = request.headers.get("X-Security-Context")
+        if context:
+            binary["securityContext"] = {"reference": context}
+        segs = path.strip("/").split("/")
+        if len(segs) == 2:
+            binary["id"] = segs[1]
+        return binary, None
     ctype = (request.mimetype or "").lower()
     if method == "PATCH":
+        if ctype in ("application/fhir+json", "application/json+fhir"):  # FHIRPath Patch: a Parameters resource
+            return {"_fhirpath_patch": read_json_body(request, svc.settings.max_body_bytes)}, None
         if ctype not in ("application/json-patch+json", "application/json"):
-            raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch)")
+            raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch) or "
+                                 "application/fhir+json (FHIRPath Patch, a Parameters resource)")
         data = request.get_data()
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
@@ -75,7 +103,10 @@ def fhir_entry(path: str) -> Response:
     pretty = request.args.get("_pretty") == "true"
     principal = None
     try:
-        media = negotiate(request)
+        # A Binary read in its own content type: the handler answers with its bytes; errors stay FHIR JSON.
+        native = native_binary_type(request, path)
+        media = negotiate(request) if native is None or request.method != "GET" else "application/fhir+json"
+        check_fhir_version(request)
         if path not in ("metadata", ".well-known/smart-configuration"):
             # Authenticated once per request; a before_request hook (audit) may have done it already.
             principal = g.get("ehc_principal") or svc.policy.authenticate(request.headers.get("Authorization"))
@@ -84,7 +115,7 @@ def fhir_entry(path: str) -> Response:
         req = FhirRequest(
             method=request.method,
             path=path.strip("/"),
-            params=list(request.args.items(multi=True)),
+            params=query_params(request),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             raw_body=raw,
@@ -94,12 +125,12 @@ def fhir_entry(path: str) -> Response:
             write=WriteContext(province=_principal_province(svc, principal),
                                client_id=getattr(principal, "client_id", None),
                                organization=getattr(principal, "organization", None),
-                               user=getattr(principal, "user", None)),
+                               user=getattr(principal, "user", None), principal=principal),
             remote_addr=request.remote_addr,
         )
         resp = ROUTER.dispatch(req, svc)
     except FhirError as err:
-        if err.status in (401, 403):
+        if err.status in (401, 403) and not err.audited:
             query = redact_query(svc.repo.protector, request.query_string.decode() or None)
             svc.record_access(AccessRecord("refused", path.split("/")[0] or None, [], "4", err.status, principal,
                                            query, err.diagnostics, remote_addr=request.remote_addr))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Request, Response
 
@@ -31,6 +32,9 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = FHIR_JSON
     raw: bytes | None = None  # Binary content served as itself
+    # A create that registered a known resident: what the caller submitted (the disclosure gate answers with
+    # the registration view when the caller may not see the whole record).
+    registration_of: dict[str, Any] | None = None
 
 
 def negotiate(request: Request) -> str:
@@ -159,3 +163,50 @@ def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     for k, v in resp.headers.items():
         out.headers[k] = v
     return out
+
+
+def check_fhir_version(request: Request) -> None:
+    """A `fhirVersion` media-type parameter other than 4.0 (R4): 406 in Accept, 415 in Content-Type (http.html)."""
+    for header, status in (("Accept", 406), ("Content-Type", 415)):
+        for part in (request.headers.get(header) or "").split(","):
+            for param in part.split(";")[1:]:
+                name, _, value = param.partition("=")
+                version = value.strip().strip('"')
+                if name.strip().lower() == "fhirversion" and not (version == "4.0" or version.startswith("4.0.")):
+                    raise FhirError(status, f"this server speaks FHIR 4.0 (R4); {header} asks for fhirVersion "
+                                            f"{version}", code="not-supported", expression=header)
+
+
+FHIR_MEDIA = JSON_TYPES | XML_TYPES | {"*/*", "application/*", ""}
+
+
+def native_binary_type(request: Request, path: str) -> str | None:
+    """For a Binary read or write in its own content type (http.html#binary): that type, else None."""
+    segs = [x for x in path.strip("/").split("/") if x]
+    if not segs or segs[0] != "Binary" or request.args.get("_format"):
+        return None
+    if request.method in ("POST", "PUT") and len(segs) <= 2:
+        ctype = (request.mimetype or "").lower()
+        return ctype if ctype and ctype not in FHIR_MEDIA else None
+    if request.method == "GET" and len(segs) in (2, 4):
+        first = (request.headers.get("Accept") or "").split(",")[0].split(";")[0].strip().lower()
+        return first if first not in FHIR_MEDIA else None
+    return None
+
+
+def query_params(request: Request) -> list[tuple[str, str]]:
+    """The query parameters, also when a client sent raw UTF-8 (curl does for `?name=张伟`): WSGI hands the
+    query string over as Latin-1 (PEP 3333), so its bytes are taken back and read as UTF-8."""
+    raw = request.environ.get("QUERY_STRING", "")
+    if raw.isascii():
+        return list(request.args.items(multi=True))
+    text = raw
+    for _ in range(2):  # werkzeug's own server hands raw bytes over encoded twice
+        try:
+            text = text.encode("latin-1").decode("utf-8")
+        except UnicodeEncodeError:
+            break  # characters beyond Latin-1: it is text already
+        except UnicodeDecodeError:
+            raise bad_request("the query string is neither percent-encoded nor UTF-8 (percent-encode it, e.g. "
+                              "curl -G --data-urlencode 'name=张伟')", expression="query") from None
+    return parse_qsl(text, keep_blank_values=True)
