@@ -77,7 +77,7 @@ def test_seed_demo_gives_a_client_that_gets_a_token_and_reads(env, app):
     assert again["patient"] == demo["patient"] and again["client_id"] != demo["client_id"]
 
 
-def test_status_summarises_the_node(env):
+def test_status_summarises_the_node(env, services):  # services: the node exists (keys made)
     result = run(env, "status")
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
