@@ -3,8 +3,9 @@ chain, off the request path.
 
 One sealer at a time across all processes (the lease "audit-seal"). A pass takes at most `window` (<= `batch`)
 of the oldest records of `_audit_pending` and, oldest first:
-- an event: gets the next sequence number, is stored as an AuditEvent (Repository.build_doc, so search finds
-  it; a broad search gets its resources' patients added first) and gets its chain entry (app.audit.chain);
+- an event: gets the next sequence number, is built from its access record (writer.build_event) and stored as
+  an AuditEvent (Repository.build_doc, so search finds it; a broad search gets its resources' patients added
+  first) and gets its chain entry (app.audit.chain);
 - an intent with no event: younger than `intent_grace` its request is still running, and it waits (later
   events are sealed meanwhile); older, and its event (named after it: writer.event_id_for) is not stored
   either, its process died between the operation and its event: it is sealed as an event with outcome 8
@@ -19,7 +20,7 @@ starts.
 Cost proportional to the new work, never to the backlog. FerretDB v1 on SQLite pushes down only `{_id:
 value}` filters and a limit on an unfiltered, unsorted find: any other filter, any sort, a `$in` and every
 count scan the whole collection. So a pass
-- reads the oldest records with `find().limit(batch)` (SQLite returns rows in insertion order; pending ids
+- reads the oldest records with `find().limit(window)` (SQLite returns rows in insertion order; pending ids
   sort by time, writer.pending_id, and the window is ordered by id), or, on MongoDB, with a sort on `_id`,
   which its index serves;
 - looks single records up by `_id` only (the event of an old intent, the patients of a broad search);
