@@ -69,6 +69,9 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
     ctype = (request.mimetype or "").lower()
     if method == "PATCH":
         if ctype in ("application/fhir+json", "application/json+fhir"):  # FHIRPath Patch: a Parameters resource
+            if request.get_data(cache=True).lstrip().startswith(b"["):
+                raise FhirError(415, "a JSON Patch needs Content-Type application/json-patch+json; "
+                                     "application/fhir+json carries a FHIRPath Patch (a Parameters resource)")
             return {"_fhirpath_patch": read_json_body(request, svc.settings.max_body_bytes)}, None
         if ctype not in ("application/json-patch+json", "application/json"):
             raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch) or "

@@ -152,8 +152,8 @@ class DisclosureGate:
 
     def release(self, resp: FhirResponse) -> FhirResponse:
         body = resp.body
-        if body is None or not isinstance(body, dict):
-            return resp
+        if body is None or not isinstance(body, dict) or self.req.path == "metadata":
+            return resp  # the CapabilityStatement is the server's, not a record
         rtype = body.get("resourceType")
         if rtype == "Bundle":
             resp.body = self._bundle(body)
@@ -197,8 +197,8 @@ class DisclosureGate:
         if rtype == "OperationOutcome":
             res.update(self._outcome(res))
             return True
-        if not isinstance(rtype, str) or rtype not in self.svc.repo.resource_types:
-            return True
+        if not isinstance(rtype, str) or rtype not in self.svc.repo.resource_types or not res.get("id"):
+            return True  # not a stored record (an echo of the request, a generated resource)
         decision = self.judge(rtype, res, self._province(rtype, str(res.get("id") or "")), self._letters())
         if decision.allowed:
             self._note(rtype, res, decision)

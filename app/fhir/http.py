@@ -200,13 +200,13 @@ def query_params(request: Request) -> list[tuple[str, str]]:
     raw = request.environ.get("QUERY_STRING", "")
     if raw.isascii():
         return list(request.args.items(multi=True))
-    text = raw
-    for _ in range(2):  # werkzeug's own server hands raw bytes over encoded twice
-        try:
-            text = text.encode("latin-1").decode("utf-8")
-        except UnicodeEncodeError:
-            break  # characters beyond Latin-1: it is text already
-        except UnicodeDecodeError:
-            raise bad_request("the query string is neither percent-encoded nor UTF-8 (percent-encode it, e.g. "
-                              "curl -G --data-urlencode 'name=张伟')", expression="query") from None
+    try:
+        text = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise bad_request("the query string is neither percent-encoded nor UTF-8 (percent-encode it, e.g. "
+                          "curl -G --data-urlencode 'name=张伟')", expression="query") from None
+    try:  # werkzeug's own development server hands raw bytes over encoded twice
+        text = text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass  # read once is right
     return parse_qsl(text, keep_blank_values=True)
