@@ -124,8 +124,8 @@ class DisclosureGate:
             owner = getattr(self.svc.policy, "owner", None)
             patients = owner(rtype, resource).patients if owner else frozenset()
             return next(iter(patients)) if len(patients) == 1 else None
-        named = {v.split("/")[-1] for k, v in self.req.params if k.split(":")[0].split(".")[0] in FOCUS_PARAMS
-                 for v in [v] if v and "," not in v}
+        named = {value.split("/")[-1] for name, value in self.req.params
+                 if name.split(":")[0].split(".")[0] in FOCUS_PARAMS and value and "," not in value}
         return named.pop() if len(named) == 1 else None
 
     def remember(self, rtype: str, rid: str, province: str | None) -> None:
