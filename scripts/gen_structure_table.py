@@ -64,6 +64,7 @@ NOT_R4 = (
     "ResearchStudy.outcomeMeasure", "ResearchStudy.progressStatus", "ResearchStudy.recruitment", "ResearchStudy.region",
     "ResearchStudy.result", "ResearchStudy.studyDesign", "ResearchStudy.whyStopped",
 )
+NOT_R4_TYPES = {"SubscriptionStatus"}  # an R4B/R5 resource the package adds
 # Elements whose R4 definition differs from the package: path -> (min, max, types); and R4 elements it lacks,
 # inserted after the named element.
 R4_FIXES: dict[str, tuple[int, str, list[str]]] = {
@@ -262,7 +263,7 @@ def build(src: Path) -> dict[str, Any]:
     types: dict[str, list[list[Any]]] = {}
     resources: list[str] = []
     for _, sd in sorted(defs.items()):
-        if sd["kind"] == "primitive-type" or sd["kind"] == "logical":
+        if sd["kind"] == "primitive-type" or sd["kind"] == "logical" or sd["id"] in NOT_R4_TYPES:
             continue
         if sd["kind"] == "resource" and not sd.get("abstract"):
             resources.append(sd["type"])

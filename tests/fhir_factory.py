@@ -74,9 +74,34 @@ def fill(type_name: str, depth: int = 0) -> dict[str, Any]:
     return out
 
 
+# What the FHIRPath invariants of some types ask beyond the required elements (the HL7 validator checks them).
+INVARIANTS: dict[str, dict[str, Any]] = {
+    "AllergyIntolerance": {"clinicalStatus": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]}},
+    "Appointment": {"status": "proposed", "participant": [{"actor": {"display": "x"}, "status": "accepted"}]},
+    "AppointmentResponse": {"actor": {"display": "x"}},
+    "CapabilityStatement": {"description": "x", "software": {"name": "x"}, "rest": [{"mode": "server"}]},
+    "TerminologyCapabilities": {"description": "x", "software": {"name": "x"}},
+    "Consent": {"policyRule": {"text": "x"}},
+    "EventDefinition": {"trigger": [{"type": "named-event", "name": "x"}]},
+    "ImmunizationRecommendation": {"recommendation": [{"vaccineCode": [{"text": "x"}],
+                                                       "forecastStatus": {"text": "x"}}]},
+    "InsurancePlan": {"name": "x"},
+    "Organization": {"name": "x"},
+    "Linkage": {"item": [{"type": "source", "resource": {"display": "a"}},
+                         {"type": "alternate", "resource": {"display": "b"}}]},
+    "SearchParameter": {"type": "token", "expression": "Patient.identifier", "base": ["Patient"]},
+    "StructureDefinition": {"kind": "resource", "abstract": False, "type": "Patient",
+                            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+                            "derivation": "constraint", "differential": {"element": [{"id": "Patient",
+                                                                                      "path": "Patient"}]}},
+}
+
+
 def minimal(resource_type: str, patient_id: str | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {"resourceType": resource_type}
     res.update(fill(resource_type))
+    res.update(INVARIANTS.get(resource_type, {}))
     tdef = STRUCTURE.types[resource_type]
     if "text" in tdef.elements:
         res["text"] = {"status": "generated",
