@@ -97,6 +97,11 @@ class Describer:
         else:
             verb = VERBS.get(subtype, ("访问了", "accessed"))
             action = (t("试图查看", "tried to view") if refused else t(*verb)) + t("您的 ", " your ") + _what(event)
+        withheld = sum(int(d.get("valueString") or 0) for e in event.get("entity") or []
+                       for d in e.get("detail") or [] if d.get("type") == "withheld"
+                       and str(d.get("valueString") or "").isdigit())
+        if withheld:
+            action += t(f"（{withheld} 条未经您授权，未提供）", f" ({withheld} withheld: no consent from you)")
         recorded = datetime.fromisoformat(str(event.get("recorded")).replace("Z", "+00:00")).astimezone(CHINA)
         consent = any((e.get("role") or {}).get("code") == "13" for e in event.get("entity") or [])
         return {"who": who, "action": action, "when": recorded.strftime("%Y-%m-%d %H:%M"), "refused": refused,
