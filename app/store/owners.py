@@ -211,16 +211,14 @@ class Owner:
         del claims[:-8]  # earlier ones have finished (or their failure was handled)
 
     def abandon_claims(self) -> None:
-        """The write this thread was doing failed: release the history slots it claimed but never moved past,
-        so the resource does not stay locked while this process lives. Retried by the heartbeat when the
-        database is down."""
+        """The write this thread was doing failed: hand the history slots it claimed to the heartbeat, which
+        releases those the write never moved past (within a second, or once the database is back), so the
+        resource does not stay locked while this process lives. Nothing here touches the database: the error
+        answer is not delayed by it."""
         claims: list[Claim] = self._local.__dict__.pop("claims", [])
-        for claim in claims:
-            try:
-                self._release(claim)
-            except PyMongoError:
-                with self._lock:
-                    self._retry.append(claim)
+        if claims:
+            with self._lock:
+                self._retry.extend(claims)
 
     def _release(self, claim: Claim) -> None:
         current = self.db[claim.collection].find_one({"_id": claim.rid}, {"vid": 1})
