@@ -17,7 +17,7 @@ import orjson
 
 from app.core.errors import FhirError, Issue, bad_request, info_outcome
 from app.core.ids import new_id
-from app.fhir.http import FhirResponse, parse_etag, parse_prefer
+from app.fhir.http import FhirResponse, check_json_depth, parse_etag, parse_prefer
 from app.fhir.interactions import _audit, _find, apply_patch, check_type, validator
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
@@ -62,7 +62,13 @@ def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
     body = entry.get("resource")
     if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
         # FHIR carries a JSON Patch in a transaction as a Binary holding the patch document
-        body = {"_patch": orjson.loads(base64.b64decode(body.get("data", "")))}
+        try:
+            patch = orjson.loads(base64.b64decode(body.get("data", ""), validate=True))
+        except (ValueError, TypeError, RecursionError):
+            raise bad_request("a PATCH entry's Binary must hold a base64-encoded JSON Patch",
+                              expression="Bundle.entry.resource.data") from None
+        check_json_depth(patch)
+        body = {"_patch": patch}
     elif r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Parameters":
         body = {"_fhirpath_patch": body}  # a FHIRPath Patch
     if req.header("prefer") and "prefer" not in headers:
