@@ -60,6 +60,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 "--disable-dev-shm-usage", "--lang=zh-CN", f"--window-size={WIDTH},{HEIGHT}",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations included
     drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
     # a phone's viewport (headless windows are at least 500 px wide; the device metrics make it 360)
     drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",

@@ -77,6 +77,9 @@ def check_page(drv: Any, name: str, problems: list[str]) -> None:
             problems.append(f"{name}: focus reaches an invisible {w['tag']} {w['text']!r}")
         if w["outline"].startswith("none") and w["visible"]:
             problems.append(f"{name}: no visible focus indicator on {w['tag']} {w['text']!r}")
+    for entry in drv.get_log("browser"):
+        if entry.get("level") == "SEVERE" and "favicon.ico" not in entry.get("message", ""):
+            problems.append(f"{name}: browser console: {entry['message'][:300]}")
     drv.execute_script("window.scrollTo(0, 0)")
     assert HEIGHT > 0
 
