@@ -89,11 +89,13 @@ class NodeRegistry:
         return found
 
     def get(self, province: str, fresh: bool = False) -> Node | None:
-        """The node of a province (fresh: read now, not from the 2-second cache)."""
-        if fresh:
+        """The node of a province: from the 2-second cache when it is there (a removal takes effect within 2 s),
+        else read now (a node added a moment ago, by `ehc nodes add` in another process, is found at once)."""
+        node = None if fresh else self.nodes().get(province)
+        if node is None:
             d = self.col.find_one({"_id": province})
-            return Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0))) if d else None
-        return self.nodes().get(province)
+            node = Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0))) if d else None
+        return node
 
     def check_peer(self, province: str, url: str) -> None:
         if province not in PROVINCES:

@@ -74,7 +74,8 @@ def test_add_refuses_a_wrong_fingerprint_and_a_node_that_is_another_province(nod
     assert r.exit_code == 2 and "fingerprint mismatch" in r.output
     r = nodes["00"].ehc("nodes", "add", "--province", "44", "--url", nodes["11"].base)
     assert r.exit_code == 2 and "says it is province '11'" in r.output
-    assert "44" not in nodes["00"].ehc("nodes", "list").output
+    assert [json.loads(line)["province"] for line in nodes["00"].ehc("nodes", "list").output.splitlines()] == \
+        ["11", "31"]
 
 
 def test_a_node_that_is_not_registered_gets_no_token(nodes: dict[str, Node]) -> None:
