@@ -3,7 +3,7 @@
     ehc nodes add --province NN --url BASE [--fingerprint FP]   trust the node at BASE (its FHIR base; for
                                                                 --province 00, EHC_NATIONAL_URL by default)
     ehc nodes list                                              the trusted nodes, with key fingerprints
-    ehc nodes remove --province NN                              stop trusting it (its tokens stop at once)
+    ehc nodes remove --province NN                              stop trusting it (its tokens stop within a second)
     ehc nodes key                                               this node's own province, role and fingerprint
 
 `add` fetches the other node's public key from BASE/../federation/node and prints its fingerprint: the operator

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from flask import Flask
 from pymongo.errors import InvalidOperation, PyMongoError
 
+from app.core.timeutil import utcnow
 from app.federation.cards import REFRESH, FederatedCards, FederatedNonces, FederatedSigning, verify_nationwide
 from app.federation.index import EHC_SYSTEM
 from app.federation.keys import NodeKey
@@ -30,6 +32,7 @@ from app.store.repository import WriteContext
 
 log = logging.getLogger("ehc.federation")
 MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
+CATCH_UP_SECONDS = 60
 
 
 def registry_for(svc: Services) -> NodeRegistry:
@@ -75,10 +78,9 @@ class PatientHooks:
                 not in held)]
 
     def _federated(self, ctx: WriteContext) -> bool:
-        """Whether the national node is trusted, read fresh once per write (a node added a moment ago by
-        `ehc nodes add`, in another process, must not miss a resident)."""
+        """Whether the national node is trusted (as the worker last read it: no round trip), once per write."""
         if "federation_national" not in ctx.extra:
-            ctx.extra["federation_national"] = self.fed.national_node(fresh=True) is not None
+            ctx.extra["federation_national"] = self.fed.national_node() is not None
         return bool(ctx.extra["federation_national"])
 
     def post_write(self, event: StoreEvent) -> None:
@@ -90,7 +92,8 @@ class PatientHooks:
 
 
 class Worker(threading.Thread):
-    """Delivers the outbox and refreshes the card union; stops when the database handle is closed."""
+    """Re-reads the node registry every second, delivers the outbox and refreshes the card union; stops when the
+    database handle is closed."""
 
     def __init__(self, fed: Federation, wake: threading.Event) -> None:
         super().__init__(name=f"ehc-federation-{fed.province}", daemon=True)
@@ -98,13 +101,18 @@ class Worker(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        trusted_national = False
         while not self.stopped.is_set():
             self.wake.wait(1.0)
             self.wake.clear()
             try:
-                if not self.fed.registry.nodes():
-                    self.wake.wait(4.0)
+                nodes = self.fed.registry.refresh()
+                if not nodes:
+                    trusted_national = False
                     continue
+                if not self.fed.national and NATIONAL in nodes and not trusted_national:
+                    self.catch_up()
+                trusted_national = NATIONAL in nodes
                 if not self.fed.national:
                     while self.fed.deliver() >= 50:
                         pass
@@ -116,6 +124,16 @@ class Worker(threading.Thread):
                 log.warning("federation worker: %s", err)
             except Exception:  # noqa: BLE001 - the worker must outlive one bad round
                 log.exception("federation worker round failed")
+
+
+    def catch_up(self) -> None:
+        """The national node has just become trusted (or this process just started): Patients written in the last
+        minute may have been written before this process knew it; queue them (`ehc nodes add` queued the older
+        ones; a second delivery changes nothing)."""
+        since = utcnow() - timedelta(seconds=CATCH_UP_SECONDS)
+        ids = [d["_id"] for d in self.fed.svc.repo.current("Patient").find({"ts": {"$gte": since}}, {"_id": 1})]
+        if ids:
+            self.fed.outbox.enqueue_all(ids)
 
 
 def init_app(app: Flask, svc: Services) -> None:

@@ -3,7 +3,7 @@
 FederatedPolicy wraps the access policy (app.auth.policy.SmartPolicy) and changes only authenticate:
 
 - a bearer token of anyone but a peer node: unchanged;
-- a token of "node-NN": NN must still be a registered node (a removed node is refused at once, whatever
+- a token of "node-NN": NN must still be a registered node (a removed node is refused within a second, whatever
   tokens it holds), the request must carry a requester assertion (X-EHC-Requester) signed by NN's key,
   addressed to this node, live, with a jti never seen before (replays refused); when NN is the national node
   forwarding a province's request, the origin's own assertion inside must verify too; and the requester's

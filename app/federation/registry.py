@@ -4,8 +4,9 @@
 province the operator named (and, when given, that its fingerprint is the one the operator expects), stores
 its FHIR base, and registers it with the local OAuth server as the Backend Services client "node-NN" (its
 JWKS, scopes system/*.rs, province NN): the peer obtains short-lived tokens here with signed client
-assertions. `remove` deletes both; a token the peer still holds is refused at once (policy.py asks the
-registry, not the token).
+assertions. `remove` deletes both; a token the peer still holds is refused within a second (policy.py asks the
+registry, not the token). A running server reads the registry every second in its federation worker, so no
+request waits for it.
 
 Only the national node trusts provinces, and a province node trusts only the national node: calls between
 provinces are forwarded through the national node (docs/federation.md says why).
@@ -13,8 +14,6 @@ provinces are forwarded through the national node (docs/federation.md says why).
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,6 @@ from app.federation.keys import jwks_fingerprint
 
 NATIONAL = "00"
 NODE_SCOPES = "system/*.rs"
-CACHE_SECONDS = 2.0
 
 
 def node_client_id(province: str) -> str:
@@ -62,6 +60,10 @@ class Node:
                 "added": self.added, "client_id": node_client_id(self.province)}
 
 
+def _node(d: dict[str, Any]) -> Node:
+    return Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0)))
+
+
 class NodeError(ValueError):
     pass
 
@@ -71,31 +73,28 @@ class NodeRegistry:
         self.col = db["fed_nodes"]
         self.auth = auth
         self.own = own_province
-        self._cache: tuple[float, dict[str, Node]] = (0.0, {})
-        self._lock = threading.Lock()
+        self._nodes: dict[str, Node] | None = None
 
     @property
     def national(self) -> bool:
         return self.own == NATIONAL
 
-    def nodes(self) -> dict[str, Node]:
-        expires, nodes = self._cache
-        if expires > time.monotonic():
-            return nodes
-        found = {d["_id"]: Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0)))
-                 for d in self.col.find({})}
-        with self._lock:
-            self._cache = (time.monotonic() + CACHE_SECONDS, found)
+    def refresh(self) -> dict[str, Node]:
+        """Read the registry now (the federation worker does it every second, off the request path)."""
+        found = {d["_id"]: _node(d) for d in self.col.find({})}
+        self._nodes = found
         return found
 
+    def nodes(self) -> dict[str, Node]:
+        """The trusted nodes as last read: requests never wait for the registry."""
+        return self._nodes if self._nodes is not None else self.refresh()
+
     def get(self, province: str, fresh: bool = False) -> Node | None:
-        """The node of a province: from the 2-second cache when it is there (a removal takes effect within 2 s),
-        else read now (a node added a moment ago, by `ehc nodes add` in another process, is found at once)."""
-        node = None if fresh else self.nodes().get(province)
-        if node is None:
+        """The node of a province (fresh: read now)."""
+        if fresh:
             d = self.col.find_one({"_id": province})
-            node = Node(d["_id"], d["url"], d["jwks"], d["fingerprint"], int(d.get("added", 0))) if d else None
-        return node
+            return _node(d) if d else None
+        return self.nodes().get(province)
 
     def check_peer(self, province: str, url: str) -> None:
         if province not in PROVINCES:
@@ -127,7 +126,7 @@ class NodeRegistry:
         client = Client(client_id=node_client_id(province), name=f"federation node {province}", public=False,
                         scopes=NODE_SCOPES, redirect_uris=[], jwks=jwks, province=province, active=True)
         self.auth.save(client)
-        self._cache = (0.0, {})
+        self._nodes = None
         return node
 
     def remove(self, province: str) -> bool:
@@ -136,5 +135,5 @@ class NodeRegistry:
         if client is not None:
             client.active = False
             self.auth.save(client)
-        self._cache = (0.0, {})
+        self._nodes = None
         return removed

@@ -84,12 +84,13 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
     if fed is None or fed.national or principal is None or principal.extra.get("via_node"):
         return RemoteEntries(), []  # no federation here, or this search already came from another node
     remote = req.param(REMOTE_CURSOR)
-    if (req.param("_cursor") and remote is None) or fed.national_node() is None:
+    if req.param("_cursor") and remote is None:
         return RemoteEntries(), []
     # The client's own parameters: the home node adds the constraints of the requester's scopes itself.
     params = [(k, v) for k, v in req.params if k not in ("_cursor", REMOTE_CURSOR, "_format", "_pretty")]
     number = resident_id(params, resource_type)
-    if number is None or not any(s.startswith(("user/", "system/")) for s in principal.scopes):
+    if number is None or not any(s.startswith(("user/", "system/")) for s in principal.scopes) or \
+            fed.national_node() is None:
         return RemoteEntries(), []
     out = RemoteEntries(active=True)
     if remote == DONE:

@@ -78,7 +78,7 @@ class Federation:
 
     def claim_card(self, id_number: str, card: str) -> str | None:
         """The nationwide card of this resident (None when the national node cannot say now)."""
-        node = self.national_node(fresh=True)
+        node = self.national_node()
         if node is None:
             return None
         try:

@@ -105,6 +105,11 @@ class Node:
         self.svc.handle.close()
 
 
+def trusted(node: Node) -> list[str]:
+    """The provinces a running node trusts, as its federation worker last read them (every second)."""
+    return sorted(node.svc.extensions["federation"].registry.nodes())
+
+
 def h(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": FJ, "Content-Type": FJ, **extra}
 
@@ -189,6 +194,8 @@ def nodes(mongo_server: str, tmp_path_factory: pytest.TempPathFactory,
             url = ["--url", started["00"].base] if p == "31" else []
             r = started[p].ehc("nodes", "add", "--province", "00", *url)
             assert r.exit_code == 0, r.output
+        expected = {"00": {"11", "31"}, "11": {"00"}, "31": {"00"}}
+        assert wait_for(lambda: all(set(trusted(started[p])) == expected[p] for p in started), timeout=10)
         yield started
     finally:
         for node in started.values():

@@ -22,6 +22,7 @@ from tests.integration.federation_helpers import (
     h,
     new_id_number,
     patient_body,
+    trusted,
     wait_for,
 )
 
@@ -162,6 +163,7 @@ def test_national_node_down_registration_works_and_the_index_entries_arrive_late
 def test_residents_registered_before_the_national_node_was_added_are_indexed_when_it_is(
         nodes: dict[str, Node], tokens: dict[str, str]) -> None:
     assert nodes["31"].ehc("nodes", "remove", "--province", "00").exit_code == 0
+    assert wait_for(lambda: "00" not in trusted(nodes["31"]), timeout=5)
     try:
         number = new_id_number()
         patient = register(nodes["31"], tokens["31"], patient_body(number, "吴", "敏"))

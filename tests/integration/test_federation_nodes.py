@@ -16,7 +16,7 @@ from app.federation import assertions
 from app.federation.assertions import HEADER, Requester
 from app.federation.registry import NATIONAL
 from tests.integration.federation_helpers import *  # noqa: F403 - the nodes fixture
-from tests.integration.federation_helpers import FJ, Node
+from tests.integration.federation_helpers import FJ, Node, trusted, wait_for
 
 OBS = "system/Observation.rs system/DocumentReference.rs system/Patient.rs"
 
@@ -169,12 +169,13 @@ def test_a_removed_node_is_refused_at_once_even_with_a_live_token(nodes: dict[st
     token = fed.peers.token(national, fresh=True)
     assert nodes["00"].ehc("nodes", "remove", "--province", "31").exit_code == 0
     try:
-        time.sleep(2.2)  # the registry is cached for 2 s per process
+        assert wait_for(lambda: "31" not in trusted(nodes["00"]), timeout=5)  # re-read every second
         r = _query(nodes["31"], nodes["00"], fed.sign_for(national, _requester()), token=token)
         assert r.status_code == 401 and "not registered" in r.json()["issue"][0]["diagnostics"]
     finally:
         r = nodes["00"].ehc("nodes", "add", "--province", "31", "--url", nodes["31"].base)
         assert r.exit_code == 0, r.output
+        assert wait_for(lambda: "31" in trusted(nodes["00"]), timeout=5)
         fed.peers.token(national, fresh=True)
 
 
