@@ -34,6 +34,7 @@ The background loop (plugin.SealLoop) runs the next pass at once while a pass re
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -137,7 +138,11 @@ class Sealer:
             if time.monotonic() - started > self.budget:
                 result.more = True  # the rest waits for the next pass, which starts at once
                 break
-            doc = self._stored(pending, cache)
+            try:
+                doc = self._stored(pending, cache)
+            except Exception as err:  # noqa: BLE001 - one unreadable record must not stop the chain for good
+                log.exception("audit: pending record %s could not be rebuilt; sealed as unreadable", pending["_id"])
+                doc = self._unreadable(pending, err)
             seq += 1
             d = digest(doc)
             prev = link(prev, d)
@@ -214,6 +219,19 @@ class Sealer:
             res = add_patients(res, self._patients_of(todo[:MAX_ENTITIES], cache))
         return self.repo.build_doc(EVENTS, pending["_id"], 1, pending["at"], res,
                                    pending.get("prov") or self.writer.node.province)
+
+    def _unreadable(self, pending: dict[str, Any], err: Exception) -> dict[str, Any]:
+        """An event for a pending record this version cannot rebuild (written by another version, or
+        damaged): outcome 8, with the stored record in its description, so that it is kept, not lost."""
+        raw = json.dumps({k: v for k, v in pending.items() if k != "_id"}, default=str, ensure_ascii=False)
+        record = AccessRecord("unknown", None, [], "8", 0, None, None,
+                              f"this audit record could not be rebuilt ({type(err).__name__}); as stored: {raw}"[:1000])
+        stored_at = pending.get("at")
+        at = stored_at if isinstance(stored_at, datetime) else utcnow()
+        doc = {**self.writer.pending_event(record, str(pending["_id"]), method=pending.get("method"),
+                                           path=pending.get("path")), "at": at}
+        return self.repo.build_doc(EVENTS, doc["_id"], 1, at, self.writer.build_event(doc),
+                                   str(pending.get("prov") or self.writer.node.province))
 
     def _patients_of(self, refs: list[str], cache: dict[str, set[str]]) -> set[str]:
         """The patients of the resources a broad search returned, so that residents find its event."""

@@ -133,3 +133,18 @@ def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh):
     assert report.ok and report.sealed == 9 and report.pending == 0
     assert fresh.handle.db[CHAIN].count_documents({"ev": iid}) == 0  # sealed once, as its real event
     assert fresh.handle.db[CHAIN].count_documents({"ev": eid}) == 1
+
+
+def test_an_unreadable_record_is_sealed_as_such_and_does_not_stop_the_chain(fresh):
+    writer, sealer = build_trail(fresh)
+    first = writer.write(AccessRecord("read", "Patient", ["a"]))
+    broken = writer.pending_event(AccessRecord("read", "Patient", ["b"]), "01000000-0000-7000-8000-000000000000")
+    broken["rec"]["resource_ids"] = 17  # what this version cannot rebuild (another version's, or damaged)
+    writer.committer.submit(broken)
+    last = writer.write(AccessRecord("read", "Patient", ["c"]))
+    result = sealer.seal_all()
+    assert result is not None and result.sealed == 3
+    ev = fresh.handle.db["AuditEvent"].find_one({"_id": broken["_id"]})["res"]
+    assert ev["outcome"] == "8" and "could not be rebuilt" in ev["outcomeDesc"]
+    assert {first, last} <= {e["ev"] for e in fresh.handle.db[CHAIN].find({})}
+    assert verify(fresh.handle.db).ok and fresh.handle.db[PENDING].count_documents({}) == 0
