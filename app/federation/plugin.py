@@ -137,6 +137,8 @@ class Worker(threading.Thread):
 
 
 def init_app(app: Flask, svc: Services) -> None:
+    from app.auth.plugin import auth_state
+    from app.auth.policy import SmartPolicy
     from app.ehc.plugin import card_service
     from app.federation.web import bp, national_pix
 
@@ -144,8 +146,11 @@ def init_app(app: Flask, svc: Services) -> None:
     key = NodeKey(svc.settings.data_dir)
     fed = Federation(svc, registry, key)
     svc.extensions["federation"] = fed
+    # Node tokens are checked even where EHC_AUTH_REQUIRED is off (then only the /federation endpoints use it).
+    smart = svc.policy if svc.settings.auth_required else SmartPolicy(svc, auth_state(svc).store)
+    fed.policy = FederatedPolicy(smart, registry, fed.replay)
     if svc.settings.auth_required:
-        svc.policy = FederatedPolicy(svc.policy, registry, fed.replay)
+        svc.policy = fed.policy
 
     cards = card_service(svc)
     national = svc.settings.province == NATIONAL

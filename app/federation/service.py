@@ -56,6 +56,7 @@ class Federation:
         self.index = NationalIndex(svc.repo.db, svc.extensions["keyring"]) if self.national else None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ehc-federation")
         self.last_union = 0.0
+        self.policy: Any = None  # policy.FederatedPolicy, set by plugin.init_app
 
     def national_node(self, fresh: bool = False) -> Node | None:
         """The trusted national node; reached at EHC_NATIONAL_URL when that is set (its key: the registry's)."""

@@ -60,10 +60,8 @@ def _str(body: dict[str, Any], name: str) -> str:
 
 def _node() -> str:
     """The registered province calling with a node token."""
-    svc = _svc()
-    policy = svc.policy
-    inner = getattr(policy, "inner", policy)
-    principal = inner.authenticate(request.headers.get("Authorization"))
+    policy = _fed().policy
+    principal = policy.inner.authenticate(request.headers.get("Authorization"))
     return str(policy.node_of(principal))
 
 
@@ -110,7 +108,7 @@ def index() -> Response:
 def query() -> Response:
     fed = _national_only()
     svc = _svc()
-    principal = svc.policy.authenticate(request.headers.get("Authorization"))
+    principal = fed.policy.authenticate(request.headers.get("Authorization"))
     if principal is None or "via_node" not in principal.extra:
         raise forbidden("only a registered federation node may forward a query")
     body = _body()

@@ -35,7 +35,8 @@ EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 
 
 class Node:
-    def __init__(self, province: str, db_uri: str, data_dir: Path, national_url: str | None = None) -> None:
+    def __init__(self, province: str, db_uri: str, data_dir: Path, national_url: str | None = None,
+                 auth_required: bool = True) -> None:
         from app import create_app
 
         self.province = province
@@ -45,8 +46,8 @@ class Node:
         self.db_uri = db_uri
         self.data_dir = data_dir
         self.national_url = national_url
-        self.settings = Settings(mongodb_uri=db_uri, province=province, data_dir=data_dir, auth_required=True,
-                                 national_url=national_url)
+        self.settings = Settings(mongodb_uri=db_uri, province=province, data_dir=data_dir,
+                                 auth_required=auth_required, national_url=national_url)
         self.app = create_app(self.settings)
         self.app.testing = True
         self.svc = self.app.extensions["ehc"]
