@@ -105,7 +105,7 @@ def _run_gunicorn(host: str, port: int, workers: int, threads: int, data_dir: An
         "threads": threads,
         "worker_class": "gthread",
         "timeout": 120,
-        "graceful_timeout": 10,
+        "graceful_timeout": 20,  # workers release their heartbeats at exit (app/store/owners.py): let them
         "accesslog": None,  # the JSON request line of app.ops.logging replaces it (no raw paths in logs)
         "errorlog": "-",
         "loglevel": "warning",
