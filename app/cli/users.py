@@ -39,18 +39,21 @@ def users() -> None:
 @click.option("--phone", required=True)
 @click.option("--password-stdin", is_flag=True,
               help="read the password from the first line of standard input (scripts); otherwise it is asked twice")
+@click.option("--password", default=None, help="the password itself (visible to other users of the machine: prefer "
+              "--password-stdin)")
 @click.option("--patient", "patients", multiple=True, metavar="ID[:RELATION]")
-def add(phone: str, password_stdin: bool, patients: tuple[str, ...]) -> None:
+def add(phone: str, password_stdin: bool, password: str | None, patients: tuple[str, ...]) -> None:
     """Create an account and bind patients to it."""
     from app.auth.accounts import create_account
     from app.auth.bindings import bind
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        raise click.UsageError("no terminal to ask the password on: pipe it in with --password-stdin")
+    elif password is None:
+        try:
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        except click.Abort:  # no terminal and nothing on standard input
+            raise click.UsageError("no password: give it on standard input with --password-stdin") from None
     if not password:
         raise click.UsageError("the password is empty")
     svc, st = _services()
