@@ -143,3 +143,20 @@ def test_references_are_checked_for_every_type(client: Any, patient_id: str) -> 
     assert send(client, "DELETE", f"Encounter/{eid}").status_code == 409
     found = send(client, "GET", f"MedicationRequest?encounter=Encounter/{eid}").json
     assert found["total"] == 1
+
+
+def test_validate_against_the_published_ehc_patient_profile(client: Any) -> None:
+    profile = "https://ehc.example.cn/fhir/StructureDefinition/ehc-patient"
+    bad = {"resourceType": "Patient", "gender": "male",
+           "identifier": [{"system": "urn:ehc:mrn:org-1", "value": uuid.uuid4().hex}]}  # no name
+    r = send(client, "POST", f"Patient/$validate?profile={profile}", bad)
+    assert r.status_code == 200
+    errors = [i for i in r.json["issue"] if i["severity"] == "error"]
+    assert [i["expression"] for i in errors] == [["Patient.name"]]
+    # the same through a Parameters body, and without the profile the base R4 Patient is valid
+    params = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": bad},
+                                                          {"name": "profile", "valueUri": profile}]}
+    assert any(i["severity"] == "error" for i in send(client, "POST", "Patient/$validate", params).json["issue"])
+    assert not any(i["severity"] == "error" for i in send(client, "POST", "Patient/$validate", bad).json["issue"])
+    unknown = send(client, "POST", "Patient/$validate?profile=http://example.org/nope", bad).json
+    assert unknown["issue"][0]["code"] == "not-supported"
