@@ -29,12 +29,13 @@ def clients() -> None:
 def add(name: str, scopes: str, province: str, organization: str | None, jwks_file: Path | None,
         redirect_uris: tuple[str, ...], public: bool, break_glass: bool, resource_server: bool) -> None:
     """Register a client."""
-    from app.auth.plugin import auth_state
-    from app.auth.registration import register_client
     from app.cli.common import node_services
 
     jwks = json.loads(jwks_file.read_text(encoding="utf-8")) if jwks_file else None
     with node_services() as svc:
+        from app.auth.plugin import auth_state
+        from app.auth.registration import register_client
+
         try:
             if organization and not svc.repo.exists("Organization", organization):
                 click.echo(f"warning: Organization/{organization} does not exist (yet)", err=True)

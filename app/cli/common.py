@@ -81,11 +81,12 @@ def node_services(settings: Settings | None = None) -> Iterator[Services]:
     from pymongo.errors import PyMongoError
 
     from app.config import load_settings
-    from app.services import build_services
 
     settings = settings or load_settings()
-    uri, started = reach_database(settings)
+    uri, started = reach_database(settings)  # before the heavy imports: an absent database is said at once
     try:
+        from app.services import build_services
+
         try:
             svc = build_services(settings)
         except PyMongoError as err:
