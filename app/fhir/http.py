@@ -155,8 +155,11 @@ def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     elif resp.body is None:
         out = Response(b"", status=resp.status)
     else:
+        structure = load_structure(PROFILES_DIR)
+        if media_type == FHIR_XML and resp.body.get("resourceType") not in structure.resources:
+            media_type = "application/json"  # not a FHIR resource (the SMART configuration): JSON only
         if media_type == FHIR_XML:
-            payload = fhir_xml.to_xml(load_structure(PROFILES_DIR), resp.body, pretty)
+            payload = fhir_xml.to_xml(structure, resp.body, pretty)
         else:
             payload = fhirjson.dumps(resp.body, pretty)
         out = Response(payload, status=resp.status, content_type=f"{media_type}; charset=utf-8")

@@ -123,3 +123,9 @@ def test_xml_transaction(client: Any) -> None:
     out = from_xml(STRUCTURE, r.data)
     assert out["type"] == "transaction-response"
     assert [e["response"]["status"][:3] for e in out["entry"]] == ["201", "201"]
+
+
+def test_what_is_not_a_resource_stays_json(client: Any) -> None:
+    r = client.get("/fhir/.well-known/smart-configuration?_format=xml")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    assert r.json is not None
