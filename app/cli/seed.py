@@ -138,7 +138,10 @@ def seed_cmd(patients: int, observations: int, start: int | None, demo: bool, no
         if demo:
             from app.cli.demo import make_demo
 
-            make_demo(svc)
+            try:
+                make_demo(svc)
+            finally:
+                hooks.release()  # the index's leases, as at the end of a request
             return
         cards = svc.extensions["ehc"]
         if start is None:
