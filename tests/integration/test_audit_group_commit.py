@@ -233,3 +233,25 @@ def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_
     finally:
         svc.handle.client.drop_database(svc.handle.db.name)
         svc.handle.close()
+
+
+def test_a_write_whose_intent_cannot_be_stored_is_refused_before_it_changes_anything(web):
+    app, svc = web
+    writer = svc.extensions["audit"].writer
+    taken = pending_id()
+    writer.committer.submit(writer.pending_event(AccessRecord("read", "Patient", ["x"]), taken))
+    import app.audit.writer as writer_module
+
+    real = writer_module.pending_id
+    ids = iter([taken])
+    writer_module.pending_id = lambda: next(ids, None) or real()  # the intent's id is taken: its insert fails
+    family = "意图" + uuid.uuid4().hex[:6]
+    body = {"resourceType": "Patient", "name": [{"family": family}], "gender": "male"}
+    try:
+        r = app.test_client().post("/fhir/Patient", data=json.dumps(body), content_type=FJ)
+    finally:
+        writer_module.pending_id = real
+    assert r.status_code == 503 and r.headers.get("Retry-After")
+    assert r.json["resourceType"] == "OperationOutcome"
+    found = app.test_client().get(f"/fhir/Patient?family={family}").json
+    assert found["total"] == 0  # the write never ran
