@@ -3,7 +3,7 @@ interactions): type `rest`, subtype the restful interaction, action C/R/U/D/E, t
 organization as agents (the requestor marked), this node as source, and as entities the resources touched,
 the query (base64), the patient (role 1, so that `AuditEvent?patient=` finds it) and the Consent relied on.
 
-Pure: no Flask, no pymongo. The writer numbers and stores what this module builds.
+Pure: no Flask, no pymongo. The sealer builds events with it from the access records the writer stored.
 """
 
 from __future__ import annotations
