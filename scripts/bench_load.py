@@ -109,6 +109,10 @@ class Server:
 
     def start(self) -> None:
         self.register_client()
+        # One first start in a single process, as a deployment's first boot: the keys the app creates on first
+        # use (auth secret, card signing key) are written once, not raced by gunicorn workers booting together.
+        subprocess.run([sys.executable, "-c", "from app import create_app; create_app()"], cwd=ROOT, env=self.env,
+                       check=True, capture_output=True)
         log = (self.tmp / "server.log").open("ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                      start_new_session=True)
@@ -218,7 +222,7 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
              f"`python3 scripts/bench_load.py --rounds {args.rounds} --duration {args.duration} --vus {args.vus}"
              + (" --peer-base ..." if peer else "") + f"` on {when:%Y-%m-%d %H:%M} UTC: {platform.node()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The k6 scenario `scripts/load/fhir.js` "
-             f"at {args.vus} VUs, {args.duration} per run, {args.rounds} rounds"
+             f"at {args.vus} VUs, {args.duration} per run, {args.rounds} round{'s' if args.rounds != 1 else ''}"
              + (", each round running this server and the peer back to back (interleaved)" if peer else "")
              + "; figures are the medians of the rounds. "
              f"This server: {server.describe()}, {server.database} on 127.0.0.1, auth on (a `{SCOPES}` "
@@ -242,7 +246,7 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
               "| scenario | operation | req/s | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
     for scenario in ("crud", "read"):
         for op, d in per_op(results.get("ehc", {}).get(scenario, [])).items():
-            lines.append(f"| {scenario} | {op} | {fmt(d['rps'])} | {fmt(d['p50'], 1)} | {fmt(d['p95'], 1)} |")
+            lines.append(f"| {scenario} | {op} | {fmt(d['rps'], 1)} | {fmt(d['p50'], 1)} | {fmt(d['p95'], 1)} |")
     lines += ["", f"Machine load (1-minute load average at the start and end of each run): min {fmt(min(loads), 2)}, "
               f"median {fmt(median(loads), 2)}, max {fmt(max(loads), 2)}"
               + (f" on {os.cpu_count()} CPUs" if os.cpu_count() else "") + ". " + notes.get("noise", ""),
