@@ -35,7 +35,7 @@ class Command:
     detail: str  # the shape of the filter: "_id", "_id+token", ...
 
     def __str__(self) -> str:
-        return f"{self.name} {self.collection}" + (f" {{{self.detail}}}" if self.detail else "")
+        return " ".join(x for x in (self.name, self.collection, f"{{{self.detail}}}" if self.detail else "") if x)
 
 
 def _collection(event: monitoring.CommandStartedEvent) -> str:
