@@ -84,6 +84,7 @@ class Server:
         self.env = dict(os.environ, EHC_MONGODB_URI=f"{root}/{self.db_name}", EHC_DATA_DIR=str(tmp / "data"),
                         EHC_AUTH_REQUIRED="true", EHC_PROVINCE="11")
         self.client_id = self.secret = ""
+        self.description = ""
 
     def register_client(self) -> None:
         out = subprocess.run([sys.executable, "-m", "app.cli", "clients", "add", "--name", "k6 load",
@@ -103,7 +104,10 @@ class Server:
 
     def describe(self) -> str:
         if self.args.server == "ehc":
-            return "`ehc serve` with its defaults"
+            log = self.tmp / "server.log"
+            found = re.search(r"gunicorn, \d+ workers x \d+ threads \(gthread\)", log.read_text(errors="replace")) \
+                if log.exists() else None
+            return "`ehc serve` with its defaults" + (f" ({found.group(0)})" if found else "")
         kind = f"gthread, {self.args.threads} threads each" if self.args.threads > 1 else "sync"
         return f"gunicorn, {self.args.workers} {kind} workers"
 
@@ -219,13 +223,14 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
     loads = [x for runs in results.values() for rs in runs.values() for r in rs
              for x in (r["load_before"][0], r["load_after"][0])]
     lines = [f"# {SECTION}", "",
-             f"`python3 scripts/bench_load.py --rounds {args.rounds} --duration {args.duration} --vus {args.vus}"
+             f"`python3 scripts/bench_load.py --server {args.server} --rounds {args.rounds} --duration {args.duration} "
+             f"--vus {args.vus}"
              + (" --peer-base ..." if peer else "") + f"` on {when:%Y-%m-%d %H:%M} UTC: {platform.node()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The k6 scenario `scripts/load/fhir.js` "
              f"at {args.vus} VUs, {args.duration} per run, {args.rounds} round{'s' if args.rounds != 1 else ''}"
              + (", each round running this server and the peer back to back (interleaved)" if peer else "")
              + "; figures are the medians of the rounds. "
-             f"This server: {server.describe()}, {server.database} on 127.0.0.1, auth on (a `{SCOPES}` "
+             f"This server: {server.description}, {server.database} on 127.0.0.1, auth on (a `{SCOPES}` "
              "client-credentials token) and audit on."
              + (f" Peer: {args.peer_name} at {args.peer_base}, no auth, no audit." if peer else ""), ""]
     lines += ["| scenario | server | req/s | p50 ms | p95 ms | errors | req/s of each round |",
@@ -299,7 +304,8 @@ def main() -> int:
     notes: dict[str, Any] = {"pending": []}
     try:
         server.start()
-        print(f"server: {server.base} ({server.describe()}); load average {loadavg()}", flush=True)
+        server.description = server.describe()
+        print(f"server: {server.base} ({server.description}); load average {loadavg()}", flush=True)
         for rnd in range(1, args.rounds + 1):
             for scenario in scenarios:
                 targets = [("ehc", server.base)] + ([("peer", args.peer_base)] if args.peer_base else [])
