@@ -219,6 +219,7 @@ def per_op(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
 def write_report(args: argparse.Namespace, server: Server, results: dict[str, dict[str, list[dict[str, Any]]]],
                  notes: dict[str, Any]) -> str:
     peer = bool(args.peer_base)
+    done = int(notes.get("rounds_done", args.rounds))
     when = datetime.now(UTC)
     loads = [x for runs in results.values() for rs in runs.values() for r in rs
              for x in (r["load_before"][0], r["load_after"][0])]
@@ -227,7 +228,8 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
              f"--vus {args.vus}"
              + (" --peer-base ..." if peer else "") + f"` on {when:%Y-%m-%d %H:%M} UTC: {platform.node()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The k6 scenario `scripts/load/fhir.js` "
-             f"at {args.vus} VUs, {args.duration} per run, {args.rounds} round{'s' if args.rounds != 1 else ''}"
+             f"at {args.vus} VUs, {args.duration} per run, {done} round{'s' if done != 1 else ''}"
+             + (f" (of {args.rounds} planned)" if done != args.rounds else "")
              + (", each round running this server and the peer back to back (interleaved)" if peer else "")
              + "; figures are the medians of the rounds. "
              f"This server: {server.description}, {server.database} on 127.0.0.1, auth on (a `{SCOPES}` "
@@ -276,6 +278,16 @@ def splice(doc: Path, section: str) -> None:
     doc.write_text(text, encoding="utf-8")
 
 
+def report(args: argparse.Namespace, server: Server, results: dict[str, dict[str, list[dict[str, Any]]]],
+           notes: dict[str, Any]) -> str:
+    spread = {sc: (min(r["total_rps"] for r in rs), max(r["total_rps"] for r in rs))
+              for sc, rs in results["ehc"].items() if rs}
+    notes["noise"] = ("Spread of this server's rounds (min-max req/s): " + "; ".join(
+        f"{sc} {fmt(lo)}-{fmt(hi)} ({fmt(100 * (hi - lo) / hi if hi else 0)}%)" for sc, (lo, hi) in spread.items()
+    ) + ".") if spread else ""
+    return write_report(args, server, results, notes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -320,16 +332,12 @@ def main() -> int:
                     if who == "ehc" and scenario == "crud":
                         notes["pending"].append(server.audit_pending())
                     time.sleep(args.pause)
-        notes["rss_mb"] = server.rss_mb()
+            notes["rss_mb"] = server.rss_mb()
+            notes["rounds_done"] = rnd
+            report(args, server, results, notes)  # after every round: a run cut short still leaves its figures
     finally:
         server.stop()
-    all_rps = [r["total_rps"] for rs in results["ehc"].values() for r in rs]
-    spread = {sc: (min(r["total_rps"] for r in rs), max(r["total_rps"] for r in rs))
-              for sc, rs in results["ehc"].items() if rs}
-    notes["noise"] = "Spread of this server's rounds (min-max req/s): " + "; ".join(
-        f"{sc} {fmt(lo)}-{fmt(hi)} ({fmt(100 * (hi - lo) / hi if hi else 0)}%)" for sc, (lo, hi) in spread.items()
-    ) + "." if all_rps else ""
-    print(write_report(args, server, results, notes))
+    print(report(args, server, results, notes))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
