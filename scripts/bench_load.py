@@ -259,7 +259,9 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
               + (f" on {os.cpu_count()} CPUs" if os.cpu_count() else "") + ". " + notes.get("noise", ""),
               f"Audit backlog (`_audit_pending` after each CRUD run of this server): "
               f"{', '.join(str(x) for x in notes.get('pending', [])) or '-'}. "
-              f"Server resident memory after the runs: {fmt(notes.get('rss_mb'))} MB (master and workers)."]
+              f"Server resident memory after the runs: {fmt(notes.get('rss_mb'))} MB (master and workers).",
+              "", "Database commands per request of this scenario: `docs/benchmarks/round-trips.md`; "
+              "the embedded database candidates: `docs/benchmarks/backends.md`."]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
