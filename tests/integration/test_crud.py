@@ -164,12 +164,17 @@ def test_invalid_resource_names_field(client):
 
 
 def test_media_types_and_body_errors(client):
+    # XML is served (tests/integration/test_xml.py); XML outside the FHIR namespace is a 400, other types 415
     r = client.post("/fhir/Patient", data="<Patient/>", content_type="application/fhir+xml")
+    assert r.status_code == 400 and r.json["resourceType"] == "OperationOutcome"
+    r = client.post("/fhir/Patient", data="name=x", content_type="application/x-www-form-urlencoded")
     assert r.status_code == 415
     r = client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/fhir+xml")
+    r = client.get("/fhir/metadata", headers={"Accept": "text/html"})
     assert r.status_code == 406
     r = client.get("/fhir/metadata?_format=xml")
-    assert r.status_code == 406
+    assert r.status_code == 200 and r.data.startswith(b"<?xml")
     r = client.post("/fhir/Patient", data="{not json", content_type=FJ)
     assert r.status_code == 400 and r.json["resourceType"] == "OperationOutcome"
     r = client.post("/fhir/Patient", data=b"{" + b" " * (2 * 1024 * 1024) + b"}", content_type=FJ)

@@ -380,7 +380,7 @@ def test_uri_search() -> None:
 
 def test_chain_with_fake_resolve() -> None:
     assert search("Observation", [("subject:Patient.identifier", "11010519900501001X")]) == ["o1", "o3"]
-    assert search("Observation", [("subject.name", "zhang")]) == ["o2"]
+    assert search("Observation", [("subject:Patient.name", "zhang")]) == ["o2"]
     assert search("Observation", [("subject.birthdate", "ge1990-05-01"), ("code", "8867-4")]) == ["o1", "o2"]
     assert search("Observation", [("patient.gender", "other")]) == []
     calls: list[tuple[str, SearchRequest]] = []
@@ -390,7 +390,7 @@ def test_chain_with_fake_resolve() -> None:
         return ["x1", "x2"]
 
     req = parse_search(
-        "Observation", [("subject.name", "li")], REG, strict=True, default_count=20, max_count=500
+        "Observation", [("subject:Patient.name", "li")], REG, strict=True, default_count=20, max_count=500
     )
     assert compile_filter(req, REG, spy) == {"ix.subject": {"$in": ["Patient/x1", "Patient/x2"]}}
     assert calls[0][0] == "Patient" and calls[0][1].filters[0].code == "name" and calls[0][1].collect is None
