@@ -138,3 +138,23 @@ def test_round_trip_through_hapi_is_lossless(hl7: HL7Validator, client: Any, tmp
     from_json_by_hapi = hl7.convert(tmp_path / "ours.json")
     assert "error" not in from_json_by_hapi, from_json_by_hapi
     assert _normal(from_xml(STRUCTURE, from_json_by_hapi["xml"].encode())) == _normal(ours_json)
+
+
+def test_every_type_round_trips_through_hapi(hl7: HL7Validator, tmp_path: Path) -> None:
+    """For each R4 type: HAPI reads our XML into our JSON, and our parser reads HAPI's XML into our JSON."""
+    from app.fhir.xml import to_xml
+
+    problems = []
+    for rtype in sorted(STRUCTURE.resources):
+        res = loads(dumps(minimal(rtype, "p1")))
+        res["id"] = "x1"
+        (tmp_path / f"{rtype}.xml").write_bytes(to_xml(STRUCTURE, res))
+        (tmp_path / f"{rtype}.json").write_bytes(dumps(res))
+        by_hapi = hl7.convert(tmp_path / f"{rtype}.xml")
+        if "error" in by_hapi or _normal(loads(by_hapi["json"])) != _normal(res):
+            problems.append(f"{rtype}: our XML read by HAPI: {by_hapi.get('error') or by_hapi['json']}")
+            continue
+        hapi_xml = hl7.convert(tmp_path / f"{rtype}.json")
+        if "error" in hapi_xml or _normal(from_xml(STRUCTURE, hapi_xml["xml"].encode())) != _normal(res):
+            problems.append(f"{rtype}: HAPI's XML read by us: {hapi_xml.get('error') or hapi_xml['xml']}")
+    assert not problems, "\n".join(problems)
