@@ -13,8 +13,7 @@ import copy
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
+from app.core import fhirjson
 from app.core.errors import FhirError, Issue, bad_request, info_outcome
 from app.core.ids import new_id
 from app.fhir.http import FhirResponse, check_json_depth, parse_etag, parse_prefer
@@ -63,8 +62,8 @@ def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
     if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
         # FHIR carries a JSON Patch in a transaction as a Binary holding the patch document
         try:
-            patch = orjson.loads(base64.b64decode(body.get("data", ""), validate=True))
-        except (ValueError, TypeError, RecursionError):
+            patch = fhirjson.loads(base64.b64decode(body.get("data", ""), validate=True))  # decimals kept
+        except (ValueError, TypeError, RecursionError, fhirjson.JsonError):
             raise bad_request("a PATCH entry's Binary must hold a base64-encoded JSON Patch",
                               expression="Bundle.entry.resource.data") from None
         check_json_depth(patch)

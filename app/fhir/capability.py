@@ -4,15 +4,30 @@ of the operation table, and the security extensions the auth layer registers."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from app.core.timeutil import to_instant, utcnow
 from app.services import Services
 
 COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security")
+# The electronic health card's implementation guide (fhir_profiles): what every node of the programme serves.
+IG_CAPABILITY = "https://ehc.example.cn/fhir/CapabilityStatement/ehc-node"
+
+
+def published_profiles(profiles_dir: Path) -> dict[str, list[str]]:
+    """resource type -> canonical URLs of the profiles fhir_profiles/StructureDefinition publishes for it."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((profiles_dir / "StructureDefinition").glob("*.json")):
+        sd = json.loads(path.read_text(encoding="utf-8"))
+        if sd.get("kind") == "resource" and sd.get("derivation") == "constraint" and sd.get("url"):
+            out.setdefault(sd["type"], []).append(sd["url"])
+    return out
 
 
 def capability_statement(svc: Services, base: str, operations: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    published = published_profiles(svc.profiles_dir)
     resources = []
     for rtype, conf in sorted(svc.resource_types.items()):
         params = svc.registry.params(rtype)
@@ -36,6 +51,9 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
             "searchParam": [{"name": c, "type": p.type, **({"definition": p.url} if getattr(p, "url", None) else {})}
                             for c, p in sorted(params.items()) if c not in COMMON],
         }
+        profiles = published.get(rtype)
+        if profiles:
+            entry["supportedProfile"] = profiles
         ops = [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
                if op.get("types") == "*" or rtype in op.get("types", ())]
         if ops:
@@ -64,7 +82,8 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "software": {"name": "ehc-fhir", "version": "0.1.0"},
         "implementation": {"description": "电子健康卡 FHIR R4 server", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "instantiates": [IG_CAPABILITY],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [rest],
     }

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo import IndexModel
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -41,6 +42,10 @@ from app.store.protect import FieldProtector
 # when that owner's heartbeat is stale (app.store.owners), however long a live writer stalls.
 STALE_SLOT = timedelta(seconds=5)
 MAX_WRITE_RETRIES = 20
+# MongoDB's limit is 64 indexes a collection (the _id index included).
+INDEXES_PER_TYPE = 60
+PREFERRED_INDEXES = ("identifier", "patient", "subject", "code", "date", "_lastUpdated", "status", "encounter",
+                     "category", "name", "family", "given", "birthdate", "phone", "organization", "_tag")
 
 
 @dataclass
@@ -123,20 +128,16 @@ class Repository:
             raise not_found(f"resource type {resource_type!r} is not supported by this server")
 
     def ensure_indexes(self) -> None:
-        """Secondary indexes for every search parameter, where the server uses them (MongoDB, not FerretDB v1)."""
+        """Secondary indexes where the server uses them (MongoDB, not FerretDB v1): one createIndexes command per
+        collection. MongoDB allows 64 indexes a collection and every R4 type has many search parameters, so each
+        type gets at most INDEXES_PER_TYPE: the parameters selective searches use first (identifier, patient,
+        subject, code, date ...), then the other references (chains, compartments), then the rest; sort-key
+        indexes only for dates. Searches on the others are answered by the exact matcher over fewer candidates."""
         if not self.handle.supports_secondary_indexes:
             return
         for rtype in sorted(self.resource_types):
-            col = self.current(rtype)
-            for code, param in self.registry.params(rtype).items():
-                if code == "_id":
-                    continue
-                suffix = {"date": ".lo", "quantity": ".v"}.get(param.type, "")
-                field_path = f"ix.{code}{suffix}"
-                col.create_index([(field_path, 1)], name=f"ix_{code}", sparse=True)
-                col.create_index([(f"so.{code}", 1), ("_id", 1)], name=f"so_{code}", sparse=True)
-            self.history_col(rtype).create_index([("ts", -1)], name="ts")
-            col.create_index([("ts", -1)], name="ts")
+            self.current(rtype).create_indexes(index_plan(self.registry, rtype))
+            self.history_col(rtype).create_indexes([IndexModel([("ts", -1)], name="ts")])
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -524,6 +525,25 @@ class Repository:
                     out.append(Stored.from_doc(rtype, self.decode(doc)))  # type: ignore[arg-type]
         out.sort(key=lambda s: (s.ts, s.vid, s.resource_type, s.id), reverse=True)
         return out[:count]
+
+
+def index_plan(registry: SearchRegistry, rtype: str) -> list[IndexModel]:
+    """The MongoDB indexes of one type's collection, at most INDEXES_PER_TYPE (Repository.ensure_indexes)."""
+    params = [(c, p) for c, p in registry.params(rtype).items() if c != "_id"]
+
+    def rank(item: tuple[str, Any]) -> tuple[int, str]:
+        code, param = item
+        if code in PREFERRED_INDEXES:
+            return PREFERRED_INDEXES.index(code), code
+        return (len(PREFERRED_INDEXES) + (0 if param.type == "reference" else 1)), code
+
+    models = [IndexModel([("ts", -1)], name="ts")]
+    for code, param in sorted(params, key=rank):
+        suffix = {"date": ".lo", "quantity": ".v"}.get(param.type, "")
+        models.append(IndexModel([(f"ix.{code}{suffix}", 1)], name=f"ix_{code}", sparse=True))
+        if param.type == "date":
+            models.append(IndexModel([(f"so.{code}", 1), ("_id", 1)], name=f"so_{code}", sparse=True))
+    return models[:INDEXES_PER_TYPE]
 
 
 def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:

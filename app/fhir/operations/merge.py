@@ -69,5 +69,5 @@ OPERATION = {
     "levels": ("type",),
     "types": ("Patient",),
     "methods": ("POST",),
-    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+    "definition": "https://ehc.example.cn/fhir/OperationDefinition/patient-merge",  # R4 has no Patient-merge
 }
