@@ -46,15 +46,15 @@ def _requester(province: str = "31") -> Requester:
 
 
 def test_nodes_list_shows_each_peer_with_the_fingerprint_its_operator_sees(nodes: dict[str, Node]) -> None:
-    listed = [json.loads(line) for line in nodes["00"].ehc("nodes", "list").output.splitlines()]
+    listed = [json.loads(line) for line in nodes["00"].ehc("nodes", "list").stdout.splitlines()]
     assert [n["province"] for n in listed] == ["11", "31"]
     for entry in listed:
-        own = json.loads(nodes[entry["province"]].ehc("nodes", "key").output)
+        own = json.loads(nodes[entry["province"]].ehc("nodes", "key").stdout)
         assert own == {"province": entry["province"], "role": "province", "fingerprint": entry["fingerprint"]}
         assert entry["url"] == nodes[entry["province"]].base
-    on31 = [json.loads(line) for line in nodes["31"].ehc("nodes", "list").output.splitlines()]
+    on31 = [json.loads(line) for line in nodes["31"].ehc("nodes", "list").stdout.splitlines()]
     assert [(n["province"], n["fingerprint"]) for n in on31] == \
-        [("00", json.loads(nodes["00"].ehc("nodes", "key").output)["fingerprint"])]
+        [("00", json.loads(nodes["00"].ehc("nodes", "key").stdout)["fingerprint"])]
 
 
 def test_a_province_node_trusts_only_the_national_node(nodes: dict[str, Node]) -> None:
@@ -65,7 +65,7 @@ def test_a_province_node_trusts_only_the_national_node(nodes: dict[str, Node]) -
 def test_the_national_url_on_a_province_node_must_agree_with_the_one_added(nodes: dict[str, Node]) -> None:
     r = nodes["11"].ehc("nodes", "add", "--province", "00", "--url", nodes["31"].base)
     assert r.exit_code == 2 and "EHC_NATIONAL_URL" in r.output
-    assert [json.loads(line)["url"] for line in nodes["11"].ehc("nodes", "list").output.splitlines()] == \
+    assert [json.loads(line)["url"] for line in nodes["11"].ehc("nodes", "list").stdout.splitlines()] == \
         [nodes["00"].base]
 
 
@@ -74,7 +74,7 @@ def test_add_refuses_a_wrong_fingerprint_and_a_node_that_is_another_province(nod
     assert r.exit_code == 2 and "fingerprint mismatch" in r.output
     r = nodes["00"].ehc("nodes", "add", "--province", "44", "--url", nodes["11"].base)
     assert r.exit_code == 2 and "says it is province '11'" in r.output
-    assert [json.loads(line)["province"] for line in nodes["00"].ehc("nodes", "list").output.splitlines()] == \
+    assert [json.loads(line)["province"] for line in nodes["00"].ehc("nodes", "list").stdout.splitlines()] == \
         ["11", "31"]
 
 
