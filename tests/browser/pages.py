@@ -85,9 +85,14 @@ def check_page(drv: Any, name: str, problems: list[str]) -> None:
 
 
 def wait_for(predicate: Callable[[], Any], seconds: float = 10.0, what: str = "condition") -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     end = time.monotonic() + seconds
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None  # the page is being replaced: look again
         if value:
             return value
         if time.monotonic() > end:
