@@ -104,7 +104,7 @@ def load_or_create(path: Path, size: int) -> bytes:
     """Read a key of `size` bytes, or create it (random, mode 0600) when the file does not exist."""
     path = Path(path)
     if not path.exists():
-        _create(path, secrets.token_bytes(size))
+        write_key_once(path, secrets.token_bytes(size))
     private_file(path)
     data = path.read_bytes()
     if len(data) == size:
@@ -118,7 +118,8 @@ def load_or_create(path: Path, size: int) -> bytes:
     raise KeyFileError(f"{path} must hold a {size}-byte key (raw, or {2 * size} hex characters)")
 
 
-def _create(path: Path, key: bytes) -> None:
+def write_key_once(path: Path, key: bytes) -> None:
+    """Create a key file (0600, in a 0700 folder) atomically; when another process created it first, theirs is kept."""
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)
     try:

@@ -9,13 +9,13 @@ other (docs/federation.md).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from joserfc.jwk import ECKey
+
+from app.keyring import write_key_once
 
 ALG = "ES384"
 
@@ -29,7 +29,7 @@ class NodeKey:
         if not self.path.exists():
             new = ECKey.generate_key("P-384", {"alg": ALG, "use": "sig"})
             new.ensure_kid()
-            _write_once(self.path, json.dumps(new.as_dict(private=True)).encode())
+            write_key_once(self.path, json.dumps(new.as_dict(private=True)).encode())
         key = ECKey.import_key(json.loads(self.path.read_text(encoding="utf-8")))
         key.ensure_kid()
         return key
@@ -48,19 +48,3 @@ class NodeKey:
 def jwks_fingerprint(jwks: dict[str, Any]) -> str:
     """The thumbprint of the first key of a public JWKS (what the other node's `ehc nodes key` shows)."""
     return str(ECKey.import_key(jwks["keys"][0]).thumbprint())
-
-
-def _write_once(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".key-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        try:
-            os.link(tmp, path)  # another process that linked first wins: its key is the key
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
