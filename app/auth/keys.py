@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -18,16 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
-from app.keyring import private_dir, private_file
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    private_dir(path.parent)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+from app.keyring import private_file, write_key_once
 
 
 class AuthKeys:
@@ -38,7 +28,7 @@ class AuthKeys:
     def secret(self) -> bytes:
         path = self.dir / "secret.key"
         if not path.exists():
-            _write_private(path, secrets.token_bytes(32))
+            write_key_once(path, secrets.token_bytes(32))  # workers booting together: the first one's wins
         private_file(path)
         return path.read_bytes()
 
@@ -54,7 +44,7 @@ class AuthKeys:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-            _write_private(path, pem)
+            write_key_once(path, pem)
         private_file(path)
         jwk = RSAKey.import_key(path.read_bytes())
         jwk.ensure_kid()
