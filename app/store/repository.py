@@ -207,8 +207,9 @@ class Repository:
             # A pre-create handler (the master patient index) turned the create into an update of an
             # existing record; it left the target id and the merged resource.
             existing_id = resource.pop("_ehc_existing")
+            # a new resident (the index says no version exists yet) is inserted without reading first
             return self.update(resource_type, existing_id, resource, context=context, fire_pre=False,
-                               registration=True)
+                               registration=True, known_absent=context.extra.get("mpi_new_id") == existing_id)
         rid = rid or new_id()
         self.check_references(resource_type, resource)
         stored = self._write(resource_type, rid, resource, None, context)
@@ -218,7 +219,7 @@ class Repository:
     def update(self, resource_type: str, rid: str, resource: dict[str, Any], *, if_match: int | None = None,
                context: WriteContext | None = None, fire_pre: bool = True,
                on_conflict_retry: bool = True, registration: bool = False,
-               known_prior: dict[str, Any] | None = None) -> Stored:
+               known_prior: dict[str, Any] | None = None, known_absent: bool = False) -> Stored:
         """Update (or create with a client-chosen id). Returns the new version; .vid == 1 means created.
         registration: the master index turned a create into adding identifiers to a known resident."""
         self.check_type(resource_type)
@@ -234,7 +235,11 @@ class Repository:
         self.check_references(resource_type, resource)
         for attempt in range(MAX_WRITE_RETRIES):
             # known_prior: the raw current document the caller read just before (saves reading it again)
-            prior = known_prior if attempt == 0 and known_prior is not None else self.get_raw(resource_type, rid)
+            # known_absent: nothing stored yet (a race is caught by the unique insert, and retried)
+            if attempt == 0 and (known_prior is not None or known_absent):
+                prior = known_prior
+            else:
+                prior = self.get_raw(resource_type, rid)
             if if_match is not None:
                 if prior is None:
                     raise precondition_failed(f"{resource_type}/{rid} does not exist (If-Match {if_match})")
