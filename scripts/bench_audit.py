@@ -180,10 +180,7 @@ def run_direct(args: argparse.Namespace) -> tuple[Recorder, dict[str, Any]]:
             w = rec.window()
             with rec.lock:
                 w.backlog = max(w.backlog, written[0] - head)
-            done = int((time.monotonic() - started) // WINDOW)
-            if done > last_print:
-                print_window(rec, done - 1)
-                last_print = done
+            last_print = report_window(rec, started, last_print)
         stop.set()
         for t in threads:
             t.join()
@@ -255,10 +252,7 @@ def run_live(args: argparse.Namespace) -> tuple[Recorder, dict[str, Any]]:
             w.backlog = max(w.backlog, sent[0] - sealed)
             w.sealed += max(0, sealed - last_sealed)  # the server's passes are not seen from here
         last_sealed = sealed
-        done = int((time.monotonic() - started) // WINDOW)
-        if done > last_print:
-            print_window(rec, done - 1)
-            last_print = done
+        last_print = report_window(rec, started, last_print)
     stop.set()
     for t in threads:
         t.join()
@@ -277,6 +271,15 @@ def row(w: Window, t: int) -> str:
     return (f"| {t:>4} | {w.requests / WINDOW:8.1f} | {w.records / WINDOW:8.1f} | {pct(w.waits, 0.5) * 1000:7.1f} | "
             f"{pct(w.waits, 0.95) * 1000:7.1f} | {per:5.3f} | {w.backlog:6d} | {w.sealed / WINDOW:7.1f} | "
             f"{len(w.passes):3d} | {pct(w.passes, 0.5) * 1000:7.0f} | {max(w.passes, default=0) * 1000:7.0f} |")
+
+
+def report_window(rec: Recorder, started: float, last_print: int) -> int:
+    """Print each window once it has ended; returns the last window printed."""
+    done = int((time.monotonic() - started) // WINDOW)
+    if done > last_print:
+        print_window(rec, done - 1)
+        return done
+    return last_print
 
 
 def print_window(rec: Recorder, index: int) -> None:
