@@ -98,12 +98,14 @@ def _run_gunicorn(host: str, port: int, workers: int, threads: int, data_dir: An
     metrics_dir.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read when prometheus_client is imported: after this
     from app.ops.metrics import mark_process_dead
+    from app.ops.worker import WORKER_CLASS
 
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASS,  # gthread, reading raw UTF-8 targets and answering its errors in FHIR
+        "http_parser": "python",  # the worker's UTF-8 hook is in gunicorn's Python parser
         "timeout": 120,
         "graceful_timeout": 20,  # workers release their heartbeats at exit (app/store/owners.py): let them
         "accesslog": None,  # the JSON request line of app.ops.logging replaces it (no raw paths in logs)

@@ -1,0 +1,134 @@
+"""The gunicorn worker that `ehc serve` runs: gunicorn's gthread worker with two changes at the HTTP edge.
+
+1. **Raw UTF-8 in the request target.** curl sends `?name=张伟` as typed: the bytes E5 BC A0 E4 BC 9F in the
+   request line. RFC 9112 asks for percent-encoding, and gunicorn refuses every byte outside printable ASCII
+   ("Invalid HTTP request line"). A target whose bytes are UTF-8 is read as the IRI it is and mapped to its URI
+   (RFC 3987 section 3.1: each non-ASCII byte percent-encoded) before gunicorn checks it, so the application
+   sees `name=%E5%BC%A0%E4%BC%9F`, exactly what a client that encodes sends. Bytes that are not UTF-8 (GBK,
+   Latin-1) stay refused: what they meant cannot be known. Only ASCII `%` and hex digits are added, so nothing
+   the mapping writes can end the line, split the target or change the method or version.
+2. **Errors that gunicorn answers itself** (a malformed request line, a request line or header block that is
+   too large, a bad chunk, ...) are a FHIR OperationOutcome (`application/fhir+json`) with gunicorn's status,
+   instead of its HTML page. Its log line names the kind of error and the client address, never the request
+   line, which may hold a name or an ID number.
+
+Hook (1) lives in the pure-Python parser, so `ehc serve` sets `http_parser = "python"` (gunicorn_h1c, the
+optional C parser, would skip it).
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from ssl import SSLError
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http.errors import (
+    ConfigurationProblem,
+    ExpectationFailed,
+    ForbiddenProxyRequest,
+    InvalidRequestLine,
+    InvalidResponseHeader,
+    InvalidResponseHeaderName,
+    LimitRequestHeaders,
+    LimitRequestLine,
+    ParseException,
+    UnsupportedTransferCoding,
+)
+from gunicorn.http.message import Request
+from gunicorn.http.parser import RequestParser
+from gunicorn.workers.gthread import ThreadWorker
+
+from app.core.errors import Issue, operation_outcome
+
+WORKER_CLASS = "app.ops.worker.FhirWorker"
+_DIAGNOSTICS_MAX = 300  # a request line may be 8 KB; the answer quotes its start
+
+# (error, status, FHIR issue type), first match wins; the statuses are gunicorn's own.
+_ERRORS: list[tuple[type[BaseException], int, str]] = [
+    (InvalidResponseHeader, 500, "exception"),  # the application's fault, not the client's
+    (InvalidResponseHeaderName, 500, "exception"),
+    (ConfigurationProblem, 500, "exception"),
+    (UnsupportedTransferCoding, 501, "not-supported"),
+    (LimitRequestLine, 414, "too-long"),
+    (LimitRequestHeaders, 431, "too-long"),
+    (ExpectationFailed, 417, "not-supported"),
+    (ForbiddenProxyRequest, 403, "forbidden"),
+    (SSLError, 403, "security"),
+    (ParseException, 400, "structure"),  # every other request gunicorn cannot read
+]
+
+
+class NonUtf8Target(InvalidRequestLine):
+    """A request target with bytes outside ASCII that are not UTF-8."""
+
+    def __str__(self) -> str:
+        return ("the request target has bytes that are neither ASCII nor UTF-8; percent-encode the query "
+                "(e.g. curl -G --data-urlencode 'name=张伟')")
+
+
+def iri_to_uri(target: bytes) -> bytes:
+    """The target with each byte outside ASCII percent-encoded, when those bytes are UTF-8 (RFC 3987 3.1).
+
+    Raises UnicodeDecodeError when they are not UTF-8 (overlong forms and surrogates included)."""
+    if target.isascii():
+        return target
+    target.decode("utf-8")
+    return b"".join(b"%%%02X" % b if b > 0x7F else bytes((b,)) for b in target)
+
+
+class Utf8Request(Request):
+    """gunicorn's request, reading a raw UTF-8 request target as its percent-encoded form."""
+
+    def parse_request_line(self, line_bytes: bytes) -> None:
+        parts = line_bytes.split(b" ", 2)
+        if len(parts) == 3 and not parts[1].isascii():
+            try:
+                parts[1] = iri_to_uri(parts[1])
+            except UnicodeDecodeError:
+                raise NonUtf8Target(line_bytes) from None
+            line_bytes = b" ".join(parts)
+        super().parse_request_line(line_bytes)
+
+
+def outcome_response(status: int, code: str, diagnostics: str) -> bytes:
+    """A complete HTTP/1.1 response carrying one OperationOutcome issue; the connection closes after it."""
+    if len(diagnostics) > _DIAGNOSTICS_MAX:
+        diagnostics = diagnostics[:_DIAGNOSTICS_MAX] + "..."
+    body = json.dumps(operation_outcome([Issue(diagnostics, code)]), ensure_ascii=False).encode("utf-8")
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """gunicorn's status for an error, with its FHIR issue type; 500 for anything it did not expect."""
+    for kind, status, code in _ERRORS:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "exception"
+
+
+class FhirWorker(ThreadWorker):
+    """gthread, with raw UTF-8 request targets read as UTF-8 and its own errors answered in FHIR."""
+
+    def init_process(self) -> None:
+        # gthread builds its parsers through gunicorn.http.get_parser, which has no setting for the message
+        # class: set it on the parser class, in this worker process only (it serves nothing but this app).
+        RequestParser.mesg_class = Utf8Request
+        super().init_process()
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        status, code = classify(exc)
+        ip = (addr or ("", -1))[0]
+        if status >= 500:
+            self.log.exception("Error handling a request from ip=%s (%s)", ip, type(exc).__name__)
+            text = "the server could not handle the request"
+        else:
+            self.log.warning("Invalid request from ip=%s: %s (%d)", ip, type(exc).__name__, status)
+            text = str(exc)
+        try:
+            util.write_nonblock(client, outcome_response(status, code, text))
+        except Exception:  # the client may be gone; nothing is left to tell it
+            self.log.debug("Failed to send the error response.")
