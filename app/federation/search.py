@@ -13,6 +13,18 @@ requester; its disclosure gate withholds what no consent covers. Here:
   issues into it, the totals added, and paging links that carry the remote cursors (`_remote`): a page with a
   local `_cursor` continues both; a page with `_remote` and no `_cursor` holds remote entries only (the local
   pages are over); `_remote=done`: the remote pages are over.
+
+Each remote entry carries the extension HOME_PROVINCE (valueCode: the province whose node holds the record).
+
+A resident's own token (patient/ scopes, as the resident portal holds) is forwarded too, but only for the
+resident it is bound to: the search must name that Patient's own ID number — the Patient as this node's
+disclosure gate lets the token see it — and nothing else in the same parameter, and no _include/_revinclude.
+The home node knows nothing of this node's patients, so it is asked as for any client of this province (the
+token's patient/ scopes as user/ ones; a peer may only read): its consent decision applies unchanged, and
+without the resident's Consent there for this province nothing comes back. What does come back names the
+resident's Patient at the home node by a relative reference, which means nothing here: that reference is given
+as the logical reference by ID number instead (FHIR: Reference.identifier), so that this node's disclosure gate
+judges the record as the resident's own, like every other record that leaves this node.
 """
 
 from __future__ import annotations
@@ -20,16 +32,19 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from app.core.access import AccessRecord
+from app.core.access import AccessRecord, Principal
 from app.core.errors import Issue
 from app.federation.index import ID_SYSTEM
 from app.federation.peers import PeerUnreachable
 
 REMOTE_CURSOR = "_remote"
 DONE = "done"
+HOME_PROVINCE = "https://ehc.example.cn/fhir/StructureDefinition/home-province"
+_NOT_FORWARDED_FOR_RESIDENTS = ("_include", "_revinclude")
 _WITHHELD = re.compile(r"^(\d+) matching resource")
 
 
@@ -89,9 +104,15 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
     # The client's own parameters: the home node adds the constraints of the requester's scopes itself.
     params = [(k, v) for k, v in req.params if k not in ("_cursor", REMOTE_CURSOR, "_format", "_pretty")]
     number = resident_id(params, resource_type)
-    if number is None or not any(s.startswith(("user/", "system/")) for s in principal.scopes) or \
-            fed.national_node() is None:
+    if number is None or fed.national_node() is None:
         return RemoteEntries(), []
+    asker = principal
+    resident = not any(s.startswith(("user/", "system/")) for s in principal.scopes)
+    if resident:
+        forwarded = _for_resident(req, svc, principal, resource_type, params, number)
+        if forwarded is None:
+            return RemoteEntries(), []
+        asker, params = forwarded
     out = RemoteEntries(active=True)
     if remote == DONE:
         return out, []
@@ -101,7 +122,7 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
                            [REMOTE_CURSOR])]
     issues: list[Issue] = []
     try:
-        results = fed.query(principal, resource_type, params, cursors)
+        results = fed.query(asker, resource_type, params, cursors)
     except PeerUnreachable as err:
         issues.append(Issue(f"the national node (province 00) is unreachable ({err.reason}): records kept at "
                             "other provinces' nodes are not included", "transient", "warning"))
@@ -130,7 +151,11 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
                     if issue.get("code") == "suppressed" and m:
                         withheld += int(m.group(1))
                 continue
-            out.append({k: entry[k] for k in ("fullUrl", "resource", "search") if k in entry})
+            kept = {k: entry[k] for k in ("fullUrl", "resource", "search") if k in entry}
+            kept["extension"] = [{"url": HOME_PROVINCE, "valueCode": province}]
+            if resident and isinstance(kept.get("resource"), dict):
+                _logical_patient(svc, kept["resource"], params, number)
+            out.append(kept)
             shown += mode == "match"
         if withheld:
             issues.append(Issue(f"{withheld} matching resource(s) withheld at province {province}: no consent "
@@ -146,6 +171,59 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
                                                                                                   ["no other node"]),
                                    remote_addr=req.remote_addr))
     return out, issues
+
+
+def _for_resident(req: Any, svc: Any, principal: Principal, resource_type: str, params: list[tuple[str, str]],
+                  number: str) -> tuple[Principal, list[tuple[str, str]]] | None:
+    """(whom to ask for, parameters) of a resident's own search, or None when it is not forwarded."""
+    from app.federation.service import resident_id_number
+
+    if not principal.patient or not any(s.startswith("patient/") for s in principal.scopes):
+        return None
+    doc = svc.repo.get_doc("Patient", principal.patient)
+    if not doc or doc.get("del") or not req.gate.admits("Patient", doc) or \
+            resident_id_number(doc.get("res")) != number:
+        return None  # not the ID number of the patient this token is bound to
+    for _name, value in params:
+        values = value.split(",")
+        if any(v.partition("|")[0] == ID_SYSTEM for v in values) and values != [f"{ID_SYSTEM}|{number}"]:
+            return None  # another resident named beside (or instead of) the token's own
+    kept = [(k, v) for k, v in params if k.split(":", 1)[0] not in _NOT_FORWARDED_FOR_RESIDENTS]
+    scopes = ["user/" + s[len("patient/"):] for s in principal.scopes if s.startswith("patient/")]
+    return replace(principal, scopes=scopes, patient=None), kept
+
+
+def _logical_patient(svc: Any, resource: dict[str, Any], params: list[tuple[str, str]], number: str) -> None:
+    """The home node's reference to the resident's Patient (the one the chained parameter matched) as the
+    logical reference by ID number; left unchanged when the match is not one Patient."""
+    rtype = resource.get("resourceType")
+    names = {k.split(".", 1)[0].split(":", 1)[0] for k, v in params if k.endswith(".identifier")
+             and v == f"{ID_SYSTEM}|{number}"}
+    refs: set[str] = set()
+    for name in names:
+        param = svc.registry.get(rtype, name) if isinstance(rtype, str) else None
+        for value in param.evaluator()(resource) if param is not None else []:
+            ref = value.get("reference") if isinstance(value, dict) else None
+            if isinstance(ref, str) and ref.startswith("Patient/") and ref.count("/") == 1:
+                refs.add(ref)
+    if len(refs) != 1:
+        return
+    target = refs.pop()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("reference") == target:
+                del node["reference"]
+                node["type"] = "Patient"
+                node["identifier"] = {"system": ID_SYSTEM, "value": number}
+            for key, child in node.items():
+                if key != "contained":
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(resource)
 
 
 def merge_remote(bundle: dict[str, Any], req: Any, entries: list[dict[str, Any]], issues: list[Issue]) -> None:

@@ -1,7 +1,11 @@
 """My records: every resource the server holds for the patient (Patient/{id}/$everything with the resident's
 token, for all clinical types the CapabilityStatement lists), grouped for people: visits, lab results as
 tables with a trend chart for repeated numeric results, documents whose attachment opens inline, and any
-other record type in a plain list. Records withheld by the server are counted, never guessed."""
+other record type in a plain list. Records withheld by the server are counted, never guessed.
+
+Records kept at another province's node are added when this node is part of a federation (app.portal.remote:
+the same API, a search by the resident's ID number that the server forwards under the home node's consent
+rules); each is marked with its province, and what a province withheld or could not answer is explained."""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, abort
+from flask import Response, abort, request
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 
+from app.portal import remote
 from app.portal.charts import Point, trend_svg
-from app.portal.web import bp, fhir, fhir_ok, login_required, page, sess, svc, t
+from app.portal.web import api, bp, fhir, fhir_ok, lang, login_required, page, sess, svc, t, token_for
 
 NOT_RECORDS = {"Patient", "AuditEvent", "Consent", "RelatedPerson", "Binary", "Organization", "Practitioner"}
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"}
@@ -121,7 +126,7 @@ def observation_groups(observations: list[dict[str, Any]]) -> list[dict[str, Any
             when = _parse(_when(res))
             flag = number is not None and ((r_hi is not None and number > r_hi) or (r_lo is not None and number < r_lo))
             rows.append({"id": res.get("id"), "when": when.strftime("%Y-%m-%d") if when else "—", "value": shown,
-                         "unit": u, "range": r_text, "flag": flag})
+                         "unit": u, "range": r_text, "flag": flag, "province": res.get("_province")})
             if number is not None and when is not None:
                 points.append(Point(when, number))
         name = concept_text(items[0].get("code"))
@@ -149,11 +154,61 @@ def _summary(res: dict[str, Any]) -> str:
     return res.get("resourceType", "")
 
 
+def province_label(code: str | None) -> str:
+    from app.portal.consents import PROVINCES
+
+    if not code:
+        return ""
+    if code == "00":
+        return t("国家平台", "National platform")
+    return f"{PROVINCES.get(code, code)}（{code}）" if lang() == "zh" else f"province {code}"
+
+
+def remote_notes(found: remote.RemoteRecords) -> list[dict[str, Any]]:
+    """What the resident is told about each other province: shown, withheld (and why), unreachable."""
+    here = svc().settings.province
+    notes = []
+    for code, n in sorted(found.notes.items()):
+        name = province_label(code)
+        if n.shown:
+            notes.append({"kind": "shown", "province": code, "text": t(
+                f"以下标有“{name}”的 {n.shown} 条记录保存在{name}的平台，经国家平台按您在该省的授权调阅。",
+                f"{n.shown} records marked “{name}” are kept at the platform of {name}; they were fetched "
+                "through the national platform under your consent there.")})
+        if n.withheld:
+            notes.append({"kind": "withheld", "province": code, "text": t(
+                f"{name}的平台保存着您的 {n.withheld} 条记录，未显示：记录跨省调阅须经您在{name}授权本省"
+                f"（{province_label(here)}）查看。如需在此查看，请在{name}的居民门户或医院办理授权。",
+                f"{n.withheld} of your records kept at the platform of {name} are not shown: records cross "
+                f"provinces only with your consent given in {name} for this province ({province_label(here)}). "
+                f"To see them here, grant it in the resident portal or at a hospital of {name}.")})
+        if n.unreachable:
+            notes.append({"kind": "unreachable", "province": code, "text": t(
+                f"暂时无法连接{name}的平台，那里的记录未显示，请稍后再试。",
+                f"The platform of {name} cannot be reached now; records kept there are not shown. "
+                "Please try again later.")})
+        if n.refused:
+            notes.append({"kind": "refused", "province": code, "text": t(
+                f"{name}的平台拒绝了本次查询，那里的记录未显示。",
+                f"The platform of {name} refused the query; records kept there are not shown.")})
+    return notes
+
+
+def _remote_records(pid: str) -> remote.RemoteRecords:
+    if not remote.federated(svc()):
+        return remote.RemoteRecords()
+    number = remote.id_number(fhir_ok("GET", f"Patient/{pid}"))
+    if number is None:
+        return remote.RemoteRecords()  # the national index knows residents by ID number only
+    return remote.fetch(api(), token_for(pid), number)
+
+
 @bp.route("/records", methods=["GET"])
 @login_required
 def records() -> ResponseReturnValue:
     pid = sess().get("acting")
     bundle = fhir_ok("GET", f"Patient/{pid}/$everything", params={"_type": ",".join(record_types())})
+    elsewhere = _remote_records(str(pid))
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     withheld = 0
     for entry in bundle.get("entry", []):
@@ -163,22 +218,34 @@ def records() -> ResponseReturnValue:
             continue
         if res.get("resourceType") not in NOT_RECORDS:
             by_type[res["resourceType"]].append(res)
+    for res in elsewhere.resources:
+        by_type[res["resourceType"]].append(res)
     groups = observation_groups(by_type.pop("Observation", []))
-    documents = [{"id": d.get("id"), "title": _summary(d), "when": _when(d)[:10],
+    documents = [{"id": d.get("id"), "title": _summary(d), "when": _when(d)[:10], "province": d.get("_province"),
                   "types": ", ".join(sorted({(c.get("attachment") or {}).get("contentType") or "?"
                                              for c in d.get("content") or []}))}
                  for d in sorted(by_type.pop("DocumentReference", []), key=_when, reverse=True)]
-    visits = [{"when": _when(e)[:10], "title": _summary(e), "id": e.get("id")}
+    visits = [{"when": _when(e)[:10], "title": _summary(e), "id": e.get("id"), "province": e.get("_province")}
               for e in sorted(by_type.pop("Encounter", []), key=_when, reverse=True)]
-    others = [{"type": type_name(rt), "items": [{"when": _when(r)[:10], "title": _summary(r)}
+    others = [{"type": type_name(rt), "items": [{"when": _when(r)[:10], "title": _summary(r),
+                                                 "province": r.get("_province")}
                                                 for r in sorted(items, key=_when, reverse=True)]}
               for rt, items in sorted(by_type.items())]
     return page("portal/records.html", labs=[g for g in groups if g["lab"]],
                 observations=[g for g in groups if not g["lab"]], documents=documents, visits=visits,
-                others=others, withheld=withheld)
+                others=others, withheld=withheld, remote_notes=remote_notes(elsewhere),
+                province_label=province_label)
 
 
 def _document(doc_id: str) -> dict[str, Any]:
+    province = request.args.get("province")
+    if province:  # a document kept at another province's node: the same federated search, narrowed by _id
+        pid = str(sess().get("acting"))
+        number = remote.id_number(fhir_ok("GET", f"Patient/{pid}")) if remote.federated(svc()) else None
+        found, home = remote.document(api(), token_for(pid), number, doc_id) if number else (None, None)
+        if found is None or home != province:
+            abort(404)
+        return {**found, "_province": home}
     ans = fhir("GET", f"DocumentReference/{doc_id}")
     if ans.status in (403, 404, 410):
         abort(404)
@@ -199,7 +266,8 @@ def record_document(doc_id: str) -> ResponseReturnValue:
         attachments.append({"n": n, "type": ctype, "title": att.get("title") or _summary(doc),
                             "kind": "image" if ctype.startswith("image/") and ctype in INLINE_TYPES else
                             "pdf" if ctype == "application/pdf" else "other"})
-    return page("portal/document.html", doc=doc, title=_summary(doc), when=_when(doc)[:10], attachments=attachments)
+    return page("portal/document.html", doc=doc, title=_summary(doc), when=_when(doc)[:10], attachments=attachments,
+                province=doc.get("_province"), province_label=province_label)
 
 
 @bp.route("/records/document/<doc_id>/<int:n>", methods=["GET"])
@@ -214,7 +282,7 @@ def record_attachment(doc_id: str, n: int) -> ResponseReturnValue:
     try:
         if att.get("data"):
             data = base64.b64decode(att["data"])
-        elif att.get("url"):
+        elif att.get("url") and not doc.get("_province"):  # a Binary at another node is not reachable here
             ref = str(att["url"]).split("/fhir/")[-1]
             if not ref.startswith("Binary/") or ref.count("/") != 1:
                 abort(404)

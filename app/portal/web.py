@@ -46,7 +46,8 @@ def sess() -> portal_session.PortalSession:
 
 
 def api() -> PortalApi:
-    return PortalApi(current_app, request.host, request.remote_addr, request.scheme)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # usable from worker threads too
+    return PortalApi(app, request.host, request.remote_addr, request.scheme)
 
 
 def lang() -> str:
