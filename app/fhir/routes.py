@@ -29,9 +29,12 @@ def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str |
         raise FhirError(404, f"operation ${op} is not known at this level", code="not-supported")
     if req.method not in spec["methods"]:
         raise FhirError(405, f"${op} does not accept {req.method}", code="not-supported")
-    # The access an operation needs is declared with it ("access": read | search | update | None), and
-    # decided here by the policy like any interaction: on the instance for instance-level operations.
+    # The access an operation needs is declared with it ("access": read | search | update | None, or one of
+    # these per HTTP method), and decided here by the policy like any interaction: on the instance for
+    # instance-level operations.
     access = spec.get("access", "read" if level == "instance" else "search")
+    if isinstance(access, dict):
+        access = access.get(req.method)
     if access and type:
         svc.policy.require(req.principal, access, type)
     if access and level == "instance" and type and id:

@@ -1,7 +1,8 @@
 """My card: the dynamic QR code (refreshed before it expires, with a countdown), the masked card number, the
 card status, and the printable paper code (a long-lived static code). A suspended or cancelled card says why
-and what to do. Everything goes through Patient/{id}/$ehc-qrcode with the resident's token; the status comes
-from the public revocation list the terminals use."""
+(the reason recorded when its status was set) and what to do. Everything goes through the API with the
+resident's token: codes from Patient/{id}/$ehc-qrcode, the status, since when and why from
+GET Patient/{id}/$ehc-status."""
 
 from __future__ import annotations
 
@@ -33,14 +34,21 @@ def current_card(patient: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def card_status(card_id: str) -> tuple[str, str | None]:
-    """(active | suspended | cancelled, since) from GET /ehc/revocations (public, what terminals read)."""
-    client = api()
-    ans = client.open("GET", "/ehc/revocations", {"Accept": "application/json"})
-    for entry in (ans.body or {}).get("cards", []) if isinstance(ans.body, dict) else []:
+def card_status(card_id: str) -> dict[str, Any]:
+    """{status: active | suspended | cancelled, since, reason} of the acting patient's card, from
+    GET Patient/{id}/$ehc-status; the public revocation list (no reason) when that cannot answer."""
+    ans = fhir("GET", f"Patient/{sess().get('acting')}/$ehc-status")
+    if ans.ok and isinstance(ans.body, dict):
+        out = {p.get("name"): p for p in ans.body.get("parameter") or [] if isinstance(p, dict)}
+        if (out.get("ehcId") or {}).get("valueString") == card_id:
+            return {"status": str((out.get("status") or {}).get("valueCode") or "active"),
+                    "since": (out.get("since") or {}).get("valueInstant"),
+                    "reason": (out.get("reason") or {}).get("valueString")}
+    listed = api().open("GET", "/ehc/revocations", {"Accept": "application/json"})
+    for entry in (listed.body or {}).get("cards", []) if isinstance(listed.body, dict) else []:
         if entry.get("ehcId") == card_id:
-            return str(entry.get("status")), entry.get("since")
-    return "active", None
+            return {"status": str(entry.get("status")), "since": entry.get("since"), "reason": None}
+    return {"status": "active", "since": None, "reason": None}
 
 
 def issue(kind: str, validity: int | None = None) -> dict[str, Any]:
@@ -66,7 +74,7 @@ def _card_context() -> dict[str, Any]:
         return ctx
     ctx["masked"] = mask_card(str(card["value"]))
     ctx["kind"] = next((c.get("code") for c in (card.get("type") or {}).get("coding", [])), "formal")
-    ctx["status"], ctx["since"] = card_status(str(card["value"]))
+    ctx.update(card_status(str(card["value"])))
     return ctx
 
 

@@ -4,6 +4,9 @@ headers, CSRF and logout."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import requests
 
@@ -142,6 +145,60 @@ def test_suspended_card_explains_and_shows_no_code(live, world, svc):
         assert card[:4] in page.text and card not in page.text  # masked
     finally:
         service.cards.set_status(card, "active", world["me"])
+
+
+def _params(body):
+    return {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in body["parameter"]}
+
+
+def test_card_status_reason_flows_to_the_api_and_the_portal(live, world, svc):
+    """Why a card is suspended is recorded when it is set ($ehc-status POST), answered by the status API (POST
+    and GET, for the resident's own token too), and shown by the portal; the public revocation list has no
+    reason."""
+    me = world["me"]
+    counter = stored_token(svc, "system/Patient.cruds", province="11")
+    mine = stored_token(svc, "patient/*.rs", patient=me, province="11")
+    other, _ = resident(svc, "郑", "某", "1971-01-01", "151")
+    theirs = stored_token(svc, "patient/*.rs", patient=other, province="11")
+    url = f"{live}/fhir/Patient/{me}/$ehc-status"
+    why = "手机丢失（本人来电挂失）"
+    body = {"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "suspended"},
+                                                         {"name": "reason", "valueString": why}]}
+    too_long = {"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "suspended"},
+                                                             {"name": "reason", "valueString": "x" * 501}]}
+    bad = requests.post(url, json=too_long, headers=bearer(counter, **{"Content-Type": "application/fhir+json"}),
+                        timeout=10)
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["reason"]
+    r = requests.post(url, json=body, headers=bearer(counter, **{"Content-Type": "application/fhir+json"}),
+                      timeout=10)
+    assert r.status_code == 200, r.text
+    out = _params(r.json())
+    assert out["status"] == "suspended" and out["reason"] == why and out["since"].endswith("Z")
+    card = out["ehcId"]
+    try:
+        got = requests.get(url, headers=bearer(mine), timeout=10)  # the resident reads their own card's status
+        assert got.status_code == 200, got.text
+        assert _params(got.json()) | {"patient": None} == out | {"patient": None}
+        # the resident may read, not set; another resident may not even read
+        assert requests.post(url, json=body, headers=bearer(mine, **{"Content-Type": "application/fhir+json"}),
+                             timeout=10).status_code == 403
+        assert requests.get(url, headers=bearer(theirs), timeout=10).status_code in (403, 404)
+        public = requests.get(f"{live}/ehc/revocations", timeout=10).json()
+        listed = next(c for c in public["cards"] if c["ehcId"] == card)
+        assert listed["status"] == "suspended" and why not in json.dumps(public, ensure_ascii=False)
+        s, _ = portal_login(live, "13811112222", PASSWORD)
+        page = s.get(f"{live}/portal/card", timeout=10)
+        reason = re.search(r'<p id="card-reason">(.*?)</p>', page.text, re.S)
+        assert reason and why in reason.group(1), page.text[-3000:]
+        assert 'id="qr"' not in page.text
+    finally:
+        again = requests.post(url, json={"resourceType": "Parameters", "parameter": [
+            {"name": "status", "valueCode": "active"}]},
+            headers=bearer(counter, **{"Content-Type": "application/fhir+json"}), timeout=10)
+    assert again.status_code == 200 and "reason" not in _params(again.json())
+    assert "reason" not in _params(requests.get(url, headers=bearer(mine), timeout=10).json())
+    page = s.get(f"{live}/portal/card", timeout=10)
+    assert 'id="qr"' in page.text and 'id="card-reason"' not in page.text
 
 
 def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):

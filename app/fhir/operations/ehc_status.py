@@ -1,8 +1,11 @@
-"""Patient/{id}/$ehc-status: set the status of the resident's current card.
+"""Patient/{id}/$ehc-status: the status of the resident's current card — read it (GET) or set it (POST).
 
 POST Patient/{id}/$ehc-status with Parameters status (valueCode active | suspended (挂失) | cancelled (注销)),
-optional reason (valueString). Cancelled is final: any later change answers 409. Answer: Parameters ehcId,
-status, patient. Suspended and cancelled cards are listed at GET /ehc/revocations.
+optional reason (valueString) — needs update access to the Patient. Cancelled is final: any later change
+answers 409. GET Patient/{id}/$ehc-status changes nothing and needs read access (a resident's own token may
+ask). Both answer Parameters ehcId, status, since (when the status was set), reason (why it was suspended or
+cancelled, as recorded; absent for an active card) and patient. Suspended and cancelled cards are listed at
+GET /ehc/revocations (without the reason: that list is public).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 from app.core.access import AccessRecord
 from app.core.errors import bad_request, unprocessable
+from app.core.timeutil import to_instant
 from app.ehc.cards import STATUSES, current_card
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
@@ -20,34 +24,49 @@ from app.services import Services
 
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
     assert id is not None
-    body = req.body or {}
-    if body.get("resourceType") != "Parameters":
-        raise bad_request("$ehc-status needs a Parameters body", expression="Parameters")
-    params = {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
-    status = (params.get("status") or {}).get("valueCode")
-    if status not in STATUSES:
-        raise bad_request(f"status must be one of {', '.join(STATUSES)}", expression="status")
-    reason = (params.get("reason") or {}).get("valueString")
-    stored = svc.repo.read("Patient", id, req.write, fire=False)  # the router's gate admitted the change
+    status = reason = None
+    if req.method == "POST":
+        body = req.body or {}
+        if body.get("resourceType") != "Parameters":
+            raise bad_request("$ehc-status needs a Parameters body", expression="Parameters")
+        params = {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+        status = (params.get("status") or {}).get("valueCode")
+        if status not in STATUSES:
+            raise bad_request(f"status must be one of {', '.join(STATUSES)}", expression="status")
+        reason = (params.get("reason") or {}).get("valueString")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise bad_request("reason must be a string of at most 500 characters", expression="reason")
+    # The router's gate admitted the read (GET) or the change (POST) of this Patient.
+    stored = svc.repo.read("Patient", id, req.write, fire=False)
     card = current_card(stored.resource)
     if card is None:
         raise unprocessable(f"Patient/{id} has no electronic health card")
-    state = card_service(svc).cards.set_status(card["value"], status, id, reason)
+    cards = card_service(svc).cards
+    if status is not None:
+        state = cards.set_status(card["value"], status, id, reason)
+    else:
+        state = cards.get(card["value"]) or {}
+        state = {**state, "status": cards.status(card["value"])}  # also a suspension at another node
     out: list[dict[str, Any]] = [
         {"name": "ehcId", "valueString": card["value"]},
         {"name": "status", "valueCode": state["status"]},
-        {"name": "patient", "valueReference": {"reference": f"Patient/{id}"}},
     ]
+    if state.get("since") is not None:
+        out.append({"name": "since", "valueInstant": to_instant(state["since"])})
+    if state["status"] != "active" and state.get("reason"):
+        out.append({"name": "reason", "valueString": str(state["reason"])})
+    out.append({"name": "patient", "valueReference": {"reference": f"Patient/{id}"}})
     req.audit(AccessRecord("operation", "Patient", [id], "0", 200, req.principal, "$ehc-status",
-                                   f"card {status}", patient_ids=[id], remote_addr=req.remote_addr))
+                           f"card {status}" if status else "card status read", patient_ids=[id],
+                           remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 
 
 OPERATION = {
     "handler": handle,
-    "access": "update",
+    "access": {"GET": "read", "POST": "update"},
     "levels": ("instance",),
     "types": ("Patient",),
-    "methods": ("POST",),
+    "methods": ("GET", "POST"),
     "definition": "https://ehc.example.cn/fhir/OperationDefinition/ehc-status",
 }
