@@ -79,13 +79,15 @@ def _orientation(svc: Any, host: str, port: int) -> None:
 
 def _run_dev(host: str, port: int) -> None:
     from app import create_app
+    from app.ops.devserver import DevRequestHandler
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        create_app().run(host=host, port=port, debug=True, use_reloader=True, threaded=True)
+        create_app().run(host=host, port=port, debug=True, use_reloader=True, threaded=True,
+                         request_handler=DevRequestHandler)
     except KeyboardInterrupt:
         pass
 

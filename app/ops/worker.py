@@ -43,6 +43,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from app.core.errors import Issue, operation_outcome
 
 WORKER_CLASS = "app.ops.worker.FhirWorker"
+OUTCOME_TYPE = "application/fhir+json; charset=utf-8"
 _DIAGNOSTICS_MAX = 300  # a request line may be 8 KB; the answer quotes its start
 
 # (error, status, FHIR issue type), first match wins; the statuses are gunicorn's own.
@@ -92,13 +93,18 @@ class Utf8Request(Request):
         super().parse_request_line(line_bytes)
 
 
-def outcome_response(status: int, code: str, diagnostics: str) -> bytes:
-    """A complete HTTP/1.1 response carrying one OperationOutcome issue; the connection closes after it."""
+def outcome_body(code: str, diagnostics: str) -> bytes:
+    """An OperationOutcome with one error issue, as UTF-8 JSON; long diagnostics are cut."""
     if len(diagnostics) > _DIAGNOSTICS_MAX:
         diagnostics = diagnostics[:_DIAGNOSTICS_MAX] + "..."
-    body = json.dumps(operation_outcome([Issue(diagnostics, code)]), ensure_ascii=False).encode("utf-8")
+    return json.dumps(operation_outcome([Issue(diagnostics, code)]), ensure_ascii=False).encode("utf-8")
+
+
+def outcome_response(status: int, code: str, diagnostics: str) -> bytes:
+    """A complete HTTP/1.1 response carrying one OperationOutcome issue; the connection closes after it."""
+    body = outcome_body(code, diagnostics)
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
-            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: {OUTCOME_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("ascii") + body
 
 

@@ -1,11 +1,13 @@
-"""The HTTP edge of `ehc serve` (gunicorn, app/ops/worker.py), spoken to over a raw socket: raw UTF-8 in the
-request target (what curl sends for `?name=张伟`) is read as UTF-8, and every request gunicorn itself refuses
-gets a FHIR OperationOutcome, never its HTML page."""
+"""The HTTP edge of `ehc serve` (gunicorn, app/ops/worker.py) and of `ehc serve --dev` (werkzeug,
+app/ops/devserver.py), spoken to over a raw socket: raw UTF-8 in the request target (what curl sends for
+`?name=张伟`) is read as UTF-8, and every request the HTTP server itself refuses gets a FHIR OperationOutcome,
+never an HTML page."""
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from werkzeug.serving import make_server
 
+from app.ops.devserver import DevRequestHandler
 from tests.live import EhcServe
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -29,7 +33,22 @@ def server(db_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Eh
         live.stop()
 
 
-def exchange(server: EhcServe, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+@pytest.fixture(scope="module")
+def dev_server(app: Any) -> Iterator[Any]:
+    """What `ehc serve --dev` runs: werkzeug's threaded server with our request handler."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=DevRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.root = f"http://127.0.0.1:{server.server_port}"
+    server.port = server.server_port
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def exchange(server: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes as one request; the status, headers (lower-case names) and body of the answer."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
         sock.sendall(raw)
@@ -47,7 +66,7 @@ def exchange(server: EhcServe, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def get(server: EhcServe, target: bytes, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+def get(server: Any, target: bytes, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
     return exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra
                     + b"Connection: close\r\n\r\n")
 
@@ -111,3 +130,18 @@ def test_a_malformed_request_line_is_named_in_the_answer_but_not_in_the_log(serv
         time.sleep(0.1)
     log = server.log.read_text()
     assert "Invalid request from ip=127.0.0.1: InvalidRequestLine" in log and id_number not in log
+
+
+def test_the_dev_server_reads_raw_utf8_too_and_answers_refusals_in_fhir(dev_server):
+    # 张 is E5 BC A0: werkzeug alone splits the request line at A0 and answers HTML
+    li = {"resourceType": "Patient", "name": [{"family": "张", "given": ["丽"], "text": "张丽"}]}
+    pid = requests.post(f"{dev_server.root}/fhir/Patient", json=li, headers=FHIR_JSON, timeout=30).json()["id"]
+    status, _, body = get(dev_server, "/fhir/Patient?name=张丽".encode())
+    assert status == 200, body[:300]
+    assert [e["resource"]["id"] for e in json.loads(body)["entry"]] == [pid]
+    gbk = get(dev_server, "/fhir/Patient?name=张丽".encode("gbk"))
+    assert gbk[0] == 400 and "UTF-8" in outcome(gbk)["issue"][0]["diagnostics"]
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /fhir/metadata HTTP/9.9\r\nHost: x\r\n\r\n",
+                b"GET /fhir/Patient?name=" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"):
+        answer = exchange(dev_server, raw)
+        assert answer[0] in (400, 414, 505) and b"<html" not in answer[2].lower() and outcome(answer)
