@@ -16,22 +16,20 @@ On every Patient write `assign_card` leaves exactly one current card identifier 
 
 CardStore: collection `ehc_cards`, `_id` = card ID, {patient, status active|suspended|cancelled, kind, at};
 collection `ehc_revocations` mirrors the suspended and cancelled cards (small, read whole by terminals).
-NonceStore: collection `ehc_nonces`, `_id` = "<kid>:<nonce hex>": a dynamic token is accepted once.
+The one-time use of dynamic tokens: app/ehc/nonces.py.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
 
 from app.core.errors import FhirError, conflict
 from app.core.timeutil import to_instant, utcnow
@@ -218,29 +216,3 @@ def _card_states(resource: dict[str, Any] | None) -> dict[str, tuple[str, bool]]
         if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and isinstance(ident.get("value"), str):
             out[ident["value"]] = (card_kind(ident), ident.get("use") != "old")
     return out
-
-
-class NonceStore:
-    """One-time use of dynamic tokens: an insert on a unique _id; a duplicate key means replayed."""
-
-    def __init__(self, db: Database, purge_every: float = 600.0) -> None:
-        self.col: Collection = db["ehc_nonces"]
-        self.purge_every = timedelta(seconds=purge_every)
-        self._next_purge = utcnow() + self.purge_every
-
-    def use(self, kid: str, nonce: bytes, exp: int) -> bool:
-        """True the first time this token nonce is seen, False for a replay."""
-        now = utcnow()
-        try:
-            self.col.insert_one({"_id": f"{kid}:{nonce.hex()}",
-                                 "exp": datetime.fromtimestamp(exp, UTC).replace(tzinfo=None)})
-        except DuplicateKeyError:
-            return False
-        if now >= self._next_purge:
-            self._next_purge = now + self.purge_every + timedelta(seconds=secrets.randbelow(60))
-            self.purge(now)
-        return True
-
-    def purge(self, now: datetime | None = None) -> int:
-        """Forget nonces of tokens that have expired (a replay of those answers 'expired' anyway)."""
-        return self.col.delete_many({"exp": {"$lt": now or utcnow()}}).deleted_count

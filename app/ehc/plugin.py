@@ -18,7 +18,8 @@ from typing import Any
 from flask import Flask
 
 from app.core.errors import FhirError, conflict, unprocessable
-from app.ehc.cards import EHC_SYSTEM, MASTER_INDEX_SYSTEM, CardStore, NonceStore, assign_card, current_card, is_current
+from app.ehc.cards import EHC_SYSTEM, MASTER_INDEX_SYSTEM, CardStore, assign_card, current_card, is_current
+from app.ehc.nonces import NonceStore
 from app.ehc.signing import MAX_TOKEN_LIFETIME, SigningKeys, signing_keys_path
 from app.ehc.token import (
     TokenClaims,
