@@ -25,7 +25,7 @@ from typing import Any
 from app.audit.checkpoints import Line
 from app.crypto import SM2PublicKey
 from app.crypto.sm3 import sm3
-from app.store.keys import keys_for, reference_key
+from app.store.keys import keys_for, reference_key, scan
 
 EVENTS = "AuditEvent"
 CHAIN = "_audit_chain"
@@ -248,9 +248,8 @@ def _check_index(db: Any, check: IndexCheck, events: dict[str, dict[str, Any]], 
             expected.setdefault(k, set()).add(eid)
     prefix = reference_key(EVENTS, "")
     stored: dict[str, set[str]] = {}
-    for doc in db[POSTINGS].find({"_id": {"$regex": "^" + prefix.replace("|", "\\|")}}):
-        if str(doc["_id"]).startswith(prefix):
-            stored[str(doc["_id"])] = {str(i) for i in doc.get("ids") or ()}
+    for k, listed in scan(db[POSTINGS], prefix):  # heads and their sealed segments
+        stored.setdefault(k, set()).update(listed)
     for k, ids in sorted(expected.items()):
         for eid in sorted(ids - stored.get(k, set())):
             problems.append(Problem(chained.get(eid), eid, "index", f"missing from the patient index of "

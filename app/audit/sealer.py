@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pymongo import DeleteOne, UpdateOne
+from pymongo import DeleteOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError
 
 from app.audit.chain import CHAIN, EVENTS, GENESIS, HEAD_ID, PENDING, STATE, digest, key, link
 from app.audit.events import MAX_ENTITIES, add_patients, as_reference, interaction_for, split_path, unresolved_refs
@@ -62,7 +62,6 @@ log = logging.getLogger("ehc.audit")
 LEASE = "audit-seal"
 RECOVERED = ("the server stopped before the outcome of this request was recorded; "
              "the change may or may not have been applied")
-BULK_KEYS = 16  # posting-list updates per command
 MIN_WINDOW = 10
 
 
@@ -254,22 +253,7 @@ class Sealer:
 
     def _post(self, keys: dict[str, list[str]]) -> None:
         """Posting lists of the sealed events (idempotent), a few keys per update command."""
-        items = sorted(keys.items())
-        for i in range(0, len(items), BULK_KEYS):
-            chunk = items[i:i + BULK_KEYS]
-            ops = [UpdateOne({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}}, upsert=True) for k, ids in chunk]
-            try:
-                self.repo.keys.col.bulk_write(ops, ordered=False)
-            except (KeyError, PyMongoError):  # racing upserts of a new key: redo one at a time
-                for k, ids in chunk:
-                    for attempt in range(3):
-                        try:
-                            self.repo.keys.col.update_one({"_id": k}, {"$addToSet": {"ids": {"$each": ids}}},
-                                                          upsert=True)
-                            break
-                        except (KeyError, PyMongoError):
-                            if attempt == 2:
-                                raise
+        self.repo.keys.add_many(keys)
 
     def _store(self, docs: list[dict[str, Any]]) -> None:
         """Insert the AuditEvent documents. Only the sealer writes that collection, so a document already

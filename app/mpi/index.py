@@ -29,7 +29,7 @@ from app.core.errors import FhirError, Issue
 from app.keyring import Keyring
 from app.mpi.identifiers import IdentifierInvalid, IdentifierRegistry
 from app.mpi.matching import name_keys
-from app.store.keys import identifier_key
+from app.store.keys import KeyIndex, identifier_key
 from app.store.repository import Repository
 
 MAX_LINK_HOPS = 5
@@ -53,6 +53,7 @@ class MasterIndex:
         self.keyring = keyring
         self.claims: Collection = repo.db["mpi_claims"]
         self.names: Collection = repo.db["mpi_names"]
+        self.name_lists = KeyIndex(self.names)
         self._master = set(registry.master_systems())
 
     # -- identifiers -----------------------------------------------------------------------------------
@@ -158,9 +159,7 @@ class MasterIndex:
 
     def index_names(self, pid: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
         new, old = self.name_postings(resource), self.name_postings(previous)
-        ops = [({"_id": k}, {"$addToSet": {"ids": pid}}, True) for k in sorted(new - old)]
-        ops += [({"_id": k}, {"$pull": {"ids": pid}}, False) for k in sorted(old - new)]
-        bulk(self.names, ops)
+        self.name_lists.change(pid, new - old, old - new)
 
     def name_candidates(self, query: dict[str, Any]) -> list[str]:
         keys = set(name_keys(query))
@@ -169,9 +168,7 @@ class MasterIndex:
             keys = {f"{k}|{year[:4]}" for k in keys}
         out: list[str] = []
         for key in sorted(keys):
-            doc = self.names.find_one({"_id": key})
-            if doc:
-                out.extend(doc.get("ids", [])[:MAX_POSTING])
+            out.extend(self.name_lists.lookup(key, limit=MAX_POSTING))
         return list(dict.fromkeys(out))
 
 

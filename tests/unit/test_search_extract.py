@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -225,78 +224,3 @@ def test_local_reference() -> None:
     assert local_reference("Patient/1/_history/2", None) == "Patient/1"
     assert local_reference("urn:uuid:abc", BASE) == "urn:uuid:abc"
     assert local_reference("http://elsewhere/Patient/1", BASE) == "http://elsewhere/Patient/1"
-
-
-def test_extraction_is_fast() -> None:
-    for res in (PATIENT, OBSERVATION):
-        extract_index(res, REG)
-        n = 300
-        start = time.perf_counter()
-        for _ in range(n):
-            extract_index(res, REG)
-        per_call = (time.perf_counter() - start) / n
-        assert per_call < 0.002, f"{res['resourceType']}: {per_call * 1000:.2f} ms"
-
-
-def test_generator_keeps_supported_parameters_of_the_given_types() -> None:
-    import importlib.util
-
-    path = PROFILES.parent / "scripts" / "gen_search_parameters.py"
-    spec = importlib.util.spec_from_file_location("gen_search_parameters", path)
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    source = {
-        "resourceType": "Bundle",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "SearchParameter",
-                    "code": "address",
-                    "type": "string",
-                    "base": ["Patient", "Person"],
-                    "description": "long text",
-                    "expression": "Patient.address | Person.address",
-                }
-            },
-            {
-                "resource": {
-                    "resourceType": "SearchParameter",
-                    "code": "combo",
-                    "type": "composite",
-                    "base": ["Patient"],
-                    "expression": "Patient",
-                }
-            },
-            {
-                "resource": {
-                    "resourceType": "SearchParameter",
-                    "code": "_text",
-                    "type": "string",
-                    "base": ["Resource"],
-                }
-            },
-            {
-                "resource": {
-                    "resourceType": "SearchParameter",
-                    "code": "x",
-                    "type": "token",
-                    "base": ["Person"],
-                    "expression": "Person.x",
-                }
-            },
-        ],
-    }
-    kept, dropped = gen.select(source, ["Patient"])
-    assert kept == [
-        {
-            "resourceType": "SearchParameter",
-            "description": "long text",  # SearchParameter.description is required (1..1): kept
-            "code": "address",
-            "type": "string",
-            "base": ["Patient"],
-            "expression": "Patient.address",
-        }
-    ]
-    assert dropped == ["Patient.combo (composite)", "Resource._text (no expression)"]
-    bundle = gen.build_bundle(kept, ["Patient", "Binary"])
-    assert [e["valueCode"] for e in bundle["meta"]["extension"]] == ["Patient", "Binary"]
