@@ -36,6 +36,7 @@ class FhirRequest:
     in_transaction: bool = False
     gate: Any = None  # the request's DisclosureGate (set by Router.dispatch)
     access: AccessRecord | None = None  # what the handler says the request did, for the audit trail
+    instance: dict[str, Any] | None = None  # an instance operation's stored document, read once for the gate
 
     def audit(self, record: AccessRecord) -> None:
         """Say what this request did; the router completes it with what was disclosed and records it."""

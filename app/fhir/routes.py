@@ -38,7 +38,8 @@ def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str |
     if access and type:
         svc.policy.require(req.principal, access, type)
     if access and level == "instance" and type and id:
-        req.gate.require(type, svc.repo.get_doc(type, id), access)
+        req.instance = svc.repo.get_doc(type, id)  # the handler works on the version the gate judged
+        req.gate.require(type, req.instance, access)
     return spec["handler"](req, svc, type, id) if level != "system" else spec["handler"](req, svc)
 
 
