@@ -22,9 +22,10 @@ disclosure gate lets the token see it — and nothing else in the same parameter
 The home node knows nothing of this node's patients, so it is asked as for any client of this province (the
 token's patient/ scopes as user/ ones; a peer may only read): its consent decision applies unchanged, and
 without the resident's Consent there for this province nothing comes back. What does come back names the
-resident's Patient at the home node by a relative reference, which means nothing here: that reference is given
-as the logical reference by ID number instead (FHIR: Reference.identifier), so that this node's disclosure gate
-judges the record as the resident's own, like every other record that leaves this node.
+resident's Patient at the home node by a relative reference, which means nothing here: it is given as the
+absolute reference to the same resident's Patient at this node (the one the token is bound to, which holds
+that ID number), with the ID number as Reference.identifier, so that this node's disclosure gate judges the
+record as the resident's own, like every other record that leaves this node.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def remote_entries(req: Any, svc: Any, resource_type: str,
             kept = {k: entry[k] for k in ("fullUrl", "resource", "search") if k in entry}
             kept["extension"] = [{"url": HOME_PROVINCE, "valueCode": province}]
             if resident and isinstance(kept.get("resource"), dict):
-                _logical_patient(svc, kept["resource"], params, number)
+                _local_patient(svc, kept["resource"], params, number, f"{req.base}/Patient/{principal.patient}")
             out.append(kept)
             shown += mode == "match"
         if withheld:
@@ -193,9 +194,11 @@ def _for_resident(req: Any, svc: Any, principal: Principal, resource_type: str, 
     return replace(principal, scopes=scopes, patient=None), kept
 
 
-def _logical_patient(svc: Any, resource: dict[str, Any], params: list[tuple[str, str]], number: str) -> None:
+def _local_patient(svc: Any, resource: dict[str, Any], params: list[tuple[str, str]], number: str,
+                   local: str) -> None:
     """The home node's reference to the resident's Patient (the one the chained parameter matched) as the
-    logical reference by ID number; left unchanged when the match is not one Patient."""
+    reference to the resident's Patient here (`local`, absolute) with the ID number; left unchanged when the
+    match is not one Patient."""
     rtype = resource.get("resourceType")
     names = {k.split(".", 1)[0].split(":", 1)[0] for k, v in params if k.endswith(".identifier")
              and v == f"{ID_SYSTEM}|{number}"}
@@ -213,7 +216,7 @@ def _logical_patient(svc: Any, resource: dict[str, Any], params: list[tuple[str,
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if node.get("reference") == target:
-                del node["reference"]
+                node["reference"] = local
                 node["type"] = "Patient"
                 node["identifier"] = {"system": ID_SYSTEM, "value": number}
             for key, child in node.items():

@@ -1,10 +1,15 @@
 """Who read my records: the patient's AuditEvents (AuditEvent?patient=<id>, through the API with the
 resident's token) in plain words — "上海某医院 查看了您的 检验结果, 2026-11-29 10:31" — with refused attempts
 and break-the-glass accesses highlighted, filtered by date and by organization. By default the resident's own
-use of the portal is left out (a checkbox shows it); a relative acting as proxy is always shown."""
+use of the portal is left out (a checkbox shows it); a relative acting as proxy is always shown.
+
+In a federation the accesses recorded at other provinces' nodes are added, fetched like the records
+(app.portal.remote: AuditEvent?patient.identifier=<ID number>, forwarded under the home node's consent rules)
+and marked with their province; the resident's portal reaching them from this node is named as such."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,13 +17,15 @@ from flask import request
 from flask.typing import ResponseReturnValue
 
 from app.auth.plugin import auth_state
+from app.portal import remote
 from app.portal.consents import Names
-from app.portal.records import type_name
+from app.portal.records import province_label, remote_notes, type_name
 from app.portal.registration import CLIENT_ID
-from app.portal.web import bp, fhir_ok, login_required, page, sess, svc, t
+from app.portal.web import api, bp, fhir_ok, login_required, page, sess, svc, t, token_for
 
 CHINA = timezone(timedelta(hours=8))
 CLIENT_SYSTEM = "urn:ehc:client"
+VIA_NODE = re.compile(r"\bnode-(\d\d)(?: for node-(\d\d))?")  # a request another node made for its client
 ORG_SYSTEM = "urn:ehc:organization"
 OPERATIONS = {"$ehc-qrcode": ("生成了您的健康卡二维码", "made a QR code of your health card"),
               "$ehc-verify": ("核验了您的健康卡", "verified your health card"),
@@ -33,8 +40,8 @@ VERBS = {"read": ("查看了", "viewed"), "vread": ("查看了", "viewed"), "sea
 def _what(event: dict[str, Any]) -> str:
     types = []
     for entity in event.get("entity") or []:
-        ref = str((entity.get("what") or {}).get("reference") or "")
-        rtype = ref.split("/", 1)[0] if "/" in ref else ""
+        segs = str((entity.get("what") or {}).get("reference") or "").split("/")
+        rtype = segs[-2] if len(segs) >= 2 and segs[-2][:1].isupper() else ""  # relative or absolute
         if rtype and rtype not in ("Patient", "Consent") and rtype not in types:
             types.append(rtype)
     if not types:  # a search: the type its query names
@@ -62,17 +69,28 @@ class Describer:
         return self.clients[client_id]
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
-        client = org = user = None
+        client = org = user = org_display = client_display = None
         for agent in event.get("agent") or []:
             ident = (agent.get("who") or {}).get("identifier") or {}
             if ident.get("system") == CLIENT_SYSTEM:
-                client = str(ident.get("value"))
+                client, client_display = str(ident.get("value")), agent.get("name")
             elif ident.get("system") == ORG_SYSTEM:
-                org = str(ident.get("value"))
+                org, org_display = str(ident.get("value")), (agent.get("who") or {}).get("display")
             elif any(c.get("code") == "humanuser" for c in (agent.get("type") or {}).get("coding") or []):
                 user = str((agent.get("who") or {}).get("reference") or "")
+        province = event.get("_province")  # recorded at another province's node
+        via = next((m for a in event.get("agent") or [] for p in a.get("policy") or []
+                    if (m := VIA_NODE.search(str(p)))), None)
         own = client == CLIENT_ID and user == f"Patient/{self.pid}"
-        if client == CLIENT_ID:
+        if client == CLIENT_ID and via:  # a resident portal at another node, for this resident or a relative
+            own = True
+            who = t("居民门户（经", "The resident portal (through ") + province_label(via.group(2) or via.group(1)) + \
+                t("平台，您本人或家人）", ": you or a relative)")
+        elif province and org:  # a name this node's directory may not know
+            who = str(org_display or org)
+        elif province and client:
+            who = str(client_display or client)
+        elif client == CLIENT_ID:
             who = t("您本人（居民门户）", "You (resident portal)") if own else \
                 t("您的家人代办", "A relative acting for you") + \
                 (f"（{self.labels[user.split('/', 1)[1]]}）" if user and user.split("/", 1)[-1] in self.labels else "")
@@ -106,7 +124,7 @@ class Describer:
         consent = any((e.get("role") or {}).get("code") == "13" for e in event.get("entity") or [])
         return {"who": who, "action": action, "when": recorded.strftime("%Y-%m-%d %H:%M"), "refused": refused,
                 "glass": glass, "own": own, "org": org, "consent": consent, "id": event.get("id"),
-                "site": (event.get("source") or {}).get("site")}
+                "site": (event.get("source") or {}).get("site"), "province": province}
 
 
 @bp.route("/accesses", methods=["GET"])
@@ -129,10 +147,35 @@ def accesses() -> ResponseReturnValue:
     describe = Describer(pid)
     events = [describe(e["resource"]) for e in bundle.get("entry", [])
               if (e.get("resource") or {}).get("resourceType") == "AuditEvent"]
+    elsewhere = _remote_events(pid, [p for p in params if p[0] in ("date", "_sort")])
+    if elsewhere.resources:
+        events += [describe(e) for e in elsewhere.resources if e.get("resourceType") == "AuditEvent"]
+        events.sort(key=lambda e: e["when"], reverse=True)
     orgs = sorted({(e["org"], e["who"]) for e in events if e["org"]}, key=lambda o: o[1])
     show_own = args.get("mine") == "1"
     org = args.get("org") or ""
     shown = [e for e in events if (show_own or not e["own"]) and (not org or e["org"] == org)]
     return page("portal/accesses.html", events=shown, orgs=orgs, org=org, show_own=show_own, errors=errors,
+                remote_notes=remote_notes(elsewhere), province_label=province_label,
                 start=args.get("from", ""), end=args.get("to", ""),
                 refused=sum(1 for e in shown if e["refused"]), glass=sum(1 for e in shown if e["glass"]))
+
+
+def _remote_events(pid: str, params: list[tuple[str, str]]) -> remote.RemoteRecords:
+    """The resident's AuditEvents at other provinces' nodes (the same federated search as the records)."""
+    out = remote.RemoteRecords()
+    if not remote.federated(svc()):
+        return out
+    number = remote.id_number(fhir_ok("GET", f"Patient/{pid}"))
+    if number is None:
+        return out
+    bundle = remote.search(api(), token_for(pid), number, "AuditEvent", params)
+    out.asked = True
+    remote.read_outcome(bundle, out)
+    for entry in bundle.get("entry") or []:
+        province = remote.province_of(entry)
+        res = entry.get("resource")
+        if province and isinstance(res, dict) and (entry.get("search") or {}).get("mode") == "match":
+            out.resources.append({**res, "_province": province})
+            out.note(province).shown += 1
+    return out

@@ -33,7 +33,7 @@ TYPE_NAMES = {"Observation": ("检验检查", "Tests and observations"), "Docume
               "Encounter": ("就诊", "Visits"), "Condition": ("诊断", "Diagnoses"),
               "DiagnosticReport": ("检查报告", "Reports"), "MedicationRequest": ("处方", "Prescriptions"),
               "Procedure": ("手术操作", "Procedures"), "Immunization": ("疫苗接种", "Immunizations"),
-              "AllergyIntolerance": ("过敏", "Allergies")}
+              "AllergyIntolerance": ("过敏", "Allergies"), "AuditEvent": ("访问记录", "access records")}
 
 
 def type_name(rtype: str) -> str:

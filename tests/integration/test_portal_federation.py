@@ -96,6 +96,9 @@ def test_without_consent_nothing_of_node_11_is_shown_and_the_page_says_why(nodes
     assert note, html[:4000]
     assert "2 条记录" in note.group(1) and "授权" in note.group(1) and "北京（11）" in note.group(1)
     assert "上海（31）" in note.group(1)  # for which province the consent would be needed
+    s, _ = portal_login(nodes["31"].url, PHONE, PASSWORD)
+    page = s.get(f"{nodes['31'].url}/portal/accesses", timeout=60).text
+    assert 'class="alert remote-withheld" data-province="11"' in page and not _badges(page)
 
 
 def test_with_consent_at_node_11_the_records_show_marked_with_their_province(nodes, world):
@@ -129,6 +132,15 @@ def test_with_consent_at_node_11_the_records_show_marked_with_their_province(nod
                    for a in e["resource"].get("agent") or []
                    if (a.get("who") or {}).get("identifier", {}).get("system") == "urn:ehc:client"]
         assert "ehc-resident-portal" in clients
+        # "who read my records" adds node 11's accesses: the Beijing hospital's, and (with "mine") the portal's
+        page = s.get(f"{nodes['31'].url}/portal/accesses", timeout=60).text
+        items = re.findall(r'<li class="[^"]*" data-org="([^"]*)">(.*?)</li>', page, re.S)
+        beijing = [body for org, body in items if 'data-province="11"' in body]
+        assert any("org-bj-xiehe" in body for body in beijing), page[-4000:]
+        assert "remote-withheld" not in page
+        mine = s.get(f"{nodes['31'].url}/portal/accesses?mine=1", timeout=60).text
+        portal_at_31 = r"居民门户（经上海（31）平台，您本人或家人）</strong> 查询了您的 (检验检查|文档)"
+        assert re.search(portal_at_31, mine), mine[-3000:]
     finally:
         r = requests.delete(f"{nodes['11'].base}/Consent/{consent['id']}", headers=h(world["t11"]), timeout=10)
         assert r.status_code in (200, 204)
