@@ -34,7 +34,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, asdict, fields, replace
+from dataclasses import MISSING, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -97,23 +97,25 @@ def scrub_numbers(text: str | None, blind: Callable[[str], str]) -> str | None:
     return "".join(out)
 
 
-_RECORD_FIELDS = {f.name for f in fields(AccessRecord)}
+_RECORD_FIELDS = tuple(f.name for f in fields(AccessRecord))  # in declaration order, as asdict gave them
 _REQUIRED_FIELDS = {f.name for f in fields(AccessRecord) if f.default is MISSING and f.default_factory is MISSING}
-_PRINCIPAL_FIELDS = {f.name for f in fields(Principal)} - {"extra", "scopes", "issued_at"}
+_PRINCIPAL_FIELDS = tuple(f.name for f in fields(Principal) if f.name not in ("extra", "scopes", "issued_at"))
 
 
 def record_doc(record: AccessRecord) -> dict[str, Any]:
     """An AccessRecord as a compact document (no empty values; the principal without scopes and extras).
     Pending records are a fifth the size of the AuditEvent they make, and FerretDB's cost of inserting,
     reading and deleting a document grows with its size."""
-    out = {k: v for k, v in asdict(record).items() if k != "principal" and v not in (None, [], {})}
+    # Field by field, not dataclasses.asdict: that deep-copies the principal's scopes and extras only to drop them.
+    out = {k: list(v) if isinstance(v, list) else v for k in _RECORD_FIELDS if k != "principal"
+           and (v := getattr(record, k)) not in (None, [], {})}
     if record.principal is not None:
         out["principal"] = principal_doc(record.principal)
     return out
 
 
 def principal_doc(principal: Principal) -> dict[str, Any]:
-    return {k: v for k, v in asdict(principal).items() if k in _PRINCIPAL_FIELDS and v not in (None, [], {})}
+    return {k: v for k in _PRINCIPAL_FIELDS if (v := getattr(principal, k)) not in (None, [], {})}
 
 
 def principal_from(doc: Any) -> Principal | None:

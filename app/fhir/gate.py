@@ -88,7 +88,8 @@ class DisclosureGate:
     def _last_live(self, rtype: str, tombstone: dict[str, Any]) -> dict[str, Any] | None:
         rid = tombstone.get("_id")
         for vid in range(int(tombstone.get("vid") or 1) - 1, 0, -1):
-            hist = self.svc.repo.decode(self.svc.repo.history_col(rtype).find_one({"_id": f"{rid}/{vid}"}))
+            hist = self.svc.repo.decode(self.svc.repo.history_col(rtype).find_one({"_id": f"{rid}/{vid}"}),
+                                        owned=True)
             if hist is not None and not hist.get("del"):
                 return {**hist, "_id": rid, "prov": hist.get("prov") or tombstone.get("prov")}
         return None

@@ -83,18 +83,21 @@ class FieldProtector:
                 doc[part] = _replace(doc[part], ordered)
         return doc
 
-    def decode(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    def decode(self, doc: dict[str, Any] | None, owned: bool = False) -> dict[str, Any] | None:
+        """The document with protected values decrypted. `owned`: the caller has the only reference (it was
+        just read from the database), so it is decrypted in place instead of copied first."""
         if not doc or not doc.get("res"):
             return doc
         res = doc["res"]
         nodes = [(n, k) for n, k in self._protected(res) if n[k].startswith(PREFIX)]
         if not nodes:
             return doc
-        doc = dict(doc)
-        res = doc["res"] = copy.deepcopy(res)
-        for node, key in self._protected(res):
-            if node[key].startswith(PREFIX):
-                node[key] = self.cipher.decrypt(node[key][len(PREFIX):])
+        if not owned:
+            doc = dict(doc)
+            res = doc["res"] = copy.deepcopy(res)
+            nodes = [(n, k) for n, k in self._protected(res) if n[k].startswith(PREFIX)]
+        for node, key in nodes:
+            node[key] = self.cipher.decrypt(node[key][len(PREFIX):])
         return doc
 
     def reencrypt(self, doc: dict[str, Any]) -> dict[str, Any]:

@@ -149,12 +149,14 @@ class Repository:
 
     def get_doc(self, resource_type: str, rid: str) -> dict[str, Any] | None:
         """The stored document with protected values decrypted: for readers."""
-        return self.decode(self.get_raw(resource_type, rid))
+        return self.decode(self.get_raw(resource_type, rid), owned=True)
 
-    def decode(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    def decode(self, doc: dict[str, Any] | None, owned: bool = False) -> dict[str, Any] | None:
+        """Decimals restored and protected values decrypted. `owned`: doc was just read and nobody else holds
+        it, so it is changed in place (no copy)."""
         if doc and doc.get("dec") and doc.get("res"):
             restore_decimals(doc["res"], doc["dec"])  # the exact decimal texts the doubles lost
-        return self.protector.decode(doc) if self.protector and doc else doc
+        return self.protector.decode(doc, owned) if self.protector and doc else doc
 
     def read(self, resource_type: str, rid: str, context: Any = None, fire: bool = True,
              doc: dict[str, Any] | None = None) -> Stored:
@@ -181,7 +183,7 @@ class Repository:
         if doc["vid"] == int(vid):
             stored = Stored.from_doc(resource_type, doc)
         else:
-            hist = self.decode(self.history_col(resource_type).find_one({"_id": f"{rid}/{int(vid)}"}))
+            hist = self.decode(self.history_col(resource_type).find_one({"_id": f"{rid}/{int(vid)}"}), owned=True)
             if hist is None or int(vid) > doc["vid"]:
                 raise not_found(f"version {vid} of {resource_type}/{rid} is not known")
             stored = Stored.from_doc(resource_type, hist)
@@ -506,7 +508,7 @@ class Repository:
         for vid in range(top, 0, -1):
             if len(out) >= count:
                 break
-            hist = self.decode(col.find_one({"_id": f"{rid}/{vid}"}))
+            hist = self.decode(col.find_one({"_id": f"{rid}/{vid}"}), owned=True)
             if hist:
                 out.append(Stored.from_doc(resource_type, hist))
         if since:
@@ -527,7 +529,7 @@ class Repository:
                 if col.name not in existing:
                     continue
                 for doc in col.find(flt, {"ix": 0, "so": 0}).sort([("ts", -1)]).limit(count):
-                    out.append(Stored.from_doc(rtype, self.decode(doc)))  # type: ignore[arg-type]
+                    out.append(Stored.from_doc(rtype, self.decode(doc, owned=True)))  # type: ignore[arg-type]
         out.sort(key=lambda s: (s.ts, s.vid, s.resource_type, s.id), reverse=True)
         return out[:count]
 

@@ -189,7 +189,7 @@ class Searcher:
                 next_cursor = encode_cursor("n", row(docs[-1]))
             if after is not None and (direction == "n" or has_more):
                 prev_cursor = encode_cursor("p", row(docs[0]))
-        decode = self.repo.decode
+        decode = functools.partial(self.repo.decode, owned=True)  # rows read for this search only
         included = [(t, decode(d) or d) for t, d in self._includes(request, docs)]
         return SearchResult(rtype, [decode(d) or d for d in docs], total, next_cursor, prev_cursor, included,
                             withheld[0])
@@ -198,7 +198,7 @@ class Searcher:
         """admit over raw documents (decoded first), counting refusals into withheld[0]."""
         if admit is None:
             return None
-        decode = self.repo.decode
+        decode = functools.partial(self.repo.decode, owned=True)  # decrypted in place once, reused by the page
 
         def gated(doc: dict[str, Any]) -> bool:
             ok = admit(decode(doc) or doc)
