@@ -248,15 +248,22 @@ class Importer:
         return RowResult(n, "created" if stored.vid == 1 else "linked", stored.id, _card(res))
 
     def _existing(self, resource: dict[str, Any]) -> dict[str, Any] | None:
+        """The registered resident holding every identifier of the row, or None when something is new or
+        conflicting (the write path decides then). One claim read per identifier up to the first unclaimed one
+        (a new resident costs one read) and one Patient read: a rerun's rows cost no more."""
         entries = self.index.entries(resource)
-        if not entries:
+        pids = set()
+        for entry in entries:
+            claim = self.index.claims.find_one({"_id": entry.key})
+            if claim is None:
+                return None
+            pids.add(claim["p"])
+        if not pids:
             return None
-        owners = self.index.owners(e.key for e in entries)
-        residents = set(owners.values())
-        if len(owners) != len(entries) or len(residents) != 1:
-            return None  # something new (or conflicting): the write path decides
-        doc = self.index.resolve(residents.pop())
-        return doc["res"] if doc else None
+        docs = [self.index.resolve(pid) for pid in sorted(pids)]  # claims of a merged record lead to its target
+        if any(doc is None for doc in docs) or len({doc["_id"] for doc in docs if doc is not None}) != 1:
+            return None
+        return docs[0]["res"] if docs[0] is not None else None
 
     def run(self, path: Path, report: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
         """Import a file, writing one report row per input row; returns the count per outcome."""
