@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Soak benchmark (issue #12, "no decay"): the k6 CRUD scenario against `ehc serve` (auth and audit on, embedded
+FerretDB) for --minutes without a pause, throughput and p95 per minute from k6's own per-request output, the
+audit backlog (`_audit_pending`) and the server's resident memory sampled every --every seconds. Targets: the
+last minute at least 90 % of the first; the backlog bounded; memory flat. Writes docs/benchmarks/soak.md and
+the "Soak" section of docs/benchmarks.md.
+
+    python3 scripts/bench_soak.py [--minutes 10] [--vus 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_load import SCENARIO, Server, find_k6, fmt, loadavg, splice  # noqa: E402
+
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+TARGET = 0.9
+
+
+def per_minute(csv_path: Path) -> list[tuple[int, float, float]]:
+    """(requests, req/s, p95 ms) of each whole minute of the run, from k6's CSV output."""
+    counts: dict[int, int] = defaultdict(int)
+    durations: dict[int, list[float]] = defaultdict(list)
+    start: float | None = None
+    with csv_path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["metric_name"] not in ("http_reqs", "http_req_duration") or row.get("scenario") != "main":
+                continue
+            t = float(row["timestamp"])
+            start = t if start is None else min(start, t)
+            minute = int((t - start) // 60)
+            if row["metric_name"] == "http_reqs":
+                counts[minute] += 1
+            else:
+                durations[minute].append(float(row["metric_value"]))
+    whole = sorted(counts)[:-1] if len(counts) > 1 else sorted(counts)  # the last one is cut short
+    return [(counts[m], counts[m] / 60.0, statistics.quantiles(durations[m], n=20)[18] if len(durations[m]) > 1
+             else 0.0) for m in whole]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=int, default=10)
+    ap.add_argument("--vus", type=int, default=8)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between backlog and memory samples")
+    ap.add_argument("--k6", default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "soak.md")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    k6 = find_k6(args.k6)
+    tmp = Path(tempfile.mkdtemp(prefix="ehc-soak-"))
+    server = Server(argparse.Namespace(port=0, server="ehc", workers=0, threads=1), tmp)
+    samples: list[tuple[float, int | None, float]] = []  # seconds, backlog, RSS MB
+    started = datetime.now(UTC)
+    load_before = loadavg()
+    try:
+        server.start()
+        server.description = server.describe()
+        csv_out = tmp / "k6.csv"
+        cmd = [k6, "run", "-q", "--no-usage-report", "--out", f"csv={csv_out}", "-e", f"BASE={server.base}",
+               "-e", f"VUS={args.vus}", "-e", f"DURATION={args.minutes * 60}s", "-e", "SCENARIO=crud",
+               "-e", f"TOKEN={server.token()}", str(SCENARIO)]
+        print(f"soak: {args.minutes} min of CRUD at {args.vus} VUs against {server.base}", flush=True)
+        done = threading.Event()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        threading.Thread(target=lambda: (proc.wait(), done.set()), daemon=True).start()
+        while not done.wait(args.every):
+            samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb()))
+            print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB", flush=True)
+        if proc.returncode != 0 or not csv_out.exists():
+            raise SystemExit(f"k6 failed ({proc.returncode}): {(proc.stdout.read() if proc.stdout else '')[-2000:]}")
+        minutes = per_minute(csv_out)
+    finally:
+        server.stop()
+    load_after = loadavg()
+    first, last = minutes[0][1], minutes[-1][1]
+    ratio = last / first if first else 0.0
+    backlogs = [b for _, b, _ in samples if b is not None]
+    rss = [m for _, _, m in samples]
+    lines = [
+        "# Soak (k6 CRUD, no pause)", "",
+        f"`python3 scripts/bench_soak.py --minutes {args.minutes} --vus {args.vus}` on {started:%Y-%m-%d %H:%M} UTC: "
+        f"{platform.node() or 'this machine'}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"This server: {server.description}, {server.database}, auth on (a `system/*.cruds` client-credentials "
+        f"token), audit on. The k6 scenario `scripts/load/fhir.js` (CRUD: 7 requests per iteration) at "
+        f"{args.vus} VUs for {args.minutes} minutes in one run; per-minute figures from k6's per-request output.", "",
+        "| minute | requests | req/s | p95 ms |", "|---:|---:|---:|---:|",
+        *[f"| {i + 1} | {n:,} | {fmt(rps, 1)} | {fmt(p95, 1)} |" for i, (n, rps, p95) in enumerate(minutes)], "",
+        f"Last whole minute / first: **{ratio:.0%}** (target at least {TARGET:.0%}: "
+        f"{'met' if ratio >= TARGET else 'not met'}). Audit backlog (`_audit_pending`, sampled every "
+        f"{args.every:.0f} s): max {fmt(max(backlogs) if backlogs else None)}, "
+        f"last {fmt(backlogs[-1] if backlogs else None)}. "
+        f"Server resident memory (master and workers): first sample {fmt(rss[0] if rss else None)} MB, max "
+        f"{fmt(max(rss) if rss else None)} MB, last {fmt(rss[-1] if rss else None)} MB. 1-minute load average "
+        f"before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} CPUs.",
+    ]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    summary = (f"## Soak\n\n{args.minutes} minutes of the k6 CRUD scenario at {args.vus} VUs, {started:%Y-%m-%d}: "
+               f"first minute {fmt(first, 1)} req/s, last {fmt(last, 1)} req/s (**{ratio:.0%}**, target "
+               f"{TARGET:.0%}); audit backlog max {fmt(max(backlogs) if backlogs else None)}; server memory "
+               f"{fmt(rss[0] if rss else None)} -> {fmt(rss[-1] if rss else None)} MB. Details: "
+               "`docs/benchmarks/soak.md` (`scripts/bench_soak.py`).")
+    splice(args.doc, summary, BEGIN, END)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
