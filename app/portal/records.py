@@ -182,7 +182,12 @@ def remote_notes(found: remote.RemoteRecords) -> list[dict[str, Any]]:
                 f"{n.withheld} of your records kept at the platform of {name} are not shown: records cross "
                 f"provinces only with your consent given in {name} for this province ({province_label(here)}). "
                 f"To see them here, grant it in the resident portal or at a hospital of {name}.")})
-        if n.unreachable:
+        if n.unreachable and code == "00":
+            notes.append({"kind": "unreachable", "province": code, "text": t(
+                "暂时无法连接国家平台，其他省份保存的记录未显示，请稍后再试。",
+                "The national platform cannot be reached now; records kept in other provinces are not shown. "
+                "Please try again later.")})
+        elif n.unreachable:
             notes.append({"kind": "unreachable", "province": code, "text": t(
                 f"暂时无法连接{name}的平台，那里的记录未显示，请稍后再试。",
                 f"The platform of {name} cannot be reached now; records kept there are not shown. "
