@@ -82,8 +82,8 @@ class Describer:
         via = next((m for a in event.get("agent") or [] for p in a.get("policy") or []
                     if (m := VIA_NODE.search(str(p)))), None)
         own = client == CLIENT_ID and user == f"Patient/{self.pid}"
-        if client == CLIENT_ID and via:  # a resident portal at another node, for this resident or a relative
-            own = True
+        if client == CLIENT_ID and via:  # a resident portal at another node: the resident or a relative (shown)
+            own = False
             who = t("居民门户（经", "The resident portal (through ") + province_label(via.group(2) or via.group(1)) + \
                 t("平台，您本人或家人）", ": you or a relative)")
         elif province and org:  # a name this node's directory may not know
@@ -169,7 +169,7 @@ def _remote_events(pid: str, params: list[tuple[str, str]]) -> remote.RemoteReco
     number = remote.id_number(fhir_ok("GET", f"Patient/{pid}"))
     if number is None:
         return out
-    bundle = remote.search(api(), token_for(pid), number, "AuditEvent", params)
+    bundle = remote.search(api(), token_for(pid), number, "AuditEvent", params, count=50)  # the newest 50
     out.asked = True
     remote.read_outcome(bundle, out)
     for entry in bundle.get("entry") or []:

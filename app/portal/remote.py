@@ -67,8 +67,8 @@ def province_of(entry: dict[str, Any]) -> str | None:
 
 
 def search(api: PortalApi, token: str, number: str, rtype: str,
-           extra: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    params = [("patient.identifier", f"{ID_SYSTEM}|{number}"), ("_count", "100"), *(extra or [])]
+           extra: list[tuple[str, str]] | None = None, count: int = 100) -> dict[str, Any]:
+    params = [("patient.identifier", f"{ID_SYSTEM}|{number}"), ("_count", str(count)), *(extra or [])]
     ans = api.fhir("GET", rtype, token, params)
     return ans.body if ans.ok and isinstance(ans.body, dict) else {}
 
