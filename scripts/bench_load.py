@@ -269,12 +269,12 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
     return text
 
 
-def splice(doc: Path, section: str) -> None:
+def splice(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     """Put the section into docs/benchmarks.md between its markers (appended the first time)."""
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
+    block = f"{begin}\n{section.strip()}\n{end}"
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text, encoding="utf-8")

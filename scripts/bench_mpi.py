@@ -155,10 +155,12 @@ def start_gunicorn(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("gunicorn did not start")
 
 
-def pix_latency(base: str, residents: list[dict[str, Any]], n: int) -> tuple[float, float, int]:
+def pix_latency(base: str, residents: list[dict[str, Any]], n: int,
+                headers: dict[str, str] | None = None) -> tuple[float, float, int]:
     import requests
 
     s = requests.Session()
+    s.headers.update(headers or {})
     times, bad = [], 0
     for i in range(n):
         ident = residents[i % len(residents)]["identifier"][1]  # the hospital record number
