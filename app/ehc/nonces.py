@@ -63,6 +63,12 @@ class SharedInserts:
                 self._writing = True
             try:
                 self._write(batch)
+            except BaseException as exc:  # e.g. the worker is being stopped: no one waits for ever
+                with self._cv:
+                    for p in batch:
+                        if not p.done:
+                            p.error, p.done = RuntimeError(f"nonce insert interrupted: {exc!r}"), True
+                raise
             finally:
                 with self._cv:
                     self._writing = False

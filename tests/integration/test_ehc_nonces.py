@@ -124,3 +124,40 @@ def test_verify_answers_valid_only_after_the_nonce_is_stored(client: Any, db_uri
     assert verify(client, token)["valid"]["valueBoolean"] is True
     assert fresh_client_count(db_uri, [f"{kid}:{nonce.hex()}"]) == 1
     assert verify(client, token)["reason"]["valueCode"] == "replayed"
+
+
+class Interrupted(BaseException):
+    """As a worker being stopped in the middle of an insert."""
+
+
+def test_an_interrupted_insert_fails_its_batch_and_nobody_waits_for_ever(gated: Any) -> None:
+    store, gate = gated
+    write = gate.insert_many
+
+    def second_interrupted(docs: list[dict[str, Any]], ordered: bool = True) -> Any:
+        if len(gate.sizes) >= 1:
+            gate.sizes.append(len(docs))
+            raise Interrupted()
+        return write(docs, ordered=ordered)
+
+    gate.insert_many = second_interrupted  # type: ignore[method-assign]
+
+    def use(nonce: bytes) -> Any:
+        try:
+            return store.use("K4", nonce, EXP)
+        except (Interrupted, RuntimeError) as exc:
+            return type(exc).__name__
+
+    threads, results = run_threads(use, [(secrets.token_bytes(8),)])
+    assert gate.entered.wait(10)
+    more, more_results = run_threads(use, [(secrets.token_bytes(8),) for _ in range(2)])
+    deadline = time.monotonic() + 10
+    while len(store.inserts._queue) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.gate.set()
+    for t in threads + more:
+        t.join(10)
+        assert not t.is_alive(), "a request waits for ever for an insert that was interrupted"
+    assert results == [True]
+    assert sorted(more_results) == ["Interrupted", "RuntimeError"]  # the writer stopped, the other refused
+    assert gate.sizes == [1, 2]
