@@ -21,9 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.fhirjson import dumps
-from tests.fhir_factory import minimal, patient_linked
-
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "fhir_profiles"
 TOOL = ROOT / "tools" / "clientmatrix"
@@ -64,6 +61,9 @@ def compartment_params() -> dict[str, list[str]]:
 def spec(base: str, token: str, patient_id: str) -> dict[str, Any]:
     """What every client runs: for each writable type, a minimal instance that names the patient where the type
     can, whether the type is in the patient compartment, and whether the created resources belong to it."""
+    from app.core.fhirjson import dumps
+    from tests.fhir_factory import minimal, patient_linked
+
     comp = compartment_params()
     types = []
     for rtype in WRITABLE:
