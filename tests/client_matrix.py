@@ -129,13 +129,13 @@ def _run(cmd: list[str], spec_doc: dict[str, Any], workdir: Path, timeout: float
     return cells
 
 
-def run_hapi(spec_doc: dict[str, Any], workdir: Path, timeout: float = 400) -> Cells:
+def run_hapi(spec_doc: dict[str, Any], workdir: Path, timeout: float = 900) -> Cells:
     cp = f"{TOOL / 'target' / 'classes'}:{CLASSPATH.read_text().strip()}"
     return _run(["java", "-XX:TieredStopAtLevel=1", "-Xss4m", "-cp", cp, "ehc.ClientMatrix"], spec_doc, workdir,
                 timeout)
 
 
-def run_fhir_kit(spec_doc: dict[str, Any], workdir: Path, timeout: float = 400) -> Cells:
+def run_fhir_kit(spec_doc: dict[str, Any], workdir: Path, timeout: float = 900) -> Cells:
     return _run(["node", str(FHIR_KIT / "matrix.js")], spec_doc, workdir, timeout)
 
 
