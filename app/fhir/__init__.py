@@ -15,6 +15,7 @@ from app.core.errors import FhirError
 from app.fhir import outage
 from app.fhir.http import (
     FhirResponse,
+    body_bytes,
     check_fhir_version,
     check_json_depth,
     native_binary_type,
@@ -54,7 +55,7 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
         return None, None
     native = native_binary_type(request, path)
     if native is not None:  # POST/PUT Binary with the content itself: stored as a Binary resource
-        data = request.get_data()
+        data = body_bytes(request)
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
         binary: dict[str, Any] = {"resourceType": "Binary", "contentType": native,
@@ -69,14 +70,14 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
     ctype = (request.mimetype or "").lower()
     if method == "PATCH":
         if ctype in ("application/fhir+json", "application/json+fhir"):  # FHIRPath Patch: a Parameters resource
-            if request.get_data(cache=True).lstrip().startswith(b"["):
+            if body_bytes(request).lstrip().startswith(b"["):
                 raise FhirError(415, "a JSON Patch needs Content-Type application/json-patch+json; "
                                      "application/fhir+json carries a FHIRPath Patch (a Parameters resource)")
             return {"_fhirpath_patch": read_json_body(request, svc.settings.max_body_bytes)}, None
         if ctype not in ("application/json-patch+json", "application/json"):
             raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch) or "
                                  "application/fhir+json (FHIRPath Patch, a Parameters resource)")
-        data = request.get_data()
+        data = body_bytes(request)
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
         try:
@@ -89,8 +90,8 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
         return {"_patch": patch}, data
     if method == "POST" and path.endswith("_search"):
         if ctype == "application/x-www-form-urlencoded":
-            return {"_form": parse_qsl(request.get_data(as_text=True), keep_blank_values=True)}, None
-        return {"_form": []} if not request.get_data() else None, None
+            return {"_form": parse_qsl(body_bytes(request).decode("utf-8", "replace"), keep_blank_values=True)}, None
+        return {"_form": []} if not body_bytes(request) else None, None
     return read_json_body(request, svc.settings.max_body_bytes), None
 
 

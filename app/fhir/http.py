@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Request, Response
+from gunicorn.http.errors import ParseException
 
 from app.core import fhirjson
 from app.core.errors import FhirError, bad_request
@@ -65,6 +66,15 @@ def negotiate(request: Request) -> str:
     raise FhirError(406, f"cannot answer in any of the accepted media types ({accept}); use application/fhir+json")
 
 
+def body_bytes(request: Request) -> bytes:
+    """The request body (read once, cached). A body the HTTP server cannot read (a malformed chunked encoding,
+    a connection closed half way) is the client's error: 400, not a 500 with a traceback."""
+    try:
+        return request.get_data(cache=True)
+    except (ParseException, OSError) as err:
+        raise bad_request(f"the request body could not be read: {type(err).__name__}") from None
+
+
 def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > max_bytes:
@@ -72,7 +82,7 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     ctype = (request.mimetype or "").lower()
     if ctype and ctype not in JSON_TYPES and ctype not in XML_TYPES:
         raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json or +xml")
-    data = request.get_data(cache=True)
+    data = body_bytes(request)
     if len(data) > max_bytes:
         raise FhirError(413, f"the request body is larger than {max_bytes} bytes")
     if not data.strip():

@@ -119,6 +119,14 @@ def test_requests_gunicorn_refuses_get_an_operation_outcome_never_html(server, r
     assert outcome(answer)["issue"][0]["code"] == code
 
 
+def test_a_malformed_chunked_body_is_a_client_error_not_a_500(server):
+    raw = (b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
+           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    answer = exchange(server, raw)
+    assert answer[0] == 400 and b"<html" not in answer[2]
+    assert "could not be read" in outcome(answer)["issue"][0]["diagnostics"]
+
+
 def test_a_malformed_request_line_is_named_in_the_answer_but_not_in_the_log(server):
     id_number = "11010519491231002X"
     answer = get(server, f"/fhir/Patient?identifier={id_number}&name=\x7f".encode())
