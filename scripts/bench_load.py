@@ -152,15 +152,13 @@ class Server:
         """Resident memory of the server's process group (master and workers)."""
         if self.proc is None:
             return 0.0
-        total = 0
-        for status in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = status.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.proc.pid:  # process group
-                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue
-        return total / 2**20
+        return sum(int(f[21]) for f in group_stats(self.proc.pid)) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) used so far by the server's process group and by the embedded database."""
+        db_pid = self.embedded.running_pid() if self.embedded else None
+        return (group_cpu_seconds(self.proc.pid) if self.proc else 0.0,
+                group_cpu_seconds(db_pid) if db_pid else 0.0)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -171,6 +169,23 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         if self.embedded:
             self.embedded.stop(timeout=5)
+
+
+def group_stats(pgid: int) -> list[list[str]]:
+    """/proc/PID/stat fields after the command name, of every process in process group pgid."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                out.append(fields)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    return sum(int(f[11]) + int(f[12]) for f in group_stats(pgid)) / os.sysconf("SC_CLK_TCK")
 
 
 def run_k6(k6: str, base: str, scenario: str, vus: int, duration: str, token: str | None, out: Path) -> dict[str, Any]:

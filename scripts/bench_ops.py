@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,13 +60,17 @@ def k6_run(k6: str, server: Server, scenario: str, items: list[str], args: argpa
            "-e", f"INPUT={source}", "-e", f"SUMMARY_JSON={out}"]
     for key, value in env.items():
         cmd += ["-e", f"{key}={value}"]
-    before = loadavg()
+    before, cpu = loadavg(), server.cpu_seconds()
     proc = subprocess.run(cmd + [str(SCENARIO)], capture_output=True, text=True)
+    used = [b - a for a, b in zip(cpu, server.cpu_seconds(), strict=True)]
     if not out.exists():
         raise SystemExit(f"k6 failed ({proc.returncode}): {proc.stderr[-2000:]}")
     print(proc.stdout.strip(), flush=True)
     summary: dict[str, Any] = json.loads(out.read_text())
     summary["load"] = (before[0], loadavg()[0])
+    # CPU per request of the server (all its processes) and of the database: what bounds throughput on a
+    # machine shared with other work, whatever share of the cores the run got
+    summary["cpu_ms"] = [1000 * x / max(summary["requests"], 1) for x in used]
     return summary
 
 
@@ -106,9 +111,12 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
     def k6_row(key: str, what: str, target: float, unit: str) -> None:
         s = r.get(key)
         if s:
+            server_ms, db_ms = s["cpu_ms"]
             lines.append(f"| {what} | {fmt(s['rps'])}/s (p50 {fmt(s['p50'], 1)} ms, p95 {fmt(s['p95'], 1)} ms; "
-                         f"{s['requests']:,} requests, {s['failures']} failed) | >= {target:,.0f}/s{unit} "
-                         f"| {mark(s['rps'] >= target and not s['failures'])} |")
+                         f"{s['requests']:,} requests, {s['failures']} failed; CPU per request: server "
+                         f"{server_ms:.1f} ms, database {db_ms:.1f} ms, so at most "
+                         f"{1000 * (os.cpu_count() or 1) / (server_ms + db_ms):,.0f}/s on {os.cpu_count()} idle cores) "
+                         f"| >= {target:,.0f}/s{unit} | {mark(s['rps'] >= target and not s['failures'])} |")
 
     k6_row("verify", "`$ehc-verify`, fresh dynamic tokens (every nonce recorded before `valid`)", TARGETS["verify"], "")
     k6_row("qrcode", "`$ehc-qrcode` with the image (the default)", TARGETS["qrcode"], "")
@@ -163,6 +171,7 @@ def main() -> int:
     only = set(args.only.split(","))
     k6 = find_k6(args.k6)
     tmp = Path(tempfile.mkdtemp(prefix="ehc-ops-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its server and database
     server = Server(argparse.Namespace(server="ehc", port=0, workers=0, threads=0), tmp)
     results: dict[str, Any] = {}
     try:
