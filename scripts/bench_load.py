@@ -264,6 +264,21 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
     if args.reference:
         lines.append(f"| crud | reference: {args.peer_name} measured earlier on this machine | 139 | 48 | 133 | | |")
         lines.append(f"| read | reference: {args.peer_name} measured earlier on this machine | 760 | 7 | 25 | | |")
+    cpu_rows = [(scenario, [r["cpu_ms"] for r in results.get("ehc", {}).get(scenario, []) if "cpu_ms" in r])
+                for scenario in ("crud", "read")]
+    if any(rows for _, rows in cpu_rows):
+        cores = os.cpu_count() or 1
+        lines += ["", "CPU time per request of this server (its gunicorn processes) and of the embedded database, "
+                  "medians of the rounds, and the request rate those would allow on idle cores (the load generator "
+                  "and any other work on the machine left out: an upper bound, robust to a busy machine):", "",
+                  "| scenario | server CPU ms/request | database CPU ms/request | req/s on "
+                  f"{cores} idle cores |", "|---|---:|---:|---:|"]
+        for scenario, rows in cpu_rows:
+            if rows:
+                server_ms, db_ms = median([r[0] for r in rows]), median([r[1] for r in rows])
+                total = (server_ms or 0) + (db_ms or 0)
+                lines.append(f"| {scenario} | {fmt(server_ms, 2)} | {fmt(db_ms, 2)} | "
+                             f"{fmt(1000 * cores / total if total else None)} |")
     lines += ["", "Per operation (this server, medians of the rounds):", "",
               "| scenario | operation | req/s | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
     for scenario in ("crud", "read"):
@@ -344,8 +359,12 @@ def main() -> int:
                     token = server.token() if who == "ehc" else None
                     out = tmp / f"{rnd}-{scenario}-{who}.json"
                     print(f"round {rnd} {scenario} {who}", flush=True)
-                    results[who].setdefault(scenario, []).append(
-                        run_k6(k6, base, scenario, args.vus, args.duration, token, out))
+                    cpu_before = server.cpu_seconds()
+                    run = run_k6(k6, base, scenario, args.vus, args.duration, token, out)
+                    if who == "ehc":  # CPU per request: a figure the other work on a shared machine does not bend
+                        run["cpu_ms"] = [1000 * (b - a) / max(run["total_requests"], 1)
+                                         for a, b in zip(cpu_before, server.cpu_seconds(), strict=True)]
+                    results[who].setdefault(scenario, []).append(run)
                     if who == "ehc" and scenario == "crud":
                         notes["pending"].append(server.audit_pending())
                     time.sleep(args.pause)
