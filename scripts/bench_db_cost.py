@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Where the database's CPU goes: the embedded FerretDB's own CPU time per operation, for the operations a read
+request and its audit event cost (the request's `find` by `_id`, the pending audit record, and the sealer's
+AuditEvent, chain entry, pending delete and posting-list update). CPU time of the database process, so a busy
+machine bends it less than wall time. Writes docs/benchmarks/db-cost.md.
+
+    python3 scripts/bench_db_cost.py [--ops 2000] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import DeleteOne, MongoClient, UpdateOne
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shapes() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A stored Patient, a pending audit record and a stored AuditEvent, shaped as the server stores them."""
+    patient = json.loads((ROOT / "tests" / "samples" / "patient-zhang.json").read_text(encoding="utf-8"))
+    ref = f"Patient/{uuid.uuid4()}"
+    stored_patient = {"res": patient, "vid": 3, "prov": "11", "ts": datetime.now(UTC),
+                      "ix": {"name": ["zhang san"], "gender": ["male"], "birthdate": ["1980-01-01"],
+                             "identifier": ["urn:oid:2.16.156.10011.1.3|#" + "a" * 64]}, "so": {"_lastUpdated": 1}}
+    pending = {"kind": "event", "interaction": "read", "resource_type": "Patient", "resource_ids": [ref[8:]],
+               "status": 200, "principal": {"client_id": "c" * 24, "province": "11"}, "at": datetime.now(UTC)}
+    event = {"res": {"resourceType": "AuditEvent",
+                     "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+                     "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+                     "action": "R", "recorded": "2026-11-30T00:00:00.000Z", "outcome": "0",
+                     "agent": [{"who": {"identifier": {"system": "urn:ehc:client", "value": "c" * 24}},
+                                "requestor": True},
+                               {"who": {"identifier": {"system": "urn:ehc:node", "value": "11"}}, "requestor": False}],
+                     "source": {"observer": {"display": "province node 11"}},
+                     "entity": [{"what": {"reference": ref}}]},
+             "vid": 1, "prov": "11", "ts": datetime.now(UTC),
+             "ix": {"patient": [ref], "entity": [ref], "date": ["2026-11-30"], "subtype": ["read"]},
+             "so": {"date": "2026-11-30T00:00:00.000Z"}}
+    return stored_patient, pending, event
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=8, help="documents per batched insert or delete (group commit)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "db-cost.md")
+    args = ap.parse_args()
+    n, b = args.ops, args.batch
+    tmp = Path(tempfile.mkdtemp(prefix="ehc-dbcost-"))
+    db_server = EmbeddedDatabase(tmp / "db", free_port())
+    db_server.start()
+    pid = db_server.running_pid()
+    assert pid is not None
+    patient, pending, event = shapes()
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    rows: list[tuple[str, float, float]] = []
+    try:
+        with MongoClient(db_server.uri) as client:
+            db = client["cost"]
+
+            def measure(what: str, run: Callable[[], object]) -> None:
+                started, cpu = time.perf_counter(), process_cpu(pid)
+                run()
+                rows.append((what, 1000 * (process_cpu(pid) - cpu) / n, 1000 * (time.perf_counter() - started) / n))
+
+            batches = [ids[i:i + b] for i in range(0, n, b)]
+            db.Patient.insert_many([dict(patient, _id=i) for i in ids])
+            db.AuditEvent.insert_one({"_id": "warm-up"})
+            measure("request: `find` Patient by `_id`",
+                    lambda: [db.Patient.find_one({"_id": i}) for i in ids])
+            measure(f"request: pending audit record, `insert` of {b} (group commit)",
+                    lambda: [db["_audit_pending"].insert_many([dict(pending, _id=i) for i in c]) for c in batches])
+            measure(f"sealer: read the pending window (`find().limit({b})`)",
+                    lambda: [list(db["_audit_pending"].find({}).limit(b)) for _ in batches])
+            measure(f"sealer: AuditEvent, `insert` of {b}",
+                    lambda: [db.AuditEvent.insert_many([dict(event, _id=i) for i in c]) for c in batches])
+            measure(f"sealer: chain entry, `insert` of {b}",
+                    lambda: [db["_audit_chain"].insert_many([{"_id": f"{k:012d}", "seq": k, "ev": i, "d": "ab" * 32,
+                                                           "h": "cd" * 32, "done": [i], "at": datetime.now(UTC)}
+                                                          for k, i in enumerate(c, start=j * b)])
+                             for j, c in enumerate(batches)])
+            measure(f"sealer: posting list, `$addToSet` of {b} ids to one key",
+                    lambda: [db["_keys"].bulk_write([UpdateOne({"_id": f"AuditEvent|r|Patient/{c[0]}"},
+                                                            {"$addToSet": {"ids": {"$each": c}}}, upsert=True)])
+                             for c in batches])
+            measure(f"sealer: pending records, `delete` of {b} by `_id`",
+                    lambda: [db["_audit_pending"].bulk_write([DeleteOne({"_id": i}) for i in c]) for c in batches])
+    finally:
+        db_server.stop(timeout=5)
+    total = sum(cpu for _, cpu, _ in rows)
+    lines = ["# Database CPU per operation", "",
+             f"`python3 scripts/bench_db_cost.py --ops {n} --batch {b}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
+             f"{platform.node()}, {os.cpu_count()} CPUs. The embedded FerretDB v1.24 (SQLite), fresh; {n:,} of each "
+             "operation; CPU time of the database process per document (user + system), and wall time per "
+             "document. Documents shaped as the server stores them (a Patient of about 1 KB with its index "
+             "values; a pending audit record; an AuditEvent).", "",
+             "| operation | database CPU ms | wall ms |", "|---|---:|---:|",
+             *[f"| {what} | {cpu:.3f} | {wall:.3f} |" for what, cpu, wall in rows],
+             f"| **a read request with its audit event** (the sum) | **{total:.3f}** | |", "",
+             "The request's own `find` costs the database more than all of its audit writes batched: FerretDB v1 "
+             "decodes the stored JSON value by value on every read. Of the audit path, the sealer's `delete` of "
+             "the sealed pending records and the AuditEvent insert cost most; batching (group commit, the "
+             "sealer's passes) is what keeps each at a fraction of a single-document command."]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
