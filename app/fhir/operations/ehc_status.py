@@ -37,7 +37,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
             raise bad_request("reason must be a string of at most 500 characters", expression="reason")
     # The router's gate admitted the read (GET) or the change (POST) of this Patient.
-    stored = svc.repo.read("Patient", id, req.write, fire=False)
+    stored = svc.repo.read("Patient", id, req.write, fire=False, doc=req.instance)
     card = current_card(stored.resource)
     if card is None:
         raise unprocessable(f"Patient/{id} has no electronic health card")
