@@ -63,39 +63,38 @@ def gated(services: Any) -> tuple[NonceStore, GatedCollection]:
     return store, gate
 
 
-def test_requests_arriving_during_an_insert_share_the_next_one(gated: Any, db_uri: str) -> None:
-    store, gate = gated
-    first = secrets.token_bytes(8)
-    threads, results = run_threads(store.use, [("K1", first, EXP)])
+def behind_a_blocked_insert(store: NonceStore, gate: GatedCollection, use: Any, queued: list[bytes]
+                            ) -> tuple[list[Any], list[Any]]:
+    """use(nonce) for a first nonce until its insert is under way (held by the gate), then for each queued
+    nonce; none of those is answered before the first insert is; then the gate opens. Returns the results."""
+    threads, first = run_threads(use, [(secrets.token_bytes(8),)])
     assert gate.entered.wait(10)
-    nonces = [secrets.token_bytes(8) for _ in range(12)]
-    more, more_results = run_threads(store.use, [("K1", n, EXP) for n in nonces])
+    more, results = run_threads(use, [(n,) for n in queued])
     deadline = time.monotonic() + 10
-    while len(store.inserts._queue) < len(nonces) and time.monotonic() < deadline:
+    while len(store.inserts._queue) < len(queued) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not any(more_results), "nothing is answered before its insert is acknowledged"
+    assert results == [None] * len(queued), "nothing is answered before its insert is acknowledged"
     gate.gate.set()
     for t in threads + more:
         t.join(10)
-    assert results == [True] and more_results == [True] * len(nonces)
+        assert not t.is_alive(), "a request still waits for its insert"
+    return first, results
+
+
+def test_requests_arriving_during_an_insert_share_the_next_one(gated: Any, db_uri: str) -> None:
+    store, gate = gated
+    nonces = [secrets.token_bytes(8) for _ in range(12)]
+    first, results = behind_a_blocked_insert(store, gate, lambda n: store.use("K1", n, EXP), nonces)
+    assert first == [True] and results == [True] * len(nonces)
     assert gate.sizes == [1, len(nonces)]  # two inserts for thirteen verifications
-    ids = [f"K1:{n.hex()}" for n in [first, *nonces]]
-    assert fresh_client_count(db_uri, ids) == len(ids)
+    assert fresh_client_count(db_uri, [f"K1:{n.hex()}" for n in nonces]) == len(nonces)
 
 
 def test_one_token_shown_several_times_at_once_is_accepted_once(gated: Any) -> None:
     store, gate = gated
-    threads, results = run_threads(store.use, [("K2", secrets.token_bytes(8), EXP)])
-    assert gate.entered.wait(10)
     same = secrets.token_bytes(8)
-    more, more_results = run_threads(store.use, [("K2", same, EXP)] * 6)
-    deadline = time.monotonic() + 10
-    while len(store.inserts._queue) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    gate.gate.set()
-    for t in threads + more:
-        t.join(10)
-    assert sorted(more_results) == [False] * 5 + [True]  # the same nonce six times in one batch
+    _, results = behind_a_blocked_insert(store, gate, lambda n: store.use("K2", n, EXP), [same] * 6)
+    assert sorted(results) == [False] * 5 + [True]  # the same nonce six times in one batch
     assert gate.sizes == [1, 6]
     assert store.use("K2", same, EXP) is False  # and later still a replay
 
@@ -148,16 +147,7 @@ def test_an_interrupted_insert_fails_its_batch_and_nobody_waits_for_ever(gated: 
         except (Interrupted, RuntimeError) as exc:
             return type(exc).__name__
 
-    threads, results = run_threads(use, [(secrets.token_bytes(8),)])
-    assert gate.entered.wait(10)
-    more, more_results = run_threads(use, [(secrets.token_bytes(8),) for _ in range(2)])
-    deadline = time.monotonic() + 10
-    while len(store.inserts._queue) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    gate.gate.set()
-    for t in threads + more:
-        t.join(10)
-        assert not t.is_alive(), "a request waits for ever for an insert that was interrupted"
-    assert results == [True]
-    assert sorted(more_results) == ["Interrupted", "RuntimeError"]  # the writer stopped, the other refused
+    first, results = behind_a_blocked_insert(store, gate, use, [secrets.token_bytes(8) for _ in range(2)])
+    assert first == [True]
+    assert sorted(results) == ["Interrupted", "RuntimeError"]  # the writer stopped, the other refused
     assert gate.sizes == [1, 2]
