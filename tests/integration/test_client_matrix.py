@@ -50,6 +50,12 @@ def check(cells: dict[str, dict[str, str]], client: str, json_only: str | None,
     assert outside == len(set(WRITABLE) - set(compartment_params()))
 
 
+def test_every_compartment_search_has_something_to_find(matrix: dict[str, Any]) -> None:
+    in_compartment = [e for e in matrix["types"] if e["compartment"]]
+    assert len(in_compartment) == len(set(WRITABLE) & set(compartment_params())) == 66
+    assert [e["type"] for e in in_compartment if not e["member"]] == ["Patient"]  # Patient/{id}/Patient: itself
+
+
 def test_fhirpy(matrix: dict[str, Any]) -> None:
     check(fhirpy_matrix(matrix), "fhirpy", "fhirpy reads and writes JSON only", create=BUNDLE_CREATE[5:])
 
