@@ -64,7 +64,8 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     if "validity" in params and (not isinstance(validity, int) or isinstance(validity, bool)):
         raise bad_request("validity must be an integer number of seconds", expression="validity")
     image = (params.get("image") or {}).get("valueBoolean", True) is not False
-    doc = req.instance if req.instance is not None else svc.repo.get_doc("Patient", id)
+    known = req.instance  # read by the route table for the gate, when it is this Patient's
+    doc = known if known is not None and known.get("_id") == id else svc.repo.get_doc("Patient", id)
     req.gate.require("Patient", doc)
     if doc is None:
         raise not_found(f"Patient/{id} is not known")
