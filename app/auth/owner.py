@@ -19,14 +19,12 @@ policy, never as nobody's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.search.fhirpath import reference_type
-from app.search.registry import SearchRegistry
+from app.search.registry import SearchRegistry, load_compartment
 
 # resolve_identifier(system, value) -> Patient id or None; load(type, id) -> current resource JSON or None;
 # binary_links(binary_id) -> resources (type, JSON) whose attachment points at that Binary.
@@ -50,12 +48,6 @@ class Owner:
 
 
 NOBODY = Owner(directory=True)
-
-
-def load_compartment(profiles_dir: Path) -> dict[str, list[str]]:
-    """resource type -> compartment search parameter codes, from the official CompartmentDefinition."""
-    doc = json.loads((profiles_dir / "CompartmentDefinition" / "patient.json").read_text(encoding="utf-8"))
-    return {r["code"]: list(r["param"]) for r in doc.get("resource", []) if r.get("param")}
 
 
 class OwnerFunction:

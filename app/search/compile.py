@@ -42,6 +42,8 @@ def compile_filter(
 
 
 def _compile(rt: str, flt: Filter, registry: SearchRegistry, resolve: Resolve, base_url: str | None) -> Query:
+    if flt.any_of:
+        return {"$or": [_compile(rt, f, registry, resolve, base_url) for f in flt.any_of]}
     if flt.has is not None:
         h = flt.has
         sub = SearchRequest(h.resource_type, [h.filter], count=None, collect=h.reference_code)

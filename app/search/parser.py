@@ -102,6 +102,8 @@ def _parse_one(req: SearchRequest, name: str, value: str, registry: SearchRegist
         flt = _has(rt, name, value, registry)
         if flt is not None:
             req.filters.append(flt)
+    elif name == "_compartment":
+        req.filters.append(_compartment(rt, value, registry))
     else:
         flt = parse_filter(rt, name, value, registry, allow_chain=True)
         if flt is not None:
@@ -162,6 +164,19 @@ def _has(rt: str, name: str, value: str, registry: SearchRegistry) -> Filter | N
         raise bad_request(f"{name}: {other}.{ref_code} is not a reference to {rt}", name)
     flt = parse_filter(other, inner, value, registry, allow_chain=False)
     return None if flt is None else Filter("_has", has=HasFilter(other, ref_code, flt))
+
+
+def _compartment(rt: str, value: str, registry: SearchRegistry) -> Filter:
+    """_compartment=Patient/<id>: the resource is in that patient's compartment through any of the type's
+    compartment parameters (CompartmentDefinition/patient): an OR across parameters that FHIR's query syntax
+    cannot say, used by the compartment search and to confine patient-scoped tokens."""
+    if not value.startswith("Patient/") or value.count("/") != 1 or len(value) == len("Patient/"):
+        raise bad_request(f"_compartment must be Patient/<id>, not {value!r}", "_compartment")
+    codes = [c for c in registry.compartment.get(rt, []) if registry.get(rt, c) is not None]
+    alternatives = [f for f in (parse_filter(rt, c, value, registry, allow_chain=False) for c in codes) if f]
+    if not alternatives:
+        raise bad_request(f"{rt} is not in the Patient compartment", "_compartment", code="not-supported")
+    return Filter("_compartment", values=[FilterValue(None, value)], any_of=alternatives)
 
 
 def chain_targets(p: SearchParamDef, inner_code: str, registry: SearchRegistry) -> list[str]:

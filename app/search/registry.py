@@ -45,11 +45,20 @@ class SearchParamDef:
         return compile_expression(self.expression)
 
 
+def load_compartment(profiles_dir: Path) -> dict[str, list[str]]:
+    """resource type -> compartment search parameter codes, from the official CompartmentDefinition/patient."""
+    doc = json.loads((profiles_dir / "CompartmentDefinition" / "patient.json").read_text(encoding="utf-8"))
+    return {r["code"]: list(r["param"]) for r in doc.get("resource", []) if r.get("param")}
+
+
 class SearchRegistry:
     """Search parameters by resource type and code."""
 
-    def __init__(self, params: Iterable[SearchParamDef], resource_types: Iterable[str]) -> None:
+    def __init__(self, params: Iterable[SearchParamDef], resource_types: Iterable[str],
+                 compartment: dict[str, list[str]] | None = None) -> None:
         self._types = list(dict.fromkeys(resource_types))
+        # resource type -> the parameters that place it in a patient's compartment (CompartmentDefinition/patient)
+        self.compartment = compartment or {}
         self._by_type: dict[str, dict[str, SearchParamDef]] = {t: {} for t in self._types}
         for p in params:
             if not CODE_RE.match(p.code):
@@ -79,7 +88,8 @@ class SearchRegistry:
         types = list(resource_types) if resource_types is not None else declared
         if not types:  # no declared list: every base named by a parameter
             types = sorted({b for sp in raw for b in sp.get("base", [])} - {"Resource", "DomainResource"})
-        return cls(_defs_for(raw, types), types)
+        definition = root / "CompartmentDefinition" / "patient.json"
+        return cls(_defs_for(raw, types), types, load_compartment(root) if definition.exists() else None)
 
     def resource_types(self) -> list[str]:
         return list(self._types)

@@ -29,6 +29,8 @@ class Filter:
 
     For a chain (subject:Patient.identifier=x), `values` is empty and `chain` is (target type, inner filter).
     For _has, code is '_has' and `has` holds the reverse chain.
+    For _compartment, code is '_compartment' and `any_of` holds one filter per compartment parameter of the type
+    (a resource is in the patient's compartment through any of them).
     """
 
     code: str
@@ -36,6 +38,7 @@ class Filter:
     values: list[FilterValue] = field(default_factory=list)
     chain: tuple[str, Filter] | None = None
     has: HasFilter | None = None
+    any_of: list[Filter] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

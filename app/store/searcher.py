@@ -30,7 +30,7 @@ from app.core.errors import bad_request
 from app.search.compile import compile_filter, compile_sort
 from app.search.extract import local_reference
 from app.search.matcher import lower_for_database, matches
-from app.search.request import SearchRequest
+from app.search.request import Filter, SearchRequest
 from app.store.keys import identifier_key, reference_key
 from app.store.repository import Repository
 
@@ -245,36 +245,12 @@ class Searcher:
         """Candidate ids from the posting lists, when some filter allows it; None otherwise."""
         best: list[str] | None = None
         for f in request.filters:
-            if f.chain or f.has or not f.values:
-                continue
-            param = self.registry.get(rtype, f.code)
-            if param is None:
-                continue
-            keys: list[str] = []
-            if param.type == "reference" and f.code in self.repo.keyed_codes(rtype) \
-                    and (f.modifier is None or f.modifier in param.target):
-                for v in f.values:
-                    target = local_reference(v.value, base_url)
-                    if "/" not in target:
-                        targets = [f.modifier] if f.modifier else list(param.target)
-                        if len(targets) != 1:
-                            keys = []
-                            break
-                        target = f"{targets[0]}/{target}"
-                    if "://" in target:
-                        keys = []
-                        break
-                    keys.append(reference_key(rtype, target))
-            elif f.code == "identifier" and f.modifier is None and param.type == "token":
-                for v in f.values:
-                    if "|" not in v.value or v.value.startswith("|") or v.value.endswith("|"):
-                        keys = []
-                        break
-                    keys.append(identifier_key(rtype, v.value))
-            if not keys:
+            # an OR of filters (_compartment) is keyed when each alternative is: the union of their lists
+            alternatives = [self._filter_keys(rtype, alt, base_url) for alt in (f.any_of or [f])]
+            if not alternatives or any(not keys for keys in alternatives):
                 continue
             ids: list[str] = []
-            for k in keys:
+            for k in sorted({k for keys in alternatives for k in keys}):
                 ids.extend(self.repo.keys.lookup(k))
             ids = sorted(set(ids))
             if best is None or len(ids) < len(best):
@@ -282,6 +258,33 @@ class Searcher:
         if best is not None and len(best) > MAX_KEYED_CANDIDATES:
             return None
         return best
+
+    def _filter_keys(self, rtype: str, f: Filter, base_url: str | None) -> list[str]:
+        """The posting-list keys whose union holds every resource that can match filter f ([] when none do)."""
+        if f.chain or f.has or f.any_of or not f.values:
+            return []
+        param = self.registry.get(rtype, f.code)
+        if param is None:
+            return []
+        keys: list[str] = []
+        if param.type == "reference" and f.code in self.repo.keyed_codes(rtype) \
+                and (f.modifier is None or f.modifier in param.target):
+            for v in f.values:
+                target = local_reference(v.value, base_url)
+                if "/" not in target:
+                    targets = [f.modifier] if f.modifier else list(param.target)
+                    if len(targets) != 1:
+                        return []
+                    target = f"{targets[0]}/{target}"
+                if "://" in target:
+                    return []
+                keys.append(reference_key(rtype, target))
+        elif f.code == "identifier" and f.modifier is None and param.type == "token":
+            for v in f.values:
+                if "|" not in v.value or v.value.startswith("|") or v.value.endswith("|"):
+                    return []
+                keys.append(identifier_key(rtype, v.value))
+        return keys
 
     def _fetch(self, rtype: str, ids: list[str]) -> list[dict[str, Any]]:
         col = self.repo.current(rtype)

@@ -79,6 +79,17 @@ def test_patient_scope_is_confined_to_the_compartment(web, svc, data):
     # a patient's own record from another province needs no consent
     tok_remote = stored_token(svc, "patient/*.rs", patient=data["remote"])
     assert web.get(f"/fhir/Observation/{data['remote_lab']}", headers=bearer(tok_remote)).status_code == 200
+    # the compartment through any of its parameters: a Coverage naming the patient as beneficiary is theirs,
+    # one naming someone else is not (searched, counted or read)
+    mine = create(svc, {"resourceType": "Coverage", "status": "active", "payor": [{"display": "医保"}],
+                        "beneficiary": {"reference": f"Patient/{data['local']}"}})
+    theirs = create(svc, {"resourceType": "Coverage", "status": "active", "payor": [{"display": "医保"}],
+                          "beneficiary": {"reference": f"Patient/{other}"}})
+    bundle = web.get("/fhir/Coverage", headers=bearer(tok)).json
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [mine] and bundle["total"] == 1
+    assert web.get(f"/fhir/Coverage/{theirs}", headers=bearer(tok)).status_code == 403
+    r = web.get(f"/fhir/Coverage?_compartment=Patient/{other}", headers=bearer(tok))
+    assert r.status_code == 200 and r.json["total"] == 0  # their own constraint still applies
     # patient scopes without a launch patient see nothing
     orphan = stored_token(svc, "patient/*.rs")
     assert web.get(f"/fhir/Patient/{data['local']}", headers=bearer(orphan)).status_code == 403

@@ -263,6 +263,34 @@ def test_validate_applies_the_business_rules_of_create(client):
 
 # -- searchsets ------------------------------------------------------------------------------------------------------
 
+def test_the_compartment_counts_every_compartment_parameter(client):
+    """R4's patient compartment: a Coverage is the patient's as beneficiary or payor too, an Observation as
+    performer; GET Patient/{id}/{type} finds them all, and only them (issue #8, found by the client matrix)."""
+    pid, other = (post(client, "Patient", new_patient()).json["id"] for _ in range(2))
+    coverage = {"resourceType": "Coverage", "status": "active", "payor": [{"display": "医保"}]}
+    as_beneficiary = post(client, "Coverage", {**coverage, "beneficiary": {"reference": f"Patient/{pid}"}}).json["id"]
+    as_payor = post(client, "Coverage", {**coverage, "beneficiary": {"reference": f"Patient/{other}"},
+                                         "payor": [{"reference": f"Patient/{pid}"}]}).json["id"]
+    foreign = post(client, "Coverage", {**coverage, "beneficiary": {"reference": f"Patient/{other}"}}).json["id"]
+    by_subject = post(client, "Observation", obs(pid)).json["id"]
+    performed = {**obs(other), "performer": [{"reference": f"Patient/{pid}"}]}
+    by_performer = post(client, "Observation", performed).json["id"]
+    r = client.get(f"/fhir/Patient/{pid}/Coverage")
+    assert sorted(e["resource"]["id"] for e in r.json["entry"]) == sorted([as_beneficiary, as_payor])
+    assert r.json["total"] == 2 and foreign not in r.get_data(as_text=True)
+    r = client.get(f"/fhir/Patient/{pid}/Observation?_count=1")
+    first = [e["resource"]["id"] for e in r.json["entry"]]
+    nxt = next(link["url"] for link in r.json["link"] if link["relation"] == "next")
+    second = [e["resource"]["id"] for e in client.get(nxt[nxt.index("/fhir/"):]).json["entry"]]
+    assert sorted(first + second) == sorted([by_subject, by_performer])
+    # the same constraint as a parameter, combinable with others; refused where it means nothing
+    r = client.get(f"/fhir/Coverage?_compartment=Patient/{pid}&status=active&_summary=count")
+    assert r.json["total"] == 2
+    r = client.get(f"/fhir/Organization?_compartment=Patient/{pid}")
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["_compartment"]
+    assert client.get(f"/fhir/Coverage?_compartment=Observation/{pid}").status_code == 400
+
+
 def test_compartment_search_and_searchset_details(client):
     pid = post(client, "Patient", new_patient()).json["id"]
     oid = post(client, "Observation", obs(pid)).json["id"]
