@@ -33,9 +33,13 @@ def services_with_index():  # type: ignore[no-untyped-def]
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--report", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="one row per input row; CSV when it ends in .csv, NDJSON otherwise")
-@click.option("--workers", default=4, show_default=True, help="rows written concurrently (order kept)")
+@click.option("--workers", default=4, show_default=True,
+              help="rows written concurrently (order kept) when --batch is 1")
+@click.option("--batch", "batch", default=500, show_default=True, type=click.IntRange(1, 2000),
+              help="rows written together (new residents in a few commands a batch); 1: one row at a time, "
+                   "with --workers")
 @click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
-def import_file(file: Path, report: Path, workers: int, no_progress: bool) -> None:
+def import_file(file: Path, report: Path, workers: int, batch: int, no_progress: bool) -> None:
     """Link every row of FILE (CSV or NDJSON of Patient) to the master patient index."""
     from app.cli.common import Timer, node_services, on_terminal, summary
     from app.fhir.validation import Validator
@@ -57,8 +61,8 @@ def import_file(file: Path, report: Path, workers: int, no_progress: bool) -> No
             return [i.diagnostics for i in validator.issues(resource, "Patient")]
 
         try:
-            counts = Importer(svc, hooks, validate).run(file, report, progress=on_terminal(not no_progress),
-                                                        workers=workers)
+            counts = Importer(svc, hooks, validate, batch_size=batch).run(
+                file, report, progress=on_terminal(not no_progress), workers=workers)
         except (ValueError, UnicodeDecodeError) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:

@@ -24,12 +24,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 from app.core.errors import FhirError, conflict
 from app.core.timeutil import to_instant, utcnow
@@ -40,6 +43,7 @@ MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
 CARD_TYPE_SYSTEM = "https://ehc.example.cn/fhir/CodeSystem/card-type"
 CARD_KINDS = {"formal": "正式卡 formal card", "temporary": "临时卡 temporary card"}
 STATUSES = ("active", "suspended", "cancelled")
+CardOp = tuple[str, dict[str, Any], dict[str, Any]]  # card id, $set, $setOnInsert of its record's upsert
 
 def card_kind(ident: dict[str, Any]) -> str:
     for coding in (ident.get("type") or {}).get("coding") or []:
@@ -130,6 +134,7 @@ class CardStore:
         self._revoked_at = 0.0
         self._patients: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def get(self, card_id: str) -> dict[str, Any] | None:
         return self.col.find_one({"_id": card_id})
@@ -162,7 +167,7 @@ class CardStore:
         """Record the cards of a Patient version: current and merged-in cards point to it; temporary
         cards that a formal card replaced are cancelled."""
         now = utcnow()
-        ops = []
+        ops: list[CardOp] = []
         before = _card_states(previous)
         for card_id, (kind, current) in _card_states(resource).items():
             if before.get(card_id) == (kind, current):
@@ -170,12 +175,45 @@ class CardStore:
             if kind == "temporary" and not current:
                 self._set(card_id, "cancelled", "replaced by a formal card", patient_id, kind, now)
                 continue
-            ops.append(UpdateOne({"_id": card_id},
-                                 {"$set": {"patient": patient_id, "at": now},
-                                  "$setOnInsert": {"status": "active", "kind": kind, "since": now}},
-                                 upsert=True))
-        if ops:
-            self.col.bulk_write(ops, ordered=False)
+            ops.append((card_id, {"patient": patient_id, "at": now},
+                        {"status": "active", "kind": kind, "since": now}))
+        if not ops:
+            return
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:  # inside batched(): written with the batch
+            batch.extend(ops)
+            return
+        self.col.bulk_write([_upsert(op) for op in ops], ordered=False)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within this block, this thread's `sync` of new card records is written when the block ends, for
+        all of them at once (the bulk import's batch of new residents): one insert_many of the records (what
+        the upserts of cards nobody has recorded give), then the upserts of those that exist, in chunks.
+        Nothing is written when the block raises (the Patients are written; a card without its record is
+        still found by its identifier, as after a process killed between the two)."""
+        ops: list[CardOp] = []
+        self._local.batch = ops
+        try:
+            yield
+        finally:
+            self._local.batch = None
+        self.write_card_ops(ops)
+
+    def write_card_ops(self, ops: list[CardOp]) -> None:
+        docs = [{"_id": card_id, **on_set, **on_insert} for card_id, on_set, on_insert in ops]
+        if not docs:
+            return
+        try:
+            self.col.insert_many(docs, ordered=False)
+            return
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            again = [_upsert(ops[e["index"]]) for e in errors]
+        for i in range(0, len(again), 50):  # FerretDB v1 stalls on larger bulks of updates
+            self.col.bulk_write(again[i: i + 50], ordered=False)
 
     def cancel_all(self, resource: dict[str, Any] | None, reason: str) -> None:
         for card_id, (kind, _current) in _card_states(resource).items():
@@ -208,6 +246,11 @@ class CardStore:
     def revocations(self) -> list[dict[str, Any]]:
         return [{"ehcId": d["_id"], "status": d["status"], "since": to_instant(d["since"])}
                 for d in self.revoked.find({}).sort([("_id", 1)])]
+
+
+def _upsert(op: CardOp) -> UpdateOne:
+    card_id, on_set, on_insert = op
+    return UpdateOne({"_id": card_id}, {"$set": on_set, "$setOnInsert": on_insert}, upsert=True)
 
 
 def _card_states(resource: dict[str, Any] | None) -> dict[str, tuple[str, bool]]:

@@ -10,6 +10,13 @@ normalised, and every row gets one report row: created | linked | unchanged | re
 Idempotent: a row whose identifiers already belong to one resident and that adds nothing to the record is
 'unchanged' without a write. Each row is one Patient write whose claims name it, so a run killed at any point
 completes when rerun, without duplicates or half-written residents.
+
+Batches (`batch_size` > 1, `ehc import --batch`, the default): the new residents of a batch of rows are written
+together, with the commands of a few rows (`Importer.process_batch`: leases, claims, Patients, postings, name
+lists and card records each in one command), through the same validation, normalisation, pre-create events
+and change gate; every other row (one that matches a registered resident, shares an identifier with another
+row of the batch, meets a lease or claim held already, or is refused) takes the one-row path above, so each row
+gets the report it gets when the rows are imported one at a time.
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ import csv
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from app.core.errors import FhirError
+from app.core.ids import new_id
 from app.mpi.identifiers import IdentifierInvalid, normalize_patient_identifiers
 from app.mpi.index import adds_nothing
-from app.mpi.plugin import MpiHooks
+from app.mpi.plugin import BATCH_CLAIMED, BATCH_NAMES, MpiHooks
 from app.services import Services
 from app.store.repository import WriteContext
 
@@ -209,7 +218,7 @@ def count_rows(path: Path) -> int:
 
 class Importer:
     def __init__(self, svc: Services, hooks: MpiHooks, validate: Validate | None = None,
-                 province: str | None = None) -> None:
+                 province: str | None = None, batch_size: int = 1) -> None:
         self.svc = svc
         self.hooks = hooks
         self.index = hooks.index
@@ -217,6 +226,7 @@ class Importer:
         self.validate = validate
         self.province = province or svc.settings.province
         self._check_structure = True  # CSV rows are built here, valid by construction
+        self.batch_size = batch_size  # rows written together (process_batch); 1: one row at a time
 
     def process(self, n: int, item: dict[str, Any] | Exception) -> RowResult:
         if isinstance(item, Exception):
@@ -224,13 +234,13 @@ class Importer:
         try:
             return self._process(n, item)
         except FhirError as err:
-            where = ", ".join(e for i in err.issues for e in i.expression)
-            reason = "; ".join(i.diagnostics for i in err.issues)
-            return RowResult(n, "rejected", reason=f"{err.status} {reason}" + (f" ({where})" if where else ""))
+            return _rejected(n, err)
         finally:
             self.hooks.release()  # nothing may outlive the row
 
-    def _process(self, n: int, resource: dict[str, Any]) -> RowResult:
+    def _prepare(self, n: int, resource: dict[str, Any]) -> dict[str, Any] | RowResult:
+        """The row's Patient validated and with its identifiers normalised, or its 'rejected' result
+        (FhirError for what the identifier rules refuse)."""
         resource = {k: v for k, v in resource.items() if k not in ("id", "meta")}
         if self.validate is not None and self._check_structure:
             problems = self.validate(resource)
@@ -239,6 +249,15 @@ class Importer:
         normalised, issues = normalize_patient_identifiers(resource, self.registry, allow_legacy=True)
         if issues:
             raise FhirError(422, issues[0].diagnostics, issues=issues)
+        return normalised
+
+    def _process(self, n: int, resource: dict[str, Any]) -> RowResult:
+        prepared = self._prepare(n, resource)
+        if isinstance(prepared, RowResult):
+            return prepared
+        return self._write_one(n, prepared)
+
+    def _write_one(self, n: int, normalised: dict[str, Any]) -> RowResult:
         existing = self._existing(normalised)
         if existing is not None and adds_nothing(existing, normalised):
             return RowResult(n, "unchanged", existing["id"], _card(existing))
@@ -246,6 +265,122 @@ class Importer:
         stored = self.svc.repo.create("Patient", normalised, ctx)
         res = stored.resource or {}
         return RowResult(n, "created" if stored.vid == 1 else "linked", stored.id, _card(res))
+
+    def process_batch(self, items: list[tuple[int, dict[str, Any] | Exception]]) -> list[RowResult]:
+        """The results of a batch of rows, in input order, each exactly what `process` gives for it when the
+        rows are imported one after the other; the new residents among them written with the commands of a
+        few rows.
+
+        1. Every row is validated and normalised as in `process` (the same functions). Rows without a claimable
+           identifier and rows sharing an identifier with another row of the batch go to the one-row path.
+        2. `Leases.hold_many`: the leases "mpi|<claim key>" of every other row in one insert_many; a row with
+           a lease held elsewhere goes to the one-row path (which waits for it, or takes it over once expired).
+        3. `MasterIndex.claim_new_many`: a claim naming a fresh patient id for every identifier of those rows,
+           in one insert_many; a row with an identifier claimed already (a registered resident, a rerun, or a
+           claim left by a failed write) drops the claims just inserted for it and goes to the one-row path,
+           which links it, refuses it or reports it unchanged.
+        4. `Repository.create_many` of the rest: the pre-create events of each Patient (the master index sees
+           the batch's claims in the WriteContext; the card is issued), the change gate, the posting lists,
+           one insert_many of the Patients, the created event of each; the name postings and the card records
+           of the batch are then written together (`MasterIndex.add_names_many`, `CardStore.batched`). A row
+           that a handler or the gate refuses drops its claims and goes to the one-row path, which refuses it
+           with the same words.
+        5. The batch's leases are released in one command, then the one-row path takes its rows in order.
+
+        Crash safety, step by step: leases of a killed process expire (Leases.ttl); a claim whose Patient does
+        not exist is free for the next holder of its lease (the master index's rule), so a process killed after
+        step 3 leaves no resident, and the rerun registers the rows; posting lists written before the Patients
+        may name ids that do not exist (candidates are re-checked); Patients inserted before name postings or
+        card records were written are found by their identifiers and cards (as after a single POST killed
+        between its write and its created event), and a rerun reports them unchanged."""
+        results: dict[int, RowResult] = {}
+        slow: list[tuple[int, dict[str, Any]]] = []
+        rows: list[tuple[int, dict[str, Any], list[str]]] = []
+        for n, item in items:
+            if isinstance(item, Exception):
+                results[n] = RowResult(n, "rejected", reason=str(item))
+                continue
+            try:
+                prepared = self._prepare(n, item)
+            except FhirError as err:
+                results[n] = _rejected(n, err)
+                continue
+            if isinstance(prepared, RowResult):
+                results[n] = prepared
+                continue
+            keys = [e.key for e in self.index.entries(prepared)]
+            if keys:
+                rows.append((n, prepared, keys))
+            else:
+                slow.append((n, prepared))
+        seen: dict[str, int] = {}
+        for _, _, keys in rows:
+            for key in keys:
+                seen[key] = seen.get(key, 0) + 1
+        fast = [(n, res, keys) for n, res, keys in rows if all(seen[k] == 1 for k in keys)]
+        slow += [(n, res) for n, res, keys in rows if not all(seen[k] == 1 for k in keys)]
+        if fast:
+            slow += self._write_new(fast, results)
+        for n, res in sorted(slow, key=lambda r: r[0]):
+            try:
+                results[n] = self._write_one(n, res)
+            except FhirError as err:
+                results[n] = _rejected(n, err)
+            finally:
+                self.hooks.release()
+        return [results[n] for n, _ in items]
+
+    def _write_new(self, rows: list[tuple[int, dict[str, Any], list[str]]],
+                   results: dict[int, RowResult]) -> list[tuple[int, dict[str, Any]]]:
+        """Steps 2-5 of process_batch for rows whose identifiers no other row of the batch has; returns the
+        rows left to the one-row path."""
+        leases = self.svc.leases
+        token, busy = leases.hold_many(["mpi|" + k for _, _, keys in rows for k in keys])
+        slow: list[tuple[int, dict[str, Any]]] = []
+        try:
+            mine = []
+            for n, res, keys in rows:
+                if any("mpi|" + k in busy for k in keys):
+                    slow.append((n, res))
+                else:
+                    mine.append((n, res, keys))
+            pids = {n: new_id() for n, _, _ in mine}
+            taken = self.index.claim_new_many({k: pids[n] for n, _, keys in mine for k in keys})
+            fresh: list[tuple[int, dict[str, Any], list[str]]] = []
+            drop: list[str] = []
+            for n, res, keys in mine:
+                if taken.intersection(keys):
+                    slow.append((n, res))
+                    drop += [k for k in keys if k not in taken]
+                else:
+                    fresh.append((n, res, keys))
+            self.index.drop_fresh_claims(drop)
+            names: dict[str, list[str]] = {}
+            items = []
+            for n, res, keys in fresh:
+                extra = {"allow_legacy": True, BATCH_CLAIMED: (pids[n], set(keys)), BATCH_NAMES: names}
+                items.append((res, WriteContext(province=self.province, client_id="ehc-import", extra=extra)))
+            cards = self._cards()
+            with cards.batched() if cards is not None else nullcontext():
+                stored = self.svc.repo.create_many("Patient", items)
+                self.index.add_names_many(names)
+            refused: list[str] = []
+            for (n, res, keys), out in zip(fresh, stored, strict=True):
+                if isinstance(out, FhirError):
+                    slow.append((n, res))
+                    refused += keys
+                else:
+                    outcome = "created" if out.vid == 1 else "linked"
+                    results[n] = RowResult(n, outcome, out.id, _card(out.resource or {}))
+            self.index.drop_fresh_claims(refused)
+        finally:
+            leases.release_many(token)
+        return slow
+
+    def _cards(self) -> Any:
+        service = self.svc.extensions.get("ehc")
+        cards = getattr(service, "cards", None)
+        return cards if cards is not None and hasattr(cards, "batched") else None
 
     def _existing(self, resource: dict[str, Any]) -> dict[str, Any] | None:
         """The registered resident holding every identifier of the row, or None when something is new or
@@ -285,6 +420,16 @@ class Importer:
         return counts
 
     def _results(self, rows: Iterator[tuple[int, Any]], workers: int) -> Iterator[RowResult]:
+        if self.batch_size > 1:
+            batch: list[tuple[int, Any]] = []
+            for n, item in rows:
+                batch.append((n, item))
+                if len(batch) >= self.batch_size:
+                    yield from self.process_batch(batch)
+                    batch = []
+            if batch:
+                yield from self.process_batch(batch)
+            return
         if workers <= 1:
             for n, item in rows:
                 yield self.process(n, item)
@@ -298,6 +443,12 @@ class Importer:
                     yield window.pop(0).result()
             for fut in window:
                 yield fut.result()
+
+
+def _rejected(n: int, err: FhirError) -> RowResult:
+    where = ", ".join(e for i in err.issues for e in i.expression)
+    reason = "; ".join(i.diagnostics for i in err.issues)
+    return RowResult(n, "rejected", reason=f"{err.status} {reason}" + (f" ({where})" if where else ""))
 
 
 def _card(resource: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
@@ -30,7 +30,7 @@ from app.keyring import Keyring
 from app.mpi.identifiers import IdentifierInvalid, IdentifierRegistry
 from app.mpi.matching import name_keys
 from app.store.keys import KeyIndex, identifier_key
-from app.store.repository import Repository
+from app.store.repository import Repository, insert_postings
 
 MAX_LINK_HOPS = 5
 BULK_CHUNK = 50  # FerretDB v1.24 stops answering on one bulk update of ~100 existing documents
@@ -137,6 +137,28 @@ class MasterIndex:
             return {ordered[e["index"]] for e in errors}
         return set()
 
+    def claim_new_many(self, claims: dict[str, str]) -> set[str]:
+        """`claim_new` for a batch (claim key -> patient id; the caller holds the keys' leases): one insert_many
+        of every claim; returns the keys that had a claim already, which are left as they were."""
+        ordered = sorted(claims)
+        if not ordered:
+            return set()
+        try:
+            self.claims.insert_many([{"_id": k, "p": claims[k]} for k in ordered], ordered=False)
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            return {ordered[e["index"]] for e in errors}
+        return set()
+
+    def drop_fresh_claims(self, keys: Iterable[str]) -> None:
+        """Drop claims this caller has just inserted and still holds the leases of (nobody else can have
+        changed them), in one command of `_id` deletes."""
+        ordered = sorted(set(keys))
+        if ordered:
+            self.claims.bulk_write([DeleteOne({"_id": k}) for k in ordered], ordered=False)
+
     def write_claims(self, keys: Iterable[str], pid: str) -> None:
         bulk(self.claims, [({"_id": k}, {"$set": {"p": pid}}, True) for k in sorted(set(keys))])
 
@@ -160,6 +182,11 @@ class MasterIndex:
     def index_names(self, pid: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
         new, old = self.name_postings(resource), self.name_postings(previous)
         self.name_lists.change(pid, new - old, old - new)
+
+    def add_names_many(self, postings: dict[str, list[str]]) -> None:
+        """The name postings of a batch of new residents (name key -> patient ids): one insert of the lists
+        that are new, updates of the others."""
+        insert_postings(self.name_lists, postings)
 
     def name_candidates(self, query: dict[str, Any]) -> list[str]:
         keys = set(name_keys(query))

@@ -17,7 +17,9 @@ read it already may pass it the same way.
 created / updated / deleted: claims of removed identifiers are dropped, name postings follow the record.
 
 WriteContext.extra: "allow_legacy" (bulk import: 15-digit ID numbers), "mpi_trusted" (the server writes
-server-issued identifiers, e.g. $merge), "mpi_merge_from" (claims of that Patient may move).
+server-issued identifiers, e.g. $merge), "mpi_merge_from" (claims of that Patient may move); BATCH_CLAIMED and
+BATCH_NAMES (the bulk import's batches of new residents: leases and claims taken for the whole batch, name
+postings written for the whole batch).
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ from app.store.repository import WriteContext
 # StoreEvent.extra key: (patient id, its stored document or None) as read by a pre-write handler of this event,
 # so that the handlers after it (the card) do not read the same version again.
 PATIENT_DOC = PRIOR_DOC
+# WriteContext.extra keys of the bulk import's batches (app.mpi.importer): (patient id, claim keys) whose leases
+# the import holds and whose claims it inserted naming that id; and the dict collecting the name postings of the
+# batch's new residents (name key -> patient ids), written in one go by MasterIndex.add_names_many.
+BATCH_CLAIMED = "mpi_batch_claimed"
+BATCH_NAMES = "mpi_batch_names"
+
+
+def ctx_extra(event: StoreEvent) -> dict[str, Any]:
+    return event.context.extra if isinstance(event.context, WriteContext) else {}
 
 
 class MpiHooks:
@@ -113,6 +124,13 @@ class MpiHooks:
         prior_keys = {e.key for e in self.index.entries(prior)}
         new_entries = [e for e in self.index.entries(res) if e.key not in prior_keys]
         if not new_entries:
+            return
+        claimed = ctx.extra.get(BATCH_CLAIMED)
+        if claimed is not None and not is_update and not rid and {e.key for e in new_entries} <= claimed[1]:
+            # The bulk import holds the leases of every identifier and has inserted each claim naming claimed[0]
+            # (no claim existed): a new resident, settled as below for claims this handler inserted itself.
+            res["_ehc_existing"] = claimed[0]
+            ctx.extra["mpi_new_id"] = claimed[0]
             return
         pid = rid or new_id()
         self.acquire(["mpi|" + e.key for e in new_entries], pid)
@@ -206,7 +224,12 @@ class MpiHooks:
             new = {e.key for e in self.index.entries(res)}
             if old - new:
                 self.index.drop_claims(old - new, pid)
-            self.index.index_names(pid, res, event.previous)
+            names = ctx_extra(event).get(BATCH_NAMES)
+            if names is not None and event.previous is None:  # a batch of new residents: written with the batch
+                for key in self.index.name_postings(res):
+                    names.setdefault(key, []).append(pid)
+            else:
+                self.index.index_names(pid, res, event.previous)
         finally:
             self.release(pid)
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.core.errors import FhirError
 from app.core.timeutil import utcnow
@@ -65,3 +65,29 @@ class Leases:
             # (FerretDB serialises findAndModify), so we never delete a lease taken over meanwhile.
             # (_leases stays tiny, so this two-field filter is cheap even where only _id filters use an index.)
             self.col.find_one_and_delete({"_id": name, "token": token})
+
+    def hold_many(self, names: list[str]) -> tuple[str, set[str]]:
+        """Take the free leases among `names` in one insert_many, all under one token (a batch of the bulk
+        import); returns (token, the names that were held by someone else and are NOT taken). Nothing waits: a
+        caller sends what it could not take to the one-name path (`hold`), which waits or takes over an expired
+        lease. Release what was taken with `release_many(token)`; a process killed before that leaves leases
+        that expire after `ttl` seconds like any other."""
+        token = uuid.uuid4().hex
+        ordered = sorted(set(names))
+        if not ordered:
+            return token, set()
+        until = utcnow() + timedelta(seconds=self.ttl)
+        try:
+            self.col.insert_many([{"_id": n, "token": token, "until": until} for n in ordered], ordered=False)
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                self.release_many(token)
+                raise
+            return token, {ordered[e["index"]] for e in errors}
+        return token, set()
+
+    def release_many(self, token: str) -> None:
+        """Release every lease taken under `token` (one command; a lease taken over after it expired has
+        another token and stays)."""
+        self.col.delete_many({"token": token})

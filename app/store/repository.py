@@ -22,7 +22,7 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.core.access import Change, Decision
 from app.core.errors import FhirError, conflict, forbidden, gone, not_found, precondition_failed, unprocessable
@@ -270,6 +270,66 @@ class Repository:
             self.events.fire(StoreEvent(event, resource_type, stored.resource, context, previous=previous))
             return stored
         raise conflict(f"{resource_type}/{rid} is being changed by many requests at once; retry")
+
+    def create_many(self, resource_type: str, items: list[tuple[dict[str, Any], WriteContext]]
+                    ) -> list[Stored | FhirError]:
+        """Create many resources with the commands of a few (the bulk import's batches): per resource the
+        same pre-create events, reference check and change gate (`prepare_version`) as `create`; then the
+        posting lists of all of them (one insert of the new heads, updates only for heads that exist), one
+        insert_many of the documents, and the created event of each, in order, so that every subscriber sees
+        each resource as after `create`. A resource whose pre-create handler or change gate refuses it, or
+        whose insert fails, gets its FhirError in its place of the answer and is not written; a pre-create
+        handler that turns the create into an update of a stored record (the master index's `_ehc_existing`
+        naming a registered resident) is written by `update`, one at a time, as `create` would.
+
+        Crash safety: the posting lists are written before the documents (a list may name an id that does not
+        exist; every candidate is re-checked), so a process killed at any point leaves documents that are
+        found, and no document half-written. Subscribers' created events that had not run yet are those of
+        a killed single create too."""
+        self.check_type(resource_type)
+        out: list[Stored | FhirError | None] = [None] * len(items)
+        pending: list[tuple[int, dict[str, Any], WriteContext]] = []
+        codes = self._reference_codes.get(resource_type, ())
+        postings: dict[str, list[str]] = {}
+        for i, (resource, context) in enumerate(items):
+            resource = copy.deepcopy(resource)
+            resource["resourceType"] = resource_type
+            try:
+                self.events.fire(StoreEvent("pre-create", resource_type, resource, context))
+                existing_id = resource.pop("_ehc_existing", None)
+                if existing_id and context.extra.get("mpi_new_id") != existing_id:
+                    out[i] = self.update(resource_type, existing_id, resource, context=context, fire_pre=False,
+                                         registration=True)
+                    continue
+                rid = existing_id or new_id()
+                resource["id"] = rid
+                self.check_references(resource_type, resource)
+                doc = self.prepare_version(resource_type, rid, None, resource, context, utcnow(),
+                                           registration=bool(existing_id))
+            except FhirError as err:
+                out[i] = err
+                continue
+            for key in sorted(keys_for(resource_type, doc.get("ix", {}), codes)):
+                postings.setdefault(key, []).append(rid)
+            pending.append((i, doc, context))
+        if pending:
+            insert_postings(self.keys, postings)
+            failed: set[int] = set()
+            try:
+                self.current(resource_type).insert_many([doc for _, doc, _ in pending], ordered=False)
+            except BulkWriteError as err:
+                errors = err.details.get("writeErrors") or []
+                if not errors or any(e.get("code") != 11000 for e in errors):
+                    raise
+                failed = {e["index"] for e in errors}
+            for j, (i, doc, context) in enumerate(pending):
+                if j in failed:
+                    out[i] = conflict(f"{resource_type}/{doc['_id']} exists already; retry")
+                    continue
+                stored = Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
+                self.events.fire(StoreEvent("created", resource_type, stored.resource, context))
+                out[i] = stored
+        return [o if o is not None else conflict("not written") for o in out]
 
     def delete(self, resource_type: str, rid: str, *, if_match: int | None = None,
                context: WriteContext | None = None, cascade: bool = False) -> Stored | None:
@@ -563,6 +623,22 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
         return out
 
     return strip(stored) == strip(new)
+
+
+def insert_postings(index: KeyIndex, postings: dict[str, list[str]]) -> None:
+    """Add ids to posting lists (key -> ids) when most of the lists are new (a batch of new resources): one
+    insert_many of the heads `{_id: key, ids}` of them all (the form an upsert gives a new head); the keys
+    that have a head already get the ids by `KeyIndex.add_many`."""
+    heads = [{"_id": k, "ids": list(dict.fromkeys(v))} for k, v in sorted(postings.items()) if v]
+    if not heads:
+        return
+    try:
+        index.col.insert_many(heads, ordered=False)
+    except BulkWriteError as err:
+        errors = err.details.get("writeErrors") or []
+        if not errors or any(e.get("code") != 11000 for e in errors):
+            raise
+        index.add_many({heads[e["index"]]["_id"]: heads[e["index"]]["ids"] for e in errors})
 
 
 class _VersionTaken(Exception):
