@@ -227,6 +227,7 @@ class Importer:
         self.province = province or svc.settings.province
         self._check_structure = True  # CSV rows are built here, valid by construction
         self.batch_size = batch_size  # rows written together (process_batch); 1: one row at a time
+        self._pool: ThreadPoolExecutor | None = None  # the one-row path of a batch's other rows (--workers)
 
     def process(self, n: int, item: dict[str, Any] | Exception) -> RowResult:
         if isinstance(item, Exception):
@@ -321,14 +322,33 @@ class Importer:
         slow += [(n, res) for n, res, keys in rows if not all(seen[k] == 1 for k in keys)]
         if fast:
             slow += self._write_new(fast, results)
-        for n, res in sorted(slow, key=lambda r: r[0]):
-            try:
-                results[n] = self._write_one(n, res)
-            except FhirError as err:
-                results[n] = _rejected(n, err)
-            finally:
-                self.hooks.release()
+        # The one-row path. Rows sharing no identifier with another of them do not depend on each other's
+        # order: they run on the pool (--workers); the others one after the other, in input order.
+        slow.sort(key=lambda r: r[0])
+        shared: dict[str, int] = {}
+        slow_keys = {n: [e.key for e in self.index.entries(res)] for n, res in slow}
+        for keys in slow_keys.values():
+            for key in keys:
+                shared[key] = shared.get(key, 0) + 1
+        apart = [(n, res) for n, res in slow if all(shared[k] == 1 for k in slow_keys[n])]
+        together = [(n, res) for n, res in slow if any(shared[k] > 1 for k in slow_keys[n])]
+        pool = self._pool
+        if pool is not None and len(apart) > 1:
+            for (n, _), result in zip(apart, pool.map(lambda r: self._one(*r), apart), strict=True):
+                results[n] = result
+        else:
+            together = sorted(apart + together, key=lambda r: r[0])
+        for n, res in together:
+            results[n] = self._one(n, res)
         return [results[n] for n, _ in items]
+
+    def _one(self, n: int, res: dict[str, Any]) -> RowResult:
+        try:
+            return self._write_one(n, res)
+        except FhirError as err:
+            return _rejected(n, err)
+        finally:
+            self.hooks.release()  # nothing may outlive the row
 
     def _write_new(self, rows: list[tuple[int, dict[str, Any], list[str]]],
                    results: dict[int, RowResult]) -> list[tuple[int, dict[str, Any]]]:
@@ -421,14 +441,21 @@ class Importer:
 
     def _results(self, rows: Iterator[tuple[int, Any]], workers: int) -> Iterator[RowResult]:
         if self.batch_size > 1:
-            batch: list[tuple[int, Any]] = []
-            for n, item in rows:
-                batch.append((n, item))
-                if len(batch) >= self.batch_size:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ehc-import") if workers > 1 else None
+            self._pool = pool
+            try:
+                batch: list[tuple[int, Any]] = []
+                for n, item in rows:
+                    batch.append((n, item))
+                    if len(batch) >= self.batch_size:
+                        yield from self.process_batch(batch)
+                        batch = []
+                if batch:
                     yield from self.process_batch(batch)
-                    batch = []
-            if batch:
-                yield from self.process_batch(batch)
+            finally:
+                self._pool = None
+                if pool is not None:
+                    pool.shutdown()
             return
         if workers <= 1:
             for n, item in rows:

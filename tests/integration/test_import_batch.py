@@ -125,7 +125,7 @@ def test_batches_store_what_one_row_at_a_time_stores(pair: tuple[Importer, Impor
         assert imp.run(write_csv(tmp_path / "before.csv", before), tmp_path / "before-report.csv",
                        progress=False)["created"] == 1
     src = write_csv(tmp_path / "in.csv", rows_of_every_kind())
-    counts_b = batched.run(src, tmp_path / "batched.csv", progress=False)
+    counts_b = batched.run(src, tmp_path / "batched.csv", progress=False, workers=4)
     counts_s = single.run(src, tmp_path / "single.csv", progress=False)
     assert counts_b == counts_s
     assert counts_b == {"created": 59, "linked": 3, "unchanged": 1, "rejected": 7}
@@ -139,7 +139,7 @@ def test_batches_store_what_one_row_at_a_time_stores(pair: tuple[Importer, Impor
     for part in seen_b:
         assert seen_b[part] == seen_s[part], part
     # A rerun, in batches, changes nothing: every row unchanged or rejected as before, nothing written.
-    counts_again = batched.run(src, tmp_path / "again.ndjson", progress=False)
+    counts_again = batched.run(src, tmp_path / "again.ndjson", progress=False, workers=4)
     assert counts_again == {"created": 0, "linked": 0, "unchanged": 63,
                             "rejected": counts_b["rejected"]}
     again = read_report(tmp_path / "again.ndjson")
