@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -60,6 +61,10 @@ GENDERS = {"male": "male", "m": "male", "男": "male", "1": "male", "female": "f
 COMPOUND_SURNAMES = frozenset("欧阳 司马 上官 诸葛 东方 皇甫 尉迟 公孙 慕容 长孙 宇文 司徒 夏侯 轩辕 令狐 钟离 "
                               "闻人 澹台 公羊 赫连 端木 独孤 南宫 万俟 呼延 申屠 百里 东郭 西门 太史".split())
 Validate = Callable[[dict[str, Any]], list[str]]
+# A batch must be written well within the leases' time (Leases.ttl, 10 s: then a waiter takes an expired lease
+# over). 500 new residents take about 1-2 s on a loaded machine; a batch slower than this halves the next ones.
+BATCH_SECONDS = 2.5
+MIN_BATCH = 25
 
 
 class RowRejected(ValueError):
@@ -228,6 +233,7 @@ class Importer:
         self._check_structure = True  # CSV rows are built here, valid by construction
         self.batch_size = batch_size  # rows written together (process_batch); 1: one row at a time
         self._pool: ThreadPoolExecutor | None = None  # the one-row path of a batch's other rows (--workers)
+        self.held_seconds = 0.0  # how long the last batch held its leases
 
     def process(self, n: int, item: dict[str, Any] | Exception) -> RowResult:
         if isinstance(item, Exception):
@@ -355,6 +361,7 @@ class Importer:
         """Steps 2-5 of process_batch for rows whose identifiers no other row of the batch has; returns the
         rows left to the one-row path."""
         leases = self.svc.leases
+        started = time.monotonic()
         token, busy = leases.hold_many(["mpi|" + k for _, _, keys in rows for k in keys])
         slow: list[tuple[int, dict[str, Any]]] = []
         try:
@@ -395,6 +402,7 @@ class Importer:
             self.index.drop_fresh_claims(refused)
         finally:
             leases.release_many(token)
+            self.held_seconds = time.monotonic() - started
         return slow
 
     def _cards(self) -> Any:
@@ -444,12 +452,16 @@ class Importer:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ehc-import") if workers > 1 else None
             self._pool = pool
             try:
+                size = self.batch_size
                 batch: list[tuple[int, Any]] = []
                 for n, item in rows:
                     batch.append((n, item))
-                    if len(batch) >= self.batch_size:
+                    if len(batch) >= size:
+                        self.held_seconds = 0.0
                         yield from self.process_batch(batch)
                         batch = []
+                        if self.held_seconds > BATCH_SECONDS:  # keep batches well inside the leases' time
+                            size = max(MIN_BATCH, size // 2)
                 if batch:
                     yield from self.process_batch(batch)
             finally:

@@ -326,7 +326,7 @@ class Repository:
                 if j in failed:
                     out[i] = conflict(f"{resource_type}/{doc['_id']} exists already; retry")
                     continue
-                stored = Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
+                stored = Stored.from_doc(resource_type, self.decode(doc, owned=True))  # type: ignore[arg-type]
                 self.events.fire(StoreEvent("created", resource_type, stored.resource, context))
                 out[i] = stored
         return [o if o is not None else conflict("not written") for o in out]
