@@ -320,7 +320,7 @@ def write_report(results: dict[str, Any], out: Path, doc: Path) -> str:
               "jobs such as the audit sealer included)."]
     for r in runs:
         if r.get("measured"):
-            lines.append(f"{r['seed']['patients']:,} residents measured {r['measured']} (medians of the rounds).")
+            lines.append(f"{r['seed']['patients']:,} residents measured {r['measured']} (medians of the rounds).  ")
     lines += ["", f"Machine: {platform.node()}, {os.cpu_count()} CPUs shared with other work, Python "
               f"{platform.python_version()}; server: {base.get('server', '`ehc serve`')}."]
     for r in runs:
@@ -382,8 +382,9 @@ def measure_interleaved(args: argparse.Namespace) -> int:
                                "p95_rounds": [m[kind]["p95"] for m in ms]}
             merged.append(entry)
         results[size]["measure"] = merged
-        results[size]["measured"] = (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, interleaved with "
-                                     f"{', '.join(s for s in rounds if s != size)} in {args.rounds} rounds")
+        others = ", ".join(f"{int(s):,}" for s in rounds if s != size)
+        results[size]["measured"] = (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, interleaved with {others} residents "
+                                     f"in {args.rounds} rounds")
         if args.note:
             results[size]["note"] = args.note
     args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -407,11 +408,15 @@ def main() -> int:
                     help="no seeding: measure data dirs kept by earlier runs (--keep), interleaved in --rounds, "
                     "SIZE being the residents they were reported with")
     ap.add_argument("--rounds", type=int, default=3, help="with --measure")
+    ap.add_argument("--report", action="store_true", help="only rewrite the report from --results")
     ap.add_argument("--keep", action="store_true", help="keep the data dir")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "benchmarks" / "scale.json")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "scale.md")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
+    if args.report:
+        print(write_report(json.loads(args.results.read_text()), args.out, args.doc))
+        return 0
     if args.measure:
         return measure_interleaved(args)
     if args.data_dir is None:
