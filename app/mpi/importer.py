@@ -445,6 +445,10 @@ class Importer:
                 write(result)
                 bar.update(1)
         bar.close()
+        # Posting lists that grew past a segment are rolled by background threads: let them finish before the
+        # command closes the database (a batch adds many ids to a common name's list at once).
+        self.index.name_lists.roller.wait()
+        self.svc.repo.keys.roller.wait()
         return counts
 
     def _results(self, rows: Iterator[tuple[int, Any]], workers: int) -> Iterator[RowResult]:
