@@ -195,3 +195,28 @@ def test_commands_per_batch_of_new_residents(pair: tuple[Importer, Importer], tm
     assert [r.outcome for r in results] == ["unchanged"] * 20
     assert not [c for c in again if c.name in ("insert", "update", "delete", "findAndModify")
                 and c.collection in ("Patient", "mpi_names", "ehc_cards", "_keys")]
+
+
+def test_a_lease_held_elsewhere_sends_its_row_to_the_one_row_path(pair: tuple[Importer, Importer],
+                                                                  tmp_path: Path) -> None:
+    from app.core.timeutil import utcnow
+
+    batched, _ = pair
+    rows = [row("lease-hosp", f"L{i}", "郑" + "甲乙丙"[i % 3], id_number("320103", "1971-03-03", 500 + 2 * i))
+            for i in range(6)]
+    # A writer that died holding the lease of row 3's record number: expired, so the one-row path takes it over.
+    key = batched.index.claim_key("urn:ehc:mrn:lease-hosp", "L2")
+    leases = batched.svc.repo.db["_leases"]
+    leases.insert_one({"_id": "mpi|" + key, "token": "dead-writer", "until": utcnow() - timedelta(seconds=1)})
+    taken_over: list[str] = []
+    batched.svc.leases.before_takeover = lambda held: taken_over.append(held["_id"])
+    try:
+        counts = batched.run(write_csv(tmp_path / "lease.csv", rows), tmp_path / "lease-report.csv",
+                             progress=False)
+    finally:
+        batched.svc.leases.before_takeover = None
+    assert counts == {"created": 6, "linked": 0, "unchanged": 0, "rejected": 0}
+    assert taken_over == ["mpi|" + key]  # row 3 went through the one-row path, which took the lease over
+    assert leases.count_documents({}) == 0
+    report = read_report(tmp_path / "lease-report.csv")
+    assert len({r["patient_id"] for r in report}) == 6
