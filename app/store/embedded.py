@@ -3,9 +3,9 @@
 FerretDB is built from the Go module proxy on first use. `go install ...ferretdb@v1.24.2` cannot be used
 as-is: the module zip lacks the generated build/version/version.txt (the binary panics at start), and the
 proxy here refuses the version-list lookup that `go install` makes. So we download the module, write
-version.txt, apply one patch (below) and `go build` it.
+version.txt, apply our patches (below) and `go build` it.
 
-Two patches (PATCHES below), each checked to apply exactly once:
+The patches (PATCHES and SJSON_DECODERS below), each checked to apply exactly once:
 1. v1.24.2's SQLite backend creates its unique _id index on `_ferretdb_sjson->"_id"` but pushes `_id`
    filters down as `_ferretdb_sjson->'$._id'`; SQLite only uses an expression index for the identical
    expression, so every lookup by _id scanned the whole table (31 lookups/s at 20,000 documents). Making
@@ -14,12 +14,19 @@ Two patches (PATCHES below), each checked to apply exactly once:
    so concurrent updates of one document lose each other's changes (8 threads x 100 `$addToSet`: 216 of
    800 kept; `$inc` likewise). MongoDB makes single-document updates atomic; one mutex around those two
    commands restores that (SQLite writes one transaction at a time anyway).
+3. Cheaper reads and writes, no change of behaviour. Every document read decodes its stored JSON value by
+   value, and each value went through a new json.Decoder (a buffer and a scanner each) plus a check that
+   nothing was left: json.Unmarshal does the same validation in one call (values are FerretDB's own output).
+   And every query iterator was tracked for leaks with a captured stack, a pprof profile entry and a finalizer:
+   FerretDB's own test aid, about 15 % of the CPU of a `find`; it is switched off. Together, the database's CPU
+   per `find` by `_id` fell by about 38 %, per batched delete by a third (docs/benchmarks/db-cost.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,8 +54,34 @@ PATCHES = [
     ("internal/handler/msg_update.go", _UPDATE_FN,
      "// rmwMu makes read-modify-write commands atomic (ehc patch).\nvar rmwMu sync.Mutex\n\n" + _UPDATE_FN + _LOCK),
     ("internal/handler/msg_findandmodify.go", _FAM_FN, _FAM_FN + _LOCK),
+    # 3. no leak tracking of every iterator (a stack, a profile entry and a finalizer each)
+    ("internal/util/resource/resource.go", "var profilesM sync.Mutex",
+     "// trackResources: leak tracking is FerretDB's own test aid (ehc patch).\nvar trackResources = false\n\n"
+     "var profilesM sync.Mutex"),
+    *[("internal/util/resource/resource.go", fn, fn + "\n\tif !trackResources {\n\t\treturn\n\t}\n")
+      for fn in ("func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n",
+                 "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n")],
+    # 3. a stored document's fields decoded with json.Unmarshal, not a Decoder and a check of what is left
+    ("internal/handler/sjson/sjson.go",
+     "\tvar v map[string]json.RawMessage\n\tr := bytes.NewReader(data)\n\tdec := json.NewDecoder(r)\n\n"
+     "\terr := dec.Decode(&v)\n\tif err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n\n"
+     "\tif err = checkConsumed(dec, r); err != nil {\n\t\treturn nil, lazyerrors.Error(err)\n\t}\n",
+     "\tvar v map[string]json.RawMessage\n\tif err := json.Unmarshal(data, &v); err != nil {\n"
+     "\t\treturn nil, lazyerrors.Error(err)\n\t}\n"),
+    ("internal/handler/sjson/sjson.go", "\tr = bytes.NewReader(jsch)\n\tdec = json.NewDecoder(r)\n",
+     "\tr := bytes.NewReader(jsch)\n\tdec := json.NewDecoder(r)\n"),
 ]
-BUILD_TAG = f"{FERRETDB_VERSION}-ehc2"  # bump when the patch changes
+# 3. each value type's UnmarshalJSON: a new Decoder per value, then checkConsumed -> json.Unmarshal (one per file)
+SJSON_DECODERS = ("array", "bool", "datetime", "document", "double", "int32", "int64", "object_id", "regex",
+                  "string", "timestamp")
+_SJSON_DECODE = re.compile(
+    r"\tr := bytes\.NewReader\(data\)\n\tdec := json\.NewDecoder\(r\)\n(?:\tdec\.DisallowUnknownFields\(\)\n)?\n"
+    r"\tvar (\w+) ([\w.\[\]]+)\n"
+    r"\tif err := dec\.Decode\(&\1\); err != nil \{\n\t\treturn lazyerrors\.Error\(err\)\n\t\}\n\n"
+    r"\tif err := checkConsumed\(dec, r\); err != nil \{\n\t\treturn lazyerrors\.Error\(err\)\n\t\}\n")
+_SJSON_UNMARSHAL = ("\tvar \\1 \\2\n"
+                    "\tif err := json.Unmarshal(data, &\\1); err != nil {\n\t\treturn lazyerrors.Error(err)\n\t}\n")
+BUILD_TAG = f"{FERRETDB_VERSION}-ehc3"  # bump when the patches change
 
 
 class EmbeddedDatabaseError(RuntimeError):
@@ -93,6 +126,22 @@ def install_ferretdb(target: Path | None = None) -> Path:
         return _build_ferretdb(target)
 
 
+def _patch(src: Path) -> None:
+    """Apply PATCHES and the SJSON_DECODERS rewrite to the FerretDB source; each must match exactly once."""
+    for name, find, replace in PATCHES:
+        path = src / name
+        text = path.read_text()
+        if text.count(find) != 1:
+            raise EmbeddedDatabaseError(f"FerretDB source changed; cannot apply our patch to {name}")
+        path.write_text(text.replace(find, replace))
+    for name in SJSON_DECODERS:
+        path = src / "internal" / "handler" / "sjson" / f"{name}.go"
+        text, found = _SJSON_DECODE.subn(_SJSON_UNMARSHAL, path.read_text())
+        if found != 1:
+            raise EmbeddedDatabaseError(f"FerretDB source changed; cannot apply our patch to sjson/{name}.go")
+        path.write_text(text)
+
+
 def _build_ferretdb(target: Path) -> Path:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if not go:
@@ -107,12 +156,7 @@ def _build_ferretdb(target: Path) -> Path:
         for path in src.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         (src / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
-        for name, find, replace in PATCHES:
-            path = src / name
-            text = path.read_text()
-            if text.count(find) != 1:
-                raise EmbeddedDatabaseError(f"FerretDB source changed; cannot apply our patch to {name}")
-            path.write_text(text.replace(find, replace))
+        _patch(src)
         _log("compiling (go build ./cmd/ferretdb)...")
         # A temporary name of our own in the target folder, then an atomic rename.
         fd, partial_name = tempfile.mkstemp(prefix="ferretdb-", suffix=".partial", dir=target.parent)
