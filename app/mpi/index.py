@@ -125,17 +125,7 @@ class MasterIndex:
     def claim_new(self, keys: Iterable[str], pid: str) -> set[str]:
         """Insert a claim naming pid for every key that has none, in one round trip (the caller holds the
         keys' leases); returns the keys that had a claim already, which are left as they were."""
-        ordered = sorted(set(keys))
-        if not ordered:
-            return set()
-        try:
-            self.claims.insert_many([{"_id": k, "p": pid} for k in ordered], ordered=False)
-        except BulkWriteError as err:
-            errors = err.details.get("writeErrors") or []
-            if not errors or any(e.get("code") != 11000 for e in errors):
-                raise
-            return {ordered[e["index"]] for e in errors}
-        return set()
+        return self.claim_new_many(dict.fromkeys(keys, pid))
 
     def claim_new_many(self, claims: dict[str, str]) -> set[str]:
         """`claim_new` for a batch (claim key -> patient id; the caller holds the keys' leases): one insert_many

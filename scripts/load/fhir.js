@@ -14,6 +14,7 @@
 //   -> create Observation (LOINC 8867-4 heart rate, valueQuantity) for it
 //   -> search Observation?patient=<id>&code=http://loinc.org|8867-4 -> delete the Observation
 import http from 'k6/http';
+import encoding from 'k6/encoding';
 import exec from 'k6/execution';
 import { Counter, Gauge } from 'k6/metrics';
 
@@ -59,7 +60,21 @@ export const options = {
 const HDRS = { 'Content-Type': 'application/fhir+json', 'Accept': 'application/fhir+json' };
 if (__ENV.TOKEN) HDRS['Authorization'] = `Bearer ${__ENV.TOKEN}`;
 
-function p(op) { reqTs.add(Date.now()); return { headers: HDRS, tags: { op, name: op } }; }
+// Long runs (a soak): with TOKEN_URL, CLIENT_ID and CLIENT_SECRET each VU gets its own client-credentials token
+// and renews it a minute before it expires, as a real backend client does (tokens live minutes).
+let renewAt = 0;
+function renewToken() {
+  if (!__ENV.TOKEN_URL || Date.now() < renewAt) return;
+  const r = http.post(__ENV.TOKEN_URL, { grant_type: 'client_credentials', scope: __ENV.SCOPE || 'system/*.cruds' },
+    { headers: { Authorization: `Basic ${encoding.b64encode(`${__ENV.CLIENT_ID}:${__ENV.CLIENT_SECRET}`)}` },
+      tags: { op: 'token', name: 'token' } });
+  if (r.status !== 200) throw new Error(`token: ${r.status} ${String(r.body).slice(0, 200)}`);
+  const t = JSON.parse(r.body);
+  HDRS['Authorization'] = `Bearer ${t.access_token}`;
+  renewAt = Date.now() + Math.max(10, (t.expires_in || 300) - 60) * 1000;
+}
+
+function p(op) { renewToken(); reqTs.add(Date.now()); return { headers: HDRS, tags: { op, name: op } }; }
 
 function check(op, res, expected, extraOk) {
   reqTs.add(Date.now());
@@ -135,6 +150,7 @@ const RUN_OFFSET = parseInt(__ENV.ID_OFFSET || String(Math.floor(Math.random() *
 
 export function setup() {
   if (SCENARIO !== 'read') return { offset: RUN_OFFSET };
+  renewToken();
   const ids = [];
   for (let i = 0; i < READ_POOL; i++) {
     const person = makePerson(RUN_OFFSET + 1000003 + i);
