@@ -120,7 +120,7 @@ def main() -> int:
              f"The request's own `find` is {rows[0][1] / total:.0%} of that: FerretDB v1 decodes the stored JSON "
              "value by value on every read. Of the audit path, the AuditEvent insert and the sealer's `delete` of "
              "the sealed pending records cost most; batching (group commit, the sealer's passes) keeps each at a "
-             "fraction of a single-document command (compare `insert_one`-sized costs in the first row)."]
+             "fraction of a single-document command."]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

@@ -30,7 +30,7 @@ from app.keyring import Keyring
 from app.mpi.identifiers import IdentifierInvalid, IdentifierRegistry
 from app.mpi.matching import name_keys
 from app.store.keys import KeyIndex, identifier_key
-from app.store.repository import Repository, insert_postings
+from app.store.repository import Repository
 
 MAX_LINK_HOPS = 5
 BULK_CHUNK = 50  # FerretDB v1.24 stops answering on one bulk update of ~100 existing documents
@@ -176,7 +176,7 @@ class MasterIndex:
     def add_names_many(self, postings: dict[str, list[str]]) -> None:
         """The name postings of a batch of new residents (name key -> patient ids): one insert of the lists
         that are new, updates of the others."""
-        insert_postings(self.name_lists, postings)
+        self.name_lists.add_new_many(postings)
 
     def name_candidates(self, query: dict[str, Any]) -> list[str]:
         keys = set(name_keys(query))

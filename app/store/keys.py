@@ -29,7 +29,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 log = logging.getLogger("ehc.store")
 
@@ -107,6 +107,25 @@ class KeyIndex:
         items = sorted((k, v) for k, v in postings.items() if v)
         self._apply([(k, {"$addToSet": {"ids": {"$each": ids}}}, True) for k, ids in items])
         self._count(items)
+
+    def add_new_many(self, postings: Mapping[str, list[str]]) -> None:
+        """add_many when most of the lists are new (a batch of new resources): one insert_many of their heads
+        `{_id: key, ids}` (the form an upsert gives a new head); keys that have a head already get their ids
+        through add_many."""
+        lists = [(k, list(dict.fromkeys(v))) for k, v in sorted(postings.items()) if v]
+        if not lists:
+            return
+        heads = [{"_id": k, "ids": ids} for k, ids in lists]
+        try:
+            self.col.insert_many(heads, ordered=False)
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors") or []
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            taken = {e["index"] for e in errors}
+            self.add_many({lists[i][0]: lists[i][1] for i in sorted(taken)})  # counted there
+            lists = [kv for i, kv in enumerate(lists) if i not in taken]
+        self._count(lists)
 
     def lookup(self, key: str, limit: int | None = None) -> list[str]:
         """The ids of a list, newest first (the head, then the segments from the last sealed); with `limit`,

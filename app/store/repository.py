@@ -313,7 +313,7 @@ class Repository:
                 postings.setdefault(key, []).append(rid)
             pending.append((i, doc, context))
         if pending:
-            insert_postings(self.keys, postings)
+            self.keys.add_new_many(postings)
             failed: set[int] = set()
             try:
                 self.current(resource_type).insert_many([doc for _, doc, _ in pending], ordered=False)
@@ -623,22 +623,6 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
         return out
 
     return strip(stored) == strip(new)
-
-
-def insert_postings(index: KeyIndex, postings: dict[str, list[str]]) -> None:
-    """Add ids to posting lists (key -> ids) when most of the lists are new (a batch of new resources): one
-    insert_many of the heads `{_id: key, ids}` of them all (the form an upsert gives a new head); the keys
-    that have a head already get the ids by `KeyIndex.add_many`."""
-    heads = [{"_id": k, "ids": list(dict.fromkeys(v))} for k, v in sorted(postings.items()) if v]
-    if not heads:
-        return
-    try:
-        index.col.insert_many(heads, ordered=False)
-    except BulkWriteError as err:
-        errors = err.details.get("writeErrors") or []
-        if not errors or any(e.get("code") != 11000 for e in errors):
-            raise
-        index.add_many({heads[e["index"]]["_id"]: heads[e["index"]]["ids"] for e in errors})
 
 
 class _VersionTaken(Exception):
