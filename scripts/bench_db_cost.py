@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -59,21 +60,19 @@ def shapes() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return stored_patient, pending, event
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ops", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=8, help="documents per batched insert or delete (group commit)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "db-cost.md")
-    args = ap.parse_args()
-    n, b = args.ops, args.batch
+Row = tuple[str, float, float]  # operation, database CPU ms, wall ms (per document)
+
+
+def measure_build(binary: Path | None, n: int, b: int) -> list[Row]:
+    """Every operation n times against a fresh database served by this FerretDB build (None: ours)."""
     tmp = Path(tempfile.mkdtemp(prefix="ehc-dbcost-"))
-    db_server = EmbeddedDatabase(tmp / "db", free_port())
+    db_server = EmbeddedDatabase(tmp / "db", free_port(), binary=binary)
     db_server.start()
     pid = db_server.running_pid()
     assert pid is not None
     patient, pending, event = shapes()
     ids = [str(uuid.uuid4()) for _ in range(n)]
-    rows: list[tuple[str, float, float]] = []
+    rows: list[Row] = []
     try:
         with MongoClient(db_server.uri) as client:
             db = client["cost"]
@@ -107,16 +106,47 @@ def main() -> int:
                     lambda: [db["_audit_pending"].bulk_write([DeleteOne({"_id": i}) for i in c]) for c in batches])
     finally:
         db_server.stop(timeout=5)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=8, help="documents per batched insert or delete (group commit)")
+    ap.add_argument("--compare", type=Path, help="another FerretDB binary to measure beside ours")
+    ap.add_argument("--compare-label", default="the other build")
+    ap.add_argument("--rounds", type=int, default=3, help="with --compare: alternating rounds per build")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "db-cost.md")
+    args = ap.parse_args()
+    n, b = args.ops, args.batch
+    builds: list[tuple[str, Path | None]] = [("this build", None)]
+    if args.compare:
+        builds.append((args.compare_label, args.compare))
+    runs: dict[str, list[list[Row]]] = {label: [] for label, _ in builds}
+    for _ in range(args.rounds if args.compare else 1):
+        for label, binary in builds:
+            runs[label].append(measure_build(binary, n, b))
+    table = {label: [(rs[0][i][0], statistics.median(r[i][1] for r in rs), statistics.median(r[i][2] for r in rs))
+                     for i in range(len(rs[0]))] for label, rs in runs.items()}
+    rows = table["this build"]
+    other = table.get(args.compare_label)
     total = sum(cpu for _, cpu, _ in rows)
+    head = "| operation | database CPU ms | wall ms |" + (f" {args.compare_label}: CPU ms |" if other else "")
     lines = ["# Database CPU per operation", "",
-             f"`python3 scripts/bench_db_cost.py --ops {n} --batch {b}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
+             f"`python3 scripts/bench_db_cost.py --ops {n} --batch {b}"
+             + (f" --compare ... --rounds {args.rounds}" if other else "")
+             + f"` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
              f"{platform.node()}, {os.cpu_count()} CPUs. The embedded FerretDB v1.24 (SQLite), fresh; {n:,} of each "
              "operation; CPU time of the database process per document (user + system), and wall time per "
              "document. Documents shaped as the server stores them (a Patient of about 1 KB with its index "
-             "values; a pending audit record; an AuditEvent).", "",
-             "| operation | database CPU ms | wall ms |", "|---|---:|---:|",
-             *[f"| {what} | {cpu:.3f} | {wall:.3f} |" for what, cpu, wall in rows],
-             f"| **a read request with its audit event** (the sum) | **{total:.3f}** | |", "",
+             "values; a pending audit record; an AuditEvent)."
+             + (f" Beside it, {args.compare_label}, measured alternately with this build, {args.rounds} rounds "
+                "each; medians of the rounds." if other else ""), "",
+             head, "|---|---:|---:|" + ("---:|" if other else ""),
+             *[f"| {what} | {cpu:.3f} | {wall:.3f} |" + (f" {other[i][1]:.3f} |" if other else "")
+               for i, (what, cpu, wall) in enumerate(rows)],
+             f"| **a read request with its audit event** (the sum) | **{total:.3f}** | |"
+             + (f" **{sum(c for _, c, _ in other):.3f}** |" if other else ""), "",
              f"The request's own `find` is {rows[0][1] / total:.0%} of that: FerretDB v1 decodes the stored JSON "
              "value by value on every read. Of the audit path, the AuditEvent insert and the sealer's `delete` of "
              "the sealed pending records cost most; batching (group commit, the sealer's passes) keeps each at a "
