@@ -20,25 +20,18 @@ from tests.browser.pages import check_page, wait_for
 from tests.browser.test_portal_journeys import _by_id, _click, _css
 from tests.integration.auth_helpers import account
 from tests.integration.federation_helpers import *  # noqa: F403 - the nodes fixture
-from tests.integration.federation_helpers import Node, consent_body, h, new_id_number, patient_body
+from tests.integration.federation_helpers import (
+    Node,
+    consent_body,
+    glucose,
+    h,
+    new_id_number,
+    patient_body,
+    post_resource,
+)
 from tests.integration.federation_helpers import wait_for as poll
 
 PHONE, PASSWORD = "13900031777", "a long password 31"
-LAB = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
-
-
-def _post(node: Node, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = requests.post(f"{node.base}/{body['resourceType']}", json=body, headers=h(token), timeout=20)
-    assert r.status_code in (200, 201), r.text
-    return dict(r.json())
-
-
-def _glucose(pid: str, value: float, day: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final", "category": [{"coding": [LAB]}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": day,
-            "valueQuantity": {"value": value, "unit": "mmol/L"},
-            "referenceRange": [{"low": {"value": 3.9}, "high": {"value": 6.1}}]}
 
 
 def _world(nodes: dict[str, Node]) -> dict[str, Any]:
@@ -47,14 +40,14 @@ def _world(nodes: dict[str, Node]) -> dict[str, Any]:
     sh = nodes["31"].client("system/Patient.cruds system/Observation.cruds", organization="org-sh-ruijin")
     t11, t31 = nodes["11"].token(bj), nodes["31"].token(sh)
     number = new_id_number()
-    p11 = _post(nodes["11"], t11, patient_body(number, "周", "敏"))
-    p31 = _post(nodes["31"], t31, patient_body(number, "周", "敏"))
+    p11 = post_resource(nodes["11"], t11, patient_body(number, "周", "敏"))
+    p31 = post_resource(nodes["31"], t31, patient_body(number, "周", "敏"))
     for value, day in ((7.9, "2026-02-11T08:00:00+08:00"), (8.6, "2026-05-20T08:00:00+08:00")):
-        _post(nodes["11"], t11, _glucose(p11["id"], value, day))
-    _post(nodes["31"], t31, _glucose(p31["id"], 6.2, "2026-10-08T08:00:00+08:00"))
+        post_resource(nodes["11"], t11, glucose(p11["id"], value, day, reference_range=True))
+    post_resource(nodes["31"], t31, glucose(p31["id"], 6.2, "2026-10-08T08:00:00+08:00", reference_range=True))
     buf = io.BytesIO()
     segno.make("北京协和医院 出院小结").save(buf, kind="png", scale=6)
-    doc = _post(nodes["11"], t11, {
+    doc = post_resource(nodes["11"], t11, {
         "resourceType": "DocumentReference", "status": "current", "description": "北京出院小结 Discharge summary",
         "date": "2026-05-22T10:00:00+08:00", "subject": {"reference": f"Patient/{p11['id']}"},
         "content": [{"attachment": {"contentType": "image/png", "title": "出院小结",
@@ -95,7 +88,7 @@ def test_records_of_another_province(browser, nodes):
     check_page(drv, "12-records-other-province-withheld", problems)
 
     # -- the resident consents at Beijing (there, for province 31): Beijing's records appear, marked --------------
-    consent = _post(nodes["11"], world["t11"], consent_body(
+    consent = post_resource(nodes["11"], world["t11"], consent_body(
         world["p11"]["id"], {"identifier": {"system": "urn:ehc:province", "value": "31"}, "display": "上海"}))
     drv.get(f"{url}/portal/records")
     wait_for(lambda: _css(drv, ".remote-shown[data-province='11']"), 60, "the Beijing records")

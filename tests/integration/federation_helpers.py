@@ -208,3 +208,25 @@ def unique(prefix: str = "") -> str:
 
 
 __all__ = ["nodes"]
+
+
+LAB = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
+
+
+def post_resource(node: Node, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a resource at a node with a token; the stored resource (201 or 200 expected)."""
+    r = requests.post(f"{node.base}/{body['resourceType']}", json=body, headers=h(token), timeout=20)
+    assert r.status_code in (200, 201), r.text
+    return dict(r.json())
+
+
+def glucose(pid: str, value: float, day: str, reference_range: bool = False) -> dict[str, Any]:
+    """A laboratory glucose Observation of a patient (with the normal range when asked: the portal's chart)."""
+    obs: dict[str, Any] = {
+        "resourceType": "Observation", "status": "final", "category": [{"coding": [LAB]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
+        "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": day,
+        "valueQuantity": {"value": value, "unit": "mmol/L"}}
+    if reference_range:
+        obs["referenceRange"] = [{"low": {"value": 3.9}, "high": {"value": 6.1}}]
+    return obs

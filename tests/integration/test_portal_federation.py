@@ -19,9 +19,11 @@ from tests.integration.federation_helpers import (
     ID_SYSTEM,
     Node,
     consent_body,
+    glucose,
     h,
     new_id_number,
     patient_body,
+    post_resource,
     wait_for,
 )
 from tests.integration.portal_helpers import portal_login
@@ -29,20 +31,6 @@ from tests.integration.portal_helpers import portal_login
 PASSWORD = "fed portal pass 1"
 PHONE, OTHER_PHONE = "13900031001", "13900031002"
 HOME_PROVINCE = "https://ehc.example.cn/fhir/StructureDefinition/home-province"
-LAB = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
-
-
-def _post(node: Node, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = requests.post(f"{node.base}/{body['resourceType']}", json=body, headers=h(token), timeout=20)
-    assert r.status_code in (200, 201), r.text
-    return dict(r.json())
-
-
-def _glucose(pid: str, value: float, day: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final", "category": [{"coding": [LAB]}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": day,
-            "valueQuantity": {"value": value, "unit": "mmol/L"}}
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +41,15 @@ def world(nodes: dict[str, Node]) -> dict[str, Any]:
     t11, t31 = nodes["11"].token(bj), nodes["31"].token(sh)
     number, other_number = new_id_number(), new_id_number()
     # The resident was treated in Beijing (records at node 11) and now lives in Shanghai (portal at node 31).
-    p11 = _post(nodes["11"], t11, patient_body(number, "周", "敏"))
-    p31 = _post(nodes["31"], t31, patient_body(number, "周", "敏"))
-    other31 = _post(nodes["31"], t31, patient_body(other_number, "吴", "刚"))
-    obs11 = _post(nodes["11"], t11, _glucose(p11["id"], 8.8, "2026-03-03"))
-    doc11 = _post(nodes["11"], t11, {
+    p11 = post_resource(nodes["11"], t11, patient_body(number, "周", "敏"))
+    p31 = post_resource(nodes["31"], t31, patient_body(number, "周", "敏"))
+    other31 = post_resource(nodes["31"], t31, patient_body(other_number, "吴", "刚"))
+    obs11 = post_resource(nodes["11"], t11, glucose(p11["id"], 8.8, "2026-03-03"))
+    doc11 = post_resource(nodes["11"], t11, {
         "resourceType": "DocumentReference", "status": "current", "description": "北京出院小结",
         "subject": {"reference": f"Patient/{p11['id']}"},
         "content": [{"attachment": {"contentType": "text/plain", "data": "5Ye66Zmi5bCP57uT", "title": "出院小结"}}]})
-    obs31 = _post(nodes["31"], t31, _glucose(p31["id"], 5.1, "2026-10-10"))
+    obs31 = post_resource(nodes["31"], t31, glucose(p31["id"], 5.1, "2026-10-10"))
     account(nodes["31"].svc, PHONE, PASSWORD, p31["id"])
     account(nodes["31"].svc, OTHER_PHONE, PASSWORD, other31["id"])
     # node 11 has indexed the resident at the national node: a search by ID number reaches it
@@ -103,7 +91,7 @@ def test_without_consent_nothing_of_node_11_is_shown_and_the_page_says_why(nodes
 
 def test_with_consent_at_node_11_the_records_show_marked_with_their_province(nodes, world):
     actor = {"identifier": {"system": "urn:ehc:province", "value": "31"}}
-    consent = _post(nodes["11"], world["t11"], consent_body(world["p11"]["id"], actor))
+    consent = post_resource(nodes["11"], world["t11"], consent_body(world["p11"]["id"], actor))
     try:
         s, html = _records(nodes)
         assert "8.8" in html and "5.1" in html  # one trend: Beijing's and Shanghai's glucose together
@@ -150,7 +138,7 @@ def test_with_consent_at_node_11_the_records_show_marked_with_their_province(nod
 
 def test_another_resident_and_foreign_tokens_cannot_reach_the_records(nodes, world):
     actor = {"identifier": {"system": "urn:ehc:province", "value": "31"}}
-    consent = _post(nodes["11"], world["t11"], consent_body(world["p11"]["id"], actor))
+    consent = post_resource(nodes["11"], world["t11"], consent_body(world["p11"]["id"], actor))
     try:
         # another resident of node 31, in the portal: their own page, nothing of the first resident
         _, html = _records(nodes, OTHER_PHONE)
