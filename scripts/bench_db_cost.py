@@ -74,8 +74,9 @@ def measure_build(binary: Path | None, n: int, b: int) -> list[Row]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     rows: list[Row] = []
     try:
+        client: MongoClient[dict[str, Any]]
         with MongoClient(db_server.uri) as client:
-            db = client["cost"]
+            db: Any = client["cost"]
 
             def measure(what: str, run: Callable[[], object]) -> None:
                 started, cpu = time.perf_counter(), process_cpu(pid)

@@ -120,17 +120,7 @@ class Server:
         log = (self.tmp / "server.log").open("ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                      start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.base}/metadata", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {(self.tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        raise SystemExit("server did not answer within 120 s")
+        wait_until_up(self.base, self.proc, self.tmp / "server.log", 120)
 
     def token(self) -> str:
         r = requests.post(f"http://127.0.0.1:{self.port}/oauth/token",
@@ -143,6 +133,7 @@ class Server:
         from pymongo import MongoClient
 
         try:
+            client: MongoClient[dict[str, Any]]
             with MongoClient(f"{self.root_uri}/", serverSelectionTimeoutMS=5000) as client:
                 return int(client[self.db_name]["_audit_pending"].count_documents({}))
         except Exception:  # noqa: BLE001 - a figure for the report, not a check
@@ -169,6 +160,21 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         if self.embedded:
             self.embedded.stop(timeout=5)
+
+
+def wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+    """Until the server's /metadata answers 200; SystemExit with its log when it exits or takes too long."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/metadata", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+    raise SystemExit(f"server did not answer within {seconds:.0f} s")
 
 
 def group_stats(pgid: int) -> list[list[str]]:

@@ -38,6 +38,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_load import wait_until_up  # noqa: E402
 
 from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
 
@@ -161,20 +164,10 @@ class Bench:
         self.server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port",
                                         str(self.port)], cwd=ROOT, env=self.env, stdout=log, stderr=log,
                                        start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.base}/metadata", timeout=10).status_code == 200:
-                    found = re.search(r"gunicorn, \d+ workers x \d+ threads \(gthread\)",
-                                      (self.dir / "server.log").read_text(errors="replace"))
-                    self.notes["server"] = "`ehc serve` with its defaults" + (f" ({found.group(0)})" if found else "")
-                    return
-            except requests.RequestException:
-                pass
-            if self.server.poll() is not None:
-                raise SystemExit(f"server exited: {(self.dir / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        raise SystemExit("server did not answer within 300 s")
+        wait_until_up(self.base, self.server, self.dir / "server.log", 300)
+        found = re.search(r"gunicorn, \d+ workers x \d+ threads \(gthread\)",
+                          (self.dir / "server.log").read_text(errors="replace"))
+        self.notes["server"] = "`ehc serve` with its defaults" + (f" ({found.group(0)})" if found else "")
 
     def session(self) -> requests.Session:
         r = requests.post(f"http://127.0.0.1:{self.port}/oauth/token",

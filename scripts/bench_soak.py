@@ -89,7 +89,11 @@ def main() -> int:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-        threading.Thread(target=lambda: (proc.wait(), done.set()), daemon=True).start()
+        def finished() -> None:
+            proc.wait()
+            done.set()
+
+        threading.Thread(target=finished, daemon=True).start()
         while not done.wait(args.every):
             samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb()))
             print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB", flush=True)
