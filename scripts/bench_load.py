@@ -152,14 +152,21 @@ class Server:
                 group_cpu_seconds(db_pid) if db_pid else 0.0)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc:
+            stop_group(self.proc, 15)
         if self.embedded:
             self.embedded.stop(timeout=5)
+
+
+def stop_group(proc: subprocess.Popen[bytes], seconds: float) -> None:
+    """Stop a server started in its own session: SIGTERM to its process group, SIGKILL after `seconds`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path, seconds: float) -> None:

@@ -84,7 +84,7 @@ def import_figures(server: Server, tmp: Path, rows: int, workers: int) -> list[d
     small, large = tmp / "import-small.csv", tmp / "import-large.csv"
     write_import_file(small, max(rows // 4, 1), 7_000_000)
     write_import_file(large, rows, 8_000_000)
-    out = []
+    out: list[dict[str, Any]] = []
     for label, src in (("new rows", small), ("new rows", large), ("the same file again", large)):
         size = max(rows // 4, 1) if src is small else rows
         elapsed, rss, counts = run_import(server.env, src, tmp / f"report-{len(out)}.csv", workers)

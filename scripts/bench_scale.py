@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_load import wait_until_up  # noqa: E402
+from bench_load import stop_group, wait_until_up  # noqa: E402
 
 from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
 
@@ -188,12 +188,8 @@ class Bench:
         return count, secs
 
     def stop(self) -> None:
-        if self.server and self.server.poll() is None:
-            os.killpg(self.server.pid, signal.SIGTERM)
-            try:
-                self.server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.server.pid, signal.SIGKILL)
+        if self.server:
+            stop_group(self.server, 30)
         self.db.stop(timeout=30)
 
     # -- measuring ---------------------------------------------------------------------------------------
