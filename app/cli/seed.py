@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pymongo.errors import BulkWriteError
+
+from app.store.database import insert_new
 
 BATCH = 1000
 LOINC = ("2339-0", "718-7", "2093-3", "4548-4", "8480-6", "8462-4", "29463-7", "8302-2")
@@ -154,14 +155,7 @@ def _claim(index: Any, batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[st
         for e in index.entries(res):
             claim_docs.append({"_id": e.key, "p": pid})
             owner.append(pid)
-    failed: set[int] = set()
-    try:
-        index.claims.insert_many(claim_docs, ordered=False)
-    except BulkWriteError as err:
-        errors = err.details.get("writeErrors", [])
-        if any(e.get("code") != 11000 for e in errors):
-            raise
-        failed = {e["index"] for e in errors}
+    failed = insert_new(index.claims, claim_docs)
     taken = {owner[i] for i in failed}
     # Release by _id alone (the one filter FerretDB v1 answers from an index): these claims were inserted
     # by this batch just now, so they name the skipped resident.
@@ -191,15 +185,8 @@ def add_postings(col: Any, postings: dict[str, list[str]]) -> None:
 
     if not postings:
         return
-    try:
-        col.insert_many([{"_id": k, "ids": v} for k, v in postings.items()], ordered=False)
-        return
-    except BulkWriteError as err:
-        keys = list(postings)
-        errors = err.details.get("writeErrors", [])
-        if any(e.get("code") != 11000 for e in errors):
-            raise
-        existing = [keys[e["index"]] for e in errors]
+    keys = list(postings)
+    existing = [keys[i] for i in sorted(insert_new(col, [{"_id": k, "ids": postings[k]} for k in keys]))]
     bulk(col, [({"_id": k}, {"$addToSet": {"ids": {"$each": postings[k]}}}, False) for k in existing])
 
 

@@ -32,11 +32,11 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
 from app.core.errors import FhirError, conflict
 from app.core.timeutil import to_instant, utcnow
 from app.ehc.card_id import derive_card, temporary_card
+from app.store.database import insert_new
 
 EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
@@ -204,14 +204,7 @@ class CardStore:
         docs = [{"_id": card_id, **on_set, **on_insert} for card_id, on_set, on_insert in ops]
         if not docs:
             return
-        try:
-            self.col.insert_many(docs, ordered=False)
-            return
-        except BulkWriteError as err:
-            errors = err.details.get("writeErrors") or []
-            if not errors or any(e.get("code") != 11000 for e in errors):
-                raise
-            again = [_upsert(ops[e["index"]]) for e in errors]
+        again = [_upsert(ops[i]) for i in sorted(insert_new(self.col, docs))]
         for i in range(0, len(again), 50):  # FerretDB v1 stalls on larger bulks of updates
             self.col.bulk_write(again[i: i + 50], ordered=False)
 

@@ -23,12 +23,13 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.core.errors import FhirError, Issue
 from app.keyring import Keyring
 from app.mpi.identifiers import IdentifierInvalid, IdentifierRegistry
 from app.mpi.matching import name_keys
+from app.store.database import insert_new
 from app.store.keys import KeyIndex, identifier_key
 from app.store.repository import Repository
 
@@ -131,16 +132,7 @@ class MasterIndex:
         """`claim_new` for a batch (claim key -> patient id; the caller holds the keys' leases): one insert_many
         of every claim; returns the keys that had a claim already, which are left as they were."""
         ordered = sorted(claims)
-        if not ordered:
-            return set()
-        try:
-            self.claims.insert_many([{"_id": k, "p": claims[k]} for k in ordered], ordered=False)
-        except BulkWriteError as err:
-            errors = err.details.get("writeErrors") or []
-            if not errors or any(e.get("code") != 11000 for e in errors):
-                raise
-            return {ordered[e["index"]] for e in errors}
-        return set()
+        return {ordered[i] for i in insert_new(self.claims, [{"_id": k, "p": claims[k]} for k in ordered])}
 
     def drop_fresh_claims(self, keys: Iterable[str]) -> None:
         """Drop claims this caller has just inserted and still holds the leases of (nobody else can have

@@ -12,8 +12,9 @@ from functools import cached_property
 from typing import Any
 
 from pymongo import MongoClient, uri_parser
+from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from app.core.errors import FhirError
 
@@ -71,3 +72,19 @@ class DatabaseHandle:
 
     def close(self) -> None:
         self.client.close()
+
+
+def insert_new(col: Collection, docs: list[dict[str, Any]]) -> set[int]:
+    """Insert documents in one command, skipping those whose _id exists already: returns their positions in
+    `docs`. Any other write error is raised. (The unique _id is how claims, leases, posting-list heads and
+    batch-created resources detect that someone else got there first.)"""
+    if not docs:
+        return set()
+    try:
+        col.insert_many(docs, ordered=False)
+    except BulkWriteError as err:
+        errors = err.details.get("writeErrors") or []
+        if not errors or any(e.get("code") != 11000 for e in errors):
+            raise
+        return {int(e["index"]) for e in errors}
+    return set()

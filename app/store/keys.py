@@ -29,7 +29,9 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from app.store.database import insert_new
 
 log = logging.getLogger("ehc.store")
 
@@ -115,14 +117,8 @@ class KeyIndex:
         lists = [(k, list(dict.fromkeys(v))) for k, v in sorted(postings.items()) if v]
         if not lists:
             return
-        heads = [{"_id": k, "ids": ids} for k, ids in lists]
-        try:
-            self.col.insert_many(heads, ordered=False)
-        except BulkWriteError as err:
-            errors = err.details.get("writeErrors") or []
-            if not errors or any(e.get("code") != 11000 for e in errors):
-                raise
-            taken = {e["index"] for e in errors}
+        taken = insert_new(self.col, [{"_id": k, "ids": ids} for k, ids in lists])
+        if taken:
             self.add_many({lists[i][0]: lists[i][1] for i in sorted(taken)})  # counted there
             lists = [kv for i, kv in enumerate(lists) if i not in taken]
         self._count(lists)

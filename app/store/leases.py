@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.core.errors import FhirError
 from app.core.timeutil import utcnow
+from app.store.database import insert_new
 
 
 class Leases:
@@ -78,14 +79,11 @@ class Leases:
             return token, set()
         until = utcnow() + timedelta(seconds=self.ttl)
         try:
-            self.col.insert_many([{"_id": n, "token": token, "until": until} for n in ordered], ordered=False)
-        except BulkWriteError as err:
-            errors = err.details.get("writeErrors") or []
-            if not errors or any(e.get("code") != 11000 for e in errors):
-                self.release_many(token)
-                raise
-            return token, {ordered[e["index"]] for e in errors}
-        return token, set()
+            held = insert_new(self.col, [{"_id": n, "token": token, "until": until} for n in ordered])
+        except BulkWriteError:  # not a duplicate: release what this call did insert, then pass it on
+            self.release_many(token)
+            raise
+        return token, {ordered[i] for i in held}
 
     def release_many(self, token: str) -> None:
         """Release every lease taken under `token` (one command; a lease taken over after it expired has

@@ -22,7 +22,7 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from app.core.access import Change, Decision
 from app.core.errors import FhirError, conflict, forbidden, gone, not_found, precondition_failed, unprocessable
@@ -31,7 +31,7 @@ from app.core.ids import is_valid_id, new_id, split_reference
 from app.core.timeutil import to_instant, utcnow
 from app.search.extract import extract_index
 from app.search.registry import SearchRegistry
-from app.store.database import DatabaseHandle
+from app.store.database import DatabaseHandle, insert_new
 from app.store.events import PRIOR_DOC, EventBus, StoreEvent
 from app.store.keys import KeyIndex, keys_for, reference_key
 from app.store.owners import Claim, fault_pause_after_claim, owner_for
@@ -314,14 +314,7 @@ class Repository:
             pending.append((i, doc, context))
         if pending:
             self.keys.add_new_many(postings)
-            failed: set[int] = set()
-            try:
-                self.current(resource_type).insert_many([doc for _, doc, _ in pending], ordered=False)
-            except BulkWriteError as err:
-                errors = err.details.get("writeErrors") or []
-                if not errors or any(e.get("code") != 11000 for e in errors):
-                    raise
-                failed = {e["index"] for e in errors}
+            failed = insert_new(self.current(resource_type), [doc for _, doc, _ in pending])
             for j, (i, doc, context) in enumerate(pending):
                 if j in failed:
                     out[i] = conflict(f"{resource_type}/{doc['_id']} exists already; retry")
