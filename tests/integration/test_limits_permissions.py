@@ -77,3 +77,18 @@ def test_data_directory_database_and_keys_are_private(tmp_path):
         any(n.startswith("db/mongod/") for n in names), names
     assert {str(p.relative_to(data)): oct(mode(p)) for p in folders if mode(p) != 0o700} == {}
     assert {str(p.relative_to(data)): oct(mode(p)) for p in files if mode(p) & 0o077} == {}
+
+
+def test_embedded_database_runs_with_our_go_collector_settings_unless_told_otherwise(tmp_path, monkeypatch):
+    """The embedded FerretDB starts with GOGC=400 (less of its CPU spent collecting garbage) and a 1 GiB soft
+    memory limit; an operator's own GOGC in the environment wins."""
+    monkeypatch.setenv("GOGC", "250")
+    db = EmbeddedDatabase(tmp_path / "db", free_port())
+    pid = db.start()
+    try:
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
+    finally:
+        db.stop(timeout=5)
+    assert environ["GOGC"] == "250"
+    assert environ["GOMEMLIMIT"] == "1GiB"
