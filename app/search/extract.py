@@ -17,6 +17,7 @@ storage contract with app/store and the compilers in app/search/compilers:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -121,12 +122,14 @@ def _strings(v: Any, out: list[str]) -> None:
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
 
-def _pinyin(text: str) -> list[str]:
-    """'张伟' -> ['zhangwei', 'zhang wei']: the phonetic parameter matches Chinese names by pinyin."""
+@functools.lru_cache(maxsize=65536)
+def _pinyin(text: str) -> tuple[str, str]:
+    """'张伟' -> ('zhangwei', 'zhang wei'): the phonetic parameter matches Chinese names by pinyin. Cached: the
+    same few thousand surnames and given names recur (pypinyin's phrase lookup was a sixth of an import's CPU)."""
     from pypinyin import lazy_pinyin  # a large table: loaded on first use
 
     syllables = [s for s in lazy_pinyin(text) if s.strip()]
-    return ["".join(syllables), " ".join(syllables)]
+    return "".join(syllables), " ".join(syllables)
 
 
 def _string(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:

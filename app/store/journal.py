@@ -98,9 +98,9 @@ class TransactionJournal:
             if w.resource is not None:
                 repo.check_references(w.resource_type, w.resource, pending=pending_refs)
             # The change gate judges every entry, before and after, before anything is applied.
-            after = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
-                                         registration=w.registration)
-            entries.append({"w": w, "before": prior, "after": after})
+            version = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
+                                           registration=w.registration)
+            entries.append({"w": w, "before": prior, "after": version.stored, "clear": version.clear})
         txid = uuid.uuid4().hex
         journal_entries = [{"type": e["w"].resource_type, "id": e["w"].id, "before": e["before"],
                             "after": e["after"]} for e in entries]
@@ -137,7 +137,7 @@ class TransactionJournal:
             if after is None:
                 results.append(None)
                 continue
-            stored = Stored.from_doc(w.resource_type, repo.decode(after))  # type: ignore[arg-type]
+            stored = Stored.from_doc(w.resource_type, e["clear"])
             previous = repo.decode(e["before"]).get("res") if e["before"] else None  # type: ignore[union-attr]
             name = "deleted" if after["del"] else ("created" if e["before"] is None else "updated")
             repo.events.fire(StoreEvent(name, w.resource_type, stored.resource, context, previous=previous,

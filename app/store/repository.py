@@ -83,6 +83,16 @@ class Stored:
         return cls(resource_type, rid, doc["vid"], doc["ts"], doc.get("del", False), doc.get("res"), doc.get("prov"))
 
 
+@dataclass(frozen=True)
+class Version:
+    """A version about to be written: `stored`, the document as the database keeps it (protected values
+    encrypted and blinded); `clear`, the same version as a reader gets it back, so a writer answers without
+    decrypting what it has just encrypted."""
+
+    stored: dict[str, Any]
+    clear: dict[str, Any]
+
+
 class Repository:
     def __init__(
         self,
@@ -288,7 +298,7 @@ class Repository:
         a killed single create too."""
         self.check_type(resource_type)
         out: list[Stored | FhirError | None] = [None] * len(items)
-        pending: list[tuple[int, dict[str, Any], WriteContext]] = []
+        pending: list[tuple[int, Version, WriteContext]] = []
         codes = self._reference_codes.get(resource_type, ())
         postings: dict[str, list[str]] = {}
         for i, (resource, context) in enumerate(items):
@@ -304,22 +314,22 @@ class Repository:
                 rid = existing_id or new_id()
                 resource["id"] = rid
                 self.check_references(resource_type, resource)
-                doc = self.prepare_version(resource_type, rid, None, resource, context, utcnow(),
-                                           registration=bool(existing_id))
+                version = self.prepare_version(resource_type, rid, None, resource, context, utcnow(),
+                                               registration=bool(existing_id))
             except FhirError as err:
                 out[i] = err
                 continue
-            for key in sorted(keys_for(resource_type, doc.get("ix", {}), codes)):
+            for key in sorted(keys_for(resource_type, version.stored.get("ix", {}), codes)):
                 postings.setdefault(key, []).append(rid)
-            pending.append((i, doc, context))
+            pending.append((i, version, context))
         if pending:
             self.keys.add_new_many(postings)
-            failed = insert_new(self.current(resource_type), [doc for _, doc, _ in pending])
-            for j, (i, doc, context) in enumerate(pending):
+            failed = insert_new(self.current(resource_type), [version.stored for _, version, _ in pending])
+            for j, (i, version, context) in enumerate(pending):
                 if j in failed:
-                    out[i] = conflict(f"{resource_type}/{doc['_id']} exists already; retry")
+                    out[i] = conflict(f"{resource_type}/{version.stored['_id']} exists already; retry")
                     continue
-                stored = Stored.from_doc(resource_type, self.decode(doc, owned=True))  # type: ignore[arg-type]
+                stored = Stored.from_doc(resource_type, version.clear)
                 self.events.fire(StoreEvent("created", resource_type, stored.resource, context))
                 out[i] = stored
         return [o if o is not None else conflict("not written") for o in out]
@@ -382,16 +392,16 @@ class Repository:
                prior: dict[str, Any] | None, context: WriteContext, registration: bool = False) -> Stored:
         """Make version prior.vid + 1 (a deletion when resource is None)."""
         now = utcnow()
-        doc = self.prepare_version(resource_type, rid, prior, resource, context, now, registration=registration)
-        self.store_version(resource_type, prior, doc, now)
-        return Stored.from_doc(resource_type, self.decode(doc))  # type: ignore[arg-type]
+        version = self.prepare_version(resource_type, rid, prior, resource, context, now, registration=registration)
+        self.store_version(resource_type, prior, version.stored, now)
+        return Stored.from_doc(resource_type, version.clear)
 
     # -- the change gate -------------------------------------------------------------------------------
 
     def prepare_version(self, resource_type: str, rid: str, prior: dict[str, Any] | None,
                         resource: dict[str, Any] | None, context: WriteContext, now: datetime, *,
-                        registration: bool = False) -> dict[str, Any]:
-        """The document of version prior.vid + 1, admitted by the change gate. Every write of a resource goes
+                        registration: bool = False) -> Version:
+        """Version prior.vid + 1, admitted by the change gate. Every write of a resource goes
         through here (single writes, cascades, merges, transaction entries): the one place a change is judged,
         with the version before and the version after. The record's home province is that of its first
         version: nobody's write moves it."""
@@ -402,7 +412,7 @@ class Repository:
         self.admit(context, Change(resource_type, before, after, prior.get("prov") if prior else None,
                                    registration=registration and before is not None))
         vid = (prior["vid"] if prior else 0) + 1
-        return self.build_doc(resource_type, rid, vid, now, resource, province)
+        return self.build_version(resource_type, rid, vid, now, resource, province)
 
     def admit(self, context: WriteContext, change: Change) -> None:
         """Ask the change decision; 403 naming the reason when refused."""
@@ -481,6 +491,11 @@ class Repository:
 
     def build_doc(self, resource_type: str, rid: str, vid: int, ts: datetime,
                   resource: dict[str, Any] | None, province: str) -> dict[str, Any]:
+        """The stored document of a version (search index values computed, protected values encrypted)."""
+        return self.build_version(resource_type, rid, vid, ts, resource, province).stored
+
+    def build_version(self, resource_type: str, rid: str, vid: int, ts: datetime,
+                      resource: dict[str, Any] | None, province: str) -> Version:
         doc: dict[str, Any] = {"_id": rid, "vid": vid, "ts": ts, "del": resource is None, "prov": province}
         if resource is not None:
             res = dict(resource)
@@ -495,9 +510,9 @@ class Repository:
             shadow = decimal_shadow(res)
             if shadow:  # the database keeps doubles: the decimal texts ride beside them
                 doc["dec"] = shadow
-            if self.protector:
-                doc = self.protector.encode(doc)
-        return doc
+            if self.protector:  # encode copies what it encrypts: `doc` stays the clear form
+                return Version(self.protector.encode(doc), doc)
+        return Version(doc, doc)
 
     # -- references ------------------------------------------------------------------------------------
 
