@@ -220,3 +220,55 @@ def test_a_lease_held_elsewhere_sends_its_row_to_the_one_row_path(pair: tuple[Im
     assert leases.count_documents({}) == 0
     report = read_report(tmp_path / "lease-report.csv")
     assert len({r["patient_id"] for r in report}) == 6
+
+
+def test_pipelined_batches_give_what_one_row_at_a_time_gives(settings: Settings, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches are written at once when they share no identifier; a batch sharing one with a batch still
+    being written waits for it. Batches of 20 over the mixed file: batch 2 holds the second row of a resident
+    whose first row is in batch 1 (row 31 after row 11), batch 3 the record of row 7 again (row 41), and the
+    last, partial batch comes after all of them. The report and what is stored are those of one row at a
+    time, and batches that share nothing did overlap."""
+    import threading
+    import time
+
+    from app.mpi import importer as importer_module
+
+    pipelined_svc, single_svc = make_services(settings, "_pp"), make_services(settings, "_ps")
+    try:
+        pipelined = Importer(pipelined_svc, pipelined_svc.extensions["mpi_hooks"], batch_size=20)
+        single = Importer(single_svc, single_svc.extensions["mpi_hooks"])
+        before = [row("bt-hosp", "E1", "孙老", id_number("310101", "1950-01-01", 901), gender="男")]
+        for imp in (pipelined, single):
+            imp.run(write_csv(tmp_path / "before.csv", before), tmp_path / "before-report.csv", progress=False)
+        running, most = 0, 0
+        lock = threading.Lock()
+        write_batch = importer_module.Importer.write_batch
+
+        def counted(self: Importer, batch: Any) -> Any:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                time.sleep(0.2)  # long enough for the next batch to be prepared and started meanwhile
+                return write_batch(self, batch)
+            finally:
+                with lock:
+                    running -= 1
+
+        monkeypatch.setattr(importer_module.Importer, "write_batch", counted)
+        src = write_csv(tmp_path / "in.csv", rows_of_every_kind())
+        counts_p = pipelined.run(src, tmp_path / "pipelined.csv", progress=False, workers=4)
+        counts_s = single.run(src, tmp_path / "single.csv", progress=False)
+        assert counts_p == counts_s == {"created": 59, "linked": 3, "unchanged": 1, "rejected": 7}
+        report_p, report_s = read_report(tmp_path / "pipelined.csv"), read_report(tmp_path / "single.csv")
+        assert [r["row"] for r in report_p] == [str(n) for n in range(1, 71)]
+        assert [r["outcome"] for r in report_p] == [r["outcome"] for r in report_s]
+        assert report_p[30]["patient_id"] == report_p[10]["patient_id"]
+        assert report_p[40]["patient_id"] == report_p[6]["patient_id"]
+        assert canonical(pipelined, report_p) == canonical(single, report_s)
+        assert most == 2
+    finally:
+        pipelined_svc.handle.close()
+        single_svc.handle.close()
