@@ -21,10 +21,15 @@ from app.store.searcher import decode_cursor, encode_cursor
 CONTROL_PARAMS = {"_format", "_pretty", "_cursor", REMOTE_CURSOR}
 
 
-def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str] | None = None,
+           path: str | None = None) -> FhirResponse:
+    """GET [type] (and, with `within` and `path`, a compartment search: Patient/{id}/{type}). The bundle's
+    links show the caller's own parameters under the path they asked for: the constraints the server adds
+    (the compartment, a token's scopes) are added again to every page, never shown."""
     check_type(svc, type, "search-type")
-    params = [(k, v) for k, v in req.params if k not in CONTROL_PARAMS]
-    params = svc.policy.restrict_search(req.principal, type, params)
+    own = [(k, v) for k, v in req.params if k not in CONTROL_PARAMS]
+    params = svc.policy.restrict_search(req.principal, type, own + ([within] if within else []))
+    path = path or type
     strict = parse_prefer(req.header("prefer")).get("handling") == "strict"
     request = parse_search(type, params, svc.registry, strict=strict, default_count=svc.settings.default_count,
                            max_count=svc.settings.max_count)
@@ -37,7 +42,7 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
         total = svc.searcher.count(request, req.base, admit=admit)
         _audit(svc, req, "search", type, [])
         bundle = _bundle("searchset", total=total)
-        bundle["link"] = [{"relation": "self", "url": _url(req, type, params)}]
+        bundle["link"] = [{"relation": "self", "url": _url(req, path, own)}]
         return FhirResponse(200, bundle)
     count = request.count or svc.settings.default_count
     result = svc.searcher.search(request, count, req.base, admit=admit)
@@ -61,11 +66,12 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
                         "search": {"mode": "outcome"}})
     bundle = _bundle("searchset", total=result.total)
     kept = [(k, v) for k, v in params if k not in request.ignored]
-    links = [{"relation": "self", "url": _url(req, type, kept, req.param("_cursor"))}]
+    shown = [(k, v) for k, v in own if k not in request.ignored]
+    links = [{"relation": "self", "url": _url(req, path, shown, req.param("_cursor"))}]
     if result.next_cursor:
-        links.append({"relation": "next", "url": _url(req, type, kept, result.next_cursor)})
+        links.append({"relation": "next", "url": _url(req, path, shown, result.next_cursor)})
     if result.prev_cursor:
-        links.append({"relation": "previous", "url": _url(req, type, kept, result.prev_cursor)})
+        links.append({"relation": "previous", "url": _url(req, path, shown, result.prev_cursor)})
     bundle["link"] = links
     bundle["entry"] = entries
     merge_remote(bundle, req, *remote_entries(req, svc, type, kept))  # records at other provinces' nodes
@@ -73,11 +79,11 @@ def search(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
     return FhirResponse(200, bundle)
 
 
-def _url(req: FhirRequest, type: str, params: list[tuple[str, str]], cursor: str | None = None) -> str:
+def _url(req: FhirRequest, path: str, params: list[tuple[str, str]], cursor: str | None = None) -> str:
     query = [(k, v) for k, v in params if k != "_cursor"]
     if cursor:
         query.append(("_cursor", cursor))
-    return f"{req.base}/{type}" + (f"?{urlencode(query)}" if query else "")
+    return f"{req.base}/{path}" + (f"?{urlencode(query)}" if query else "")
 
 
 def _entry(req: FhirRequest, rtype: str, doc: dict[str, Any], mode: str, summary: str | None,
@@ -238,8 +244,7 @@ def compartment_search(req: FhirRequest, svc: Services, id: str, type: str) -> F
     where = constraint(svc.profiles_dir, type, id, set(svc.registry.params(type)))
     if where is None:
         raise FhirError(404, f"{type} is not in the Patient compartment", code="not-supported")
-    req.params = [*req.params, where]
-    return search(req, svc, type)
+    return search(req, svc, type, within=where, path=f"Patient/{id}/{type}")
 
 
 def search_post(req: FhirRequest, svc: Services, type: str) -> FhirResponse:

@@ -85,8 +85,10 @@ def test_patient_scope_is_confined_to_the_compartment(web, svc, data):
                         "beneficiary": {"reference": f"Patient/{data['local']}"}})
     theirs = create(svc, {"resourceType": "Coverage", "status": "active", "payor": [{"display": "医保"}],
                           "beneficiary": {"reference": f"Patient/{other}"}})
-    bundle = web.get("/fhir/Coverage", headers=bearer(tok)).json
+    bundle = web.get("/fhir/Coverage?_count=5", headers=bearer(tok)).json
     assert [e["resource"]["id"] for e in bundle["entry"]] == [mine] and bundle["total"] == 1
+    # the confinement is the server's: applied to every page, not written into the links
+    assert [link["url"].split("/fhir/", 1)[1] for link in bundle["link"]] == ["Coverage?_count=5"]
     assert web.get(f"/fhir/Coverage/{theirs}", headers=bearer(tok)).status_code == 403
     r = web.get(f"/fhir/Coverage?_compartment=Patient/{other}", headers=bearer(tok))
     assert r.status_code == 200 and r.json["total"] == 0  # their own constraint still applies

@@ -280,7 +280,12 @@ def test_the_compartment_counts_every_compartment_parameter(client):
     assert r.json["total"] == 2 and foreign not in r.get_data(as_text=True)
     r = client.get(f"/fhir/Patient/{pid}/Observation?_count=1")
     first = [e["resource"]["id"] for e in r.json["entry"]]
-    nxt = next(link["url"] for link in r.json["link"] if link["relation"] == "next")
+    links = {link["relation"]: link["url"] for link in r.json["link"]}
+    # the links are the search as asked for: the compartment path, the caller's parameters, no _compartment
+    assert links["self"].endswith(f"/fhir/Patient/{pid}/Observation?_count=1"), links["self"]
+    assert links["next"].split("?")[0].endswith(f"/fhir/Patient/{pid}/Observation")
+    assert "_compartment" not in links["next"] and "_count=1" in links["next"]
+    nxt = links["next"]
     second = [e["resource"]["id"] for e in client.get(nxt[nxt.index("/fhir/"):]).json["entry"]]
     assert sorted(first + second) == sorted([by_subject, by_performer])
     # the same constraint as a parameter, combinable with others; refused where it means nothing
