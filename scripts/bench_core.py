@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,9 @@ def main() -> None:
     MongoClient(base_uri).drop_database(dbname)
     settings = Settings(mongodb_uri=base_uri + dbname, data_dir=tmp, auth_required=False)
     svc = build_services(settings)
+    seeding = time.perf_counter()
     people = seed(svc, args.patients, args.observations)
+    seeding = time.perf_counter() - seeding
     server = LiveServer(base_uri + dbname, tmp, workers=2).start()
     rows = []
     try:
@@ -255,10 +258,11 @@ def main() -> None:
         svc.handle.close()
         if embedded:
             embedded.stop(timeout=5)
-    write_report(args, rows, mixed, rss, svc.handle.is_ferretdb)
+    write_report(args, rows, mixed, rss, svc.handle.is_ferretdb, seeding)
 
 
-def write_report(args: Any, rows: list[Any], mixed: dict[str, Any], rss: list[float], ferret: bool) -> None:
+def write_report(args: Any, rows: list[Any], mixed: dict[str, Any], rss: list[float], ferret: bool,
+                 seeding: float) -> None:
     lines = [
         "## FHIR core (scripts/bench_core.py)",
         "",
@@ -275,7 +279,12 @@ def write_report(args: Any, rows: list[Any], mixed: dict[str, Any], rss: list[fl
                      f"{raw['p50']:.2f} | {http['rps'] / raw['rps']:.0%} |")
     lines += ["", f"Mixed CRUD load (40% read, 30% search, 20% create, 10% update): **{mixed['rps']:.0f} req/s**, "
               f"p50 {mixed['p50']:.2f} ms, p95 {mixed['p95']:.2f} ms, {mixed['errors']} errors.", "",
-              f"Worker resident memory after the run: {', '.join(f'{r:.0f} MB' for r in rss)}.", ""]
+              f"Worker resident memory after the run: {', '.join(f'{r:.0f} MB' for r in rss)}.", "",
+              f"Seeding {args.patients:,} patients and {args.observations:,} observations through the repository's "
+              f"document builder (the documents and posting lists only: no cards, claims or name lists; "
+              f"`ehc seed` writes those) took {seeding:,.0f} s ({(args.patients + args.observations) / seeding:,.0f} "
+              f"documents/s). Run of {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; 1-minute load average at its end "
+              f"{os.getloadavg()[0]:.1f}.", ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
