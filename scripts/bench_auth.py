@@ -27,6 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,7 +50,7 @@ def p50(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def timed(client, url: str, headers: dict[str, str]) -> float:
+def timed(client: Any, url: str, headers: dict[str, str]) -> float:
     t = time.perf_counter()
     r = client.get(url, headers=headers)
     elapsed = time.perf_counter() - t
@@ -104,7 +105,7 @@ def main() -> None:
                                                    algorithms=["RS384"])}
 
         web_open, web_auth = open_app.test_client(), auth_app.test_client()
-        token = web_auth.post("/oauth/token", data=form()).json["access_token"]
+        token = (web_auth.post("/oauth/token", data=form()).json or {})["access_token"]
         h_open = {"Accept": "application/fhir+json"}
         h_auth = {**h_open, "Authorization": f"Bearer {token}"}
         urls = {"read": f"/fhir/Patient/{pid}", "search": f"/fhir/Observation?patient=Patient/{pid}&_count=10"}

@@ -48,7 +48,8 @@ def seed(svc: Any, n_patients: int, n_obs: int, batch: int = 2000) -> list[dict[
     t0 = time.perf_counter()
     codes = repo._reference_codes
     for start in range(0, n_patients, batch):
-        docs, keys = [], {}
+        docs: list[dict[str, Any]] = []
+        keys: dict[str, list[str]] = {}
         for i in range(start, min(start + batch, n_patients)):
             res, mrn = patient(i, rng)
             doc = repo.build_doc("Patient", f"p{i}", 1, _now(), res, "11")
@@ -164,7 +165,7 @@ def _pct(values: list[float], p: int) -> float:
 
 def _raw_client(args: tuple[str, str, str, list[dict[str, Any]], float, int, Any]) -> list[float]:
     uri, dbname, op, people, seconds, seed_, barrier = args
-    db = MongoClient(uri)[dbname]
+    db: Any = MongoClient(uri)[dbname]
     rng = random.Random(seed_)
     lat = []
     barrier.wait()
