@@ -63,11 +63,18 @@ def shapes() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
 Row = tuple[str, float, float]  # operation, database CPU ms, wall ms (per document)
 
 
-def measure_build(binary: Path | None, n: int, b: int) -> list[Row]:
-    """Every operation n times against a fresh database served by this FerretDB build (None: ours)."""
+def measure_build(binary: Path | None, n: int, b: int, env: dict[str, str] | None = None) -> list[Row]:
+    """Every operation n times against a fresh database served by this FerretDB build (None: ours), started
+    with `env` added to the environment (e.g. GOGC=100)."""
     tmp = Path(tempfile.mkdtemp(prefix="ehc-dbcost-"))
     db_server = EmbeddedDatabase(tmp / "db", free_port(), binary=binary)
-    db_server.start()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        db_server.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     pid = db_server.running_pid()
     assert pid is not None
     patient, pending, event = shapes()
@@ -115,18 +122,20 @@ def main() -> int:
     ap.add_argument("--ops", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=8, help="documents per batched insert or delete (group commit)")
     ap.add_argument("--compare", type=Path, help="another FerretDB binary to measure beside ours")
+    ap.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of the compared database (with or without --compare), e.g. GOGC=100")
     ap.add_argument("--compare-label", default="the other build")
     ap.add_argument("--rounds", type=int, default=3, help="with --compare: alternating rounds per build")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "db-cost.md")
     args = ap.parse_args()
     n, b = args.ops, args.batch
-    builds: list[tuple[str, Path | None]] = [("this build", None)]
-    if args.compare:
-        builds.append((args.compare_label, args.compare))
-    runs: dict[str, list[list[Row]]] = {label: [] for label, _ in builds}
-    for _ in range(args.rounds if args.compare else 1):
-        for label, binary in builds:
-            runs[label].append(measure_build(binary, n, b))
+    builds: list[tuple[str, Path | None, dict[str, str]]] = [("this build", None, {})]
+    if args.compare or args.compare_env:
+        builds.append((args.compare_label, args.compare, dict(e.split("=", 1) for e in args.compare_env)))
+    runs: dict[str, list[list[Row]]] = {label: [] for label, _, _ in builds}
+    for _ in range(args.rounds if len(builds) > 1 else 1):
+        for label, binary, env in builds:
+            runs[label].append(measure_build(binary, n, b, env))
     table = {label: [(rs[0][i][0], statistics.median(r[i][1] for r in rs), statistics.median(r[i][2] for r in rs))
                      for i in range(len(rs[0]))] for label, rs in runs.items()}
     rows = table["this build"]
@@ -135,7 +144,9 @@ def main() -> int:
     head = "| operation | database CPU ms | wall ms |" + (f" {args.compare_label}: CPU ms |" if other else "")
     lines = ["# Database CPU per operation", "",
              f"`python3 scripts/bench_db_cost.py --ops {n} --batch {b}"
-             + (f" --compare ... --rounds {args.rounds}" if other else "")
+             + (" --compare ..." if args.compare else "")
+             + "".join(f" --compare-env {e}" for e in args.compare_env)
+             + (f" --rounds {args.rounds}" if other else "")
              + f"` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
              f"{platform.node()}, {os.cpu_count()} CPUs. The embedded FerretDB v1.24 (SQLite), fresh; {n:,} of each "
              "operation; CPU time of the database process per document (user + system), and wall time per "

@@ -80,7 +80,7 @@ def test_data_directory_database_and_keys_are_private(tmp_path):
 
 
 def test_embedded_database_runs_with_our_go_collector_settings_unless_told_otherwise(tmp_path, monkeypatch):
-    """The embedded FerretDB starts with GOGC=400 (less of its CPU spent collecting garbage) and a 1 GiB soft
+    """The embedded FerretDB starts with GOGC=400 (less of its CPU spent collecting garbage) and a 512 MiB soft
     memory limit; an operator's own GOGC in the environment wins."""
     monkeypatch.setenv("GOGC", "250")
     db = EmbeddedDatabase(tmp_path / "db", free_port())
@@ -91,4 +91,4 @@ def test_embedded_database_runs_with_our_go_collector_settings_unless_told_other
     finally:
         db.stop(timeout=5)
     assert environ["GOGC"] == "250"
-    assert environ["GOMEMLIMIT"] == "1GiB"
+    assert environ["GOMEMLIMIT"] == "512MiB"
