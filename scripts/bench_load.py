@@ -145,6 +145,14 @@ class Server:
             return 0.0
         return sum(int(f[21]) for f in group_stats(self.proc.pid)) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+    def db_rss_mb(self) -> float | None:
+        """Resident memory of the embedded database (None with EHC_MONGODB_URI)."""
+        pid = self.embedded.running_pid() if self.embedded else None
+        if pid is None:
+            return None
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time (user + system) used so far by the server's process group and by the embedded database."""
         db_pid = self.embedded.running_pid() if self.embedded else None

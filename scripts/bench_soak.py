@@ -73,7 +73,7 @@ def main() -> int:
     k6 = find_k6(args.k6)
     tmp = Path(tempfile.mkdtemp(prefix="ehc-soak-"))
     server = Server(argparse.Namespace(port=0, server="ehc", workers=0, threads=1), tmp)
-    samples: list[tuple[float, int | None, float]] = []  # seconds, backlog, RSS MB
+    samples: list[tuple[float, int | None, float, float | None]] = []  # seconds, backlog, server MB, database MB
     started = datetime.now(UTC)
     load_before = loadavg()
     try:
@@ -95,8 +95,9 @@ def main() -> int:
 
         threading.Thread(target=finished, daemon=True).start()
         while not done.wait(args.every):
-            samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb()))
-            print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB", flush=True)
+            samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb(), server.db_rss_mb()))
+            print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB, "
+                  f"database {fmt(samples[-1][3])} MB", flush=True)
         if proc.returncode != 0 or not csv_out.exists():
             raise SystemExit(f"k6 failed ({proc.returncode}): {(proc.stdout.read() if proc.stdout else '')[-2000:]}")
         minutes = per_minute(csv_out)
@@ -106,8 +107,9 @@ def main() -> int:
     first, last = minutes[0][1], minutes[-1][1]
     errors = sum(m[3] for m in minutes)
     ratio = last / first if first else 0.0
-    backlogs = [b for _, b, _ in samples if b is not None]
-    rss = [m for _, _, m in samples]
+    backlogs = [b for _, b, _, _ in samples if b is not None]
+    rss = [m for _, _, m, _ in samples]
+    db_rss = [m for _, _, _, m in samples if m is not None]
     lines = [
         "# Soak (k6 CRUD, no pause)", "",
         f"`python3 scripts/bench_soak.py --minutes {args.minutes} --vus {args.vus}` on {started:%Y-%m-%d %H:%M} UTC: "
@@ -125,7 +127,10 @@ def main() -> int:
         f"{args.every:.0f} s): max {fmt(max(backlogs) if backlogs else None)}, "
         f"last {fmt(backlogs[-1] if backlogs else None)}. "
         f"Server resident memory (master and workers): first sample {fmt(rss[0] if rss else None)} MB, max "
-        f"{fmt(max(rss) if rss else None)} MB, last {fmt(rss[-1] if rss else None)} MB. 1-minute load average "
+        f"{fmt(max(rss) if rss else None)} MB, last {fmt(rss[-1] if rss else None)} MB. "
+        + (f"Database resident memory: first {fmt(db_rss[0])} MB, max {fmt(max(db_rss))} MB, last "
+           f"{fmt(db_rss[-1])} MB. " if db_rss else "")
+        + "1-minute load average "
         f"before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} CPUs. Answers other than 2xx: "
         f"{errors:,}.",
     ]
@@ -135,7 +140,8 @@ def main() -> int:
     summary = (f"## Soak\n\n{args.minutes} minutes of the k6 CRUD scenario at {args.vus} VUs, {started:%Y-%m-%d}: "
                f"first minute {fmt(first, 1)} req/s, last {fmt(last, 1)} req/s (**{ratio:.0%}**, target "
                f"{TARGET:.0%}); audit backlog max {fmt(max(backlogs) if backlogs else None)}; server memory "
-               f"{fmt(rss[0] if rss else None)} -> {fmt(rss[-1] if rss else None)} MB. Details: "
+               f"{fmt(rss[0] if rss else None)} -> {fmt(rss[-1] if rss else None)} MB"
+               + (f", database {fmt(db_rss[0])} -> {fmt(db_rss[-1])} MB" if db_rss else "") + ". Details: "
                "`docs/benchmarks/soak.md` (`scripts/bench_soak.py`).")
     splice(args.doc, summary, BEGIN, END)
     print(text)

@@ -482,7 +482,6 @@ class Importer:
             for fut in window:
                 yield fut.result()
 
-
     def _pipelined(self, rows: Iterator[tuple[int, Any]], workers: int) -> Iterator[RowResult]:
         """Batches written by two threads at once, so that one batch's Python work (index values, encryption,
         events) runs while the database writes the other's: about 1.2 ms of CPU a new row split about evenly
