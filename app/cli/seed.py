@@ -212,6 +212,7 @@ def seed_cmd(patients: int, observations: int, start: int | None, demo: bool, ma
     after the batch in hand, leaving what was seeded complete."""
     from app.cli.common import Timer, node_services, on_terminal, summary
     from app.cli.imports import attach_index
+    from app.ops.heap import settle_heap
 
     timer = Timer()
     with node_services() as svc:
@@ -224,6 +225,7 @@ def seed_cmd(patients: int, observations: int, start: int | None, demo: bool, ma
             finally:
                 hooks.release()  # the index's leases, as at the end of a request
             return
+        settle_heap()  # start-up done (app/ops/heap.py)
         cards = svc.extensions["ehc"]
         if start is None:
             start = svc.repo.current("Patient").estimated_document_count()

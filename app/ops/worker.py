@@ -12,12 +12,8 @@
    instead of its HTML page. Its log line names the kind of error and the client address, never the request
    line, which may hold a name or an ID number.
 
-And one change of the process: **after the application is loaded, its objects are frozen** (`gc.freeze`) and the
-collector's first threshold raised to 20,000 allocations. The hundreds of thousands of objects that start-up
-leaves (search registry, structure tables, the pinyin dictionary) are then never scanned again; before, each full
-collection of a worker scanned them (up to 95 ms, measured in process), and a young collection ran every 700
-allocations. k6 reads, alternately with and without, 2 rounds each: 310-312 -> 330-348 req/s, p95 57-58 -> 52-53
-ms, and the threshold on top 308-336 -> 344-352 req/s (docs/architecture.md, "Running it").
+And one change of the process: once the application is loaded, `app.ops.heap.settle_heap` takes what start-up
+made out of the collector's scans.
 
 Hook (1) lives in the pure-Python parser, so `ehc serve` sets `http_parser = "python"` (gunicorn_h1c, the
 optional C parser, would skip it).
@@ -25,7 +21,6 @@ optional C parser, would skip it).
 
 from __future__ import annotations
 
-import gc
 import json
 from http import HTTPStatus
 from ssl import SSLError
@@ -49,6 +44,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import ThreadWorker
 
 from app.core.errors import Issue, operation_outcome
+from app.ops.heap import settle_heap
 
 WORKER_CLASS = "app.ops.worker.FhirWorker"
 OUTCOME_TYPE = "application/fhir+json; charset=utf-8"
@@ -150,15 +146,3 @@ class FhirWorker(ThreadWorker):
             util.write_nonblock(client, outcome_response(status, code, text))
         except Exception:  # the client may be gone; nothing is left to tell it
             self.log.debug("Failed to send the error response.")
-
-
-GC_FIRST_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
-
-
-def settle_heap() -> None:
-    """Once the application is loaded: what start-up made is kept for good, so the collector stops scanning it;
-    young collections run less often. Only the objects made while serving are collected."""
-    gc.collect()
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_FIRST_THRESHOLD, second, third)

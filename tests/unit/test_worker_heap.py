@@ -6,7 +6,8 @@ import gc
 import pytest
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.ops.worker import GC_FIRST_THRESHOLD, FhirWorker
+from app.ops.heap import GC_FIRST_THRESHOLD
+from app.ops.worker import FhirWorker
 
 
 @pytest.fixture
