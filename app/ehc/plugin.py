@@ -33,7 +33,7 @@ from app.keyring import Keyring, keyring_for
 from app.services import Services
 from app.store.events import StoreEvent
 from app.store.keys import identifier_key
-from app.store.repository import WriteContext
+from app.store.repository import write_context
 
 DYNAMIC_VALIDITY = (5, 300, 60)  # min, max, default seconds
 STATIC_VALIDITY = (3600, MAX_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME)
@@ -77,7 +77,7 @@ class CardService:
         res = event.resource
         if res is None:
             return
-        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        ctx = write_context(event)
         target = res.get("_ehc_existing") or res.get("id")
         fresh = target is not None and target == ctx.extra.get("mpi_new_id")
         known = event.extra.get("patient_doc")  # read by the master index's handler of this same event

@@ -28,7 +28,7 @@ from app.federation.registry import NATIONAL, NodeRegistry
 from app.federation.service import Federation, resident_id_number
 from app.services import Services
 from app.store.events import StoreEvent
-from app.store.repository import WriteContext
+from app.store.repository import WriteContext, write_context
 
 log = logging.getLogger("ehc.federation")
 MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
@@ -54,7 +54,7 @@ class PatientHooks:
     def pre_write(self, event: StoreEvent) -> None:
         """Registered after app.ehc's: the card is on the resource; make it the nationwide one."""
         res = event.resource
-        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        ctx = write_context(event)
         if res is None or not self._federated(ctx):
             return
         number = resident_id_number(res)
@@ -85,7 +85,7 @@ class PatientHooks:
 
     def post_write(self, event: StoreEvent) -> None:
         res = event.resource or {}
-        ctx = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        ctx = write_context(event)
         if res.get("id") and resident_id_number(res) and self._federated(ctx):
             self.fed.outbox.enqueue(str(res["id"]))
             self.wake.set()

@@ -37,7 +37,7 @@ from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifier
 from app.mpi.index import MasterIndex, check_same_resident, merge_into
 from app.services import Services
 from app.store.events import PRIOR_DOC, StoreEvent
-from app.store.repository import WriteContext
+from app.store.repository import WriteContext, write_context
 
 # StoreEvent.extra key: (patient id, its stored document or None) as read by a pre-write handler of this event,
 # so that the handlers after it (the card) do not read the same version again.
@@ -47,10 +47,6 @@ PATIENT_DOC = PRIOR_DOC
 # batch's new residents (name key -> patient ids), written in one go by MasterIndex.add_names_many.
 BATCH_CLAIMED = "mpi_batch_claimed"
 BATCH_NAMES = "mpi_batch_names"
-
-
-def ctx_extra(event: StoreEvent) -> dict[str, Any]:
-    return event.context.extra if isinstance(event.context, WriteContext) else {}
 
 
 class MpiHooks:
@@ -105,7 +101,7 @@ class MpiHooks:
         res = event.resource
         if res is None:
             return
-        ctx: WriteContext = event.context if isinstance(event.context, WriteContext) else WriteContext()
+        ctx: WriteContext = write_context(event)
         is_update = event.name == "pre-update"
         rid = res.get("id")
         prior_doc = None
@@ -224,7 +220,7 @@ class MpiHooks:
             new = {e.key for e in self.index.entries(res)}
             if old - new:
                 self.index.drop_claims(old - new, pid)
-            names = ctx_extra(event).get(BATCH_NAMES)
+            names = write_context(event).extra.get(BATCH_NAMES)
             if names is not None and event.previous is None:  # a batch of new residents: written with the batch
                 for key in self.index.name_postings(res):
                     names.setdefault(key, []).append(pid)

@@ -83,6 +83,11 @@ class Stored:
         return cls(resource_type, rid, doc["vid"], doc["ts"], doc.get("del", False), doc.get("res"), doc.get("prov"))
 
 
+def write_context(event: StoreEvent) -> WriteContext:
+    """The WriteContext a store event was fired with (a fresh one when its caller gave none)."""
+    return event.context if isinstance(event.context, WriteContext) else WriteContext()
+
+
 @dataclass(frozen=True)
 class Version:
     """A version about to be written: `stored`, the document as the database keeps it (protected values
