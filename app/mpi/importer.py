@@ -240,11 +240,10 @@ class Importer:
         if isinstance(item, Exception):
             return RowResult(n, "rejected", reason=str(item))
         try:
-            return self._process(n, item)
+            prepared = self._prepare(n, item)
         except FhirError as err:
             return _rejected(n, err)
-        finally:
-            self.hooks.release()  # nothing may outlive the row
+        return prepared if isinstance(prepared, RowResult) else self._one(n, prepared)
 
     def _prepare(self, n: int, resource: dict[str, Any]) -> dict[str, Any] | RowResult:
         """The row's Patient validated and with its identifiers normalised, or its 'rejected' result
@@ -258,12 +257,6 @@ class Importer:
         if issues:
             raise FhirError(422, issues[0].diagnostics, issues=issues)
         return normalised
-
-    def _process(self, n: int, resource: dict[str, Any]) -> RowResult:
-        prepared = self._prepare(n, resource)
-        if isinstance(prepared, RowResult):
-            return prepared
-        return self._write_one(n, prepared)
 
     def _write_one(self, n: int, normalised: dict[str, Any]) -> RowResult:
         existing = self._existing(normalised)
