@@ -141,17 +141,13 @@ class Server:
 
     def rss_mb(self) -> float:
         """Resident memory of the server's process group (master and workers)."""
-        if self.proc is None:
-            return 0.0
-        return sum(int(f[21]) for f in group_stats(self.proc.pid)) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return group_rss_mb(self.proc.pid) if self.proc else 0.0
 
     def db_rss_mb(self) -> float | None:
-        """Resident memory of the embedded database (None with EHC_MONGODB_URI)."""
+        """Resident memory of the embedded database, which runs in a session of its own (None with
+        EHC_MONGODB_URI)."""
         pid = self.embedded.running_pid() if self.embedded else None
-        if pid is None:
-            return None
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return group_rss_mb(pid) if pid else None
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time (user + system) used so far by the server's process group and by the embedded database."""
@@ -203,6 +199,10 @@ def group_stats(pgid: int) -> list[list[str]]:
         except (OSError, IndexError, ValueError):
             continue
     return out
+
+
+def group_rss_mb(pgid: int) -> float:
+    return sum(int(f[21]) for f in group_stats(pgid)) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def group_cpu_seconds(pgid: int) -> float:
