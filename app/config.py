@@ -31,6 +31,9 @@ class Settings:
     index_key_file: Path | None = None  # platform master-index key (SM3-HMAC)
     card_root_key_file: Path | None = None  # SM4 root key for card ID diversification
     field_key_file: Path | None = None  # SM4 key for ID numbers and phones at rest
+    # Audit records made durable in data_dir/audit-spool first and shipped to the database in large batches
+    # (app.audit.spool); off: each group-commit batch is one insert (data_dir need not outlive the process).
+    audit_spool: bool = True
 
     @property
     def db_name(self) -> str:
@@ -71,4 +74,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         index_key_file=path("EHC_INDEX_KEY_FILE"),
         card_root_key_file=path("EHC_CARD_ROOT_KEY_FILE"),
         field_key_file=path("EHC_FIELD_KEY_FILE"),
+        audit_spool=_bool(env.get("EHC_AUDIT_SPOOL", "on")),
     )

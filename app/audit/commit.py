@@ -17,7 +17,9 @@ never lingers. In a process whose threads share the GIL, waiting costs latency b
 others run meanwhile; each insert saved is CPU that the database (on the same machine) gives back.
 
 The floor is one insert per batch: with N concurrent requests, each waiting for its own record, a batch holds
-at most N records, so amortised audit writes are at least 1/N command per request (docs/audit.md).
+at most N records, so amortised audit writes are at least 1/N command per request. With a spool
+(app.audit.spool, the default where the node has a data directory) a batch is made durable by one fsync'ed append
+to a local file instead, and the spool ships many batches with one insert (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, InvalidOperation
+
+from app.audit.spool import Spool
 
 log = logging.getLogger("ehc.audit")
 
@@ -51,16 +55,17 @@ class _Item:
 
 @dataclass
 class CommitStats:
-    batches: int = 0  # insert commands issued
+    batches: int = 0  # batches made durable (insert commands, or appends to the spool)
     records: int = 0  # records made durable
     failed: int = 0  # records refused
     largest: int = 0  # the largest batch so far
 
 
 class GroupCommitter:
-    def __init__(self, collection: Collection, *, max_batch: int = 256, linger: float = 0.1,
-                 slow: float = 0.5, timeout: float = 30.0) -> None:
+    def __init__(self, collection: Collection, *, spool: Spool | None = None, max_batch: int = 256,
+                 linger: float = 0.1, slow: float = 0.5, timeout: float = 30.0) -> None:
         self.col = collection
+        self.spool = spool  # None: each batch is inserted into `collection`
         self.max_batch = max_batch
         self.linger = linger
         self.slow = slow
@@ -157,20 +162,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Item]) -> None:
         started = time.monotonic()
-        errors: dict[int, BaseException] = {}
-        try:
-            self.col.insert_many([i.doc for i in batch], ordered=False)
-        except BulkWriteError as err:
-            write_errors = err.details.get("writeErrors", [])
-            for e in write_errors:
-                errors[int(e["index"])] = RuntimeError(str(e.get("errmsg") or e.get("code")))
-            if not write_errors:  # a write concern error: durability unknown for all
-                errors = {n: err for n in range(len(batch))}
-        except InvalidOperation as err:  # the client was closed: the app is gone
-            errors = {n: err for n in range(len(batch))}
-        except Exception as err:  # noqa: BLE001 - every waiting request gets it
-            log.warning("audit: a batch of %s record(s) could not be stored: %s", len(batch), err)
-            errors = {n: err for n in range(len(batch))}
+        errors = self._store([i.doc for i in batch])
         self.stats.batches += 1
         self.stats.records += len(batch) - len(errors)
         self.stats.failed += len(errors)
@@ -180,3 +172,28 @@ class GroupCommitter:
         for n, item in enumerate(batch):
             item.error = errors.get(n)
             item.done.set()
+
+    def _store(self, docs: list[dict[str, Any]]) -> dict[int, BaseException]:
+        """Make a batch durable; returns the errors of the records that were not, by index."""
+        if self.spool is not None:
+            try:
+                self.spool.append(docs)
+                return {}
+            except Exception as err:  # noqa: BLE001 - a full disk, an unencodable record: the batch fails
+                log.warning("audit: a batch of %s record(s) could not be spooled: %s", len(docs), err)
+                return {n: err for n in range(len(docs))}
+        errors: dict[int, BaseException] = {}
+        try:
+            self.col.insert_many(docs, ordered=False)
+        except BulkWriteError as err:
+            write_errors = err.details.get("writeErrors", [])
+            for e in write_errors:
+                errors[int(e["index"])] = RuntimeError(str(e.get("errmsg") or e.get("code")))
+            if not write_errors:  # a write concern error: durability unknown for all
+                errors = {n: err for n in range(len(docs))}
+        except InvalidOperation as err:  # the client was closed: the app is gone
+            errors = {n: err for n in range(len(docs))}
+        except Exception as err:  # noqa: BLE001 - every waiting request gets it
+            log.warning("audit: a batch of %s record(s) could not be stored: %s", len(docs), err)
+            errors = {n: err for n in range(len(docs))}
+        return errors

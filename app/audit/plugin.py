@@ -10,7 +10,8 @@ Request hooks (Flask, the web edge only):
 - storage events of the request (read, created, updated, deleted) tell which patients it touched;
 - after the request, one that produced no access record (a 404, a 400, $validate ...) is recorded here,
   so that every FHIR request leaves an event; if that record cannot be stored, the answer becomes a 503;
-- AuditEvent reads seal first, so that a search sees the events written just before it.
+- AuditEvent reads seal first, so that a search sees the events written just before it (records spooled by
+  other processes of this node are waited for: app.audit.spool.settle).
 A record that cannot be stored raises AuditWriteError in the request: nothing is answered without its audit
 event (the web edge turns it into a 500, the handler registered here into a 503 elsewhere).
 """
@@ -148,6 +149,7 @@ class AuditTrail:
             state.token = self.writer.committer.enter()
         if path.startswith("AuditEvent"):
             try:
+                self.writer.settle()
                 self.sealer.seal(wait_seconds=2.0)
             except Exception:
                 log.exception("audit: sealing before an AuditEvent read failed")

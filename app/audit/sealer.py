@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -95,15 +96,32 @@ class Sealer:
         self.ref_codes = repo.keyed_codes(EVENTS)
 
     def seal(self, wait_seconds: float = 5.0) -> SealResult | None:
-        """One pass under the lease; None when another process holds it longer than wait_seconds."""
+        """One pass under the lease; None when another process holds it longer than wait_seconds. This
+        process's spooled records are shipped first; under the lease, those that dead processes left in the
+        spool (and shipments of this process that failed) are recovered."""
+        spool = self.writer.committer.spool
+        if spool is not None:
+            spool.ship()
         try:
             with self.leases.hold(LEASE, wait_seconds=wait_seconds):
+                if spool is not None:
+                    spool.recover(self._sealed, budget=self.budget)
                 return self._seal()
         except FhirError:
             return None
 
+    def _sealed(self, record: Mapping[str, Any]) -> bool:
+        """A spooled record that reached the chain already: its AuditEvent exists (for an intent: its own, as
+        a recovered event, or its event's). One `_id` lookup each; asked only of records being recovered."""
+        ids = [str(record["_id"])]
+        if record.get("kind") == "intent":
+            ids.append(event_id_for(ids[0]))
+        return any(self.events.find_one({"_id": i}, {"_id": 1}) is not None for i in ids)
+
     def seal_all(self, wait_seconds: float = 5.0, max_passes: int = 1000) -> SealResult | None:
-        """Passes until nothing is left to seal now (the CLI, tests, a read of AuditEvents)."""
+        """Passes until nothing is left to seal now (the CLI, tests), after the records other live processes
+        of this node hold in their spools have been shipped (AuditWriter.settle)."""
+        self.writer.settle()
         total: SealResult | None = None
         for _ in range(max_passes):
             result = self.seal(wait_seconds)

@@ -167,6 +167,11 @@ class AuditWriter:
         self.pending = db[PENDING]
         self.committer = committer or GroupCommitter(self.pending)
 
+    def settle(self) -> None:
+        """Before reading the trail: spooled records of this node shipped to pending (app.audit.spool)."""
+        if self.committer.spool is not None:
+            self.committer.spool.settle()
+
     # -- what must not reach the audit trail in clear (ID and phone numbers) --------------------
 
     def _blind(self, value: str) -> str:

@@ -8,6 +8,8 @@ which the web edge answers with 503, `Retry-After` and an OperationOutcome. Opti
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -17,6 +19,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from app.core.errors import FhirError
+
+log = logging.getLogger("ehc.store")
 
 # Fail fast when the server is gone (a stopped database answers "connection refused" at once; a vanished host
 # is bounded by the connect timeout); an operation on a connected but hung server is bounded by the socket
@@ -57,6 +61,7 @@ class DatabaseHandle:
     def __init__(self, uri: str, name: str, **client_options_: Any) -> None:
         self.client: MongoClient = MongoClient(uri, **client_options(uri, **client_options_))
         self.db: Database = self.client[name]
+        self._before_close: list[Callable[[], None]] = []
 
     @cached_property
     def is_ferretdb(self) -> bool:
@@ -70,7 +75,17 @@ class DatabaseHandle:
         slow writes there. On MongoDB they serve every search."""
         return not self.is_ferretdb
 
+    def before_close(self, flush: Callable[[], None]) -> None:
+        """Run `flush` when the handle is closed, while the client still works (the audit spool ships)."""
+        self._before_close.append(flush)
+
     def close(self) -> None:
+        flushes, self._before_close = self._before_close, []
+        for flush in flushes:
+            try:
+                flush()
+            except Exception:  # noqa: BLE001 - closing goes on; what was not flushed is recovered later
+                log.exception("database: a flush before closing failed")
         self.client.close()
 
 

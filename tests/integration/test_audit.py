@@ -249,7 +249,8 @@ def test_intent_of_a_dead_write_is_recovered_at_start_up(fresh, settings):
 
     writer, _sealer, _ = fill(fresh, 2)
     eid = writer.reserve("PUT", "Patient/p1", None, "10.1.1.1", Principal(client_id="his", user="Practitioner/d"))
-    # the process died after the operation, before its event; it is two minutes later now
+    # the process died after the operation, before its event (its spool shipped); it is two minutes later now
+    writer.settle()
     fresh.handle.db[PENDING].update_one({"_id": eid}, {"$set": {"at": utcnow() - timedelta(minutes=2)}})
     create_app(settings, services=fresh)
     ev = fresh.handle.db[EVENTS].find_one({"_id": eid})["res"]

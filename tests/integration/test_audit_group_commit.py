@@ -1,6 +1,7 @@
-"""Group commit of audit records (issue #12): concurrent requests share one insert, each response waits for
-its record to be durable, a refused record fails its request, and a write killed between its intent and its
-event is still recovered. Database commands are counted with pymongo command monitoring."""
+"""Group commit of audit records into the database (issue #12), the spool switched off (EHC_AUDIT_SPOOL=off;
+the spool is tested in test_audit_spool.py): concurrent requests share one insert, each response waits for its
+record to be durable, a refused record fails its request, and a write killed between its intent and its event is
+still recovered. Database commands are counted with pymongo command monitoring."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import uuid
 from typing import Any
 
 import pytest
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
 
 from app.audit import build_trail
 from app.audit.chain import CHAIN, EVENTS, PENDING, verify
@@ -23,36 +24,9 @@ from app.audit.commit import AuditWriteError, GroupCommitter
 from app.audit.writer import pending_id
 from app.core.access import AccessRecord, Principal
 from app.store.embedded import free_port
+from tests.audit_commands import amortised
 
 FJ = "application/fhir+json"
-AUDIT = ("_audit", "AuditEvent")
-
-
-class AuditCommands(monitoring.CommandListener):
-    """Commands on the audit collections, except those of the background sealer (not on the request path)."""
-
-    def __init__(self) -> None:
-        self.counting = False
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if not self.counting or threading.current_thread().name == "ehc-audit-sealer":
-            return
-        coll = event.command.get(event.command_name)
-        if isinstance(coll, str) and coll.startswith(AUDIT):
-            with self._lock:
-                self.count += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-LISTENER = AuditCommands()
-monitoring.register(LISTENER)  # before any client of this module's services is created
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +37,7 @@ def web(mongo_server, tmp_path_factory):
 
     uri = mongo_server.rstrip("/") + "/t_audit_gc_" + uuid.uuid4().hex[:8]
     settings = Settings(mongodb_uri=uri, province="11", data_dir=tmp_path_factory.mktemp("gc"),
-                        auth_required=False)
+                        auth_required=False, audit_spool=False)
     app = create_app(settings)
     app.testing = True
     svc = app.extensions["ehc"]
@@ -79,33 +53,6 @@ def _patient(app: Any) -> str:
     return str(r.json["id"])
 
 
-def _amortised(app: Any, clients: int, per_client: int, pid: str) -> float:
-    """Audit commands per request while `clients` threads each read a Patient `per_client` times."""
-    errors: list[Any] = []
-    barrier = threading.Barrier(clients)
-
-    def work() -> None:
-        client = app.test_client()
-        barrier.wait()
-        for _ in range(per_client):
-            r = client.get(f"/fhir/Patient/{pid}")
-            if r.status_code != 200:
-                errors.append(r.status_code)
-
-    LISTENER.count = 0
-    LISTENER.counting = True
-    try:
-        threads = [threading.Thread(target=work) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        LISTENER.counting = False
-    assert errors == []
-    return LISTENER.count / (clients * per_client)
-
-
 def test_concurrent_requests_share_audit_inserts(web):
     app, svc = web
     pid = _patient(app)
@@ -113,13 +60,13 @@ def test_concurrent_requests_share_audit_inserts(web):
     before = committer.stats.records
     # defaults (linger 0.1 s): on a loaded machine a batch may close before every request has joined it
     # (0.15-0.2 measured at load 15-40 on 2 cores; one insert per request would be 1.0)
-    assert _amortised(app, 8, 25, pid) <= 0.34
+    assert amortised(app, 8, 25, pid) <= 0.34
     # a linger that never binds: a batch closes when every request in flight waits in it; one insert per
     # batch of N is the floor, 1/8 = 0.125 at 8 clients; 1/16 at 16
     committer.linger, committer.slow = 5.0, 30.0
     try:
-        at8 = _amortised(app, 8, 25, pid)
-        at16 = _amortised(app, 16, 15, pid)
+        at8 = amortised(app, 8, 25, pid)
+        at16 = amortised(app, 16, 15, pid)
     finally:
         committer.linger, committer.slow = 0.1, 0.5
     assert 0.125 <= at8 <= 0.2, at8
@@ -199,7 +146,8 @@ from app.config import Settings
 from app.services import build_services
 from app.audit import build_trail
 from app.core.access import Principal
-svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=sys.argv[2], auth_required=False))
+svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=sys.argv[2], auth_required=False,
+                              audit_spool=False))
 writer, _ = build_trail(svc)
 iid = writer.reserve("PUT", "Patient/p-killed", None, "10.2.3.4", Principal(client_id="his-7"))
 print(iid, flush=True)
@@ -212,7 +160,8 @@ def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_
     from app.services import build_services
 
     uri = mongo_server.rstrip("/") + "/t_audit_kill_" + uuid.uuid4().hex[:8]
-    svc = build_services(Settings(mongodb_uri=uri, province="11", data_dir=tmp_path, auth_required=False))
+    svc = build_services(Settings(mongodb_uri=uri, province="11", data_dir=tmp_path, auth_required=False,
+                                  audit_spool=False))
     try:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, uri, str(tmp_path)], stdout=subprocess.PIPE,
                                 text=True, cwd=os.getcwd())
