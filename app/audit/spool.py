@@ -26,9 +26,9 @@ a segment nobody holds is an orphan, left by a process that died.
   search sees the events written before it on this node.
 
 Segments are created under a temporary name, locked, then renamed: a segment is never visible unlocked while its
-owner lives. The spool keeps state on the node's disk: EHC_DATA_DIR must outlive the process (a volume), or
-the spool be switched off (EHC_AUDIT_SPOOL=off: records are then inserted by the group committer, one insert
-per batch). docs/audit.md has the trade-off.
+owner lives (and recovery leaves a temporary file alone for a minute). The spool keeps state on the node's disk:
+EHC_DATA_DIR must outlive the process (a volume), or the spool be switched off (EHC_AUDIT_SPOOL=off: records are
+then inserted by the group committer, one insert per batch). docs/audit.md has the trade-off.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation
 log = logging.getLogger("ehc.audit")
 SUFFIX = ".seg"
 SHIP_INTERVAL = 0.5  # seconds; the sealer runs every second, so this adds little to when an event is sealed
+# A new segment file is locked within microseconds of its creation; one older than this was left by a process
+# that died in between (it holds nothing) and is removed by recovery.
+NEW_FILE_GRACE = 60.0
 
 
 @dataclass
@@ -122,10 +125,17 @@ class Spool:
         name = f"{os.getpid()}-{secrets.token_hex(6)}"
         tmp = self.dir / f".{name}.new"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
         path = self.dir / f"{name}{SUFFIX}"
-        os.rename(tmp, path)
-        _fsync_dir(self.dir)  # the segment's name is durable before any record in it is acknowledged
+        try:
+            # Locked before it gets its segment name; a recovery leaves a new file alone for NEW_FILE_GRACE s.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, path)
+            _fsync_dir(self.dir)  # the segment's name is durable before any record in it is acknowledged
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return _Segment(path, fd)
 
     def _forked(self) -> None:
@@ -162,8 +172,8 @@ class Spool:
                 seg, self._current = self._current, None
             if seg is None:
                 return 0
-            docs = [RawBSONDocument(raw) for raw in _records(_read(seg.fd), seg.path)]
             try:
+                docs = [RawBSONDocument(raw) for raw in _records(_read(seg.fd), seg.path)]
                 if docs:
                     self.col.insert_many(docs, ordered=False)
             except BulkWriteError as err:
@@ -230,15 +240,13 @@ class Spool:
         except FileNotFoundError:
             return
         for entry in entries:
-            if not (entry.name.endswith(SUFFIX) or entry.name.endswith(".new")):
+            if entry.name.endswith(".new"):  # its creator died before naming it: it was never written to
+                if _age(entry) > NEW_FILE_GRACE:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
                 continue
-            seg = _try_lock(Path(entry.path))
-            if seg is None:
-                continue
-            if entry.name.endswith(".new"):  # died before renaming it: it was never written to
-                self._remove(seg)
-                continue
-            yield seg
+            if entry.name.endswith(SUFFIX) and (seg := _try_lock(Path(entry.path))) is not None:
+                yield seg
 
     # -- readers ------------------------------------------------------------------------------------------
 
@@ -315,6 +323,13 @@ def _try_lock(path: Path) -> _Segment | None:
         os.close(fd)
         return None
     return _Segment(path, fd, os.fstat(fd).st_size)
+
+
+def _age(entry: os.DirEntry[str]) -> float:
+    try:
+        return time.time() - entry.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _size(entry: os.DirEntry[str]) -> int:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,61 @@ def test_a_failed_shipment_is_kept_and_recovered(node: Services) -> None:
     sealer.seal_all()  # the database is back: the kept segment is recovered under the sealer's lease
     assert node.handle.db[EVENTS].find_one({"_id": rid}) is not None
     assert spool.stats.recovered == 1 and _segments(node) == []
+
+
+def test_recovery_leaves_a_segment_being_created_alone(node: Services) -> None:
+    """A new segment file is locked just after it is created: in that instant it must not look orphaned
+    (found under load: another worker's recovery removed it and the creator's batch failed)."""
+    _writer_, sealer = build_trail(node)
+    directory = spool_dir(node.settings.data_dir, node.handle.db.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    being_made = directory / ".4242-0123456789ab.new"
+    being_made.touch()
+    sealer.seal_all()
+    assert being_made.exists()
+    old = time.time() - 120  # its creator died two minutes ago, before locking it
+    os.utime(being_made, (old, old))
+    sealer.seal_all()
+    assert not being_made.exists()
+
+
+BUSY_WRITER = """
+import sys
+from pathlib import Path
+from app.config import Settings
+from app.services import build_services
+from app.audit import build_trail
+from app.core.access import AccessRecord, Principal
+svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=Path(sys.argv[2]),
+                              auth_required=False))
+writer, _ = build_trail(svc)
+writer.committer.spool.interval = 0.005  # a new segment every few records
+for i in range(int(sys.argv[3])):
+    writer.write(AccessRecord("read", "Patient", [f"p{i}"], principal=Principal(client_id="busy")))
+svc.handle.close()  # ships the rest
+print("ok", flush=True)
+"""
+
+
+def test_busy_writers_and_a_recovering_sealer_lose_nothing_and_seal_nothing_twice(node: Services) -> None:
+    """Two processes write and rotate segments as fast as they can while this one seals (and so scans for
+    orphans) back to back: no write fails, every record is sealed exactly once."""
+    uri = node.settings.mongodb_uri
+    assert uri is not None
+    per_writer = 300
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_WRITER, uri, str(node.settings.data_dir), str(per_writer)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
+             for _ in range(2)]
+    _writer_, sealer = build_trail(node)
+    deadline = time.monotonic() + 120
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        sealer.seal(wait_seconds=1.0)
+    outputs = [p.communicate(timeout=30) for p in procs]
+    assert [out.strip() for out, _err in outputs] == ["ok", "ok"], [err[-2000:] for _out, err in outputs]
+    sealer.seal_all()
+    assert node.handle.db[CHAIN].count_documents({}) == 2 * per_writer
+    assert len({d["ev"] for d in node.handle.db[CHAIN].find({}, {"ev": 1})}) == 2 * per_writer
+    assert verify(node.handle.db).ok and _segments(node) == []
 
 
 def test_settle_waits_for_what_another_live_process_spooled(node: Services) -> None:
