@@ -1,11 +1,15 @@
 """Counting the audit trail's database commands on the request path (pymongo command monitoring): every command
 on the audit collections except the background sealer's (it works off the request path). Registered when this
-module is imported, so test modules import it before any client of theirs exists. Used by
-tests/integration/test_audit_group_commit.py and test_audit_spool.py."""
+module is imported, so test modules import it before any client of theirs exists (`audited_app` makes a web app
+whose client it sees). Used by tests/integration/test_audit_group_commit.py and test_audit_spool.py."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pymongo import monitoring
@@ -66,3 +70,21 @@ def amortised(app: Any, clients: int, per_client: int, pid: str, *, after: Any =
         LISTENER.counting = False
     assert errors == []
     return LISTENER.count / (clients * per_client)
+
+
+@contextmanager
+def audited_app(mongo_server: str, data_dir: Path, *, audit_spool: bool) -> Iterator[tuple[Any, Any]]:
+    """(app, services) of a web app on a database of its own, auth off; dropped afterwards."""
+    from app import create_app
+    from app.config import Settings
+
+    uri = mongo_server.rstrip("/") + "/t_audit_app_" + uuid.uuid4().hex[:8]
+    app = create_app(Settings(mongodb_uri=uri, province="11", data_dir=data_dir, auth_required=False,
+                              audit_spool=audit_spool))
+    app.testing = True
+    svc = app.extensions["ehc"]
+    try:
+        yield app, svc
+    finally:
+        svc.handle.client.drop_database(svc.handle.db.name)
+        svc.handle.close()

@@ -24,26 +24,16 @@ from app.audit.commit import AuditWriteError, GroupCommitter
 from app.audit.writer import pending_id
 from app.core.access import AccessRecord, Principal
 from app.store.embedded import free_port
-from tests.audit_commands import amortised
+from tests.audit_commands import amortised, audited_app
 
 FJ = "application/fhir+json"
 
 
 @pytest.fixture(scope="module")
 def web(mongo_server, tmp_path_factory):
-    """A web app on a database of its own (its client created after the listener was registered)."""
-    from app import create_app
-    from app.config import Settings
-
-    uri = mongo_server.rstrip("/") + "/t_audit_gc_" + uuid.uuid4().hex[:8]
-    settings = Settings(mongodb_uri=uri, province="11", data_dir=tmp_path_factory.mktemp("gc"),
-                        auth_required=False, audit_spool=False)
-    app = create_app(settings)
-    app.testing = True
-    svc = app.extensions["ehc"]
-    yield app, svc
-    svc.handle.client.drop_database(svc.handle.db.name)
-    svc.handle.close()
+    """A web app on a database of its own, the spool off."""
+    with audited_app(mongo_server, tmp_path_factory.mktemp("gc"), audit_spool=False) as made:
+        yield made
 
 
 def _patient(app: Any) -> str:

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.core.access import AccessRecord, Principal
 from app.services import Services
 from app.store.embedded import free_port
-from tests.audit_commands import amortised
+from tests.audit_commands import amortised, audited_app
 
 FJ = "application/fhir+json"
 
@@ -36,18 +36,9 @@ FJ = "application/fhir+json"
 @pytest.fixture(scope="module")
 def web(mongo_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Services]]:
     """A web app with the spool on (the default), on a database of its own."""
-    from app import create_app
-
-    uri = mongo_server.rstrip("/") + "/t_audit_spool_" + uuid.uuid4().hex[:8]
-    settings = Settings(mongodb_uri=uri, province="11", data_dir=tmp_path_factory.mktemp("spool"),
-                        auth_required=False)
-    assert settings.audit_spool
-    app = create_app(settings)
-    app.testing = True
-    svc = app.extensions["ehc"]
-    yield app, svc
-    svc.handle.client.drop_database(svc.handle.db.name)
-    svc.handle.close()
+    assert Settings().audit_spool
+    with audited_app(mongo_server, tmp_path_factory.mktemp("spool"), audit_spool=True) as made:
+        yield made
 
 
 @pytest.fixture
