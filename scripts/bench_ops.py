@@ -74,6 +74,14 @@ def k6_run(k6: str, server: Server, scenario: str, items: list[str], args: argpa
     return summary
 
 
+def wait_for_sealer(server: Server, limit: float = 180.0) -> float:
+    """Seconds until the server's audit backlog (`_audit_pending`) is empty, at most `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit and (server.audit_pending() or 0) > 0:
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def fresh_tokens(cards: Any, residents: list[dict[str, Any]], n: int) -> list[str]:
     """Dynamic tokens of the longest validity, signed with the node's current key as $ehc-qrcode would."""
     return [cards.issue(residents[i % len(residents)], "dynamic", 300)[0] for i in range(n)]
@@ -123,7 +131,8 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
     k6_row("qrcode_noimage", "`$ehc-qrcode` with `image` = false", TARGETS["qrcode"], "")
     if "pix" in r:
         p50, p95, bad = r["pix"]
-        lines.append(f"| `$ihe-pix` latency, 1 client, {args.pix:,} requests | p50 {p50:.1f} ms, p95 {p95:.1f} ms "
+        lines.append(f"| `$ihe-pix` latency, 1 client, {args.pix:,} requests (started once the audit backlog of the "
+                     f"runs before it was sealed: {r.get('pix_waited', 0):.0f} s) | p50 {p50:.1f} ms, p95 {p95:.1f} ms "
                      f"({bad} errors) | p95 <= {TARGETS['pix_p95_ms']:.0f} ms | {mark(p95 <= TARGETS['pix_p95_ms'])} |")
     for imp in r.get("imports", []):
         c = imp["counts"]
@@ -191,6 +200,8 @@ def main() -> int:
             results["qrcode"] = k6_run(k6, server, "qrcode", ids, args, tmp)
             results["qrcode_noimage"] = k6_run(k6, server, "qrcode", ids, args, tmp, IMAGE="false")
         if "pix" in only:
+            # one client's latency, not the sealing of the k6 runs' backlog before it
+            results["pix_waited"] = wait_for_sealer(server)
             results["pix"] = pix_latency(server.base, residents, args.pix,
                                          {"Authorization": f"Bearer {server.token()}"})
             print(f"pix: p50 {results['pix'][0]:.1f} ms, p95 {results['pix'][1]:.1f} ms", flush=True)

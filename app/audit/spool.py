@@ -356,6 +356,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def segments(directory: Path) -> list[Path]:
+    """The segments in a spool directory: records not shipped yet (being written, or left to recovery)."""
+    return sorted(directory.glob(f"*{SUFFIX}")) if directory.exists() else []
+
+
 def spool_dir(data_dir: Path, db_name: str) -> Path:
     """Where a node's spool lives: one directory per database, so nodes sharing a data directory never ship
     each other's records."""

@@ -1,4 +1,5 @@
-"""`ehc status`: the node at a glance: database, keys, audit head, pending journals and audit events, clients,
+"""`ehc status`: the node at a glance: database, keys, audit head, pending journals and audit events (and spool
+segments not shipped yet), clients,
 record counts. JSON on stdout; exit 1 when the database cannot be reached.
 
 Counts use a 2-second budget each (FerretDB counts by scanning); a count that takes longer is reported as null.
@@ -80,6 +81,8 @@ def status() -> None:
     report["database"]["reachable"] = True
     from pymongo import MongoClient
 
+    from app.audit.spool import segments, spool_dir
+
     client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=2000)
     try:
         db = client[settings.db_name]
@@ -89,7 +92,8 @@ def status() -> None:
         report["database"]["name"] = settings.db_name
         head = db["_audit_state"].find_one({"_id": "audit-head"}) or {}
         report["audit"] = {"sealed": head.get("seq", 0), "head": head.get("h"),
-                           "pending": _count(db["_audit_pending"])}
+                           "pending": _count(db["_audit_pending"]),
+                           "spooled_segments": len(segments(spool_dir(settings.data_dir, settings.db_name)))}
         report["journals_pending"] = _count(db["_journal"])
         report["clients"] = _count(db["auth_clients"])
         types = ("Patient", "Observation", "Organization", "Consent", "DocumentReference", "AuditEvent")

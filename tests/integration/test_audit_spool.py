@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from pymongo import MongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
 from app.audit import build_trail
 from app.audit.chain import CHAIN, EVENTS, PENDING, verify
-from app.audit.spool import SUFFIX, spool_dir
+from app.audit.spool import SUFFIX, segments, spool_dir
 from app.audit.writer import event_id_for
+from app.cli import main
 from app.config import Settings
 from app.core.access import AccessRecord, Principal
 from app.services import Services
@@ -54,8 +56,7 @@ def node(mongo_server: str, tmp_path: Path) -> Iterator[Services]:
 
 
 def _segments(svc: Services) -> list[Path]:
-    directory = spool_dir(svc.settings.data_dir, svc.handle.db.name)
-    return sorted(directory.glob(f"*{SUFFIX}")) if directory.exists() else []
+    return segments(spool_dir(svc.settings.data_dir, svc.handle.db.name))
 
 
 def _read(svc: Services, i: int) -> AccessRecord:
@@ -99,6 +100,7 @@ from pathlib import Path
 from app.config import Settings
 from app.services import build_services
 from app.audit import build_trail
+from app.cli import main
 from app.core.access import AccessRecord, Principal
 svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=Path(sys.argv[2]),
                               auth_required=False))
@@ -129,6 +131,9 @@ def test_records_of_a_killed_process_are_recovered_from_its_spool(node: Services
     pending = node.handle.db[PENDING]
     assert pending.find_one({"_id": read_id}) is None and pending.find_one({"_id": intent_id}) is None
     assert len(_segments(node)) == 1  # both acknowledged: on disk, nowhere else
+    status = CliRunner().invoke(main, ["status"], env={"EHC_MONGODB_URI": node.settings.mongodb_uri or "",
+                                                       "EHC_DATA_DIR": str(node.settings.data_dir)})
+    assert json.loads(status.stdout)["audit"]["spooled_segments"] == 1, status.output
     _writer_, sealer = build_trail(node, intent_grace=0.0)
     result = sealer.seal_all()
     assert result is not None and result.recovered == 1 and result.sealed == 2
@@ -221,6 +226,7 @@ from pathlib import Path
 from app.config import Settings
 from app.services import build_services
 from app.audit import build_trail
+from app.cli import main
 from app.core.access import AccessRecord, Principal
 svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=Path(sys.argv[2]),
                               auth_required=False))
