@@ -18,6 +18,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from app.audit.spool import segments, spool_dir
 from app.cli import main
 from app.store.embedded import free_port
 from tests.integration.test_mpi_registration import id_number
@@ -175,3 +176,6 @@ def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path
     assert "WARNING: This is a development server" not in err
     with pytest.raises(ProcessLookupError):
         os.kill(db_pid, 0)
+    # the 401's audit record was spooled by a worker, and shipped when the worker stopped: nothing is left behind
+    spool = spool_dir(tmp_path, "ehc")
+    assert spool.exists() and segments(spool) == []
