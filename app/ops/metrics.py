@@ -6,7 +6,8 @@
 - ehc_db_commands_total{command} and ehc_db_command_duration_seconds{command}: database round trips, counted by
   pymongo command monitoring (a listener registered once per process, before the first client connects).
 - ehc_audit_backlog: events waiting in `_audit_pending`, counted when scraped (0.5 s at most; absent when the
-  count took longer).
+  count took longer); ehc_audit_spooled_segments: this node's audit spool segments not shipped yet (app.audit.spool:
+  one per process between shipments; more means shipments fail or a dead process's records wait for recovery).
 - ehc_oauth_token_grants_total{grant_type, result}: answers of /oauth/token (result granted, or the HTTP status).
 - ehc_qr_verifications_total{result}: `$ehc-verify` outcomes: valid, or the reason (expired, replayed ...).
 
@@ -83,7 +84,7 @@ def install_command_listener() -> None:
 
 
 class AuditBacklog(Collector):
-    """ehc_audit_backlog, read when scraped."""
+    """ehc_audit_backlog and ehc_audit_spooled_segments, read when scraped."""
 
     def __init__(self, svc: Any, timeout: float = 0.5) -> None:
         self.svc = svc
@@ -101,6 +102,13 @@ class AuditBacklog(Collector):
             return
         gauge.add_metric([], n)
         yield gauge
+        if self.svc.settings.audit_spool:  # records durable on this node's disk, not shipped yet
+            from app.audit.spool import segments, spool_dir
+
+            spooled = GaugeMetricFamily("ehc_audit_spooled_segments",
+                                        "Audit spool segments on this node not shipped to the database yet")
+            spooled.add_metric([], len(segments(spool_dir(self.svc.settings.data_dir, self.svc.handle.db.name))))
+            yield spooled
 
 
 def _registry(svc: Any) -> CollectorRegistry:

@@ -78,6 +78,7 @@ def test_metrics_count_requests_by_interaction_and_type(client):
     assert metric(text, "ehc_http_request_duration_seconds_count", interaction="read", resource_type="Patient")
     assert (metric(text, "ehc_db_commands_total", command="find") or 0) > 0
     assert metric(text, "ehc_audit_backlog") is not None
+    assert metric(text, "ehc_audit_spooled_segments") is not None
 
 
 def test_metrics_of_token_grants_and_qr_verifications(client):
