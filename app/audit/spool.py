@@ -14,10 +14,10 @@ a segment nobody holds is an orphan, left by a process that died.
   answered after that returns.
 - `ship()`: the shipper thread (every `interval`), the sealer before a pass, and `close()` at exit: the current
   segment is closed (the next append starts a new one), inserted with one `insert_many` of the raw documents,
-  and removed. A segment whose insert failed (the database unreachable, an insert cut half way) is kept: some of
-  its records may be stored and even sealed already, so it is left to recovery.
-- `recover(sealed)`: the sealer, under its lease (so that nothing is sealed meanwhile), takes the orphans of
-  dead processes and this process's failed segments, and inserts each record unless `sealed(record)` (its
+  and removed. A segment whose insert failed (the database unreachable, an insert cut half way) is let go: some
+  of its records may be stored and even sealed already, so it is left to recovery as an orphan.
+- `recover(sealed)`: the sealer, under its lease (so that nothing is sealed meanwhile), takes the orphans (of
+  dead processes, and shipments that failed), and inserts each record unless `sealed(record)` (its
   AuditEvent exists) or pending holds it already (a duplicate id). So a record is never lost and never
   sealed twice. A record cut short at the end of an orphan was never acknowledged (its fsync had not
   returned): it is dropped with a warning.
@@ -86,7 +86,6 @@ class Spool:
         self._lock = threading.Lock()  # the current segment
         self._ship_lock = threading.Lock()  # one shipment at a time
         self._current: _Segment | None = None
-        self._failed: list[_Segment] = []  # shipments that failed: left to recover()
         self._pid = os.getpid()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,7 +113,7 @@ class Spool:
                 with contextlib.suppress(OSError):
                     os.ftruncate(seg.fd, seg.size)
                 self._current = None
-                self._failed.append(seg)
+                _let_go(seg)
                 raise
             seg.size += written
             self.stats.appends += 1
@@ -142,9 +141,9 @@ class Spool:
         """(Under the lock.) In a forked child, the parent's segments stay the parent's: close our copies."""
         if self._pid == os.getpid():
             return
-        for seg in [*([self._current] if self._current else []), *self._failed]:
-            os.close(seg.fd)
-        self._current, self._failed, self._thread, self._pid = None, [], None, os.getpid()
+        if self._current is not None:
+            os.close(self._current.fd)
+        self._current, self._thread, self._pid = None, None, os.getpid()
 
     # -- shipping ---------------------------------------------------------------------------------------
 
@@ -179,10 +178,10 @@ class Spool:
             except BulkWriteError as err:
                 if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])) \
                         or err.details.get("writeConcernErrors"):
-                    self._failed.append(seg)
+                    _let_go(seg)
                     raise
             except BaseException:
-                self._failed.append(seg)
+                _let_go(seg)
                 raise
             self._remove(seg)
             self.stats.ships += 1
@@ -196,23 +195,18 @@ class Spool:
     # -- recovery (the sealer, under its lease) ------------------------------------------------------------
 
     def recover(self, sealed: Callable[[RawBSONDocument], bool], budget: float = 2.0) -> int:
-        """Insert the unsealed records of orphaned segments and of this process's failed shipments, whole
-        segments until `budget` seconds are spent; returns how many records were inserted."""
+        """Insert the unsealed records of orphaned segments (of dead processes, and shipments that failed),
+        whole segments until `budget` seconds are spent; returns how many records were inserted."""
         started, inserted = time.monotonic(), 0
         with self._ship_lock:
-            with self._lock:
-                self._forked()
-                mine, self._failed = self._failed, []
-            todo = [*mine, *self._orphans()]
+            todo = list(self._orphans())
             try:
                 while todo and time.monotonic() - started <= budget:
                     inserted += self._recover_one(todo[0], sealed)
                     todo.pop(0)
-            finally:  # what is left waits for the next pass: ours stays ours, an orphan's lock is let go
-                self._failed.extend(s for s in todo if s in mine)
-                for s in todo:
-                    if s not in mine:
-                        os.close(s.fd)
+            finally:  # what is left waits for the next pass
+                for seg in todo:
+                    os.close(seg.fd)
         return inserted
 
     def _recover_one(self, seg: _Segment, sealed: Callable[[RawBSONDocument], bool]) -> int:
@@ -255,7 +249,7 @@ class Spool:
         this node held now has been shipped (at most about `interval`, never more than `timeout`)."""
         self.ship()
         with self._lock:
-            mine = {seg.path.name for seg in [*([self._current] if self._current else []), *self._failed]}
+            mine = {self._current.path.name} if self._current else set()
         waiting = []
         try:
             entries = list(os.scandir(self.dir))
@@ -281,6 +275,13 @@ class Spool:
             self.ship()
         except Exception:  # noqa: BLE001 - kept on disk; recovered by the next sealer pass on this node
             log.warning("audit: the spool could not be shipped at exit; the next server start recovers it")
+
+
+def _let_go(seg: _Segment) -> None:
+    """A segment whose records may be partly stored already: closed, so that its lock goes and recovery (in
+    any process of the node, under the sealer's lease) takes it as an orphan. No descriptor is kept per failed
+    shipment, however long the database stays away."""
+    os.close(seg.fd)
 
 
 def _close_at_exit(ref: weakref.ref[Spool]) -> None:
