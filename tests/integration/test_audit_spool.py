@@ -100,7 +100,6 @@ from pathlib import Path
 from app.config import Settings
 from app.services import build_services
 from app.audit import build_trail
-from app.cli import main
 from app.core.access import AccessRecord, Principal
 svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=Path(sys.argv[2]),
                               auth_required=False))
@@ -232,7 +231,6 @@ from pathlib import Path
 from app.config import Settings
 from app.services import build_services
 from app.audit import build_trail
-from app.cli import main
 from app.core.access import AccessRecord, Principal
 svc = build_services(Settings(mongodb_uri=sys.argv[1], province="11", data_dir=Path(sys.argv[2]),
                               auth_required=False))
