@@ -34,6 +34,9 @@ class Settings:
     # Audit records made durable in data_dir/audit-spool first and shipped to the database in large batches
     # (app.audit.spool); off: each group-commit batch is one insert (data_dir need not outlive the process).
     audit_spool: bool = True
+    # Seal the audit trail in a background thread of every server process; `ehc serve` turns it off for its
+    # workers and runs one sealer process instead (app.ops.sealer), so that sealing never holds a worker's GIL.
+    background_sealing: bool = True
 
     @property
     def db_name(self) -> str:
@@ -75,4 +78,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         card_root_key_file=path("EHC_CARD_ROOT_KEY_FILE"),
         field_key_file=path("EHC_FIELD_KEY_FILE"),
         audit_spool=_bool(env.get("EHC_AUDIT_SPOOL", "on")),
+        background_sealing=_bool(env.get("EHC_BACKGROUND_SEALING", "on")),
     )

@@ -85,6 +85,10 @@ class SealLoop:
         self._stop.set()
         self._wake.set()
 
+    def run_until_stopped(self) -> None:
+        """The loop in the calling thread (a sealer process: `ehc audit seal --follow`)."""
+        self._run()
+
     def _run(self) -> None:
         more = False
         while not self._stop.is_set():
@@ -114,7 +118,8 @@ class AuditTrail:
         self.svc = svc
         self.writer = writer
         self.sealer = sealer
-        self.loop = SealLoop(sealer)
+        # interval 0: no background thread here (`ehc serve` runs a sealer process: app.ops.sealer)
+        self.loop = SealLoop(sealer, None if svc.settings.background_sealing else 0)
 
     # -- the access listener -------------------------------------------------------------------------
 

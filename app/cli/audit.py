@@ -1,4 +1,4 @@
-"""`ehc audit verify|seal|checkpoint`: check the audit trail.
+"""`ehc audit verify|seal|checkpoint`: check the audit trail (`seal --follow`: the sealer process of `ehc serve`).
 
 `ehc audit verify` exits 0 when the trail is intact and 1 naming the first bad event otherwise; it prints the
 report as JSON. It checks the SM3 hash chain, the signed checkpoints of EHC_DATA_DIR/audit-checkpoints.jsonl
@@ -138,16 +138,45 @@ def verify(no_seal: bool, checkpoint_file: Path | None, keys_file: Path | None, 
 
 
 @audit.command()
-def seal() -> None:
+@click.option("--follow", is_flag=True,
+              help="keep sealing until stopped (SIGTERM, Ctrl-C): `ehc serve` runs this as its sealer process")
+def seal(follow: bool) -> None:
     """Seal pending events now (the server does this in the background)."""
     from app.audit import build_trail
 
     svc = _services()
+    if follow:
+        _follow(build_trail(svc, keys=_node_keys(svc))[1])
+        return
     result = build_trail(svc, keys=_node_keys(svc))[1].seal_all(wait_seconds=20.0)
     if result is None:
         raise click.ClickException("another process holds the sealing lease; retry")
     click.echo(json.dumps({"sealed": result.sealed, "head": result.head, "waiting": result.waiting,
                            "recovered": result.recovered, "checkpoint": result.checkpoint}))
+
+
+def _follow(sealer: Any) -> None:
+    """Passes back to back while there is a backlog, else every second, until SIGTERM or SIGINT, or until the
+    process that started it is gone."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from app.audit.plugin import SealLoop
+
+    loop = SealLoop(sealer)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: loop.stop())
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the server that started it was killed (SIGKILL): do not outlive it
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        loop.stop()
+
+    threading.Thread(target=orphaned, name="ehc-sealer-parent", daemon=True).start()
+    loop.run_until_stopped()
 
 
 @audit.command()

@@ -5,7 +5,8 @@ request is Python (one CPU per process at a time) with database round trips betw
 `--workers` and `--threads` override them.
 
 Without EHC_MONGODB_URI it starts the embedded database and stops it again when the server stops (Ctrl-C or
-SIGTERM); a database that was already running is left running.
+SIGTERM); a database that was already running is left running. Beside the workers it runs the audit sealer in a
+process of its own (app.ops.sealer), restarted if it exits.
 """
 
 from __future__ import annotations
@@ -95,12 +96,17 @@ def _run_dev(host: str, port: int) -> None:
 def _run_gunicorn(host: str, port: int, workers: int, threads: int, data_dir: Any) -> None:
     from gunicorn.app.base import BaseApplication
 
+    owner = os.getpid()
+
     metrics_dir = data_dir / "run" / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read when prometheus_client is imported: after this
     from app.ops.metrics import mark_process_dead
+    from app.ops.sealer import SealerProcess
     from app.ops.worker import WORKER_CLASS
+
+    os.environ["EHC_BACKGROUND_SEALING"] = "off"  # the workers: one sealer process seals beside them
 
     options = {
         "bind": f"{host}:{port}",
@@ -127,4 +133,10 @@ def _run_gunicorn(host: str, port: int, workers: int, threads: int, data_dir: An
             return create_app()
 
     sys.argv = sys.argv[:1]  # gunicorn reads its own command line too; ours is not for it
-    Server().run()
+    sealer = SealerProcess()
+    sealer.start()
+    try:
+        Server().run()
+    finally:
+        if os.getpid() == owner:  # not in a worker leaving through this frame
+            sealer.stop()

@@ -145,6 +145,41 @@ def test_install_waits_for_a_build_in_progress(tmp_path):
 
 
 @pytest.mark.slow
+def _children(parent: int) -> dict[int, list[bytes]]:
+    """pid -> command line of the processes whose parent is `parent`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _sealer_of(parent: int) -> int | None:
+    """The pid of the `ehc audit seal --follow` child of `parent`, if one runs."""
+    return next((pid for pid, cmd in _children(parent).items() if b"--follow" in cmd), None)
+
+
+def _sealed_soon(db_port: int, above: int, within: float = 10.0) -> int:
+    """The audit chain's head on the embedded database, once it is above `above` (or after `within` s)."""
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(f"mongodb://127.0.0.1:{db_port}", serverSelectionTimeoutMS=2000)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            head = int((client["ehc"]["_audit_state"].find_one({"_id": "audit-head"}) or {}).get("seq") or 0)
+            if head > above or time.monotonic() > deadline:
+                return head
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
 def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path):
     port, db_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "EHC_MONGODB_URI"}
@@ -162,6 +197,17 @@ def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path
         else:
             pytest.fail("the server did not become ready")
         assert requests.get(f"http://127.0.0.1:{port}/fhir/Patient", timeout=5).status_code == 401
+        # the workers do not seal in the background: the sealer process does, and it is restarted when killed
+        sealer = _sealer_of(proc.pid)
+        assert sealer is not None
+        head = _sealed_soon(db_port, above=0)  # the 401's event
+        assert head >= 1
+        os.kill(sealer, signal.SIGSTOP)  # the sealer paused: nobody seals the next event in the background
+        assert requests.get(f"http://127.0.0.1:{port}/fhir/Patient", timeout=5).status_code == 401
+        assert _sealed_soon(db_port, above=head, within=3.0) == head
+        os.kill(sealer, signal.SIGKILL)  # then killed: a new one starts and seals it
+        assert _sealed_soon(db_port, above=head, within=15.0) == head + 1
+        assert _sealer_of(proc.pid) not in (None, sealer)
         pid_file = tmp_path / "db" / "db.pid"
         db_pid = int(pid_file.read_text())
         proc.send_signal(signal.SIGTERM)
