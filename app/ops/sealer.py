@@ -4,7 +4,7 @@ Sealing is Python work (an AuditEvent built, indexed and hashed per event). In a
 held that worker's GIL for a fifth of the time under a read load, and a request thread waiting for the GIL waits
 up to the interpreter's 5 ms switch interval each time: measured on 2026-11-30 with k6 at 8 users, alternately,
 2 rounds each, reads went from 379-388 to 395-402 req/s and their p95 from 47-49 to 36-40 ms, and `$ihe-pix`
-at one client from a p95 of 10.0-10.4 to 8.8-9.0 ms, when one process sealed instead of the workers. So
+at one client from a p95 of 9.9-10.4 to 8.8-9.0 ms, when one process sealed instead of the workers. So
 `ehc serve` sets EHC_BACKGROUND_SEALING=off for its workers and runs `ehc audit seal --follow` beside them. The
 workers still seal synchronously before an AuditEvent read and at start-up, and the lease ("audit-seal") keeps
 one sealer at a time whoever runs it.
