@@ -18,7 +18,7 @@ others run meanwhile; each insert saved is CPU that the database (on the same ma
 
 The floor is one insert per batch: with N concurrent requests, each waiting for its own record, a batch holds
 at most N records, so amortised audit writes are at least 1/N command per request. With a spool
-(app.audit.spool, the default where the node has a data directory) a batch is made durable by one fsync'ed append
+(app.audit.spool, on unless EHC_AUDIT_SPOOL=off) a batch is made durable by one fsync'ed append
 to a local file instead, and the spool ships many batches with one insert (docs/audit.md).
 """
 
