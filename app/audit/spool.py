@@ -250,15 +250,8 @@ class Spool:
         self.ship()
         with self._lock:
             mine = {self._current.path.name} if self._current else set()
-        waiting = []
-        try:
-            entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry.name.endswith(SUFFIX) and entry.name not in mine and _size(entry) > 0 \
-                    and _held(Path(entry.path)):
-                waiting.append(Path(entry.path))
+        waiting = [path for path in segments(self.dir)
+                   if path.name not in mine and _size(path) > 0 and _held(path)]
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             waiting = [p for p in waiting if p.exists()]
@@ -333,9 +326,9 @@ def _age(entry: os.DirEntry[str]) -> float:
         return 0.0
 
 
-def _size(entry: os.DirEntry[str]) -> int:
+def _size(path: Path) -> int:
     try:
-        return entry.stat().st_size
+        return path.stat().st_size
     except FileNotFoundError:  # shipped and removed meanwhile
         return 0
 

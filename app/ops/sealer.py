@@ -13,7 +13,6 @@ one sealer at a time whoever runs it.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -23,8 +22,7 @@ RESTART_DELAY = 1.0  # seconds before a sealer that exited is started again
 
 
 class SealerProcess:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.env = {**(os.environ if env is None else env), "EHC_BACKGROUND_SEALING": "on"}
+    def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -36,7 +34,7 @@ class SealerProcess:
 
     def _spawn(self) -> None:
         # A session of its own: Ctrl-C to the server's process group does not reach it; stop() ends it.
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "seal", "--follow"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "seal", "--follow"],
                                      stdout=subprocess.DEVNULL, start_new_session=True)
 
     def _supervise(self) -> None:
