@@ -97,17 +97,9 @@ BUILD_TAG = f"{FERRETDB_VERSION}-ehc3"  # bump when the patches change
 GO_RUNTIME_DEFAULTS = {"GOGC": "400", "GOMEMLIMIT": "512MiB"}
 
 
-def go_max_procs(cpus: int | None) -> int:
-    """Threads running Go code at once in the database: half the CPUs (at least one). The server's workers share
-    the machine, and SQLite runs one write at a time anyway. Measured on 2 CPUs with the k6 scenario, 4 runs each,
-    alternately: with Go's default (every CPU) the database spent 14-15 % more CPU per request (medians: read 2.49
-    against 2.17 ms, CRUD 4.71 against 4.12), waking and parking its threads, for no more throughput."""
-    return max(1, (cpus or 1) // 2)
-
-
 def _go_runtime_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment for the database process: the caller's, with our Go runtime defaults where unset."""
-    return {**GO_RUNTIME_DEFAULTS, "GOMAXPROCS": str(go_max_procs(os.cpu_count())), **environ}
+    """The environment for the database process: the caller's, with our Go collector defaults where unset."""
+    return {**GO_RUNTIME_DEFAULTS, **environ}
 
 
 class EmbeddedDatabaseError(RuntimeError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import stat
 from pathlib import Path
 
@@ -81,10 +80,9 @@ def test_data_directory_database_and_keys_are_private(tmp_path):
 
 
 def test_embedded_database_runs_with_our_go_collector_settings_unless_told_otherwise(tmp_path, monkeypatch):
-    """The embedded FerretDB starts with GOGC=400 (less of its CPU spent collecting garbage), a 512 MiB soft
-    memory limit and Go code on half the CPUs; an operator's own GOGC in the environment wins."""
+    """The embedded FerretDB starts with GOGC=400 (less of its CPU spent collecting garbage) and a 512 MiB soft
+    memory limit; an operator's own GOGC in the environment wins."""
     monkeypatch.setenv("GOGC", "250")
-    monkeypatch.delenv("GOMAXPROCS", raising=False)
     db = EmbeddedDatabase(tmp_path / "db", free_port())
     pid = db.start()
     try:
@@ -94,5 +92,3 @@ def test_embedded_database_runs_with_our_go_collector_settings_unless_told_other
         db.stop(timeout=5)
     assert environ["GOGC"] == "250"
     assert environ["GOMEMLIMIT"] == "512MiB"
-    assert environ["GOMAXPROCS"] == str(max(1, (os.cpu_count() or 1) // 2))
-
