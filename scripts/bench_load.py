@@ -140,20 +140,20 @@ class Server:
             return None
 
     def rss_mb(self) -> float:
-        """Resident memory of the server's process group (master and workers)."""
-        return group_rss_mb(self.proc.pid) if self.proc else 0.0
+        """Resident memory of the server's processes (master, workers and, under `ehc serve`, the sealer)."""
+        return tree_rss_mb(self.proc.pid) if self.proc else 0.0
 
     def db_rss_mb(self) -> float | None:
         """Resident memory of the embedded database, which runs in a session of its own (None with
         EHC_MONGODB_URI)."""
         pid = self.embedded.running_pid() if self.embedded else None
-        return group_rss_mb(pid) if pid else None
+        return tree_rss_mb(pid) if pid else None
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time (user + system) used so far by the server's process group and by the embedded database."""
+        """CPU time (user + system) used so far by the server's processes and by the embedded database."""
         db_pid = self.embedded.running_pid() if self.embedded else None
-        return (group_cpu_seconds(self.proc.pid) if self.proc else 0.0,
-                group_cpu_seconds(db_pid) if db_pid else 0.0)
+        return (tree_cpu_seconds(self.proc.pid) if self.proc else 0.0,
+                tree_cpu_seconds(db_pid) if db_pid else 0.0)
 
     def stop(self) -> None:
         if self.proc:
@@ -188,25 +188,29 @@ def wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path, seconds: 
     raise SystemExit(f"server did not answer within {seconds:.0f} s")
 
 
-def group_stats(pgid: int) -> list[list[str]]:
-    """/proc/PID/stat fields after the command name, of every process in process group pgid."""
-    out = []
+def tree_stats(root: int) -> list[list[str]]:
+    """/proc/PID/stat fields after the command name, of process `root` and all its descendants. By parentage,
+    not process group: `ehc serve` runs its audit sealer in a session of its own."""
+    procs: dict[int, list[str]] = {}
     for status in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                out.append(fields)
+            procs[int(status.parent.name)] = status.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError, ValueError):
             continue
-    return out
+    tree, grown = {root} & procs.keys(), True
+    while grown:
+        children = {pid for pid, fields in procs.items() if int(fields[1]) in tree} - tree
+        tree |= children
+        grown = bool(children)
+    return [procs[pid] for pid in tree]
 
 
-def group_rss_mb(pgid: int) -> float:
-    return sum(int(f[21]) for f in group_stats(pgid)) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def tree_rss_mb(root: int) -> float:
+    return sum(int(f[21]) for f in tree_stats(root)) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    return sum(int(f[11]) + int(f[12]) for f in group_stats(pgid)) / os.sysconf("SC_CLK_TCK")
+def tree_cpu_seconds(root: int) -> float:
+    return sum(int(f[11]) + int(f[12]) for f in tree_stats(root)) / os.sysconf("SC_CLK_TCK")
 
 
 def run_k6(k6: str, base: str, scenario: str, vus: int, duration: str, token: str | None, out: Path) -> dict[str, Any]:
@@ -289,9 +293,10 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
                 for scenario in ("crud", "read")]
     if any(rows for _, rows in cpu_rows):
         cores = os.cpu_count() or 1
-        lines += ["", "CPU time per request of this server (its gunicorn processes) and of the embedded database, "
-                  "medians of the rounds, and the request rate those would allow on idle cores (the load generator "
-                  "and any other work on the machine left out: an upper bound, robust to a busy machine):", "",
+        lines += ["", "CPU time per request of this server (its gunicorn processes and audit sealer) and of the "
+                  "embedded database, medians of the rounds, and the request rate those would allow on idle cores "
+                  "(the load generator and any other work on the machine left out: an upper bound, robust to a "
+                  "busy machine):", "",
                   "| scenario | server CPU ms/request | database CPU ms/request | req/s on "
                   f"{cores} idle cores |", "|---|---:|---:|---:|"]
         for scenario, rows in cpu_rows:
@@ -310,7 +315,8 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
               + (f" on {os.cpu_count()} CPUs" if os.cpu_count() else "") + ". " + notes.get("noise", ""),
               f"Audit backlog (`_audit_pending` after each CRUD run of this server): "
               f"{', '.join(str(x) for x in notes.get('pending', [])) or '-'}. "
-              f"Server resident memory after the runs: {fmt(notes.get('rss_mb'))} MB (master and workers).",
+              f"Server resident memory after the runs: {fmt(notes.get('rss_mb'))} MB "
+              "(master, workers and audit sealer).",
               "", "Database commands per request of this scenario: `docs/benchmarks/round-trips.md`; "
               "the embedded database candidates: `docs/benchmarks/backends.md`."]
     text = "\n".join(lines) + "\n"

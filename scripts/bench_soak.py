@@ -126,7 +126,8 @@ def main() -> int:
         f"{'met' if ratio >= TARGET and not errors else 'not met'}). Audit backlog (`_audit_pending`, sampled every "
         f"{args.every:.0f} s): max {fmt(max(backlogs) if backlogs else None)}, "
         f"last {fmt(backlogs[-1] if backlogs else None)}. "
-        f"Server resident memory (master and workers): first sample {fmt(rss[0] if rss else None)} MB, max "
+        "Server resident memory (master, workers and audit sealer): "
+        f"first sample {fmt(rss[0] if rss else None)} MB, max "
         f"{fmt(max(rss) if rss else None)} MB, last {fmt(rss[-1] if rss else None)} MB. "
         + (f"Database resident memory: first {fmt(db_rss[0])} MB, max {fmt(max(db_rss))} MB, last "
            f"{fmt(db_rss[-1])} MB. " if db_rss else "")
