@@ -144,7 +144,6 @@ def test_install_waits_for_a_build_in_progress(tmp_path):
     assert not list(target.parent.glob("*.partial"))
 
 
-@pytest.mark.slow
 def _children(parent: int) -> dict[int, list[bytes]]:
     """pid -> command line of the processes whose parent is `parent`."""
     found = {}
@@ -180,6 +179,7 @@ def _sealed_soon(db_port: int, above: int, within: float = 10.0) -> int:
         client.close()
 
 
+@pytest.mark.slow
 def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path):
     port, db_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "EHC_MONGODB_URI"}
