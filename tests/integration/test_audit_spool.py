@@ -59,7 +59,7 @@ def _segments(svc: Services) -> list[Path]:
     return segments(spool_dir(svc.settings.data_dir, svc.handle.db.name))
 
 
-def _read(svc: Services, i: int) -> AccessRecord:
+def _read(i: int) -> AccessRecord:
     return AccessRecord("read", "Patient", [f"p{i}"], principal=Principal(client_id="c"))
 
 
@@ -148,7 +148,7 @@ def test_a_segment_found_again_after_sealing_is_not_sealed_twice(node: Services)
     """A process that shipped a segment and died before removing it: its records are in the chain already."""
     writer, sealer = build_trail(node, intent_grace=0.0)
     writer.committer.spool.interval = 0  # no shipper thread: this test ships
-    ids = [writer.write(_read(node, i)) for i in range(3)]
+    ids = [writer.write(_read(i)) for i in range(3)]
     intent = writer.reserve("PUT", "Patient/p1", None, "10.1.1.1", Principal(client_id="his"))
     writer.write(AccessRecord("update", "Patient", ["p1"], principal=Principal(client_id="his")), intent_id=intent)
     [segment] = _segments(node)
@@ -170,7 +170,7 @@ def test_a_record_cut_short_is_dropped_and_the_rest_recovered(node: Services) ->
     writer, sealer = build_trail(node)
     spool = writer.committer.spool
     spool.interval = 0
-    ids = [writer.write(_read(node, i)) for i in range(3)]
+    ids = [writer.write(_read(i)) for i in range(3)]
     [segment] = _segments(node)
     data = segment.read_bytes()
     orphan = segment.with_name(f"999998-dead{SUFFIX}")
@@ -196,7 +196,7 @@ def test_failed_shipments_are_kept_on_disk_and_recovered(node: Services) -> None
     rids = []
     try:
         for i in range(3):
-            rids.append(writer.write(_read(node, i)))  # answered: durable on disk
+            rids.append(writer.write(_read(i)))  # answered: durable on disk
             with pytest.raises(ServerSelectionTimeoutError):
                 spool.ship()
         assert len(_segments(node)) == 3
