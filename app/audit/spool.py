@@ -266,7 +266,9 @@ class Spool:
             return
         try:
             self.ship()
-        except Exception:  # noqa: BLE001 - kept on disk; recovered by the next sealer pass on this node
+        # Kept on disk; recovered by the next sealer pass on this node. BaseException: a second Ctrl-C reaching a
+        # gunicorn worker while it ships at exit raises SystemExit here, which would print a traceback.
+        except BaseException:  # noqa: BLE001
             log.warning("audit: the spool could not be shipped at exit; the next server start recovers it")
 
 

@@ -209,6 +209,29 @@ def test_failed_shipments_are_kept_on_disk_and_recovered(node: Services) -> None
     assert spool.stats.recovered == 3 and _segments(node) == []
 
 
+def test_a_shipment_cut_short_at_exit_is_kept_for_recovery(node: Services) -> None:
+    """A second Ctrl-C reaching a gunicorn worker while it ships at exit raises SystemExit inside close():
+    the segment stays on disk (no traceback from the exit hook) and the next sealing pass recovers it."""
+    writer, sealer = build_trail(node)
+    spool = writer.committer.spool
+    spool.interval = 0
+    rid = writer.write(_read(0))
+
+    class Interrupted:
+        def insert_many(self, *_args: Any, **_kwargs: Any) -> None:
+            raise SystemExit(0)
+
+    real, spool.col = spool.col, Interrupted()
+    try:
+        spool.close()  # does not raise
+    finally:
+        spool.col = real
+    assert len(_segments(node)) == 1
+    _writer_, other = build_trail(node)  # the next start of the server
+    other.seal_all()
+    assert node.handle.db[EVENTS].find_one({"_id": rid}) is not None and _segments(node) == []
+
+
 def test_recovery_leaves_a_segment_being_created_alone(node: Services) -> None:
     """A new segment file is locked just after it is created: in that instant it must not look orphaned
     (found under load: another worker's recovery removed it and the creator's batch failed)."""
