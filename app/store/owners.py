@@ -283,7 +283,13 @@ def _forget(owner: Owner) -> None:
 def _stop_all() -> None:
     for owner in list(_owners.values()):
         if owner.pid == os.getpid():
-            owner.stop(forget=True)
+            try:
+                owner.stop(forget=True)
+            # A second Ctrl-C reaching a gunicorn worker during its exit raises SystemExit here: the heartbeat
+            # is then left to go stale (as a killed process's does), without a traceback from the exit hook.
+            except BaseException:  # noqa: BLE001
+                log.warning("could not remove the heartbeat of %s at exit; it goes stale in %s s",
+                            owner.id, owner.timeout)
 
 
 

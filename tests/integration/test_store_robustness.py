@@ -341,6 +341,26 @@ def test_only_one_process_takes_over_a_dead_owners_claim(services):
     other.stop()
 
 
+def test_an_exit_cut_short_leaves_the_heartbeat_to_go_stale(services, monkeypatch):
+    """A second Ctrl-C reaching a gunicorn worker while it removes its heartbeat at exit raises SystemExit in
+    the exit hook: the hook ends quietly and the heartbeat stays, to go stale as a killed process's does."""
+    from app.store import owners
+
+    owner = Owner(services.handle.db)
+    owner.beat()
+
+    class Interrupted:
+        def delete_one(self, *_args: Any, **_kwargs: Any) -> None:
+            raise SystemExit(0)
+
+    real, owner.col = owner.col, Interrupted()
+    monkeypatch.setattr(owners, "_owners", {(0, "exiting"): owner})
+    owners._stop_all()  # does not raise
+    owner.col = real
+    assert services.handle.db[owner.col.name].find_one({"_id": owner.id}) is not None
+    owner.stop()
+
+
 # -- 3b. an expired lease and two waiters ---------------------------------------------------------------------
 
 def test_expired_lease_goes_to_exactly_one_of_two_waiters(services):
