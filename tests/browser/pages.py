@@ -85,7 +85,7 @@ def check_page(drv: Any, name: str, problems: list[str]) -> None:
 
 
 def wait_for(predicate: Callable[[], Any], seconds: float = 10.0, what: str = "condition") -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 
     end = time.monotonic() + seconds
     while True:
@@ -93,6 +93,12 @@ def wait_for(predicate: Callable[[], Any], seconds: float = 10.0, what: str = "c
             value = predicate()
         except (StaleElementReferenceException, NoSuchElementException):
             value = None  # the page is being replaced: look again
+        except WebDriverException as error:
+            # Chromium reports an element found just before a navigation replaced the document as an "unknown
+            # error" rather than a stale element; it is the same race, so look again. Anything else is a failure.
+            if "does not belong to the document" not in (error.msg or ""):
+                raise
+            value = None
         if value:
             return value
         if time.monotonic() > end:
