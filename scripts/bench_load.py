@@ -13,6 +13,7 @@ started by this script and stopped at the end. k6: `go install go.k6.io/k6@lates
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -96,6 +97,12 @@ class Server:
     def command(self) -> list[str]:
         if self.args.server == "ehc":
             return [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.args.server == "granian":  # the alternative measured against gunicorn (docs/architecture.md)
+            if importlib.util.find_spec("granian") is None:
+                raise SystemExit("--server granian needs granian: pip install granian")
+            return [sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", str(self.args.workers),
+                    "--blocking-threads", str(self.args.threads), "--host", "127.0.0.1", "--port", str(self.port),
+                    "--no-ws", "--log-level", "warning", "app.wsgi:app"]
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(self.args.workers), "-b", f"127.0.0.1:{self.port}",
                "--timeout", "120", "--graceful-timeout", "5"]
         if self.args.threads > 1:
@@ -108,6 +115,8 @@ class Server:
             found = re.search(r"gunicorn, \d+ workers x \d+ threads \(gthread\)", log.read_text(errors="replace")) \
                 if log.exists() else None
             return "`ehc serve` with its defaults" + (f" ({found.group(0)})" if found else "")
+        if self.args.server == "granian":
+            return f"granian (WSGI), {self.args.workers} workers x {self.args.threads} blocking threads"
         kind = f"gthread, {self.args.threads} threads each" if self.args.threads > 1 else "sync"
         return f"gunicorn, {self.args.workers} {kind} workers"
 
@@ -293,7 +302,7 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
                 for scenario in ("crud", "read")]
     if any(rows for _, rows in cpu_rows):
         cores = os.cpu_count() or 1
-        lines += ["", "CPU time per request of this server (its gunicorn processes and audit sealer) and of the "
+        lines += ["", "CPU time per request of this server (all its processes, the audit sealer included) and of the "
                   "embedded database, medians of the rounds, and the request rate those would allow on idle cores "
                   "(the load generator and any other work on the machine left out: an upper bound, robust to a "
                   "busy machine):", "",
@@ -353,10 +362,11 @@ def main() -> int:
     ap.add_argument("--duration", default="60s", help="per k6 run, e.g. 60s")
     ap.add_argument("--vus", type=int, default=8)
     ap.add_argument("--scenarios", default="crud,read")
-    ap.add_argument("--server", choices=("gunicorn", "ehc"), default="gunicorn",
-                    help="gunicorn with --workers/--threads, or `ehc serve` with its own defaults")
+    ap.add_argument("--server", choices=("gunicorn", "ehc", "granian"), default="gunicorn",
+                    help="gunicorn or granian with --workers/--threads, or `ehc serve` with its own defaults")
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
-    ap.add_argument("--threads", type=int, default=1, help="> 1: gunicorn's gthread worker")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="> 1: gunicorn's gthread worker; granian's blocking threads per worker")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--peer-base", default=None, help="FHIR base URL of a peer server to interleave with")
     ap.add_argument("--peer-name", default="HAPI FHIR JPA starter 8.8.0 (PostgreSQL 15)")
