@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("docs")
     db = None
     if os.environ.get("EHC_MONGODB_URI"):
-        uri = re.sub(r"/[^/]*$", "/", os.environ["EHC_MONGODB_URI"].split("?")[0]) + "doc_examples"
+        # a database of its own: one left by an earlier run holds values sealed with that run's keys
+        root = re.sub(r"/[^/]*$", "/", os.environ["EHC_MONGODB_URI"].split("?")[0])
+        uri = f"{root}doc_examples_{uuid.uuid4().hex[:8]}"
     else:
         db = EmbeddedDatabase(base / "db", free_port())
         db.start()
