@@ -1,8 +1,10 @@
 """Headless Chromium (Debian's chromium + chromium-driver) driven by selenium, for the portal's journeys.
 
 One browser per test module, started with a new empty profile and everything that could reach the network
-switched off. Screenshots at 360x780 go to docs/portal/. The accessibility check injects axe-core (unpacked
-from the npm registry by scripts/install-browser into ~/.cache/ehc/test-tools, or EHC_TEST_TOOLS) into the page.
+switched off. Screenshots at 360x780 go to a temporary directory, or to docs/portal/ with EHC_SCREENSHOTS=docs
+(each run draws new QR codes, so a plain test run would otherwise leave changed images behind). The
+accessibility check injects axe-core (unpacked from the npm registry by scripts/install-browser into
+~/.cache/ehc/test-tools, or EHC_TEST_TOOLS) into the page.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "portal"
+SHOTS = ROOT / "docs" / "portal" if os.environ.get("EHC_SCREENSHOTS") == "docs" \
+    else Path(tempfile.gettempdir()) / "ehc-portal-screenshots"
 TOOLS = Path(os.environ.get("EHC_TEST_TOOLS", Path.home() / ".cache" / "ehc" / "test-tools"))
 WIDTH, HEIGHT = 360, 780
 

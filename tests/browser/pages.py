@@ -13,7 +13,7 @@ AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 
 
 def shot(drv: Any, name: str) -> None:
-    """A screenshot of the viewport (360x780) into docs/portal/<name>.png."""
+    """A screenshot of the viewport (360x780) as <name>.png into SHOTS (docs/portal/ with EHC_SCREENSHOTS=docs)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     drv.execute_script("window.scrollTo(0, 0)")
     drv.save_screenshot(str(SHOTS / f"{name}.png"))

@@ -3,8 +3,8 @@ three real nodes on loopback (national 00, Beijing 11, Shanghai 31; tests/integr
 A resident signed in at Shanghai's portal sees that Beijing holds records they have not consented to share
 with Shanghai, and why; after their consent at Beijing, the Beijing results appear beside Shanghai's, marked
 "from Beijing", the Beijing document opens inline, and "who read my records" lists the accesses recorded in
-Beijing. A suspended card shows the reason recorded with the suspension. Each page is screenshot into
-docs/portal/ and checked like the others (lang, axe-core, focus order, 360 px)."""
+Beijing. A suspended card shows the reason recorded with the suspension. Each page is screenshot (into
+docs/portal/ with EHC_SCREENSHOTS=docs) and checked like the others (lang, axe-core, focus order, 360 px)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ print the paper code (a static code that verifies, asking for confirmation) → 
 bind a child and act for them (whose card is shown is plain; the calls are audited with the parent as
 requestor) → grant consent to a province and see the cross-province read succeed, revoke it and see it refused,
 both in "who read my records" (filtered by organization) → the lab trend chart and a document opened inline →
-log out. Every page is screenshot into docs/portal/ and checked: lang, axe-core (labels, contrast ...), the
-keyboard focus order, and no horizontal scrolling at 360 px.
+log out. Every page is screenshot (into docs/portal/ with EHC_SCREENSHOTS=docs) and checked: lang, axe-core
+(labels, contrast ...), the keyboard focus order, and no horizontal scrolling at 360 px.
 
 All journeys are one test function: they share the signed-in browser, and pytest-xdist must not split them.
 """
