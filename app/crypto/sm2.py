@@ -69,8 +69,11 @@ class _GmsslBackend:
     def _crypt(d: bytes | None, xy: bytes) -> Any:
         from gmssl.sm2 import CryptSM2
 
-        # x||y without the 04 prefix: CryptSM2 strips a leading "04" with str.lstrip, which eats more digits
-        return CryptSM2(private_key=d.hex() if d else None, public_key=xy.hex())
+        crypt = CryptSM2(private_key=d.hex() if d else None, public_key="")
+        # Set after construction: the constructor strips a leading "04" with str.lstrip("04"), which would also
+        # eat the leading 0 and 4 digits of an x that starts with the byte 04 (one key in 256).
+        crypt.public_key = xy.hex()
+        return crypt
 
     def public_point(self, d: bytes) -> bytes:
         crypt = self._crypt(d, b"")

@@ -168,7 +168,8 @@ def _vendor_verify(token: str, jwk_x: str, jwk_y: str) -> dict | None:
         return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
     p, rs = unb32(payload), unb32(sig)
-    verifier = CryptSM2(private_key=None, public_key=(unb64(jwk_x) + unb64(jwk_y)).hex())
+    verifier = CryptSM2(private_key=None, public_key="")
+    verifier.public_key = (unb64(jwk_x) + unb64(jwk_y)).hex()  # after construction: it would lstrip("04") it
     if p[0] != 1 or not verifier.verify_with_sm3(rs.hex(), f"EHC1:{kid}:{payload}".encode()):
         return None
     return {"type": p[1], "ehc_id": p[2:34].hex().upper(), "iat": int.from_bytes(p[34:38], "big"),

@@ -139,8 +139,10 @@ def test_der_conversion_round_trip():
 
 
 def _gmssl(key: SM2PrivateKey) -> CryptSM2:
-    # x||y without "04": gmssl's lstrip("04") would also eat the leading digits of x
-    return CryptSM2(private_key=key.to_bytes().hex(), public_key=(key.public_key.x + key.public_key.y).hex())
+    crypt = CryptSM2(private_key=key.to_bytes().hex(), public_key="")
+    # set after construction: CryptSM2 strips a leading "04" with lstrip("04"), eating more digits of such an x
+    crypt.public_key = (key.public_key.x + key.public_key.y).hex()
+    return crypt
 
 
 @pytest.mark.parametrize("message", [b"", b"hello", "电子健康卡".encode() * 50])
@@ -170,3 +172,22 @@ def test_gmssl_fallback_backend(monkeypatch, key):
     assert not fresh_pub.verify(b"date", sig)
     monkeypatch.undo()
     assert key.public_key.verify(b"data", sig)
+
+
+# A key whose x starts with the byte 04 and then the digit 4: given as text, gmssl's CryptSM2 would strip "044"
+# (str.lstrip("04")) and use another point. One key in 256 starts with 04; the random keys above met it in CI.
+D_X04 = bytes.fromhex("1A9D7DF06618E67DEC8743ACA1F14B2AF32740EAFE30732DCE595BB059481A1C")
+
+
+def test_a_key_whose_x_starts_with_04_works_with_gmssl(monkeypatch):
+    key = SM2PrivateKey.from_bytes(D_X04)
+    assert key.public_key.x.hex().startswith("044")
+    assert _gmssl(key).verify_with_sm3(key.sign(b"data").hex(), b"data")
+    assert key.public_key.verify(b"data", bytes.fromhex(_gmssl(key).sign_with_sm3(b"data")))
+    made_by_openssl = key.sign(b"data")
+    monkeypatch.setattr(sm2, "_BACKEND", sm2._GmsslBackend())  # the fallback backend, with the same key
+    slow = SM2PrivateKey.from_bytes(D_X04)
+    assert slow.public_key.x == key.public_key.x
+    public = SM2PublicKey.from_xy(key.public_key.x, key.public_key.y)
+    assert public.verify(b"data", made_by_openssl) and public.verify(b"data", slow.sign(b"data"))
+    assert not public.verify(b"date", made_by_openssl)
