@@ -175,7 +175,8 @@ def test_gmssl_fallback_backend(monkeypatch, key):
 
 
 # A key whose x starts with the byte 04 and then the digit 4: given as text, gmssl's CryptSM2 would strip "044"
-# (str.lstrip("04")) and use another point. One key in 256 starts with 04; the random keys above met it in CI.
+# (str.lstrip("04")) and use another point. One key in 256 starts with 04; a random key of the tests above met
+# it in a local run.
 D_X04 = bytes.fromhex("1A9D7DF06618E67DEC8743ACA1F14B2AF32740EAFE30732DCE595BB059481A1C")
 
 
