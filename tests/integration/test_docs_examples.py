@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from app.store.embedded import EmbeddedDatabase, free_port
 from tests.docs_examples import ROOT, Block, Session, blocks, describe, doc_files, ehc_shim
@@ -19,11 +20,13 @@ from tests.live import EhcServe
 @pytest.fixture(scope="module")
 def doc_server(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("docs")
-    db = None
+    db = shared = None
     if os.environ.get("EHC_MONGODB_URI"):
-        # a database of its own: one left by an earlier run holds values sealed with that run's keys
-        root = re.sub(r"/[^/]*$", "/", os.environ["EHC_MONGODB_URI"].split("?")[0])
-        uri = f"{root}doc_examples_{uuid.uuid4().hex[:8]}"
+        # a database of its own, dropped afterwards: one left by an earlier run holds values sealed with that
+        # run's keys
+        shared = re.sub(r"/[^/]*$", "/", os.environ["EHC_MONGODB_URI"].split("?")[0])
+        name = f"doc_examples_{uuid.uuid4().hex[:8]}"
+        uri = shared + name
     else:
         db = EmbeddedDatabase(base / "db", free_port())
         db.start()
@@ -35,6 +38,9 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
         if db is not None:
             db.stop(timeout=5)
+        if shared is not None:
+            with MongoClient(shared) as client:
+                client.drop_database(name)
 
 
 def test_every_shell_example_in_the_docs_works(doc_server, tmp_path):

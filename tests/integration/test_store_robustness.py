@@ -355,8 +355,10 @@ def test_an_exit_cut_short_leaves_the_heartbeat_to_go_stale(services, monkeypatc
 
     real, owner.col = owner.col, Interrupted()
     monkeypatch.setattr(owners, "_owners", {(0, "exiting"): owner})
-    owners._stop_all()  # does not raise
-    owner.col = real
+    try:
+        owners._stop_all()  # does not raise
+    finally:
+        owner.col = real
     assert services.handle.db[owner.col.name].find_one({"_id": owner.id}) is not None
     owner.stop()
 
