@@ -12,8 +12,14 @@
    instead of its HTML page. Its log line names the kind of error and the client address, never the request
    line, which may hold a name or an ID number.
 
-And one change of the process: once the application is loaded, `app.ops.heap.settle_heap` takes what start-up
-made out of the collector's scans.
+And two changes of the process:
+- once the application is loaded, `app.ops.heap.settle_heap` takes what start-up made out of the collector's
+  scans;
+- the first quit signal ends the worker, and later ones do nothing, so they cannot cut its exit hooks short.
+  Ctrl-C reaches every process of the group, and the arbiter then sends each worker SIGQUIT as well. In
+  gunicorn's worker, that second signal raised SystemExit inside whichever exit hook was running: the audit
+  spool's last shipment, or the removal of the worker's heartbeat (one stop in five, seen on 2026-11-30). A
+  worker that hangs while exiting is still killed by the arbiter after its graceful timeout.
 
 Hook (1) lives in the pure-Python parser, so `ehc serve` sets `http_parser = "python"` (gunicorn_h1c, the
 optional C parser, would skip it).
@@ -22,6 +28,7 @@ optional C parser, would skip it).
 from __future__ import annotations
 
 import json
+import signal
 from http import HTTPStatus
 from ssl import SSLError
 from typing import Any
@@ -120,6 +127,10 @@ def classify(exc: BaseException) -> tuple[int, str]:
     return 500, "exception"
 
 
+def _exiting_already(sig: int, frame: Any) -> None:
+    """A quit signal to a worker that is exiting already."""
+
+
 class FhirWorker(ThreadWorker):
     """gthread, with raw UTF-8 request targets read as UTF-8 and its own errors answered in FHIR."""
 
@@ -132,6 +143,15 @@ class FhirWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         settle_heap()
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """gunicorn's: the worker exits. A second quit signal would interrupt its exit hooks, so later ones
+        do nothing (see the module's docstring)."""
+        for quit_signal in (signal.SIGINT, signal.SIGQUIT):
+            # A handler that does nothing, not SIG_IGN: a signal already pending for Python's handler would be
+            # reported as "ignored due to race condition", with a traceback in the log.
+            signal.signal(quit_signal, _exiting_already)
+        super().handle_quit(sig, frame)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         status, code = classify(exc)

@@ -227,3 +227,24 @@ def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path
     # the audit records were spooled by the workers, and shipped when they stopped (SIGTERM: gracefully)
     spool = spool_dir(tmp_path, "ehc")
     assert spool.exists() and segments(spool) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_serve_with_every_exit_hook_run(tmp_path, db_uri):
+    """Ctrl-C sends SIGINT to the whole process group, and the arbiter then sends its workers SIGQUIT too: the
+    workers still ship their spooled audit records and remove their heartbeats (app/ops/worker.py)."""
+    from tests.live import EhcServe
+
+    server = EhcServe(tmp_path, db_uri).start()
+    try:
+        for _ in range(20):  # records in the workers' spools when Ctrl-C comes
+            assert requests.get(f"{server.root}/fhir/Patient", timeout=5).status_code == 401
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGINT)
+        server.proc.wait(30)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    assert "could not remove the heartbeat" not in log
+    assert segments(spool_dir(tmp_path, db_uri.rsplit("/", 1)[-1])) == []
