@@ -130,3 +130,38 @@ def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
     assert report[0]["ehc_id"] in {i["value"] for i in res["identifier"]}
     again = CliRunner().invoke(main, ["import", str(src), "--report", str(tmp_path / "out2.csv")])
     assert json.loads(again.stdout.strip().splitlines()[-1])["unchanged"] == 1
+
+
+def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, services, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    rows = [row("hosp-c", f"C{i}", f"钱{i}", id_number("330106", "1985-05-05", 300 + 2 * i)) for i in range(12)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
+    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
+    results = Importer._results
+
+    def pressed_ctrl_c_after_five(self, rows, workers):
+        for done, result in enumerate(results(self, rows, workers)):
+            if done == 5:
+                raise KeyboardInterrupt
+            yield result
+
+    monkeypatch.setattr(Importer, "_results", pressed_ctrl_c_after_five)
+    report = tmp_path / "first.csv"
+    stopped = CliRunner().invoke(main, ["import", str(src), "--report", str(report), "--no-progress"])
+    assert stopped.exit_code == 130
+    assert "interrupted" in stopped.stderr and "Run the same command again to finish" in stopped.stderr
+    assert "Traceback" not in stopped.output
+    assert [r["outcome"] for r in read_report(report)] == ["created"] * 5
+    monkeypatch.setattr(Importer, "_results", results)
+    again = CliRunner().invoke(main, ["import", str(src), "--report", str(tmp_path / "again.csv"), "--no-progress"])
+    assert again.exit_code == 0, again.output
+    counts = json.loads(again.stdout.strip().splitlines()[-1])
+    assert counts["rejected"] == 0 and counts["created"] + counts["unchanged"] == 12
+    assert counts["unchanged"] >= 5  # the rows reported before Ctrl-C (and those written after them)
+    for i in range(12):
+        found = services.repo.keys.lookup(f"Patient|i|urn:ehc:mrn:hosp-c|C{i}")
+        assert len([p for p in found if services.repo.exists("Patient", p)]) == 1
