@@ -141,6 +141,9 @@ def install_ferretdb(target: Path | None = None) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():  # built by the process we waited for
             return target
+        # Under the lock no other build runs: a partial binary left here is of a build killed before its cleanup.
+        for stale in target.parent.glob("ferretdb-*.partial"):
+            stale.unlink(missing_ok=True)
         return _build_ferretdb(target)
 
 

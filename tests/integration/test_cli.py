@@ -144,6 +144,24 @@ def test_install_waits_for_a_build_in_progress(tmp_path):
     assert not list(target.parent.glob("*.partial"))
 
 
+def test_install_removes_what_a_killed_build_left(tmp_path, monkeypatch):
+    from app.store import embedded
+
+    target = tmp_path / "bin" / "ferretdb"
+    target.parent.mkdir()
+    stale = target.parent / "ferretdb-k1ll3d.partial"  # a build killed (SIGTERM) before its cleanup ran
+    stale.write_bytes(b"\0" * 1024)
+
+    def build(into: Path) -> Path:
+        assert not stale.exists()  # gone before the new build starts
+        into.write_text("built")
+        return into
+
+    monkeypatch.setattr(embedded, "_build_ferretdb", build)
+    assert embedded.install_ferretdb(target) == target
+    assert target.read_text() == "built" and not list(target.parent.glob("*.partial"))
+
+
 def _children(parent: int) -> dict[int, list[bytes]]:
     """pid -> command line of the processes whose parent is `parent`."""
     found = {}
