@@ -11,9 +11,11 @@ process of its own (app.ops.sealer), restarted if it exits.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -37,6 +39,7 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     from app.cli.common import node_services, reach_database
     from app.config import load_settings
 
+    _check_listen(host, port)
     settings = load_settings()
     owner = os.getpid()  # gunicorn forks its workers from inside this function: only this process stops the database
     uri, started = reach_database(settings)
@@ -59,6 +62,22 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
         if started is not None and os.getpid() == owner:
             started.stop()
             click.echo("ehc: stopped the embedded database", err=True)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail at once, in one line, when the address cannot be listened on: gunicorn would otherwise retry for
+    five seconds after the database had been started, then stop with its own log lines."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "in use by another process (another `ehc serve`?); stop it, or choose another port with --port"
+        else:
+            reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def _orientation(svc: Any, host: str, port: int) -> None:

@@ -197,6 +197,23 @@ def _sealed_soon(db_port: int, above: int, within: float = 10.0) -> int:
         client.close()
 
 
+def test_serve_on_a_port_in_use_says_so_before_starting_anything(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "EHC_MONGODB_URI"}
+        env.update(EHC_DATA_DIR=str(tmp_path), EHC_DB_PORT=str(free_port()))
+        done = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: in use by another process" in done.stderr
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
+    assert "started the embedded database" not in done.stderr and not (tmp_path / "db").exists()
+
+
 @pytest.mark.slow
 def test_serve_runs_gunicorn_and_stops_the_embedded_database_it_started(tmp_path):
     port, db_port = free_port(), free_port()
