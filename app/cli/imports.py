@@ -69,9 +69,9 @@ def import_file(file: Path, report: Path, workers: int, batch: int, no_progress:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             # Ctrl-C: nothing is half-written (docs/mpi.md), so say how to finish rather than print a traceback.
-            click.echo(f"\nehc import: interrupted. {report} lists the rows done so far (a few more may have been "
-                       "written). Run the same command again to finish: the rows already imported are reported "
-                       "unchanged.", err=True)
+            click.echo(f"\nehc import: interrupted. {report} lists the rows done so far (rows after them, up to "
+                       "about two batches, may have been written too). Run the same command again to finish: the "
+                       "rows already imported are reported unchanged.", err=True)
             sys.exit(130)  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
         except OSError as exc:
             raise click.ClickException(f"cannot write the report {report}: {exc.strerror}") from None
