@@ -197,6 +197,15 @@ def _sealed_soon(db_port: int, above: int, within: float = 10.0) -> int:
         client.close()
 
 
+@pytest.mark.parametrize("args, option", [(["--port", "70000"], "--port"), (["--port", "0"], "--port"),
+                                          (["--threads", "0"], "--threads"), (["--workers", "-1"], "--workers")])
+def test_serve_refuses_impossible_options_before_starting_anything(tmp_path, args, option):
+    env = {"EHC_DATA_DIR": str(tmp_path), "EHC_DB_PORT": str(free_port())}
+    result = CliRunner().invoke(main, ["serve", *args], env={**env, "EHC_MONGODB_URI": ""})
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+    assert "started the embedded database" not in result.output and not (tmp_path / "db").exists()
+
+
 def test_serve_on_a_port_in_use_says_so_before_starting_anything(tmp_path):
     import socket
 
