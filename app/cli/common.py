@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.services import Services
 
 REACH_TIMEOUT = 1.0  # seconds: an unreachable database is reported within about 2 s of starting the command
+PORT = click.IntRange(1, 65535)  # a TCP port option: 0 would listen on a port nobody is told of
 
 
 class DatabaseUnreachable(click.ClickException):

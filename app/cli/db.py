@@ -6,6 +6,7 @@ import json
 
 import click
 
+from app.cli.common import PORT
 from app.config import load_settings
 from app.store.embedded import EmbeddedDatabase, install_ferretdb
 
@@ -21,7 +22,7 @@ def db() -> None:
 
 
 @db.command()
-@click.option("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default EHC_DB_PORT or 27018)")
+@click.option("--port", type=PORT, default=None, help="TCP port on 127.0.0.1 (default EHC_DB_PORT or 27018)")
 def start(port: int | None) -> None:
     """Start it (building FerretDB first if needed)."""
     embedded = _embedded(port)
@@ -30,14 +31,14 @@ def start(port: int | None) -> None:
 
 
 @db.command()
-@click.option("--port", type=int, default=None)
+@click.option("--port", type=PORT, default=None)
 def stop(port: int | None) -> None:
     """Stop it."""
     click.echo(json.dumps({"stopped": _embedded(port).stop()}))
 
 
 @db.command()
-@click.option("--port", type=int, default=None)
+@click.option("--port", type=PORT, default=None)
 def status(port: int | None) -> None:
     """Say whether it runs (exit 1 when not)."""
     st = _embedded(port).status()

@@ -33,7 +33,7 @@ def services_with_index():  # type: ignore[no-untyped-def]
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--report", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="one row per input row; CSV when it ends in .csv, NDJSON otherwise")
-@click.option("--workers", default=4, show_default=True,
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1),
               help="rows written concurrently (order kept): with --batch, the rows that are not new residents")
 @click.option("--batch", "batch", default=500, show_default=True, type=click.IntRange(1, 2000),
               help="rows written together (new residents in a few commands a batch); 1: one row at a time, "

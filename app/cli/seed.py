@@ -198,12 +198,15 @@ def _post(postings: dict[str, list[str]], rid: str, rtype: str, doc: dict[str, A
 
 
 @click.command("seed")
-@click.option("--patients", default=1000, show_default=True, help="synthetic residents to add")
-@click.option("--observations", default=0, show_default=True, help="lab Observations per resident")
-@click.option("--start", default=None, type=int, help="first synthetic number (default: after what exists)")
+@click.option("--patients", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="synthetic residents to add")
+@click.option("--observations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="lab Observations per resident")
+@click.option("--start", default=None, type=click.IntRange(min=0),
+              help="first synthetic number (default: after what exists)")
 @click.option("--demo", is_flag=True, help="a ready demo instead: an organization, a resident with records and an "
               "account, and an OAuth client; prints the token commands")
-@click.option("--max-seconds", default=None, type=float,
+@click.option("--max-seconds", default=None, type=click.FloatRange(min=0),
               help="stop after the batch during which this many seconds passed (what was seeded is complete)")
 @click.option("--no-progress", is_flag=True)
 def seed_cmd(patients: int, observations: int, start: int | None, demo: bool, max_seconds: float | None,

@@ -21,6 +21,8 @@ from typing import Any
 
 import click
 
+from app.cli.common import PORT, node_services, reach_database
+
 THREADS = 4
 
 
@@ -30,14 +32,13 @@ def default_workers() -> int:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8080, show_default=True, type=PORT)
 @click.option("--workers", default=0, type=click.IntRange(min=0),
               help="gunicorn worker processes (default: one per CPU, at least 2)")
 @click.option("--threads", default=THREADS, show_default=True, type=click.IntRange(min=1), help="threads per worker")
 @click.option("--dev", is_flag=True, help="Flask's development server with the reloader, one process")
 def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     """Run the FHIR server."""
-    from app.cli.common import node_services, reach_database
     from app.config import load_settings
 
     _check_listen(host, port)

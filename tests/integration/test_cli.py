@@ -197,13 +197,24 @@ def _sealed_soon(db_port: int, above: int, within: float = 10.0) -> int:
         client.close()
 
 
-@pytest.mark.parametrize("args, option", [(["--port", "70000"], "--port"), (["--port", "0"], "--port"),
-                                          (["--threads", "0"], "--threads"), (["--workers", "-1"], "--workers")])
-def test_serve_refuses_impossible_options_before_starting_anything(tmp_path, args, option):
-    env = {"EHC_DATA_DIR": str(tmp_path), "EHC_DB_PORT": str(free_port())}
-    result = CliRunner().invoke(main, ["serve", *args], env={**env, "EHC_MONGODB_URI": ""})
+@pytest.mark.parametrize("args, option", [
+    (["serve", "--port", "70000"], "--port"), (["serve", "--port", "0"], "--port"),
+    (["serve", "--threads", "0"], "--threads"), (["serve", "--workers", "-1"], "--workers"),
+    (["db", "start", "--port", "70000"], "--port"), (["db", "status", "--port", "0"], "--port"),
+    (["import", "{csv}", "--report", "{report}", "--workers", "0"], "--workers"),
+    (["seed", "--patients", "-5"], "--patients"), (["seed", "--observations", "-1"], "--observations"),
+    (["seed", "--start", "-3"], "--start"), (["seed", "--max-seconds", "-1"], "--max-seconds"),
+])
+def test_impossible_numbers_are_refused_before_anything_starts(tmp_path, args, option):
+    """Each used to be taken: serve on port 0 listened on a port nobody was told of, --threads 0 failed in the
+    workers, port 70000 ended in a traceback, negative counts seeded nothing without a word."""
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text("source_system,mrn,name\nh,1,张三\n", encoding="utf-8")
+    args = [a.format(csv=csv_file, report=tmp_path / "report.csv") for a in args]
+    env = {"EHC_DATA_DIR": str(tmp_path), "EHC_DB_PORT": str(free_port()), "EHC_MONGODB_URI": ""}
+    result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
-    assert "started the embedded database" not in result.output and not (tmp_path / "db").exists()
+    assert not (tmp_path / "db").exists() and not (tmp_path / "report.csv").exists()
 
 
 def test_serve_on_a_port_in_use_says_so_before_starting_anything(tmp_path):
