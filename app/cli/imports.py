@@ -49,6 +49,8 @@ def import_file(file: Path, report: Path, workers: int, batch: int, no_progress:
     if not report.parent.is_dir():
         raise click.ClickException(f"the report's folder {report.parent} does not exist; create it or choose "
                                    "another --report path")
+    if report.exists() and report.samefile(file):  # also through a link: writing the report would erase the input
+        raise click.ClickException(f"the report {report} is the input file; choose another --report path")
     try:
         check_header(file)
     except (ValueError, UnicodeDecodeError) as exc:

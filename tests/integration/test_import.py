@@ -165,3 +165,23 @@ def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, servic
     for i in range(12):
         found = services.repo.keys.lookup(f"Patient|i|urn:ehc:mrn:hosp-c|C{i}")
         assert len([p for p in found if services.repo.exists("Patient", p)]) == 1
+
+
+@pytest.mark.parametrize("via", ["the same path", "a symbolic link", "a hard link"])
+def test_a_report_that_is_the_input_file_is_refused_and_the_file_kept(tmp_path, settings, monkeypatch, via):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    src = write_csv(tmp_path / "in.csv", [row("hosp-s", "S1", "孙一")])
+    before = src.read_bytes()
+    report = {"the same path": src, "a symbolic link": tmp_path / "sym.csv", "a hard link": tmp_path / "hard.csv"}[via]
+    if via == "a symbolic link":
+        report.symlink_to(src)
+    elif via == "a hard link":
+        report.hardlink_to(src)
+    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
+    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(main, ["import", str(src), "--report", str(report)])
+    assert result.exit_code == 1 and "is the input file; choose another --report path" in result.output
+    assert src.read_bytes() == before  # the hospital's file is intact
