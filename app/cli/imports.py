@@ -9,6 +9,10 @@ from typing import Any
 
 import click
 
+# The encodings --encoding takes: in each, a line ends with the one byte 0x0A (the progress bar counts them) and
+# no character contains that byte. GBK is what Excel on a Chinese system saves; GB18030 is its superset.
+ENCODINGS = ("utf-8", "gb18030", "gbk")
+
 
 def attach_index(svc: Any) -> Any:
     """The MPI and card handlers attached to svc, as the web app has them (no Flask); returns the MPI hooks."""
@@ -38,8 +42,10 @@ def services_with_index():  # type: ignore[no-untyped-def]
 @click.option("--batch", "batch", default=500, show_default=True, type=click.IntRange(1, 2000),
               help="rows written together (new residents in a few commands a batch); 1: one row at a time, "
                    "with --workers")
+@click.option("--encoding", default="utf-8", show_default=True, type=click.Choice(ENCODINGS, case_sensitive=False),
+              help="the file's text encoding: gb18030 (or gbk) for files saved by Excel on a Chinese system")
 @click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
-def import_file(file: Path, report: Path, workers: int, batch: int, no_progress: bool) -> None:
+def import_file(file: Path, report: Path, workers: int, batch: int, encoding: str, no_progress: bool) -> None:
     """Link every row of FILE (CSV or NDJSON of Patient) to the master patient index."""
     from app.cli.common import Timer, node_services, on_terminal, summary
     from app.fhir.validation import Validator
@@ -51,8 +57,9 @@ def import_file(file: Path, report: Path, workers: int, batch: int, no_progress:
                                    "another --report path")
     if report.exists() and report.samefile(file):  # also through a link: writing the report would erase the input
         raise click.ClickException(f"the report {report} is the input file; choose another --report path")
+    encoding = encoding.lower()
     try:
-        check_header(file)
+        check_header(file, encoding)
     except (ValueError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc)) from None
     timer = Timer()
@@ -66,7 +73,7 @@ def import_file(file: Path, report: Path, workers: int, batch: int, no_progress:
 
         try:
             counts = Importer(svc, hooks, validate, batch_size=batch).run(
-                file, report, progress=on_terminal(not no_progress), workers=workers)
+                file, report, progress=on_terminal(not no_progress), workers=workers, encoding=encoding)
         except (ValueError, UnicodeDecodeError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:

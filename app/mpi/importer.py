@@ -2,7 +2,8 @@
 
 Input: CSV with the columns source_system, mrn, name, gender, birth_date, id_type, id_number, phone, address
 (only source_system, mrn and name are required; id_type a document code of CV02.01.101 such as 01, or a name
-such as 身份证 / resident-id / passport: ID_TYPE_ALIASES), or NDJSON with one Patient per line. Streamed row by row:
+such as 身份证 / resident-id / passport: ID_TYPE_ALIASES), or NDJSON with one Patient per line; UTF-8, or GB18030 /
+GBK when the caller says so (`text_lines`, `check_header`). Streamed row by row:
 memory stays flat whatever the file size. Every row goes through the same path as POST /fhir/Patient
 (Repository.create and the MPI / card event handlers), with 15-digit legacy ID numbers accepted and
 normalised, and every row gets one report row: created | linked | unchanged | rejected (with the reason).
@@ -21,13 +22,14 @@ gets the report it gets when the rows are imported one at a time.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +57,7 @@ ID_TYPE_ALIASES = {
     "99": ("外国人永久居留身份证", "永久居留证", "foreigner-permanent-residence"),
 }
 REPORT_COLUMNS = ("row", "outcome", "patient_id", "ehc_id", "reason")
+SAMPLE_BYTES = 1 << 16  # the start of the file checked before anything is written
 EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 GENDERS = {"male": "male", "m": "male", "男": "male", "1": "male", "female": "female", "f": "female",
            "女": "female", "2": "female", "other": "other", "unknown": "unknown", "0": "unknown", "9": "unknown",
@@ -162,10 +165,11 @@ def csv_patient(row: dict[str, str], registry: Any) -> dict[str, Any]:
     return res
 
 
-def read_rows(path: Path, registry: Any) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+def read_rows(path: Path, registry: Any, encoding: str = "utf-8"
+              ) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
     """(row number from 1, Patient or the reason it cannot be one), one at a time."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        if is_ndjson(path):
+    with closing(text_lines(path, encoding)) as fh:
+        if is_ndjson(path, encoding):
             n = 0
             for line in fh:
                 if not line.strip():
@@ -196,31 +200,69 @@ def check_columns(path: Path, fieldnames: Any) -> None:
                          f"{', '.join(REQUIRED_COLUMNS)}; optional: {', '.join(CSV_COLUMNS[3:])})")
 
 
-def check_header(path: Path) -> None:
-    """Check what can be checked before anything is written (a CSV file's header)."""
-    if is_ndjson(path):
+def check_header(path: Path, encoding: str = "utf-8") -> None:
+    """Check what can be checked before anything is written: the file's start decodes in `encoding` (and, for
+    another encoding, is not UTF-8 that it would misread), and a CSV file's header has the required columns."""
+    with open(path, "rb") as fh:
+        start = fh.read(SAMPLE_BYTES)
+    try:  # not final: the sample may end inside a character
+        codecs.getincrementaldecoder(_codec(encoding))().decode(start, final=False)
+    except UnicodeDecodeError:
+        raise ValueError(undecodable(path, encoding)) from None
+    if encoding != "utf-8" and not start.isascii():
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise ValueError(f"{path} reads as UTF-8 text: --encoding {encoding} would misread its names; "
+                             "leave --encoding out")
+    if is_ndjson(path, encoding):
         return
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        check_columns(path, next(csv.reader(fh), None))
+    with closing(text_lines(path, encoding)) as lines:
+        check_columns(path, next(csv.reader(lines), None))
 
 
-def is_ndjson(path: Path) -> bool:
+def text_lines(path: Path, encoding: str = "utf-8") -> Generator[str, None, None]:
+    """The input file's lines (with their line ends, as the csv module wants them). Bytes the encoding cannot
+    decode are a ValueError that says what to do."""
+    with open(path, encoding=_codec(encoding), newline="") as fh:
+        try:
+            yield from fh
+        except UnicodeDecodeError:
+            raise ValueError(undecodable(path, encoding)) from None
+
+
+def undecodable(path: Path, encoding: str) -> str:
+    if encoding == "utf-8":
+        return (f"{path} is not UTF-8 text. Files saved by Excel on a Chinese system, and by many hospital "
+                "systems, are GBK: import it with --encoding gb18030 (GBK's superset), or convert it first "
+                f"(iconv -f GB18030 -t UTF-8 {path})")
+    return f"{path} is not {encoding} text; check --encoding (the default is utf-8)"
+
+
+def _codec(encoding: str) -> str:
+    return "utf-8-sig" if encoding == "utf-8" else encoding  # a UTF-8 file may start with a byte order mark
+
+
+def is_ndjson(path: Path, encoding: str = "utf-8") -> bool:
     suffix = path.suffix.lower()
     if suffix in (".ndjson", ".jsonl", ".json"):
         return True
     if suffix == ".csv":
         return False
-    with open(path, encoding="utf-8-sig") as fh:
-        head = fh.read(64).lstrip()
-    return head.startswith("{")
+    with closing(text_lines(path, encoding)) as lines:
+        head = next((line for line in lines if line.strip()), "")
+    return head.lstrip().startswith("{")
 
 
-def count_rows(path: Path) -> int:
+def count_rows(path: Path, encoding: str = "utf-8") -> int:
+    """Lines, counted as 0x0A bytes: right for the encodings `ehc import` takes (app.cli.imports.ENCODINGS)."""
     n = 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             n += chunk.count(b"\n")
-    return n if is_ndjson(path) else max(n - 1, 0)
+    return n if is_ndjson(path, encoding) else max(n - 1, 0)
 
 
 class Importer:
@@ -434,18 +476,19 @@ class Importer:
             return None
         return docs[0]["res"] if docs[0] is not None else None
 
-    def run(self, path: Path, report: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
+    def run(self, path: Path, report: Path, progress: bool = True, workers: int = 1,
+            encoding: str = "utf-8") -> dict[str, int]:
         """Import a file, writing one report row per input row; returns the count per outcome."""
         from tqdm import tqdm
 
-        check_header(path)  # before the progress bar and the report exist
-        self._check_structure = is_ndjson(path)
+        check_header(path, encoding)  # before the progress bar and the report exist
+        self._check_structure = is_ndjson(path, encoding)
         counts = {"created": 0, "linked": 0, "unchanged": 0, "rejected": 0}
-        bar = tqdm(total=count_rows(path), unit="row", disable=not progress, mininterval=0.5, smoothing=0.1,
+        bar = tqdm(total=count_rows(path, encoding), unit="row", disable=not progress, mininterval=0.5, smoothing=0.1,
                    dynamic_ncols=True, desc="ehc import")
         with open(report, "w", encoding="utf-8", newline="") as out:
             write = _report_writer(out, report)
-            rows = read_rows(path, self.registry)
+            rows = read_rows(path, self.registry, encoding)
             for result in self._results(rows, workers):
                 counts[result.outcome] += 1
                 write(result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,55 @@ def test_a_report_that_is_the_input_file_is_refused_and_the_file_kept(tmp_path, 
     result = CliRunner().invoke(main, ["import", str(src), "--report", str(report)])
     assert result.exit_code == 1 and "is the input file; choose another --report path" in result.output
     assert src.read_bytes() == before  # the hospital's file is intact
+
+
+def _cli_import(settings: Any, monkeypatch: Any, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
+    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
+    return CliRunner().invoke(main, ["import", *args, "--no-progress"])
+
+
+def test_a_gbk_file_is_refused_with_the_fix_then_read_with_encoding_gb18030(tmp_path, settings, services,
+                                                                             monkeypatch):
+    """What Excel saves on a Chinese system: GBK, not UTF-8."""
+    src = tmp_path / "excel.csv"
+    src.write_bytes("source_system,mrn,name,gender\nhosp-g,G1,欧阳娜娜,女\nhosp-g,G2,诸葛亮,男\n".encode("gbk"))
+    refused = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "r1.csv"))
+    assert refused.exit_code == 1 and "is not UTF-8 text" in refused.output
+    assert "--encoding gb18030" in refused.output and not (tmp_path / "r1.csv").exists()
+    done = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "r2.csv"), "--encoding", "GBK")
+    assert done.exit_code == 0, done.output
+    report = read_report(tmp_path / "r2.csv")
+    assert [r["outcome"] for r in report] == ["created", "created"]
+    stored = [services.repo.get_doc("Patient", r["patient_id"])["res"] for r in report]
+    assert [p["name"][0]["text"] for p in stored] == ["欧阳娜娜", "诸葛亮"]
+    assert [p["gender"] for p in stored] == ["female", "male"]
+
+
+def test_a_utf8_file_is_not_misread_as_gb18030(tmp_path, settings, monkeypatch):
+    src = write_csv(tmp_path / "utf8.csv", [row("hosp-u", "U1", "张三")])  # its bytes also decode as GB18030
+    refused = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "r.csv"),
+                          "--encoding", "gb18030")
+    assert refused.exit_code == 1 and "reads as UTF-8 text" in refused.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_bytes_past_the_checked_start_stop_the_run_and_a_rerun_with_the_encoding_finishes(
+        tmp_path, settings, monkeypatch):
+    import app.mpi.importer as importer_module
+
+    monkeypatch.setattr(importer_module, "SAMPLE_BYTES", 64)  # the start checked before anything is written
+    ascii_rows = "".join(f"hosp-l,L{i},Name{i}\n" for i in range(20))
+    src = tmp_path / "late.csv"
+    src.write_bytes(("source_system,mrn,name\n" + ascii_rows).encode() + "hosp-l,L20,诸葛亮\n".encode("gbk"))
+    stopped = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "r1.csv"))
+    assert stopped.exit_code == 1 and "is not UTF-8 text" in stopped.output and "Traceback" not in stopped.output
+    again = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "r2.csv"),
+                        "--encoding", "gb18030")
+    assert again.exit_code == 0, again.output
+    counts = json.loads(again.stdout.strip().splitlines()[-1])
+    assert counts["created"] + counts["unchanged"] == 21 and counts["rejected"] == 0
