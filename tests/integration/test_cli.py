@@ -303,3 +303,25 @@ def test_ctrl_c_stops_serve_with_every_exit_hook_run(tmp_path, db_uri):
     assert "Traceback" not in log
     assert "could not remove the heartbeat" not in log
     assert segments(spool_dir(tmp_path, db_uri.rsplit("/", 1)[-1])) == []
+
+
+@pytest.mark.slow
+def test_serve_dev_answers_from_behind_its_reloader(tmp_path, db_uri):
+    """`--dev`: werkzeug's reloader holds the socket and runs the app in a child process, which must not take
+    the held port for one in use (app/cli/serve.py)."""
+    port = free_port()
+    env = dict(os.environ, EHC_MONGODB_URI=db_uri, EHC_DATA_DIR=str(tmp_path))
+    log = tmp_path / "dev.log"
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--dev", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status != 200 and proc.poll() is None:
+            try:
+                status = requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).status_code
+            except requests.RequestException:
+                time.sleep(0.3)
+        assert status == 200, log.read_text()[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
