@@ -57,10 +57,9 @@ def import_file(file: Path, report: Path, workers: int, batch: int, encoding: st
                                    "another --report path")
     if report.exists() and report.samefile(file):  # also through a link: writing the report would erase the input
         raise click.ClickException(f"the report {report} is the input file; choose another --report path")
-    encoding = encoding.lower()
     try:
         check_header(file, encoding)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # a decoding error included
         raise click.ClickException(str(exc)) from None
     timer = Timer()
     with node_services() as svc:
@@ -74,7 +73,7 @@ def import_file(file: Path, report: Path, workers: int, batch: int, encoding: st
         try:
             counts = Importer(svc, hooks, validate, batch_size=batch).run(
                 file, report, progress=on_terminal(not no_progress), workers=workers, encoding=encoding)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # a decoding error included
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             # Ctrl-C: nothing is half-written (docs/mpi.md), so say how to finish rather than print a traceback.

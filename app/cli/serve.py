@@ -69,7 +69,9 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
 def _check_listen(host: str, port: int) -> None:
     """Fail at once, in one line, when the address cannot be listened on: gunicorn would otherwise retry for
     five seconds after the database had been started, then stop with its own log lines."""
-    if os.environ.get("WERKZEUG_RUN_MAIN"):  # --dev's reloaded process: its parent holds the socket for it
+    from werkzeug.serving import is_running_from_reloader
+
+    if is_running_from_reloader():  # --dev's reloaded process: its parent holds the socket for it
         return
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
