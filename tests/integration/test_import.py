@@ -102,11 +102,17 @@ def test_interrupted_run_completes_without_duplicates(importer, tmp_path, servic
         assert len([p for p in found if services.repo.exists("Patient", p)]) == 1
 
 
-def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
+def _cli_import(settings: Any, monkeypatch: Any, *args: str) -> Any:
     from click.testing import CliRunner
 
     from app.cli import main
 
+    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
+    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
+    return CliRunner().invoke(main, ["import", *args, "--no-progress"])
+
+
+def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
     lines = [
         {"resourceType": "Patient", "name": [{"text": "曹七"}],
          "identifier": [{"system": "urn:ehc:mrn:hosp-n", "value": "N1"},
@@ -116,9 +122,7 @@ def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
     ]
     src = tmp_path / "in.ndjson"
     src.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\nnot json\n", encoding="utf-8")
-    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
-    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
-    result = CliRunner().invoke(main, ["import", str(src), "--report", str(tmp_path / "out.csv")])
+    result = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "out.csv"))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["created"] == 1 and summary["rejected"] == 3
@@ -129,19 +133,13 @@ def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
     pid = report[0]["patient_id"]
     res = services.repo.get_doc("Patient", pid)["res"]
     assert report[0]["ehc_id"] in {i["value"] for i in res["identifier"]}
-    again = CliRunner().invoke(main, ["import", str(src), "--report", str(tmp_path / "out2.csv")])
+    again = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "out2.csv"))
     assert json.loads(again.stdout.strip().splitlines()[-1])["unchanged"] == 1
 
 
 def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, services, monkeypatch):
-    from click.testing import CliRunner
-
-    from app.cli import main
-
     rows = [row("hosp-c", f"C{i}", f"钱{i}", id_number("330106", "1985-05-05", 300 + 2 * i)) for i in range(12)]
     src = write_csv(tmp_path / "in.csv", rows)
-    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
-    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
     results = Importer._results
 
     def pressed_ctrl_c_after_five(self, rows, workers):
@@ -152,13 +150,13 @@ def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, servic
 
     monkeypatch.setattr(Importer, "_results", pressed_ctrl_c_after_five)
     report = tmp_path / "first.csv"
-    stopped = CliRunner().invoke(main, ["import", str(src), "--report", str(report), "--no-progress"])
+    stopped = _cli_import(settings, monkeypatch, str(src), "--report", str(report))
     assert stopped.exit_code == 130
     assert "interrupted" in stopped.stderr and "Run the same command again to finish" in stopped.stderr
     assert "Traceback" not in stopped.output
     assert [r["outcome"] for r in read_report(report)] == ["created"] * 5
     monkeypatch.setattr(Importer, "_results", results)
-    again = CliRunner().invoke(main, ["import", str(src), "--report", str(tmp_path / "again.csv"), "--no-progress"])
+    again = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "again.csv"))
     assert again.exit_code == 0, again.output
     counts = json.loads(again.stdout.strip().splitlines()[-1])
     assert counts["rejected"] == 0 and counts["created"] + counts["unchanged"] == 12
@@ -170,10 +168,6 @@ def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, servic
 
 @pytest.mark.parametrize("via", ["the same path", "a symbolic link", "a hard link"])
 def test_a_report_that_is_the_input_file_is_refused_and_the_file_kept(tmp_path, settings, monkeypatch, via):
-    from click.testing import CliRunner
-
-    from app.cli import main
-
     src = write_csv(tmp_path / "in.csv", [row("hosp-s", "S1", "孙一")])
     before = src.read_bytes()
     report = {"the same path": src, "a symbolic link": tmp_path / "sym.csv", "a hard link": tmp_path / "hard.csv"}[via]
@@ -181,21 +175,9 @@ def test_a_report_that_is_the_input_file_is_refused_and_the_file_kept(tmp_path, 
         report.symlink_to(src)
     elif via == "a hard link":
         report.hardlink_to(src)
-    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
-    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
-    result = CliRunner().invoke(main, ["import", str(src), "--report", str(report)])
+    result = _cli_import(settings, monkeypatch, str(src), "--report", str(report))
     assert result.exit_code == 1 and "is the input file; choose another --report path" in result.output
     assert src.read_bytes() == before  # the hospital's file is intact
-
-
-def _cli_import(settings: Any, monkeypatch: Any, *args: str) -> Any:
-    from click.testing import CliRunner
-
-    from app.cli import main
-
-    monkeypatch.setenv("EHC_MONGODB_URI", settings.mongodb_uri)
-    monkeypatch.setenv("EHC_DATA_DIR", str(settings.data_dir))
-    return CliRunner().invoke(main, ["import", *args, "--no-progress"])
 
 
 def test_a_gbk_file_is_refused_with_the_fix_then_read_with_encoding_gb18030(tmp_path, settings, services,
