@@ -14,10 +14,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from app.core import fhirjson
-from app.core.errors import FhirError, Issue, bad_request, info_outcome
+from app.core.errors import FhirError, bad_request, info_outcome
 from app.core.ids import new_id
 from app.fhir.http import FhirResponse, check_json_depth, parse_etag, parse_prefer
-from app.fhir.interactions import _audit, _find, apply_patch, check_type, validator
+from app.fhir.interactions import _audit, _find, apply_patch, check_type, validate_inside
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
 from app.store.events import StoreEvent
@@ -36,15 +36,28 @@ def process_bundle(req: FhirRequest, svc: Services, router: Router) -> FhirRespo
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be a list", expression="Bundle.entry")
     for i, entry in enumerate(entries):
-        request = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(request, dict) or request.get("method") not in ORDER or not request.get("url"):
-            raise bad_request(f"Bundle.entry[{i}].request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
-                              expression=f"Bundle.entry[{i}].request")
+        _check_entry(entry, f"Bundle.entry[{i}]")
     if kind == "batch":
         return _batch(req, svc, router, entries)
     if kind == "transaction":
         return _transaction(req, svc, router, entries)
     raise bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    """What the bundle's processing reads of an entry has the JSON type it expects (else 400 naming it)."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or not isinstance(request.get("method"), str) \
+            or request["method"] not in ORDER or not isinstance(request.get("url"), str) or not request["url"]:
+        raise bad_request(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
+                          expression=f"{where}.request")
+    for field in ("ifMatch", "ifNoneMatch", "ifNoneExist", "ifModifiedSince"):
+        if not isinstance(request.get(field, ""), str):
+            raise bad_request(f"{where}.request.{field} must be a string", expression=f"{where}.request.{field}")
+    if not isinstance(entry.get("fullUrl", ""), str):
+        raise bad_request(f"{where}.fullUrl must be a string", expression=f"{where}.fullUrl")
+    if not isinstance(entry.get("resource", {}), dict):
+        raise bad_request(f"{where}.resource must be a resource (a JSON object)", expression=f"{where}.resource")
 
 
 def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
@@ -205,7 +218,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             if resource.get("resourceType") != rtype:
                 raise bad_request(f"{where}.resourceType must be {rtype}", expression=f"{where}.resourceType")
             resource["id"] = rid
-            _validate(svc, resource, rtype, where)
+            validate_inside(svc, resource, rtype, where)
             if not plan.get("pre_fired"):
                 svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
                 resource.pop("_ehc_existing", None)
@@ -218,7 +231,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
                                        (sub.body or {}).get("_fhirpath_patch"))
             except FhirError as err:
                 raise FhirError(err.status, f"{where}: {err.diagnostics}", expression=where) from None
-            _validate(svc, resource, rtype, where)
+            validate_inside(svc, resource, rtype, where)
             # a patched result goes through the master patient index exactly as a PUT does
             svc.events.fire(StoreEvent("pre-update", rtype, resource, req.write))
             resource.pop("_ehc_existing", None)
@@ -267,10 +280,3 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
     _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
 
-
-def _validate(svc: Services, resource: dict[str, Any], rtype: str, where: str) -> None:
-    issues = validator(svc).issues(resource, rtype)
-    if issues:
-        fixed = [Issue(f"{where}: {i.diagnostics}", i.code, i.severity,
-                       [e.replace(rtype, where, 1) for e in i.expression]) for i in issues]
-        raise FhirError(400, fixed[0].diagnostics, issues=fixed)

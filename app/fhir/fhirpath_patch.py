@@ -14,21 +14,20 @@ import re
 from typing import Any
 
 from app.core.errors import FhirError, bad_request
+from app.fhir.parameters import read_parameters
 
 _STEP = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 _WHERE = re.compile(r"^where\(\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*'([^'\\]*)'\s*\)$")
 
 
 def apply_fhirpath_patch(resource: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    if params.get("resourceType") != "Parameters":
-        raise bad_request("a FHIRPath Patch is a Parameters resource", expression="Parameters")
-    out = copy.deepcopy(resource)
-    ops = [p for p in params.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "operation"]
+    ops = read_parameters(params, "a FHIRPath Patch").parts("operation")
     if not ops:
         raise bad_request("the FHIRPath Patch has no 'operation' parameter", expression="Parameters.parameter")
+    out = copy.deepcopy(resource)
     for n, op in enumerate(ops):
         where = f"Parameters.parameter[{n}]"
-        parts = {str(p.get("name")): p for p in op.get("part") or [] if isinstance(p, dict)}
+        parts = {p["name"]: p for p in op.entries}
         kind = _value(parts.get("type"))
         path = _value(parts.get("path"))
         if kind not in ("add", "insert", "delete", "replace", "move") or not isinstance(path, str):

@@ -41,6 +41,16 @@ def validator(svc: Services) -> Validator:
     return v
 
 
+def validate_inside(svc: Services, resource: dict[str, Any], rtype: str, where: str) -> None:
+    """Validate a resource carried inside another (a Bundle entry, a parameter): 400 with every issue, each named
+    from the outer resource (`Bundle.entry[2].resource.gender`)."""
+    issues = validator(svc).issues(resource, rtype)
+    if issues:
+        fixed = [Issue(f"{where}: {i.diagnostics}", i.code, i.severity,
+                       [e.replace(rtype, where, 1) for e in i.expression]) for i in issues]
+        raise FhirError(400, fixed[0].diagnostics, issues=fixed)
+
+
 def resource_response(req: FhirRequest, stored: Stored, status: int = 200,
                       with_location: bool = False) -> FhirResponse:
     if req.gate is not None:  # the disclosure gate judges the body; it need not look up where the record lives

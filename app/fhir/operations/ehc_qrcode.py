@@ -20,6 +20,7 @@ from app.core.access import AccessRecord
 from app.core.errors import bad_request, gone, not_found
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
 
@@ -45,25 +46,14 @@ def instant(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    if body is None:
-        return {}
-    if body.get("resourceType") != "Parameters":
-        raise bad_request("the body must be a Parameters resource", expression="Parameters")
-    return {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
-
-
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
     assert id is not None
-    params = _params(req.body)
-    token_type = (params.get("type") or {}).get("valueCode") or (params.get("type") or {}).get("valueString") \
-        or "dynamic"
+    params = read_parameters(req.body, "$ehc-qrcode", required=False)
+    token_type = params.value("type", "valueCode", "valueString") or "dynamic"
     if token_type not in ("dynamic", "static"):
         raise bad_request("type must be 'dynamic' or 'static'", expression="type")
-    validity = (params.get("validity") or {}).get("valueInteger") if "validity" in params else None
-    if "validity" in params and (not isinstance(validity, int) or isinstance(validity, bool)):
-        raise bad_request("validity must be an integer number of seconds", expression="validity")
-    image = (params.get("image") or {}).get("valueBoolean", True) is not False
+    validity = params.value("validity", "valueInteger")  # seconds
+    image = params.value("image", "valueBoolean") is not False
     known = req.instance  # read by the route table for the gate, when it is this Patient's
     doc = known if known is not None and known.get("_id") == id else svc.repo.get_doc("Patient", id)
     req.gate.require("Patient", doc)

@@ -18,6 +18,7 @@ from app.core.timeutil import to_instant
 from app.ehc.cards import STATUSES, current_card
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
 
@@ -26,15 +27,12 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     assert id is not None
     status = reason = None
     if req.method == "POST":
-        body = req.body or {}
-        if body.get("resourceType") != "Parameters":
-            raise bad_request("$ehc-status needs a Parameters body", expression="Parameters")
-        params = {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
-        status = (params.get("status") or {}).get("valueCode")
+        params = read_parameters(req.body, "$ehc-status")
+        status = params.value("status", "valueCode")
         if status not in STATUSES:
             raise bad_request(f"status must be one of {', '.join(STATUSES)}", expression="status")
-        reason = (params.get("reason") or {}).get("valueString")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        reason = params.value("reason", "valueString")
+        if reason is not None and len(reason) > 500:
             raise bad_request("reason must be a string of at most 500 characters", expression="reason")
     # The router's gate admitted the read (GET) or the change (POST) of this Patient.
     stored = svc.repo.read("Patient", id, req.write, fire=False, doc=req.instance)

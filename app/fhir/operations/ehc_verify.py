@@ -17,19 +17,15 @@ from app.core.errors import bad_request
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
 from app.fhir.operations.ehc_qrcode import instant
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.ops.metrics import record_qr_verification
 from app.services import Services
 
 
 def handle(req: FhirRequest, svc: Services) -> FhirResponse:
-    body = req.body or {}
-    token: Any = None
-    if body.get("resourceType") == "Parameters":
-        for p in body.get("parameter") or []:
-            if isinstance(p, dict) and p.get("name") == "token":
-                token = p.get("valueString")
-    if not isinstance(token, str) or not token:
+    token = read_parameters(req.body, "$ehc-verify").value("token", "valueString")
+    if token is None:
         raise bad_request("$ehc-verify needs a 'token' parameter (valueString)", expression="token")
     svc.policy.require(req.principal, "verify", "Patient")  # terminals only: resident tokens are refused
     result = card_service(svc).verify(token)

@@ -14,6 +14,8 @@ from typing import Any
 from app.core.access import AccessRecord
 from app.core.errors import bad_request
 from app.fhir.http import FhirResponse
+from app.fhir.interactions import validate_inside
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.mpi.matching import score
 from app.mpi.plugin import master_index
@@ -24,23 +26,17 @@ DEFAULT_COUNT = 10
 MAX_COUNT = 100
 
 
-def _params(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    if not body or body.get("resourceType") != "Parameters":
-        raise bad_request("$match needs a Parameters body", expression="Parameters")
-    return {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
-
-
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
     svc.policy.require(req.principal, "search", "Patient")
-    params = _params(req.body)
-    query = (params.get("resource") or {}).get("resource")
-    if not isinstance(query, dict) or query.get("resourceType") != "Patient":
+    params = read_parameters(req.body, "$match")
+    query = params.value("resource", "resource")
+    if query is None or query.get("resourceType") != "Patient":
         raise bad_request("the 'resource' parameter must be a Patient", expression="resource")
-    only_certain = (params.get("onlyCertainMatches") or {}).get("valueBoolean", False)
-    if not isinstance(only_certain, bool):
-        raise bad_request("onlyCertainMatches must be a boolean", expression="onlyCertainMatches")
-    count = (params.get("count") or {}).get("valueInteger", DEFAULT_COUNT)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+    validate_inside(svc, query, "Patient", params.named("resource")[0][0] + ".resource")
+    only_certain = params.value("onlyCertainMatches", "valueBoolean") or False
+    count = params.value("count", "valueInteger")
+    count = DEFAULT_COUNT if count is None else count
+    if not 1 <= count <= MAX_COUNT:
         raise bad_request(f"count must be an integer from 1 to {MAX_COUNT}", expression="count")
     if not query.get("identifier") and not query.get("name"):
         raise bad_request("the Patient needs at least an identifier or a name to match on", expression="resource")

@@ -8,27 +8,27 @@ The rules are app.mpi.merge's.
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.core.access import AccessRecord
 from app.core.errors import bad_request, info_outcome, unprocessable
 from app.core.ids import split_reference
 from app.fhir.http import FhirResponse
+from app.fhir.parameters import Parameters, read_parameters
 from app.fhir.router import FhirRequest
 from app.mpi.merge import merge_patients
 from app.mpi.plugin import master_index
 from app.services import Services
 
 
-def _patient_id(req: FhirRequest, svc: Services, params: dict[str, dict[str, Any]], side: str) -> str:
-    ref = (params.get(f"{side}-patient") or {}).get("valueReference")
+def _patient_id(req: FhirRequest, svc: Services, params: Parameters, side: str) -> str:
+    ref = params.value(f"{side}-patient", "valueReference")
     if ref is not None:
-        parts = split_reference((ref or {}).get("reference") or "", req.base)
+        target = ref.get("reference")
+        parts = split_reference(target, req.base) if isinstance(target, str) else None
         if not parts or parts[0] != "Patient":
             raise bad_request(f"{side}-patient must reference a Patient", expression=f"{side}-patient")
         return parts[1]
-    ident = (params.get(f"{side}-patient-identifier") or {}).get("valueIdentifier")
-    if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+    ident = params.value(f"{side}-patient-identifier", "valueIdentifier")
+    if ident is not None and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
         doc = master_index(svc).find(ident["system"], ident["value"])
         if doc is None:
             raise unprocessable(f"no resident holds {ident['system']}|{ident['value']}",
@@ -38,13 +38,11 @@ def _patient_id(req: FhirRequest, svc: Services, params: dict[str, dict[str, Any
 
 
 def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
-    body = req.body or {}
-    if body.get("resourceType") != "Parameters":
-        raise bad_request("$merge needs a Parameters body", expression="Parameters")
-    params = {str(p.get("name")): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+    body = req.body
+    params = read_parameters(body, "$merge")
     source_id = _patient_id(req, svc, params, "source")
     target_id = _patient_id(req, svc, params, "target")
-    preview = (params.get("preview") or {}).get("valueBoolean") is True
+    preview = params.value("preview", "valueBoolean") is True
     for rid in (source_id, target_id):
         req.gate.require("Patient", svc.repo.get_doc("Patient", rid), "update")
     result = merge_patients(svc, master_index(svc), svc.extensions["mpi_hooks"], source_id, target_id, req.write,

@@ -7,6 +7,7 @@ from typing import Any
 from app.core.errors import Issue, bad_request, operation_outcome
 from app.fhir.http import FhirResponse
 from app.fhir.interactions import validator
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
 
@@ -16,9 +17,9 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     resource: Any = body
     profile = req.param("profile")  # a profile of fhir_profiles/StructureDefinition (or meta.profile)
     if body.get("resourceType") == "Parameters":
-        resource = next((p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"), None)
-        profile = next((p.get("valueUri") or p.get("valueCanonical") for p in body.get("parameter", [])
-                        if p.get("name") == "profile"), None) or profile
+        params = read_parameters(body, "$validate")
+        resource = params.value("resource", "resource")
+        profile = params.value("profile", "valueUri", "valueCanonical") or profile
     if not isinstance(resource, dict):
         raise bad_request("$validate needs a resource, or Parameters with a 'resource' parameter")
     issues = validator(svc).issues(resource, type, profile=profile)
