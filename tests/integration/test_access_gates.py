@@ -329,6 +329,30 @@ def test_pix_answers_alike_for_unknown_and_forbidden(web, svc, data):
     assert known.json["issue"][0]["code"] == unknown.json["issue"][0]["code"]
 
 
+def test_merge_answers_alike_for_unknown_and_forbidden_identifiers(web, data, p31, app_token, home):
+    """$merge by identifier must not tell a caller who may not see the record whether the number is registered."""
+    def merge(number: str, token: str) -> Any:
+        return post(web, "Patient/$merge", {"resourceType": "Parameters", "parameter": [
+            {"name": "source-patient-identifier",
+             "valueIdentifier": {"system": "urn:oid:2.16.156.10011.1.3", "value": number}},
+            {"name": "target-patient", "valueReference": {"reference": f"Patient/{data['me']}"}}]}, token)
+
+    def refused_operations() -> int:
+        trail = web.get(f"/fhir/AuditEvent?patient=Patient/{data['victim']}&_count=500", headers=bearer(home)).json
+        return sum(1 for e in trail.get("entry", []) if e["resource"].get("outcome") == "4"
+                   and e["resource"]["subtype"][0]["code"] == "operation")
+
+    before = refused_operations()
+    for token in (p31, app_token):
+        known, unknown = merge(VICTIM_ID_NUMBER, token), merge("11010119900307001X", token)
+        assert known.status_code == unknown.status_code == 422, (known.json, unknown.json)
+        assert known.json["issue"][0]["code"] == unknown.json["issue"][0]["code"]
+        assert known.json["issue"][0]["diagnostics"].replace(VICTIM_ID_NUMBER, "N") \
+            == unknown.json["issue"][0]["diagnostics"].replace("11010119900307001X", "N")
+        assert not leaks(known, data, VICTIM_ID_NUMBER)
+    assert refused_operations() == before + 2  # each attempt on the victim's record is in the victim's trail
+
+
 def test_resident_apps_cannot_spend_qr_codes(web, data, app_token):
     params = {"resourceType": "Parameters", "parameter": [{"name": "token", "valueString": "EHC1:X:Y:Z"}]}
     assert post(web, "$ehc-verify", params, app_token).status_code == 403

@@ -30,7 +30,13 @@ def _patient_id(req: FhirRequest, svc: Services, params: Parameters, side: str) 
     ident = params.value(f"{side}-patient-identifier", "valueIdentifier")
     if ident is not None and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
         doc = master_index(svc).find(ident["system"], ident["value"])
-        if doc is None:
+        decision = req.gate.decide("Patient", doc) if doc is not None else None
+        if doc is None or decision is None or not decision.allowed:
+            # Unknown and forbidden answer alike ($ihe-pix's rule): the difference would tell whether the number
+            # is registered.
+            if decision is not None:
+                req.audit(AccessRecord("refused", "Patient", [], "4", 422, req.principal, "$merge", decision.reason,
+                                       patient_ids=sorted(decision.patients), remote_addr=req.remote_addr))
             raise unprocessable(f"no resident holds {ident['system']}|{ident['value']}",
                                 expression=f"{side}-patient-identifier")
         return str(doc["_id"])
