@@ -140,6 +140,11 @@ class DisclosureGate:
             self._provinces[key] = doc.get("prov") if doc else None
         return self._provinces[key]
 
+    def _province_if_judging(self, rtype: str, resource: dict[str, Any]) -> str | None:
+        """The record's province for judge(), which does not look at it when the caller is not judged (auth off):
+        then no read is spent on it."""
+        return self._province(rtype, str(resource.get("id") or "")) if self.judging else None
+
     def _note(self, rtype: str, resource: dict[str, Any], decision: Decision) -> None:
         ref = f"{rtype}/{resource.get('id')}"
         if ref not in self.disclosed:
@@ -170,7 +175,7 @@ class DisclosureGate:
         return {"POST": "rsc", "PUT": "rscu", "PATCH": "rsu"}.get(self.req.method, "rs")
 
     def _single(self, resp: FhirResponse, rtype: str, body: dict[str, Any]) -> dict[str, Any]:
-        decision = self.judge(rtype, body, self._province(rtype, str(body.get("id") or "")), self._letters())
+        decision = self.judge(rtype, body, self._province_if_judging(rtype, body), self._letters())
         if decision.allowed:
             self._note(rtype, body, decision)
             return body
@@ -200,7 +205,7 @@ class DisclosureGate:
             return True
         if not isinstance(rtype, str) or rtype not in self.svc.repo.resource_types or not res.get("id"):
             return True  # not a stored record (an echo of the request, a generated resource)
-        decision = self.judge(rtype, res, self._province(rtype, str(res.get("id") or "")), self._letters())
+        decision = self.judge(rtype, res, self._province_if_judging(rtype, res), self._letters())
         if decision.allowed:
             self._note(rtype, res, decision)
         else:

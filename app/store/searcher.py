@@ -174,14 +174,15 @@ class Searcher:
             direction, after = decode_cursor(request.cursor, len(sort))
         want = count + 1
         withheld: list[int] = [0]
+        keyed: dict[str, Any] = {}  # the posting lists' matches, read once for the page and the total
         docs = self._candidates(rtype, request, flt, sort, (direction, after) if after else None, want, base_url,
-                                self._gated(admit, withheld))
+                                self._gated(admit, withheld), keyed)
         has_more = len(docs) > count
         docs = docs[:count]
         if direction == "p":
             docs.reverse()
         total = self._total(rtype, request, flt, len(docs), has_more, after is None, base_url,
-                            self._gated(admit, None))
+                            self._gated(admit, None), keyed)
         row = functools.partial(self._row, sort)
         next_cursor = prev_cursor = None
         if docs:
@@ -224,15 +225,16 @@ class Searcher:
         return [_get_path(doc, path) for path, _ in sort]
 
     def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
-               has_more: bool, first_page: bool, base_url: str | None, admit: Admit | None = None) -> int | None:
+               has_more: bool, first_page: bool, base_url: str | None, admit: Admit | None = None,
+               keyed_memo: dict[str, Any] | None = None) -> int | None:
         """How many match (and, with admit, may be shown): counted from rows, never from withheld ones."""
         if request.total == "none":
             return None
         if first_page and not has_more:
             return page_len
-        keyed = self._keyed_ids(rtype, request, base_url)
+        keyed = self._keyed_matches(rtype, request, flt, base_url, {} if keyed_memo is None else keyed_memo)
         if keyed is not None:
-            return sum(1 for d in self._fetch(rtype, keyed) if matches(flt, d) and (admit is None or admit(d)))
+            return sum(1 for d in keyed if admit is None or admit(d))
         lowered = lower_for_database(flt)
         db_filter = {"$and": [lowered, {"del": False}]}
         if lowered == flt and admit is None:
@@ -286,6 +288,17 @@ class Searcher:
                 keys.append(identifier_key(rtype, v.value))
         return keys
 
+    def _keyed_matches(self, rtype: str, request: SearchRequest, flt: dict[str, Any], base_url: str | None,
+                       memo: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The documents the posting lists name that match flt, in _id order (None when no filter is keyed).
+        A search asks twice (its page, then its total); the lists and documents are read the first time only,
+        since reading them costs one round trip a candidate."""
+        if "docs" not in memo:
+            ids = self._keyed_ids(rtype, request, base_url)
+            memo["docs"] = None if ids is None else [d for d in self._fetch(rtype, ids) if matches(flt, d)]
+        found: list[dict[str, Any]] | None = memo["docs"]
+        return found
+
     def _fetch(self, rtype: str, ids: list[str]) -> list[dict[str, Any]]:
         col = self.repo.current(rtype)
         docs = []
@@ -297,12 +310,12 @@ class Searcher:
 
     def _candidates(self, rtype: str, request: SearchRequest, flt: dict[str, Any], sort: list[tuple[str, int]],
                     cursor: tuple[str, list[Any]] | None, want: int, base_url: str | None,
-                    admit: Admit | None = None) -> list[dict[str, Any]]:
+                    admit: Admit | None = None, keyed_memo: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         direction = cursor[0] if cursor else "n"
         order = sort if direction == "n" else [(p, -d) for p, d in sort]
-        keyed = self._keyed_ids(rtype, request, base_url)
+        keyed = self._keyed_matches(rtype, request, flt, base_url, {} if keyed_memo is None else keyed_memo)
         if keyed is not None:
-            docs = [d for d in self._fetch(rtype, keyed) if matches(flt, d)]
+            docs = list(keyed)  # sorted below; the memo keeps its order for the total
             row = functools.partial(self._row, order)
             docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
             if cursor:
