@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from typing import Any
 
@@ -27,6 +28,7 @@ from app.core.access import AccessRecord, Principal
 
 bp = Blueprint("ehc_oauth", __name__, template_folder="templates")
 LOGIN_SECONDS = 15 * 60
+ERROR_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # what an OAuth error_description may hold
 
 
 def _state() -> Any:
@@ -127,6 +129,12 @@ def _patient_label(svc: Any, pid: str) -> str:
 def authorize() -> ResponseReturnValue:
     st = _state()
     server = st.server
+    response_type = request.values.get("response_type", "")
+    if not ERROR_TEXT.fullmatch(response_type):
+        # authlib quotes an unsupported response_type in its error, and raises instead of quoting a character
+        # RFC 6749 (section 5.2) does not allow there
+        return _page("error.html", 400, error="unsupported_response_type",
+                     description="response_type must be code")
     try:
         grant = server.get_consent_grant(end_user=None)
     except OAuth2Error as err:

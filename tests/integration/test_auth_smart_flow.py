@@ -159,6 +159,18 @@ def test_wrong_aud_is_refused(live, world):
     assert params["error"] == "invalid_request" and "aud" in params["error_description"]
 
 
+def test_an_unsupported_response_type_is_refused_whatever_its_characters(live, world):
+    """authlib raised (a 500) when the response_type it quotes in its error held a character that an OAuth
+    error_description may not: a control character, a quote, a backslash, any non-ASCII letter."""
+    for response_type in ("token", "\x00", 'co"de', "code\\", "代码"):
+        url, _ = _authorize_url(live, world["app"]["client_id"], "patient/Observation.rs",
+                                response_type=response_type)
+        r = requests.get(url, allow_redirects=False, timeout=10)
+        assert r.status_code in (302, 400), (response_type, r.status_code)
+        error = redirect_params(r)["error"] if r.status_code == 302 else r.text
+        assert "unsupported_response_type" in error, response_type
+
+
 def test_denied_approval_redirects_access_denied(live, world):
     url, _ = _authorize_url(live, world["app"]["client_id"], "launch/patient patient/Observation.rs")
     params = redirect_params(login_and_approve(url, "13800138000", PASSWORD, patient_id=world["me"],
