@@ -27,6 +27,7 @@ from app.federation.registry import NATIONAL
 from app.federation.search import resident_id
 
 bp = Blueprint("federation", __name__, url_prefix="/federation")
+MAX_EXP = 2**37  # seconds since 1970: year 6325, far past any code's expiry and within what datetime can hold
 
 
 def _svc() -> Any:
@@ -153,8 +154,10 @@ def nonce() -> Response:
     try:
         raw = bytes.fromhex(_str(body, "nonce"))
         exp = int(body.get("exp"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e400 reads as infinity
         raise bad_request("nonce must be hex and exp an integer", expression="nonce") from None
+    if not 0 < exp < MAX_EXP:
+        raise bad_request("exp must be a time in seconds since 1970", expression="exp")
     if fed.national and province != NATIONAL:
         first = fed.forward_nonce(province, kid, raw, exp)
         if first is None:

@@ -163,6 +163,18 @@ def test_a_node_token_cannot_write_or_read_without_an_assertion(nodes: dict[str,
     assert r.status_code == 403
 
 
+def test_a_malformed_nonce_from_a_registered_node_is_refused_with_400(nodes: dict[str, Node]) -> None:
+    """JSON's 1e400 reads as infinity and 1e300 as a time datetime cannot hold: both ended in a 500."""
+    national = nodes["00"]
+    token = _fed(nodes["31"]).peers.token(_national_as_seen_by(nodes["31"]))
+    for exp, field in (("1e400", "nonce"), ("1e300", "exp"), ("-5", "exp"), ('"soon"', "nonce")):
+        r = requests.post(f"{national.url}/federation/nonce", timeout=10,
+                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                          data=f'{{"province": "31", "kid": "k1", "nonce": "00ff", "exp": {exp}}}')
+        assert r.status_code == 400, (exp, r.status_code, r.text[:300])
+        assert r.json()["issue"][0]["expression"] == [field], exp
+
+
 def test_a_removed_node_is_refused_at_once_even_with_a_live_token(nodes: dict[str, Node]) -> None:
     fed = _fed(nodes["31"])
     national = _national_as_seen_by(nodes["31"])
