@@ -25,6 +25,7 @@ them. `profile=` adds the constraints of a profile published in fhir_profiles/St
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import date
 from pathlib import Path
@@ -309,6 +310,8 @@ def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
         return f"a decimal is a JSON number, not {_kind(value)}"
     if isinstance(value, float) and not isinstance(value, FhirDecimal) and value != value:  # NaN
         return "NaN is not a decimal"
+    if isinstance(value, float) and math.isinf(value):  # 1e400: stored as a double, it would be infinity
+        return f"{value!r} is beyond the range of decimals this server stores (a double: about ±1.8e308)"
     return None
 
 

@@ -160,3 +160,19 @@ def test_no_body_of_any_shape_gets_a_500(app, ids):
                 if r.status_code >= 500:
                     failures.append((method, url, path, value, r.status_code))
     assert sent > 500 and not failures, (sent, failures[:10])
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_a_decimal_beyond_a_double_is_refused_naming_it(app, ids, number):
+    """JSON allows 1e400; stored as a double it is infinity, which FerretDB refuses (a 500 then) and MongoDB
+    would store. The validator refuses it, in a create and inside a transaction alike."""
+    client = app.test_client()
+    body = json.dumps(observation(ids["patient"])).replace('"value": 5.1', f'"value": {number}')
+    r = client.post("/fhir/Observation", data=body, content_type=FJ)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.json["issue"][0]["expression"] == ["Observation.valueQuantity.value"]
+    entry = '{"resource": ' + body + ', "request": {"method": "POST", "url": "Observation"}}'
+    r = client.post("/fhir", data='{"resourceType": "Bundle", "type": "transaction", "entry": [' + entry + "]}",
+                    content_type=FJ)
+    assert r.status_code == 400
+    assert r.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.valueQuantity.value"]
