@@ -14,7 +14,7 @@ from app.auth.models import Client
 from app.auth.plugin import auth_state
 from app.portal.registration import CLIENT_ID
 from tests.integration.auth_helpers import *  # noqa: F403
-from tests.integration.auth_helpers import account, bearer, csrf_of, stored_token
+from tests.integration.auth_helpers import account, bearer, create, csrf_of, stored_token
 from tests.integration.portal_helpers import glucose, portal_login, resident
 
 PASSWORD = "portal pass 1"
@@ -266,6 +266,22 @@ def test_trend_chart_svg_is_static_and_describes_every_value():
     assert svg.count("<circle") == 3 and svg.count('fill="#a11b1b"') == 1  # 7.25 is above the range
     assert "2026-01-01 5.5 mmol/L; 2026-02-01 7.2 mmol/L; 2026-03-01 4 mmol/L" in svg
     assert 'role="img"' in svg and "<title>葡萄糖趋势图</title>" in svg
+
+
+def test_records_page_answers_for_results_a_float_axis_cannot_step_through(live, svc):
+    """Two results of 1e17 and 1e17 + 16 (valid FHIR decimals, which a resident's app with Observation write
+    access can store) made the chart's gridline loop spin forever: the records page never answered, and its
+    worker thread stayed busy. Equal results of 1e20 ended in a 500."""
+    me, _ = resident(svc, "极", "值", "1970-07-07", "102")
+    account(svc, "13811113333", PASSWORD, me)
+    for code, value, day in (("2345-7", 1e17, "2026-01-10"), ("2345-7", 1e17 + 16, "2026-02-10"),
+                             ("2093-3", 1e20, "2026-03-10"), ("2093-3", 1e20, "2026-04-10")):
+        create(svc, {"resourceType": "Observation", "status": "final", "effectiveDateTime": day,
+                     "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                     "subject": {"reference": f"Patient/{me}"}, "valueQuantity": {"value": value, "unit": "mmol/L"}})
+    s, _ = portal_login(live, "13811113333", PASSWORD)
+    r = s.get(f"{live}/portal/records", timeout=10)
+    assert r.status_code == 200 and "1e+20" in r.text and "1e+17" in r.text  # the table still lists them
 
 
 def test_document_attachments_open_inline_only_for_safe_types(live, world, svc):
