@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+FIRST, LAST = datetime.min, datetime.max  # naive UTC ends of what Python dates hold
 
 
 def utcnow() -> datetime:
@@ -25,3 +27,15 @@ def http_date(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def naive_utc(dt: datetime) -> datetime:
+    """An aware datetime as the naive UTC the database stores. One that falls outside Python's calendar once in
+    UTC (9999-12-31T23:59:59-12:00, 0001-01-01T00:00:00+14:00, both valid FHIR) is held to its end."""
+    if dt.tzinfo is None:
+        return dt
+    try:
+        return dt.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # past the last day with a negative offset, before the first with a positive one
+        offset = dt.utcoffset()
+        return LAST if offset is not None and offset < timedelta(0) else FIRST

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -15,6 +15,7 @@ import jsonpatch
 from app.core.access import AccessRecord, Change
 from app.core.errors import FhirError, Issue, bad_request, info_outcome, not_found, precondition_failed
 from app.core.ids import is_valid_id
+from app.core.timeutil import naive_utc
 from app.fhir.fhirpath_patch import apply_fhirpath_patch
 from app.fhir.http import FHIR_MEDIA, FhirResponse, etag, parse_etag, parse_prefer, version_headers
 from app.fhir.presentation import apply_elements, apply_summary
@@ -80,8 +81,7 @@ def not_modified_since(header: str | None, ts: datetime) -> bool:
         since = parsedate_to_datetime(header)
     except (TypeError, ValueError):
         return False  # an invalid date is ignored, as the RFC says
-    if since.tzinfo is not None:
-        since = since.astimezone(UTC).replace(tzinfo=None)
+    since = naive_utc(since)
     return ts.replace(microsecond=0) <= since
 
 

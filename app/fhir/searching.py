@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from app.core.errors import FhirError, Issue, bad_request
+from app.core.timeutil import naive_utc
 from app.federation.search import REMOTE_CURSOR, merge_remote, remote_entries
 from app.fhir.http import FhirResponse, parse_prefer
 from app.fhir.interactions import _audit, check_type
@@ -114,8 +115,7 @@ def _history_args(req: FhirRequest, svc: Services) -> tuple[datetime | None, int
         except ValueError:
             raise bad_request(f"_since must be an instant, e.g. 2024-01-01T00:00:00Z; got {raw!r}",
                               expression="_since") from None
-        if since.tzinfo is not None:
-            since = since.astimezone(UTC).replace(tzinfo=None)
+        since = naive_utc(since)
     raw_count = req.param("_count")
     count = svc.settings.default_count
     if raw_count is not None:

@@ -15,9 +15,11 @@ correlate the bounds of a scalar $elemMatch, so any $elemMatch under a negation 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
+
+from app.core.timeutil import naive_utc
 
 _LOGICAL = frozenset({"$and", "$or", "$nor"})
 _FIELD_OPS = frozenset(
@@ -124,7 +126,7 @@ def _bracket(v: Any) -> str:
 def _plain(v: Any) -> Any:
     """Aware datetimes as naive UTC (what the index stores), so both kinds compare."""
     if isinstance(v, datetime) and v.tzinfo is not None:
-        return v.astimezone(UTC).replace(tzinfo=None)
+        return naive_utc(v)
     return v
 
 

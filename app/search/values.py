@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+
+from app.core.timeutil import naive_utc
 
 DATE_MIN = datetime(1, 1, 1)
 DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999000)  # MongoDB keeps milliseconds
@@ -55,19 +58,28 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     elif day is None:
         hi = _add_months(lo, 1)
     elif hour is None:
-        hi = lo + timedelta(days=1)
+        hi = _shifted(lo, timedelta(days=1))
     elif second is None:
-        hi = lo + timedelta(minutes=1)
+        hi = _shifted(lo, timedelta(minutes=1))
     elif frac is None:
-        hi = lo + timedelta(seconds=1)
+        hi = _shifted(lo, timedelta(seconds=1))
     else:
-        hi = lo + timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6))))
+        hi = _shifted(lo, timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6)))))
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-        lo = lo.replace(tzinfo=offset).astimezone(UTC).replace(tzinfo=None)
-        hi = hi.replace(tzinfo=offset).astimezone(UTC).replace(tzinfo=None) if hi != DATE_MAX else hi
+        lo = naive_utc(lo.replace(tzinfo=offset))
+        hi = naive_utc(hi.replace(tzinfo=offset)) if hi != DATE_MAX else hi
     return _ms_floor(lo), min(_ms_ceil(hi), DATE_MAX)
+
+
+def _shifted(dt: datetime, delta: timedelta) -> datetime:
+    """dt + delta, held to the calendar's end: '9999-12-31' is a common "no end" date, and its day ends past
+    datetime's last instant."""
+    try:
+        return dt + delta
+    except OverflowError:
+        return DATE_MAX if delta > timedelta(0) else DATE_MIN
 
 
 def _ms_floor(dt: datetime) -> datetime:
@@ -98,6 +110,8 @@ def decimal_range(text: str) -> tuple[float, float, float]:
         raise ValueError(f"not a number: {text!r}") from exc
     if not d.is_finite() or text.strip().lower().startswith(("+inf", "inf", "nan", "-inf")):
         raise ValueError(f"not a number: {text!r}")
+    if not math.isfinite(float(d)):  # 1e400: as a double, infinity, which no stored value is
+        raise ValueError(f"{text!r} is beyond the range of numbers this server stores (about ±1.8e308)")
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)
     half = Decimal(5).scaleb(exponent - 1)

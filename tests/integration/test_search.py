@@ -303,3 +303,30 @@ def test_meta_tag_profile_and_reference_identifier(client, data):
         "subject": {"identifier": {"system": "urn:ehc:mrn:org-7", "value": "X9"}}})["id"]
     assert ids(search(client, "Observation?subject:identifier=urn:ehc:mrn:org-7|X9")) == [oid]
     assert ids(search(client, "Observation?subject:identifier=urn:ehc:mrn:org-7|nope")) == []
+
+
+def test_dates_at_the_ends_of_the_calendar_are_stored_and_searched(client):
+    """'9999-12-31' is the "no end" date of many hospital systems. Its day ends past the last instant Python's
+    datetime holds, as '0001-01-01T00:00:00+14:00' begins before the first one in UTC: storing either, or
+    searching for it, ended in a 500. So did a number beyond a double's range in a search (a 503)."""
+    open_ended = post(client, "Observation", {
+        "resourceType": "Observation", "status": "final", "code": {"text": "编码有效期"},
+        "effectivePeriod": {"start": "2026-01-01", "end": "9999-12-31"}})
+    for when in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00", "9999-12-31"):
+        post(client, "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "边界"},
+                                     "effectiveDateTime": when})
+    assert open_ended["id"] in ids(search(client, "Observation?date=ge2030-06-01&code:text=编码有效期"))
+    assert open_ended["id"] in ids(search(client, "Observation?date=gt9999-12-30&code:text=编码有效期"))
+    for prefix in ("", "lt", "gt", "ap", "sa", "eb", "ne"):
+        for value in ("9999-12-31", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"):
+            search(client, f"Observation?date={prefix}{quote(value)}")
+            search(client, f"Patient?birthdate={prefix}{quote(value)}")
+    for value in ("1e400", "ap1e400", "gt-1e400"):
+        r = client.get(f"/fhir/Observation?value-quantity={value}")
+        assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["value-quantity"], r.json
+    # the same instants as _since of a history and as If-Modified-Since of a read
+    for since in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"):
+        assert client.get(f"/fhir/Observation/_history?_since={quote(since)}").status_code == 200, since
+    for header in ("Fri, 31 Dec 9999 23:59:59 -1200", "Mon, 01 Jan 0001 00:00:00 +1400"):
+        r = client.get(f"/fhir/Observation/{open_ended['id']}", headers={"If-Modified-Since": header})
+        assert r.status_code in (200, 304), header
