@@ -8,6 +8,7 @@ text back. NaN and Infinity are refused (not JSON). Nothing here imports Flask o
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -50,18 +51,27 @@ def _int(text: str) -> int | FhirDecimal:
     return int(text) if len(text) < 19 else FhirDecimal(text)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _DECODER = json.JSONDecoder(parse_float=FhirDecimal, parse_int=_int, parse_constant=_no_constant)
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON, decimals as FhirDecimal. Raises JsonError."""
+    """Parse JSON, decimals as FhirDecimal. Raises JsonError, also for a string holding a lone UTF-16 surrogate
+    (JSON's escape "\\ud800" allows it; it is not Unicode text, and no UTF-8, BSON or XML can hold it)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return _DECODER.decode(text)
+        parsed = _DECODER.decode(text)
     except UnicodeDecodeError as err:
         raise JsonError(f"the body is not UTF-8: {err}") from None
     except json.JSONDecodeError as err:
         raise JsonError(str(err)) from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: then check that every surrogate escaped was one of a pair
+        try:
+            dumps(parsed)
+        except orjson.JSONEncodeError:
+            raise JsonError("a string holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff "
+                            "that is not half of a pair): not Unicode text") from None
+    return parsed
 
 
 def _default(obj: Any) -> Any:

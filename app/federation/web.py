@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from app.core import fhirjson
 from app.core.access import AccessRecord
 from app.core.errors import FhirError, bad_request, forbidden, not_found
 from app.federation.assertions import HEADER
@@ -46,7 +47,10 @@ def _error(err: FhirError) -> Response:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        body = fhirjson.loads(request.get_data())  # the FHIR API's parser: no lone surrogates, no NaN
+    except fhirjson.JsonError as err:
+        raise bad_request(f"the body is not JSON: {err}") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     return body

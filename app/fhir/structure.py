@@ -56,8 +56,10 @@ class Structure:
     def __init__(self, table: dict[str, object]) -> None:
         prims = table["primitives"]
         assert isinstance(prims, dict)
+        # The specification's regexes are XML Schema's: there \s is space, tab, CR and LF only. Python's \s would
+        # also take U+3000 (the ideographic space of Chinese input methods), U+00A0 and others, and refuse them.
         self.primitives: dict[str, Primitive] = {
-            name: Primitive(name, kind, re.compile(rx) if rx else None) for name, (kind, rx) in prims.items()
+            name: Primitive(name, kind, re.compile(rx, re.ASCII) if rx else None) for name, (kind, rx) in prims.items()
         }
         value_sets = table["valueSets"]
         assert isinstance(value_sets, dict)

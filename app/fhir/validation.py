@@ -53,6 +53,9 @@ XHTML_ATTRS = frozenset(
 XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _DATED = frozenset({"date", "dateTime", "instant"})
+# Control characters other than tab, CR and LF (datatypes.html#string), and U+FFFE/U+FFFF, which XML cannot hold.
+# (Lone surrogates never get this far: app.core.fhirjson refuses them.)
+_NOT_IN_STRINGS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 class _Out:
@@ -295,6 +298,9 @@ def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
             return f"{t} must be a JSON string, not {_kind(value)}"
         if not value:
             return "an empty string is not allowed (leave the element out)"
+        bad = _NOT_IN_STRINGS.search(value)
+        if bad:
+            return f"the character U+{ord(bad.group()):04X} is not allowed in a FHIR string"
         return None
     if kind == "boolean":
         return None if value is True or value is False else f"a boolean is JSON true or false, not {_kind(value)}"

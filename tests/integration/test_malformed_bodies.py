@@ -176,3 +176,41 @@ def test_a_decimal_beyond_a_double_is_refused_naming_it(app, ids, number):
                     content_type=FJ)
     assert r.status_code == 400
     assert r.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.valueQuantity.value"]
+
+
+def test_chinese_text_with_ideographic_spaces_is_accepted_and_control_characters_are_not(app):
+    """The specification's string regex is XML Schema's, where \\s is space, tab, CR and LF. Compiled as a Python
+    regex it refused U+3000, the full-width space Chinese input methods type ('张　三'), and U+00A0; it took U+0000
+    and U+0001, which FHIR strings may not hold (and XML cannot)."""
+    client = app.test_client()
+    for text in ("张　三", "北京市　东城区", "a\u00a0b"):
+        body = {"resourceType": "Patient", "name": [{"text": text}], "address": [{"text": text}]}
+        r = client.post("/fhir/Patient", data=json.dumps(body, ensure_ascii=False), content_type=FJ)
+        assert r.status_code == 201, (text, r.json)
+        assert client.get(f"/fhir/Patient/{r.json['id']}").json["name"][0]["text"] == text
+    for char in ("\x00", "\x01", "\x1f", "\ufffe"):
+        body = {"resourceType": "Patient", "name": [{"text": f"a{char}b"}]}
+        r = client.post("/fhir/Patient", data=json.dumps(body), content_type=FJ)
+        assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Patient.name[0].text"], r.json
+        assert f"U+{ord(char):04X}" in r.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("where", ["resource", "operation", "bundle"])
+def test_a_lone_surrogate_escape_is_refused_wherever_it_is(app, ids, where):
+    """JSON's escape \\ud800 without its pair is not Unicode text: no UTF-8, BSON or XML can hold it. In a card
+    status reason, a $merge identifier or a batch entry's url it ended in a 500."""
+    client = app.test_client()
+    path, body = {
+        "resource": ("Patient", '{"resourceType": "Patient", "name": [{"text": "aLONEb"}]}'),
+        "operation": (f"Patient/{ids['patient']}/$ehc-status", '{"resourceType": "Parameters", "parameter": ['
+                      '{"name": "status", "valueCode": "suspended"}, {"name": "reason", "valueString": "LONE"}]}'),
+        "bundle": ("", '{"resourceType": "Bundle", "type": "batch", "entry": '
+                   '[{"request": {"method": "GET", "url": "Patient?name=LONE"}}]}'),
+    }[where]
+    r = client.post(f"/fhir/{path}".rstrip("/"), data=body.replace("LONE", "\\ud800"), content_type=FJ)
+    assert r.status_code == 400 and "surrogate" in r.json["issue"][0]["diagnostics"], r.get_data(as_text=True)
+    # a pair is one character (😀), and a backslash followed by 'ud800' is just text
+    for text in ("\\ud83d\\ude00", "\\\\ud800"):
+        r = client.post("/fhir/Patient", content_type=FJ,
+                        data='{"resourceType": "Patient", "name": [{"text": "TEXT"}]}'.replace("TEXT", text))
+        assert r.status_code == 201, text
