@@ -193,6 +193,10 @@ def test_chinese_text_with_ideographic_spaces_is_accepted_and_control_characters
         r = client.post("/fhir/Patient", data=json.dumps(body), content_type=FJ)
         assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Patient.name[0].text"], r.json
         assert f"U+{ord(char):04X}" in r.json["issue"][0]["diagnostics"]
+    # and \d is 0-9: a date in full-width digits (which Python's \d took, and int() read) is not a FHIR date
+    r = client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", "birthDate": "２０２０-０１-０１"}),
+                    content_type=FJ)
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Patient.birthDate"]
 
 
 @pytest.mark.parametrize("where", ["resource", "operation", "bundle"])
