@@ -67,8 +67,10 @@ Check = Callable[[str, ProvinceTable, bool, date], Parsed]
 # ISO 7064 MOD 11-2 as GB 11643 states it: weights 2^(17-i) mod 11 and the check character table.
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
-_DIGITS17 = re.compile(r"\d{17}[\dX]")
-_DIGITS15 = re.compile(r"\d{15}")
+# re.ASCII throughout: \d is 0-9. Python's \d also takes full-width and other digits, which int() reads but the
+# check character (computed on ASCII) cannot: such a number ended in a 500.
+_DIGITS17 = re.compile(r"\d{17}[\dX]", re.ASCII)
+_DIGITS15 = re.compile(r"\d{15}", re.ASCII)
 
 
 _ASCII_ZERO_BIAS = 48 * sum(_WEIGHTS)  # the weighted sum of the ASCII codes over-counts by this much
@@ -135,7 +137,7 @@ def check_fpr_2023(value: str, provinces: ProvinceTable, allow_legacy: bool, tod
     return Parsed(value, born, "male" if (ord(value[16]) - 48) % 2 else "female", province)
 
 
-_FPR_OLD = re.compile(r"[A-Z]{3}\d{12}")
+_FPR_OLD = re.compile(r"[A-Z]{3}\d{12}", re.ASCII)
 _FPR_OLD_WEIGHTS = ((7, 3, 1) * 5)[:14]
 
 
@@ -212,7 +214,7 @@ class CompiledRule:
         if "regex" in names and not regex:
             raise ValueError(f"{label}: validator 'regex' needs a regex")
         self.checks = tuple(CHECKS[n] for n in names)
-        self.regex = re.compile(regex) if regex else None
+        self.regex = re.compile(regex, re.ASCII) if regex else None  # a NamingSystem's: \d is 0-9
         self.label = label
 
     def __call__(self, value: str, provinces: ProvinceTable, allow_legacy: bool, today: date) -> Parsed:

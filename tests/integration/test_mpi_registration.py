@@ -225,3 +225,15 @@ def test_a_refused_registration_leaves_its_new_identifiers_free(client):
     assert other.status_code == 201, other.json
     found = client.get("/fhir/Patient?identifier=urn:ehc:mrn:hosp-f|F-3").json
     assert [e["resource"]["id"] for e in found["entry"] if e["search"]["mode"] == "match"] == [other.json["id"]]
+
+
+def test_an_id_number_in_other_digits_is_refused_not_a_500(client):
+    """Python's \\d takes full-width (１) and Arabic-Indic (٠) digits, and int() reads them, but the check
+    character is computed on ASCII: a registration or $ihe-pix with such a number ended in a 500."""
+    number = id_number("110101", "1990-01-01", 41)
+    for shown in (number[:6] + number[6:].translate(str.maketrans("0123456789", "０１２３４５６７８９")),
+                  number[:2] + "٠" + number[3:]):
+        r = post(client, "Patient", patient(shown, name="数字"))
+        assert r.status_code == 422 and r.json["issue"][0]["expression"] == ["Patient.identifier[0].value"], r.json
+        r = client.get("/fhir/Patient/$ihe-pix", query_string={"sourceIdentifier": f"{ID_SYS}|{shown}"})
+        assert r.status_code == 404, r.json
