@@ -20,7 +20,9 @@ import logging
 import math
 import re
 import secrets
+import string
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,7 +34,7 @@ from app.auth.keys import AuthKeys
 from app.auth.models import AuthStore, LoginLock, ResidentAccount, SmsCode, digest, now
 
 log = logging.getLogger("ehc.auth")
-PHONE = re.compile(r"^1[3-9]\d{9}$")
+PHONE = re.compile(r"^1[3-9][0-9]{9}$")
 SMS_TTL = 300
 SMS_ATTEMPTS = 5
 _DUMMY_HASH = generate_password_hash("not a password")
@@ -45,10 +47,15 @@ PRUNE_EVERY = 600.0
 _last_prune = 0.0
 
 
+def _digits(phone: str) -> str:
+    """The ASCII digits of a typed number, full-width ones (an input method's １３８) read as their ASCII forms."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", phone) if ch in string.digits)
+
+
 def normalize_phone(phone: str) -> str:
     """A mainland mobile number as 11 digits (the country code +86 or 0086, spaces, dashes, dots and
     parentheses dropped); ValueError when it is not one."""
-    digits = "".join(ch for ch in phone if ch.isdigit())
+    digits = _digits(phone)
     if digits.startswith("0086") and len(digits) == 15:
         digits = digits[4:]
     elif digits.startswith("86") and len(digits) == 13:
@@ -64,7 +71,7 @@ def phone_bucket(phone: str) -> str:
     try:
         return normalize_phone(phone)
     except ValueError:
-        return "".join(ch for ch in phone if ch.isdigit())
+        return _digits(phone)
 
 
 def mask(phone: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import unicodedata
 from datetime import date
 from typing import Any
 
@@ -122,11 +123,12 @@ def family_bind() -> ResponseReturnValue:
     if account is None:
         return redirect(url_for("portal.login", expired=1))
     form = request.form
-    id_number = re.sub(r"\s", "", form.get("id_number") or "").upper()
+    # NFKC: an input method's full-width digits and letters (１１０…Ｘ) are the number's ASCII ones
+    id_number = re.sub(r"\s", "", unicodedata.normalize("NFKC", form.get("id_number") or "")).upper()
     name = re.sub(r"\s", "", form.get("name") or "")
     rel = form.get("relationship") or ""
     errors = {}
-    if not re.fullmatch(r"\d{17}[\dX]", id_number):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", id_number):
         errors["id_number"] = t("请输入18位身份证号码", "Enter the 18-character ID card number")
     if not name:
         errors["name"] = t("请输入姓名", "Enter the name")

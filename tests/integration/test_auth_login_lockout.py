@@ -97,6 +97,17 @@ def test_per_phone_limit_counts_the_normalised_number(auth_app, world):
     assert accounts.phone_bucket("0086 (137) 0013-7001") == accounts.phone_bucket("+86 137-0013-7001") == "13700137001"
 
 
+def test_a_number_typed_in_full_width_digits_is_the_same_number(auth_app, svc, world):
+    """Chinese input methods type full-width digits (１３８...): the login finds the account, and the per-phone
+    count is the number's. Before, str.isdigit took them as they were: the account was never found, and each
+    way of writing the number had a count of its own."""
+    phone = "13800138049"
+    account(svc, phone, PASSWORD, world["me"])
+    wide = phone.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+    assert attempt(auth_app, world, wide, PASSWORD) == "logged in"
+    assert accounts.phone_bucket(wide) == accounts.phone_bucket("+86 " + wide[:3] + "-" + phone[3:]) == phone
+
+
 def test_failed_logins_lock_alike_for_unknown_numbers(auth_app, world):
     unknown = "13600136019"  # no account
     for phone in (KNOWN, unknown):

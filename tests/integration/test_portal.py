@@ -214,8 +214,9 @@ def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
     wrong = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "钱某",
                                                        "id_number": mother_id, "relationship": "CHILD"}, timeout=10)
     assert wrong.status_code == 400 and "不匹配" in wrong.text  # a wrong name reveals nothing
+    typed = mother_id.translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))  # an input method's digits
     asked = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "钱母",
-                                                       "id_number": mother_id, "relationship": "CHILD"}, timeout=10)
+                                                       "id_number": typed, "relationship": "CHILD"}, timeout=10)
     assert "已发送绑定请求" in asked.text
     assert mother not in find_account(st.store, st.keys, "13933334444").patients  # not yet
     # the mother signs in herself and accepts
