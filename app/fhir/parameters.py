@@ -12,7 +12,8 @@ from typing import Any
 
 from app.core.errors import bad_request
 
-# value[x] kinds whose JSON form is a string (json.html); every other value[x] is an object, except these two.
+# value[x] kinds whose JSON form is a string (json.html). Booleans and numbers are checked apart; every other
+# value[x] (Reference, Identifier, ...) and a `resource` is an object.
 _STRING_KINDS = frozenset(f"value{t}" for t in (
     "String Code Uri Url Canonical Id Oid Uuid Markdown Base64Binary Date DateTime Instant Time".split()))
 _INTEGER_KINDS = frozenset(("valueInteger", "valuePositiveInt", "valueUnsignedInt"))
@@ -24,9 +25,6 @@ class Parameters:
     def __init__(self, entries: list[dict[str, Any]], path: str) -> None:
         self.entries = entries
         self.path = path  # "Parameters.parameter", or "Parameters.parameter[0].part" for parts
-
-    def __contains__(self, name: str) -> bool:
-        return any(p["name"] == name for p in self.entries)
 
     def named(self, name: str) -> list[tuple[str, dict[str, Any]]]:
         """Every parameter of that name, with its path."""
@@ -71,6 +69,8 @@ def _checked(value: Any, kind: str, where: str) -> Any:
         ok, expected = isinstance(value, bool), "true or false"
     elif kind in _INTEGER_KINDS:
         ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind == "valueDecimal":
+        ok, expected = isinstance(value, int | float) and not isinstance(value, bool), "a number"
     elif kind in _STRING_KINDS:
         ok, expected = isinstance(value, str) and value != "", "a non-empty string"
     else:  # a complex type, or a resource
