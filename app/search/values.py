@@ -50,9 +50,12 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     micro = int((frac or "0")[:6].ljust(6, "0"))
     try:
         parts = [int(f) for f in (year, month or 1, day or 1, hour or 0, minute or 0, second or 0)]
-        lo = datetime(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], micro)
+        leap = parts[5] == 60  # 23:59:60, a leap second: FHIR allows it, datetime does not; read as the next second
+        lo = datetime(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5] - leap, micro)
     except ValueError as exc:
         raise ValueError(f"not a FHIR date: {text!r} ({exc})") from None
+    if leap:
+        lo = _shifted(lo, timedelta(seconds=1))
     if month is None:
         hi = _add_months(lo, 12)
     elif day is None:

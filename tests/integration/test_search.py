@@ -324,6 +324,11 @@ def test_dates_at_the_ends_of_the_calendar_are_stored_and_searched(client):
     for value in ("1e400", "ap1e400", "gt-1e400"):
         r = client.get(f"/fhir/Observation?value-quantity={value}")
         assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["value-quantity"], r.json
+    # a leap second (valid FHIR, which datetime cannot hold) is read as the next second
+    leap = post(client, "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "闰秒"},
+                                        "effectiveDateTime": "2016-12-31T23:59:60Z"})
+    assert ids(search(client, "Observation?date=2017-01-01&code:text=闰秒")) == [leap["id"]]
+    assert ids(search(client, f"Observation?date={quote('2016-12-31T23:59:60Z')}&code:text=闰秒")) == [leap["id"]]
     # the same instants as _since of a history and as If-Modified-Since of a read
     for since in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"):
         assert client.get(f"/fhir/Observation/_history?_since={quote(since)}").status_code == 200, since
