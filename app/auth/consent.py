@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from app.core.timeutil import naive_utc
+from app.search.values import date_range
 from app.store.keys import reference_key
 
 PROVINCE_SYSTEM = "urn:ehc:province"
@@ -58,22 +60,6 @@ def find_consents(repo: Any, patient_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def _instant(text: str | None, end: bool) -> datetime | None:
-    if not text:
-        return None
-    try:
-        if len(text) == 4:
-            text += "-12-31" if end else "-01-01"
-        elif len(text) == 7:
-            text += "-28" if end else "-01"  # month precision: conservative end
-        if len(text) == 10:
-            text += "T23:59:59+00:00" if end else "T00:00:00+00:00"
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _codes(items: list[dict[str, Any]] | None) -> set[str]:
     out = set()
     for item in items or []:
@@ -96,8 +82,13 @@ def _actor_matches(actor: dict[str, Any], organization: str | None, province: st
 def _provision_covers(prov: dict[str, Any], resource_type: str, organization: str | None,
                       province: str | None, at: datetime) -> bool:
     period = prov.get("period") or {}
-    start, stop = _instant(period.get("start"), False), _instant(period.get("end"), True)
-    if (start and at < start) or (stop and at > stop):
+    try:  # the search's reading of a FHIR date: [start of its first instant, end of its last) in UTC
+        start = date_range(period["start"])[0] if period.get("start") else None
+        stop = date_range(period["end"])[1] if period.get("end") else None
+    except (ValueError, TypeError):
+        return False  # a bound that cannot be read covers nothing: never read as no bound at all
+    now = naive_utc(at)
+    if (start and now < start) or (stop and now >= stop):
         return False
     if prov.get("action") and "access" not in _codes(prov.get("action")):
         return False

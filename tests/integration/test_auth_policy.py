@@ -152,6 +152,24 @@ def test_consent_to_a_province_and_limited_classes(web, svc):
     assert web.get(f"/fhir/Patient/{remote}", headers=bearer(tok)).status_code == 200
 
 
+def test_a_consent_period_with_a_leap_second_is_read_not_ignored(web, svc):
+    """23:59:60 is a valid FHIR time (a leap second: 2016-12-31T23:59:60Z happened). Python's datetime cannot
+    read it, and a period bound it could not read was taken as no bound at all: a consent that ended in 2016, or
+    that starts in 2999, let the client in."""
+    org = create(svc, {"resourceType": "Organization", "name": "跨省医院"})
+    tok = stored_token(svc, "system/*.rs", province="11", organization=org)
+    for period in ({"start": "2016-01-01T00:00:00Z", "end": "2016-12-31T23:59:60Z"},
+                   {"start": "2999-12-31T23:59:60Z"}):
+        remote = patient(svc, "闰", "秒", province="44")
+        obs = observation(svc, remote, province="44")
+        consent(svc, remote, {"reference": f"Organization/{org}"}, period=period, province="44")
+        assert web.get(f"/fhir/Observation/{obs}", headers=bearer(tok)).status_code == 403, period
+    remote = patient(svc, "闰", "秒", province="44")  # and one that ends at the next leap second lets it in
+    obs = observation(svc, remote, province="44")
+    consent(svc, remote, {"reference": f"Organization/{org}"}, period={"end": "2999-06-30T23:59:60Z"}, province="44")
+    assert web.get(f"/fhir/Observation/{obs}", headers=bearer(tok)).status_code == 200
+
+
 def test_break_the_glass(web, svc, data):
     seen = []
     svc.access_listeners.append(lambda rec: seen.append(rec))
