@@ -13,6 +13,8 @@ from datetime import date
 from typing import Any
 
 from app.auth.models import AuthStore, Binding, ResidentAccount
+from app.mpi.identifiers import age_of
+from app.mpi.plugin import master_index
 from app.store.repository import WriteContext
 
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
@@ -24,14 +26,6 @@ ADULT_AGE = 18
 
 def _context(svc: Any, account: ResidentAccount) -> WriteContext:
     return WriteContext(province=svc.settings.province, client_id="ehc-accounts", user=account.fhir_user)
-
-
-def _age(birth: str | None, today: date) -> int | None:
-    try:
-        born = date.fromisoformat((birth or "")[:10])
-    except ValueError:
-        return None
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, relationship: str = "SELF",
@@ -55,7 +49,7 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
                                           "display": RELATIONSHIPS[relationship]}]}],
             "name": [{"text": f"{RELATIONSHIPS[relationship]}（账户 {account.phone_hint}）"}],
         }, ctx)
-        age = _age((doc.get("res") or {}).get("birthDate"), today or date.today())
+        age = age_of(doc.get("res") or {}, master_index(svc).registry, today or date.today())
         by = f"RelatedPerson/{rp.id}" if age is not None and age < ADULT_AGE else f"Patient/{patient_id}"
         consent = svc.repo.create("Consent", {
             "resourceType": "Consent", "status": "active",

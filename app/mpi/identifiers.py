@@ -213,6 +213,35 @@ def default_registry() -> IdentifierRegistry:
     return IdentifierRegistry.from_profiles(PROFILES_DIR)
 
 
+def age_of(patient: dict[str, Any], registry: IdentifierRegistry, today: date) -> int | None:
+    """Whole years since the resident was born: from Patient.birthDate when it gives the day, else from the date
+    an identity document embeds (a resident ID number's 8 digits; hospitals often send the number alone). None
+    when neither gives the day: callers treat an unknown age as an adult's."""
+    born = _day(patient.get("birthDate")) or _embedded_birth_date(patient, registry)
+    if born is None:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def _day(text: Any) -> date | None:
+    try:
+        return date.fromisoformat(text) if isinstance(text, str) and len(text) == 10 else None
+    except ValueError:
+        return None
+
+
+def _embedded_birth_date(patient: dict[str, Any], registry: IdentifierRegistry) -> date | None:
+    for ident in patient.get("identifier") or []:
+        if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+            try:
+                born = registry.validate(ident["system"], ident["value"]).birth_date
+            except IdentifierInvalid:
+                continue
+            if born is not None:
+                return born
+    return None
+
+
 def _birth_date_conflict(birth_date: Any, embedded: date) -> bool:
     """True when Patient.birthDate (YYYY, YYYY-MM or YYYY-MM-DD) disagrees with the embedded date."""
     if not isinstance(birth_date, str) or len(birth_date) < 4:

@@ -28,6 +28,7 @@ from flask.typing import ResponseReturnValue
 from app.auth.bindings import RELATIONSHIPS, bind, unbind
 from app.auth.models import Binding, ResidentAccount
 from app.auth.plugin import auth_state
+from app.mpi.identifiers import age_of
 from app.mpi.plugin import master_index
 from app.portal.registration import CLIENT_ID
 from app.portal.web import (
@@ -66,15 +67,6 @@ def _store() -> Any:
 def _account() -> ResidentAccount | None:
     acct: ResidentAccount | None = _store().get(ResidentAccount, sess().get("account") or "")
     return acct if acct is not None and acct.active else None
-
-
-def _age(birth: str | None) -> int | None:
-    try:
-        born = date.fromisoformat((birth or "")[:10])
-    except ValueError:
-        return None
-    today = date.today()
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 def relationship_text(code: str | None) -> str:
@@ -149,7 +141,7 @@ def family_bind() -> ResponseReturnValue:
     pid = str(found["_id"])
     if pid in account.patients:
         return _done(t("已绑定该家人", "This relative is bound already"))
-    age = _age((found.get("res") or {}).get("birthDate"))
+    age = age_of(found.get("res") or {}, master_index(svc()).registry, date.today())
     _db()[RELATIVES].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
         "_id": f"{account.phone_key}|{pid}", "account": account.phone_key, "patient": pid, "name": name,
         "relationship": rel}, upsert=True)

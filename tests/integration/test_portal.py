@@ -201,6 +201,27 @@ def test_card_status_reason_flows_to_the_api_and_the_portal(live, world, svc):
     assert 'id="qr"' in page.text and 'id="card-reason"' not in page.text
 
 
+def test_a_child_registered_with_the_id_number_alone_is_bound_by_the_parent(live, svc):
+    """Hospitals often send a child's ID number without Patient.birthDate. The age came from birthDate alone, so
+    such a child counted as an adult: the binding waited for the child's own login, which a child does not have.
+    The number embeds the birth date."""
+    from app.auth.accounts import find_account
+    from tests.integration.portal_helpers import id_number
+
+    parent, _ = resident(svc, "孙", "父", "1985-05-05", "303")
+    number = id_number("2020-06-06", "304")
+    child = create(svc, {"resourceType": "Patient", "name": [{"family": "孙", "given": ["小"]}],
+                         "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]})
+    account(svc, "13977778888", PASSWORD, parent)
+    s, _ = portal_login(live, "13977778888", PASSWORD)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    r = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "孙小", "id_number": number,
+                                                   "relationship": "FTH"}, timeout=10)
+    assert "已绑定" in r.text, r.text[-1500:]
+    st = auth_state(svc)
+    assert child in find_account(st.store, st.keys, "13977778888").patients
+
+
 def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
     from app.auth.accounts import find_account
 
