@@ -272,6 +272,7 @@ def normalize_patient_identifiers(
     issued = _server_issued_values(existing or {}, registry)
     issues: list[Issue] = []
     carriers: list[tuple[int, NormalizedIdentifier, DocumentType]] = []
+    lifelong: dict[str, tuple[int, str]] = {}  # system -> the first (index, value) of a lifelong document
     for i, ident in enumerate(identifiers):
         if not isinstance(ident, dict) or not isinstance(ident.get("system"), str):
             continue
@@ -301,6 +302,15 @@ def normalize_patient_identifiers(
             identifiers[i] = {**ident, "value": norm.value}
         if norm.birth_date is not None or norm.sex is not None:
             carriers.append((i, norm, doc))
+        # $merge's rule too (app.mpi.merge.check_mergeable): two numbers of a lifelong identity document are two
+        # residents. An old number (a merged record's, a corrected one) may stay.
+        if doc.lifelong and doc.master and ident.get("use") != "old":
+            first = lifelong.setdefault(system, (i, norm.value))
+            if first[1] != norm.value:  # one number for life: two numbers are two people in one record
+                issues.append(Issue(
+                    f"{doc.label} ({system}): Patient.identifier[{first[0]}] and [{i}] hold two different "
+                    "numbers; a person has one for life, so they are two people", "business-rule",
+                    expression=[f"{where}.value"]))
     issues.extend(_demographic_issues(out, carriers))
     return out, issues
 

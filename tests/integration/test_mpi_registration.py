@@ -237,3 +237,18 @@ def test_an_id_number_in_other_digits_is_refused_not_a_500(client):
         assert r.status_code == 422 and r.json["issue"][0]["expression"] == ["Patient.identifier[0].value"], r.json
         r = client.get("/fhir/Patient/$ihe-pix", query_string={"sourceIdentifier": f"{ID_SYS}|{shown}"})
         assert r.status_code == 404, r.json
+
+
+def test_two_current_id_numbers_on_one_patient_are_two_people_422(client):
+    """One resident, one number: a Patient carrying two different current resident ID numbers (a mother's and her
+    child's on one record, say) was stored, and each number then led to that one record. It is refused, as $merge
+    refuses two such residents; a number kept with use 'old' may stay."""
+    mother, child = id_number("110101", "1970-03-03", 51), id_number("110101", "2010-04-04", 53)
+    body = {"resourceType": "Patient", "name": [{"text": "母子"}],
+            "identifier": [{"system": ID_SYS, "value": mother}, {"system": ID_SYS, "value": child}]}
+    r = post(client, "Patient", body)
+    assert r.status_code == 422 and r.json["issue"][0]["expression"] == ["Patient.identifier[1].value"], r.json
+    assert client.get("/fhir/Patient", query_string={"identifier": f"{ID_SYS}|{child}"}).json["total"] == 0
+    body["identifier"][1]["use"] = "old"
+    body["identifier"][1]["value"] = id_number("110101", "1970-03-03", 55)  # a corrected number, kept as old
+    assert post(client, "Patient", body).status_code == 201
