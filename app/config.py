@@ -24,6 +24,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     default_count: int = 20
     max_count: int = 500
+    max_bundle_entries: int = 1000  # a batch or transaction: each entry is a request's work
     auth_required: bool = True  # switched off only by tests and benchmarks that measure its cost
     # A process whose heartbeat is older than this many seconds is dead: its pending transaction journals are
     # undone (at start-up, before each transaction and on every heartbeat) and its history slots taken over.
@@ -72,6 +73,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_body_bytes=int(env.get("EHC_MAX_BODY_BYTES", str(10 * 1024 * 1024))),
         default_count=int(env.get("EHC_DEFAULT_COUNT", "20")),
         max_count=int(env.get("EHC_MAX_COUNT", "500")),
+        max_bundle_entries=int(env.get("EHC_MAX_BUNDLE_ENTRIES", "1000")),
         auth_required=_bool(env.get("EHC_AUTH_REQUIRED", "true")),
         journal_owner_timeout=float(env.get("EHC_JOURNAL_OWNER_TIMEOUT", "5")),
         index_key_file=path("EHC_INDEX_KEY_FILE"),

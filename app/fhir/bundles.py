@@ -35,6 +35,10 @@ def process_bundle(req: FhirRequest, svc: Services, router: Router) -> FhirRespo
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise bad_request("Bundle.entry must be a list", expression="Bundle.entry")
+    limit = svc.settings.max_bundle_entries
+    if len(entries) > limit:  # one request must not hold a worker for the work of thousands
+        raise FhirError(413, f"a Bundle may hold at most {limit} entries (EHC_MAX_BUNDLE_ENTRIES); this one holds "
+                             f"{len(entries)}: send it in parts", code="too-costly", expression="Bundle.entry")
     for i, entry in enumerate(entries):
         _check_entry(entry, f"Bundle.entry[{i}]")
     if kind == "batch":

@@ -179,3 +179,19 @@ def test_transaction_patch_entry_as_binary(client):
     assert r.json["entry"][0]["response"]["status"] == "200 OK"
     got = client.get(f"/fhir/Patient/{pid}").json
     assert got["active"] is False and got["meta"]["versionId"] == "2"
+
+
+def test_a_bundle_beyond_the_entry_limit_is_413_and_changes_nothing(client, services, monkeypatch):
+    """A 10 MB body holds some 200,000 entries, each a request's work (2,000 reads took 4.6 s here): one client
+    could hold a worker for minutes. Above EHC_MAX_BUNDLE_ENTRIES (1,000) the whole Bundle is refused up front."""
+    from dataclasses import replace
+
+    reads = [{"request": {"method": "GET", "url": "metadata"}}] * 1001
+    r = post_bundle(client, bundle("batch", reads))
+    assert r.status_code == 413 and r.json["issue"][0]["code"] == "too-costly"
+    assert r.json["issue"][0]["expression"] == ["Bundle.entry"] and "1001" in r.json["issue"][0]["diagnostics"]
+    monkeypatch.setattr(services, "settings", replace(services.settings, max_bundle_entries=3))
+    creates = [patient_entry(f"5b1c0d7e-0000-4000-8000-00000000000{i}", "限量", f"LIMIT-{i}") for i in range(4)]
+    assert post_bundle(client, bundle("transaction", creates)).status_code == 413
+    assert client.get("/fhir/Patient?identifier=urn:ehc:mrn:tx|LIMIT-0").json["total"] == 0
+    assert post_bundle(client, bundle("transaction", creates[:3])).status_code == 200  # at the limit: served
