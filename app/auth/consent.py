@@ -81,12 +81,16 @@ def _actor_matches(actor: dict[str, Any], organization: str | None, province: st
 
 def _provision_covers(prov: dict[str, Any], resource_type: str, organization: str | None,
                       province: str | None, at: datetime) -> bool:
+    """Whether the provision applies to this access. A period bound that cannot be read is never taken as no
+    bound: it fails closed, so a permit then covers nothing and a deny covers everything it names."""
     period = prov.get("period") or {}
     try:  # the search's reading of a FHIR date: [start of its first instant, end of its last) in UTC
         start = date_range(period["start"])[0] if period.get("start") else None
         stop = date_range(period["end"])[1] if period.get("end") else None
     except (ValueError, TypeError):
-        return False  # a bound that cannot be read covers nothing: never read as no bound at all
+        if prov.get("type") != "deny":
+            return False
+        start = stop = None
     now = naive_utc(at)
     if (start and now < start) or (stop and now >= stop):
         return False
