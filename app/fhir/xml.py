@@ -29,9 +29,12 @@ from app.fhir.structure import ElementDef, Structure, TypeDef
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 MAX_DEPTH = 100  # as for JSON bodies: far beyond any real resource, and no recursion runs away
+# Characters XML 1.0 cannot hold, even escaped: stored resources never have them (the validator refuses them), but
+# an error can quote a request's (an id or a parameter name with %01 in it). They are written as U+FFFD.
+_NOT_XML = {c: "\ufffd" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF]}
 _ATTR_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;",
-                              "\r": "&#13;", "\t": "&#9;"})
-_TEXT_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+                              "\r": "&#13;", "\t": "&#9;", **_NOT_XML})
+_TEXT_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **_NOT_XML})
 
 
 def _attr(value: str) -> str:

@@ -129,3 +129,17 @@ def test_what_is_not_a_resource_stays_json(client: Any) -> None:
     r = client.get("/fhir/.well-known/smart-configuration?_format=xml")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     assert r.json is not None
+
+
+def test_an_xml_answer_quoting_control_characters_of_the_request_is_well_formed(client):
+    """Stored resources never hold a character XML 1.0 cannot (the validator refuses them), but an answer can
+    quote the request: a 404 naming an id with %01 in it, a self link with such a parameter name. Those answers
+    were not well-formed XML; such characters are now written as U+FFFD."""
+    from xml.parsers import expat
+
+    for url in ("/fhir/Patient/%01?_format=xml", "/fhir/Patient?zz%01=1&_format=xml",
+                "/fhir/Observation/%EF%BF%BF/_history/1?_format=xml"):
+        r = client.get(url)
+        assert r.headers["Content-Type"].startswith("application/fhir+xml")
+        expat.ParserCreate().Parse(r.get_data(), True)  # raises if not well-formed
+        assert "\ufffd" in r.get_data(as_text=True), url
