@@ -14,7 +14,7 @@ from typing import Any
 
 from app.auth.models import AuthStore, Binding, ResidentAccount
 from app.mpi.identifiers import age_of
-from app.mpi.plugin import master_index
+from app.mpi.plugin import identifier_registry
 from app.store.repository import WriteContext
 
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
@@ -49,7 +49,7 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
                                           "display": RELATIONSHIPS[relationship]}]}],
             "name": [{"text": f"{RELATIONSHIPS[relationship]}（账户 {account.phone_hint}）"}],
         }, ctx)
-        age = age_of(doc.get("res") or {}, master_index(svc).registry, today or date.today())
+        age = age_of(doc.get("res") or {}, identifier_registry(svc), today or date.today())
         by = f"RelatedPerson/{rp.id}" if age is not None and age < ADULT_AGE else f"Patient/{patient_id}"
         consent = svc.repo.create("Consent", {
             "resourceType": "Consent", "status": "active",

@@ -240,6 +240,15 @@ def master_index(svc: Services) -> MasterIndex:
     return svc.extensions["mpi"]
 
 
+def identifier_registry(svc: Services) -> IdentifierRegistry:
+    """The identifier systems and their rules, also where the master index is not set up (the CLI's account
+    commands)."""
+    registry: IdentifierRegistry | None = svc.extensions.get("identifiers")
+    if registry is None:
+        registry = svc.extensions["identifiers"] = IdentifierRegistry.from_profiles(svc.profiles_dir)
+    return registry
+
+
 def setup(svc: Services) -> MpiHooks:
     """Build the index and subscribe its handlers once per Services (the web app and the CLI share this)."""
     hooks: MpiHooks | None = svc.extensions.get("mpi_hooks")

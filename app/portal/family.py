@@ -29,7 +29,7 @@ from app.auth.bindings import RELATIONSHIPS, bind, unbind
 from app.auth.models import Binding, ResidentAccount
 from app.auth.plugin import auth_state
 from app.mpi.identifiers import age_of
-from app.mpi.plugin import master_index
+from app.mpi.plugin import identifier_registry, master_index
 from app.portal.registration import CLIENT_ID
 from app.portal.web import (
     NeedLogin,
@@ -141,7 +141,7 @@ def family_bind() -> ResponseReturnValue:
     pid = str(found["_id"])
     if pid in account.patients:
         return _done(t("已绑定该家人", "This relative is bound already"))
-    age = age_of(found.get("res") or {}, master_index(svc()).registry, date.today())
+    age = age_of(found.get("res") or {}, identifier_registry(svc()), date.today())
     _db()[RELATIVES].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
         "_id": f"{account.phone_key}|{pid}", "account": account.phone_key, "patient": pid, "name": name,
         "relationship": rel}, upsert=True)
