@@ -254,12 +254,12 @@ def setup(svc: Services) -> MpiHooks:
     hooks: MpiHooks | None = svc.extensions.get("mpi_hooks")
     if hooks is not None:
         return hooks
-    registry = IdentifierRegistry.from_profiles(svc.profiles_dir)
+    # also app.ehc's (through Services.extensions["identifiers"]): which identifiers are master documents
+    registry = identifier_registry(svc)
     index = MasterIndex(svc.repo, registry, keyring_for(svc))
     hooks = MpiHooks(svc, index)
     svc.extensions["mpi"] = index
     svc.extensions["mpi_hooks"] = hooks
-    svc.extensions["identifiers"] = registry  # for app.ehc: which identifiers are master documents
     svc.events.subscribe_writes("Patient", pre=hooks.pre_write, post=hooks.post_write, deleted=hooks.deleted)
     return hooks
 
