@@ -164,7 +164,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         if method == "POST":
             existing = None
             if sub.header("if-none-exist"):
-                matches = _find(svc, rtype, parse_qsl(sub.header("if-none-exist") or ""), limit=2)
+                matches = _find(req, svc, rtype, parse_qsl(sub.header("if-none-exist") or ""), limit=2)
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
                 existing = matches[0]["_id"] if matches else None
@@ -184,7 +184,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             if len(segments) >= 2:
                 rid = segments[1]
             elif sub.params:
-                matches = _find(svc, rtype, sub.params, limit=2)
+                matches = _find(req, svc, rtype, sub.params, limit=2)
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: the conditional URL matches more than one {rtype}",
                                     expression=where)
@@ -203,7 +203,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         _conditional_refs(entry.get("resource"), cond)
     for ref in cond:
         rtype, query = ref.split("?", 1)
-        matches = _find(svc, rtype, parse_qsl(query), limit=2)
+        matches = _find(req, svc, rtype, parse_qsl(query), limit=2)
         if len(matches) != 1:
             raise FhirError(412, f"the conditional reference {ref!r} matches {len(matches)} resources, not one")
         mapping[ref] = f"{rtype}/{matches[0]['_id']}"

@@ -149,7 +149,7 @@ def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[s
     params = _criteria_params(criteria)
     key = "cc|" + type + "|" + hashlib.sha256(repr(sorted(params)).encode()).hexdigest()
     with svc.leases.hold(key):
-        matches = _find(svc, type, params, limit=2)
+        matches = _find(req, svc, type, params, limit=2)
         if len(matches) > 1:
             raise precondition_failed(f"If-None-Exist {criteria!r} matches more than one {type}")
         if matches:
@@ -168,7 +168,12 @@ def _criteria_params(criteria: str) -> list[tuple[str, str]]:
     return params
 
 
-def _find(svc: Services, rtype: str, params: list[tuple[str, str]], limit: int) -> list[dict[str, Any]]:
+def _find(req: FhirRequest, svc: Services, rtype: str, params: list[tuple[str, str]],
+          limit: int) -> list[dict[str, Any]]:
+    """The matches of a conditional interaction's criteria: the caller's own search (its scopes' constraints,
+    a resident's compartment), so that what it matches tells nothing its search would not. Each match is then
+    judged by the disclosure or the change gate as usual."""
+    params = svc.policy.restrict_search(req.principal, rtype, params)
     request = parse_search(rtype, params, svc.registry, strict=True, default_count=limit,
                            max_count=svc.settings.max_count)
     return svc.searcher.search(request, limit).docs
@@ -237,7 +242,7 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
     if not req.params:
         raise bad_request("a conditional update needs search criteria in the URL")
     body = _body(req, type)
-    matches = _find(svc, type, req.params, limit=2)
+    matches = _find(req, svc, type, req.params, limit=2)
     if len(matches) > 1:
         raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
     if not matches:
@@ -313,7 +318,7 @@ def conditional_delete(req: FhirRequest, svc: Services, type: str) -> FhirRespon
     if not req.params:
         raise bad_request("a conditional delete needs search criteria in the URL")
     params = [(k, v) for k, v in req.params if k != "_cascade"]
-    matches = _find(svc, type, params, limit=svc.settings.max_count + 1)
+    matches = _find(req, svc, type, params, limit=svc.settings.max_count + 1)
     if len(matches) > 1 and req.header("x-delete-multiple") != "true":
         raise precondition_failed(f"the criteria match {len(matches)} {type} resources; "
                                   "a conditional delete removes at most one")

@@ -247,21 +247,23 @@ def name_forms(resource: dict[str, Any]) -> set[str]:
 
 def check_same_resident(existing: dict[str, Any], incoming: dict[str, Any], entries_in: list[ClaimEntry],
                         entries_ex: list[ClaimEntry], pid: str) -> None:
-    """409 when a registration that matched `existing` by an identifier contradicts it."""
+    """409 when a registration that matched `existing` by an identifier contradicts it. The refusal says what
+    differs, never what the record holds: the caller may be a client the disclosure gate would not show the
+    record to (a hospital of another province, a resident's app), and the identifier is all it had to know."""
     issues = []
     a, b = name_forms(existing), name_forms(incoming)
     if a and b and not a & b:
         issues.append(Issue(f"the name {_display(incoming)} contradicts the name of the registered resident "
-                            f"Patient/{pid} ({_display(existing)})", "conflict", expression=["Patient.name"]))
+                            f"Patient/{pid}", "conflict", expression=["Patient.name"]))
     bd_a, bd_b = existing.get("birthDate"), incoming.get("birthDate")
     if isinstance(bd_a, str) and isinstance(bd_b, str):
         n = min(len(bd_a), len(bd_b), 10)
         if bd_a[:n] != bd_b[:n]:
-            issues.append(Issue(f"birthDate {bd_b} contradicts Patient/{pid} ({bd_a})", "conflict",
+            issues.append(Issue(f"birthDate {bd_b} contradicts the birth date of Patient/{pid}", "conflict",
                                 expression=["Patient.birthDate"]))
     g_a, g_b = existing.get("gender"), incoming.get("gender")
     if g_a in ("male", "female") and g_b in ("male", "female") and g_a != g_b:
-        issues.append(Issue(f"gender {g_b} contradicts Patient/{pid} ({g_a})", "conflict",
+        issues.append(Issue(f"gender {g_b} contradicts the gender of Patient/{pid}", "conflict",
                             expression=["Patient.gender"]))
     held: dict[str, set[str]] = {}
     for e in entries_ex:

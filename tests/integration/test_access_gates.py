@@ -90,8 +90,11 @@ def test_if_none_exist_match_does_not_leave_to_a_foreign_client(web, data, p31, 
     assert r.status_code == 403 and not leaks(r, data)
     obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
            "subject": {"reference": f"Patient/{data['me']}"}}
+    # A resident's app searches its own compartment only: the other resident's record is no match, so the
+    # Observation is created in the app's own chart, and nothing of the other record shows.
     r = post(web, "Observation", obs, app_token, **{"If-None-Exist": f"_id={data['obs'][0]}"})
-    assert r.status_code == 403 and not leaks(r, data)
+    assert r.status_code == 201 and not leaks(r, data), text(r)
+    assert r.json["id"] != data["obs"][0] and r.json["subject"]["reference"] == f"Patient/{data['me']}"
 
 
 # -- finding 3: registration of a known resident from another province --------------------------------------
@@ -356,6 +359,59 @@ def test_merge_answers_alike_for_unknown_and_forbidden_identifiers(web, data, p3
 def test_resident_apps_cannot_spend_qr_codes(web, data, app_token):
     params = {"resourceType": "Parameters", "parameter": [{"name": "token", "valueString": "EHC1:X:Y:Z"}]}
     assert post(web, "$ehc-verify", params, app_token).status_code == 403
+
+
+# -- answers that differ by what the caller may not see ------------------------------------------------------
+
+def test_a_registration_that_contradicts_a_resident_does_not_quote_the_resident(web, data, p31, app_token):
+    """A registration naming a registered ID number with another name is refused (409); the refusal once quoted
+    the registered resident's name, so any client that may create Patients could look up a name by ID number."""
+    body = {"resourceType": "Patient", "name": [{"family": "冒名", "given": ["者"]}], "gender": "male",
+            "birthDate": "1990-01-01",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": VICTIM_ID_NUMBER}]}
+    for token in (p31, app_token):
+        r = post(web, "Patient", body, token)
+        assert r.status_code == 409, text(r)
+        assert not leaks(r, data, VICTIM_ID_NUMBER), leaks(r, data, VICTIM_ID_NUMBER)
+
+
+def _conditional_answers(web: Any, token: str, id_number: str, name: str) -> list[tuple[int, str]]:
+    criteria = f"identifier=urn:oid:2.16.156.10011.1.3|{id_number}"
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "血糖"},
+                     "subject": {"reference": f"Patient?{criteria}"}},
+        "request": {"method": "POST", "url": "Observation"}}]}
+    answers = []
+    for method, path, body in (("DELETE", f"Patient?name={name}", None), ("DELETE", f"Patient?{criteria}", None),
+                               ("PUT", f"Patient?{criteria}", {"resourceType": "Patient", "gender": "male"}),
+                               ("POST", "", transaction)):
+        r = web.open(f"/fhir/{path}".rstrip("/"), method=method, headers=bearer(token), content_type=FJ,
+                     data=json.dumps(body) if body is not None else None)
+        answers.append((r.status_code, text(r).replace(id_number, "<id>").replace(name, "<name>")))
+    return answers
+
+
+def test_conditional_interactions_of_a_resident_app_see_what_its_search_sees(web, data, app_token, home):
+    """Conditional delete, update and references searched every record, so a resident's app told a registered
+    name or ID number from an unknown one by the answer (403 against 200 or 412), where its search shows
+    neither. They now search as the caller's search does: the same answers for both."""
+    from app.synthetic import check_char
+    unknown = "11010119900202001"
+    unknown += check_char(unknown)
+    assert _conditional_answers(web, app_token, VICTIM_ID_NUMBER, VICTIM_NAME) == \
+        _conditional_answers(web, app_token, unknown, "无此人")
+    got = web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(home))
+    assert got.status_code == 200 and got.json["name"][0]["family"] == VICTIM_NAME
+
+
+def test_conditional_interactions_need_the_search_permission(web, svc, data):
+    """A conditional interaction is a search: without `s` its answer (a match, several, none) would be a search
+    the token may not make."""
+    token = stored_token(svc, "system/Patient.cud", province="11", organization=data["org11"])
+    r = web.delete(f"/fhir/Patient?identifier=urn:oid:2.16.156.10011.1.3|{VICTIM_ID_NUMBER}", headers=bearer(token))
+    assert r.status_code == 403 and "insufficient scope" in text(r), text(r)
+    assert web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(stored_token(
+        svc, "system/*.rs", province="11", organization=data["org11"]))).status_code == 200
 
 
 # -- the class behind them: every route, both attackers ------------------------------------------------------
