@@ -4,7 +4,9 @@ Binding is account administration, done by the server's binding service (app.aut
 and a Consent recorded in FHIR), not a read of anybody's records. The relative is found by ID number in the
 master patient index and must match the name given; nothing about a non-matching person is revealed.
 
-- A child under 14 is bound by the guardian at once (the Consent is given by the guardian).
+- A child under 14 is bound by the guardian at once (the Consent is given by the guardian), when the child's
+  record gives the account's phone number (the guardian's contact the hospital recorded): a child cannot
+  confirm with a login of its own, and its name and ID number alone are known to too many.
 - Anybody 14 or older confirms with their own login: the request waits until the relative signs in to the
   portal and accepts it under "Family" (the relative needs their own account, bound to themselves).
 
@@ -25,6 +27,7 @@ from typing import Any
 from flask import redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
+from app.auth.accounts import normalize_phone
 from app.auth.bindings import RELATIONSHIPS, bind, unbind
 from app.auth.models import Binding, ResidentAccount
 from app.auth.plugin import auth_state
@@ -142,12 +145,17 @@ def family_bind() -> ResponseReturnValue:
     if pid in account.patients:
         return _done(t("已绑定该家人", "This relative is bound already"))
     age = age_of(found.get("res") or {}, identifier_registry(svc()), date.today())
+    child = age is not None and age < GUARDIAN_AGE
+    if child and rel not in AS_GUARDIAN:
+        return _done(t("未满14岁的儿童须由父母或监护人绑定", "A child under 14 is bound by a parent or guardian"))
+    if child and not lists_phone(found.get("res") or {}, account):
+        return _done(t("孩子的档案未登记您的手机号。请在医院为孩子登记监护人手机号后再绑定",
+                       "The child's record does not give your phone number: have the hospital record it as "
+                       "the guardian's contact, then bind again"))
     _db()[RELATIVES].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
         "_id": f"{account.phone_key}|{pid}", "account": account.phone_key, "patient": pid, "name": name,
         "relationship": rel}, upsert=True)
-    if age is not None and age < GUARDIAN_AGE:
-        if rel not in AS_GUARDIAN:
-            return _done(t("未满14岁的儿童须由父母或监护人绑定", "A child under 14 is bound by a parent or guardian"))
+    if child:
         bind(svc(), _store(), account, pid, rel)
         return _done(t("已绑定", "Bound") + f": {name}")
     _db()[REQUESTS].replace_one({"_id": f"{account.phone_key}|{pid}"}, {
@@ -157,6 +165,26 @@ def family_bind() -> ResponseReturnValue:
     return _done(t("已发送绑定请求，请家人用自己的手机号登录门户，在“家人”页确认",
                    "Request sent: your relative confirms it by signing in to the portal with their own number "
                    "and accepting it under Family"))
+
+
+def lists_phone(resource: dict[str, Any], account: ResidentAccount) -> bool:
+    """Whether a Patient record gives the account's phone number, as its own telecom or a contact's (a child is
+    registered with a guardian's phone). A child cannot confirm a binding with a login of its own, and its name
+    and ID number are known to many (a school, a clinic): the number the hospital recorded is what proves the
+    account holder is the guardian."""
+    keys = auth_state(svc()).keys
+    telecoms = list(resource.get("telecom") or [])
+    for contact in resource.get("contact") or []:
+        if isinstance(contact, dict):
+            telecoms += contact.get("telecom") or []
+    for telecom in telecoms:
+        if isinstance(telecom, dict) and telecom.get("system") in ("phone", "sms"):
+            try:
+                if keys.phone_key(normalize_phone(str(telecom.get("value") or ""))) == account.phone_key:
+                    return True
+            except ValueError:  # a landline, an extension: not a mobile number an account can have
+                continue
+    return False
 
 
 @bp.route("/family/requests", methods=["POST"])

@@ -76,7 +76,7 @@ def _verify(live: str, system_token: str, code: str) -> dict[str, Any]:
 
 def _world(svc: Any) -> dict[str, Any]:
     me, _ = resident(svc, "王", "芳", "1960-04-12", "201")
-    child, child_id = resident(svc, "王", "小宝", "2018-05-06", "202")
+    child, child_id = resident(svc, "王", "小宝", "2018-05-06", "202", guardian_phone=PHONE)
     for value, day in ((5.6, "2026-01-10T08:00:00+08:00"), (7.4, "2026-04-02T08:00:00+08:00"),
                        (6.3, "2026-09-15T08:00:00+08:00")):
         glucose(svc, me, value, day)

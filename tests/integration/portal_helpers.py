@@ -21,13 +21,17 @@ def id_number(birth: str, seq: str = "001", sex: str = "1") -> str:
     return body + check
 
 
-def resident(svc: Any, family: str, given: str, birth: str, seq: str = "001", province: str = "11") -> tuple[str, str]:
-    """(patient id, ID number) of a resident registered with a resident ID card."""
+def resident(svc: Any, family: str, given: str, birth: str, seq: str = "001", province: str = "11",
+             guardian_phone: str | None = None) -> tuple[str, str]:
+    """(patient id, ID number) of a resident registered with a resident ID card (a child: with the phone number
+    of a guardian, as hospitals record it)."""
     number = id_number(birth, seq, "1")
-    pid = create(svc, {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "gender": "male",
-                       "birthDate": birth,
-                       "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]}, province)
-    return pid, number
+    patient = {"resourceType": "Patient", "name": [{"family": family, "given": [given]}], "gender": "male",
+               "birthDate": birth, "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]}
+    if guardian_phone:
+        patient["contact"] = [{"relationship": [{"coding": [{"code": "GUARD"}]}],
+                               "telecom": [{"system": "phone", "value": guardian_phone}]}]
+    return create(svc, patient, province), number
 
 
 def glucose(svc: Any, pid: str, value: float, when: str, province: str = "11") -> str:

@@ -211,7 +211,9 @@ def test_a_child_registered_with_the_id_number_alone_is_bound_by_the_parent(live
     parent, _ = resident(svc, "孙", "父", "1985-05-05", "303")
     number = id_number("2020-06-06", "304")
     child = create(svc, {"resourceType": "Patient", "name": [{"family": "孙", "given": ["小"]}],
-                         "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]})
+                         "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}],
+                         "contact": [{"relationship": [{"coding": [{"code": "FTH"}]}],
+                                      "telecom": [{"system": "phone", "value": "+86 139-7777-8888"}]}]})
     account(svc, "13977778888", PASSWORD, parent)
     s, _ = portal_login(live, "13977778888", PASSWORD)
     page = s.get(f"{live}/portal/family", timeout=10)
@@ -220,6 +222,33 @@ def test_a_child_registered_with_the_id_number_alone_is_bound_by_the_parent(live
     assert "已绑定" in r.text, r.text[-1500:]
     st = auth_state(svc)
     assert child in find_account(st.store, st.keys, "13977778888").patients
+
+
+def test_a_child_is_bound_only_by_an_account_whose_number_the_childs_record_gives(live, svc):
+    """A child's name and ID number are known to many (a school, a clinic), and a child cannot confirm with a
+    login of its own: anyone who knew them was bound at once and read the child's records. The binding now
+    needs the child's record to give the account's phone number (the guardian's contact the hospital recorded)."""
+    from app.auth.accounts import find_account
+
+    child, number = resident(svc, "周", "小", "2019-03-03", "305", guardian_phone="13922221111")
+    stranger, _ = resident(svc, "吴", "某", "1980-08-08", "306")
+    account(svc, "13944445555", PASSWORD, stranger)
+    s, _ = portal_login(live, "13944445555", PASSWORD)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    r = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "周小", "id_number": number,
+                                                   "relationship": "MTH"}, timeout=10)
+    assert "未登记您的手机号" in r.text, r.text[-1500:]
+    st = auth_state(svc)
+    assert child not in find_account(st.store, st.keys, "13944445555").patients
+    assert "周小" not in s.get(f"{live}/portal/family", timeout=10).text  # not listed as a relative either
+    mother, _ = resident(svc, "周", "母", "1988-09-09", "307")
+    account(svc, "13922221111", PASSWORD, mother)
+    s, _ = portal_login(live, "13922221111", PASSWORD)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    r = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "周小", "id_number": number,
+                                                   "relationship": "MTH"}, timeout=10)
+    assert "已绑定" in r.text, r.text[-1500:]
+    assert child in find_account(st.store, st.keys, "13922221111").patients
 
 
 def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
