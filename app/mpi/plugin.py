@@ -176,7 +176,11 @@ class MpiHooks:
             event_extra[PATIENT_DOC] = (existing_id, doc)
             existing = doc["res"] if doc else {}
             check_same_resident(existing, res, self.index.entries(res), self.index.entries(existing), existing_id)
-            merged = merge_into(existing, res)
+            # A registration from another province links the resident to the hospital's identifiers (its record
+            # number, the card); the record's content stays the home province's to change (app.auth.policy).
+            home = str((doc or {}).get("prov") or self.svc.settings.province)
+            offered = res if ctx.province == home else {"identifier": res.get("identifier") or []}
+            merged = merge_into(existing, offered)
             res.clear()
             res.update(merged)
             self._reassign(pid, existing_id)
