@@ -225,8 +225,10 @@ class SmartPolicy:
                                    "directory data", patients=patients)
         for name, res, owner in sides:
             if self._grant_for(principal, grants, rtype, res, owner) is None:
-                return Decision(False, f"{self._outside(principal, rtype, grants)} ({name} the change)",
-                                patients=patients)
+                # "after the change" only to a caller the version before was open to (the before side is judged
+                # first): otherwise which side failed would tell whether the record exists.
+                moved = " (after the change)" if name == "after" and len(sides) == 2 else ""
+                return Decision(False, self._outside(principal, rtype, grants) + moved, patients=patients)
         if patient_only:
             return Decision(True, patients=patients)
         node = self.svc.settings.province

@@ -30,6 +30,7 @@ from typing import Any
 
 from flask import Flask
 
+from app.core.access import Change
 from app.core.errors import FhirError, Issue, conflict
 from app.core.ids import new_id
 from app.keyring import keyring_for
@@ -175,6 +176,9 @@ class MpiHooks:
             doc = self.svc.repo.get_doc("Patient", existing_id)
             event_extra[PATIENT_DOC] = (existing_id, doc)
             existing = doc["res"] if doc else {}
+            # The change gate first: a writer that may not register into this record at all (a resident's app)
+            # learns nothing of it from the comparison below.
+            self.svc.repo.admit(ctx, Change("Patient", existing, existing, (doc or {}).get("prov"), registration=True))
             check_same_resident(existing, res, self.index.entries(res), self.index.entries(existing), existing_id)
             # A registration from another province links the resident to the hospital's identifiers (its record
             # number, the card); the record's content stays the home province's to change (app.auth.policy).

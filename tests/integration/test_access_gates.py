@@ -387,9 +387,9 @@ def test_a_registration_that_contradicts_a_resident_does_not_quote_the_resident(
     body = {"resourceType": "Patient", "name": [{"family": "冒名", "given": ["者"]}], "gender": "male",
             "birthDate": "1990-01-01",
             "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": VICTIM_ID_NUMBER}]}
-    for token in (p31, app_token):
+    for token, status in ((p31, 409), (app_token, 403)):  # a resident's app may not register into it at all
         r = post(web, "Patient", body, token)
-        assert r.status_code == 409, text(r)
+        assert r.status_code == status, text(r)
         assert not leaks(r, data, VICTIM_ID_NUMBER), leaks(r, data, VICTIM_ID_NUMBER)
 
 
@@ -420,6 +420,25 @@ def test_conditional_interactions_of_a_resident_app_see_what_its_search_sees(web
         _conditional_answers(web, app_token, unknown, "无此人")
     got = web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(home))
     assert got.status_code == 200 and got.json["name"][0]["family"] == VICTIM_NAME
+
+
+def test_a_resident_app_cannot_tell_a_registered_id_number_by_registering_it(web, data, app_token):
+    """A resident's app that POSTed a Patient with somebody's ID number got 409 (the name contradicts the
+    registered resident) or 403 "before the change" for a registered number, and 403 "after the change" for an
+    unknown one. The change gate now judges the registration before the master index compares it, and says
+    which side failed only to a caller the version before was open to: one answer for all three."""
+    from app.synthetic import check_char
+    unknown = "11010119900303001"
+    unknown += check_char(unknown)
+
+    def register(number: str, name: str) -> tuple[int, str]:
+        body = {"resourceType": "Patient", "name": [{"family": name}], "gender": "male",
+                "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]}
+        r = post(web, "Patient", body, app_token)
+        return r.status_code, text(r).replace(number, "<id>").replace(name, "<name>")
+
+    answers = {register(VICTIM_ID_NUMBER, "冒名"), register(VICTIM_ID_NUMBER, VICTIM_NAME), register(unknown, "某")}
+    assert len(answers) == 1 and next(iter(answers))[0] == 403, answers
 
 
 def test_conditional_interactions_need_the_search_permission(web, svc, data):
