@@ -333,3 +333,45 @@ def add_patients(event: dict[str, Any], patients: Iterable[str]) -> dict[str, An
         event = dict(event)
         event["entity"] = new + list(event.get("entity", []))
     return event
+
+
+def as_seen_by(event: dict[str, Any], patient: str) -> dict[str, Any]:
+    """The event as a reader confined to one patient's records sees it (a resident, a resident's app).
+
+    One access (a search, a batch) often concerns several residents, and its one event names them all, their
+    records and the query. Each of them may read that it happened, by whom, when and how; none may read the
+    others: their Patient entities are left out, the other references keep only their type (which of them
+    are the reader's the event does not say), and a query or outcome text naming another patient is dropped.
+    IHE BALP reaches the same end with one event per patient; this keeps one event per access."""
+    me = f"Patient/{patient}"
+    entities = event.get("entity") or []
+    others = [str(e["what"]["reference"]) for e in entities
+              if _role(e) == "1" and (e.get("what") or {}).get("reference") not in (None, me)]
+    if not others:
+        return event
+    other_ids = [ref.rsplit("/", 1)[-1] for ref in others]
+
+    def names_another(text: Any) -> bool:
+        return isinstance(text, str) and any(pid in text for pid in other_ids)
+
+    shown: list[dict[str, Any]] = []
+    for entity in entities:
+        ref = (entity.get("what") or {}).get("reference")
+        if _role(entity) == "1" and ref != me:
+            continue
+        entity = dict(entity)
+        if isinstance(ref, str) and ref != me:
+            entity["what"] = {"type": ref.split("/")[-2]} if "/" in ref else {}
+        if names_another(entity.get("description")):
+            entity.pop("description", None)
+            entity.pop("query", None)
+        shown.append(entity)
+    out = {**event, "entity": shown}
+    if names_another(out.get("outcomeDesc")):
+        out.pop("outcomeDesc")
+    return out
+
+
+def _role(entity: dict[str, Any]) -> str | None:
+    role = entity.get("role")
+    return role.get("code") if isinstance(role, dict) else None

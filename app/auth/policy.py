@@ -282,6 +282,13 @@ class SmartPolicy:
     def judges_rows(self, principal: Principal | None, resource_type: str | None) -> bool:
         return True  # every row: scope queries, compartment, province and consent are decided per version
 
+    def confined_to(self, principal: Principal | None, resource_type: str) -> str | None:
+        if principal is None or not principal.patient:
+            return None
+        scopes = parse_scopes(" ".join(principal.scopes))
+        grants = scopes.granting(resource_type, "r") + scopes.granting(resource_type, "s")
+        return principal.patient if grants and all(g.context == "patient" for g in grants) else None
+
 
 def _merged_query(grants: list[ResourceScope]) -> list[tuple[str, str]]:
     """One search constraint for several granular scopes (OR), when it can be said in one parameter;

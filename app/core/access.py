@@ -100,6 +100,10 @@ class AccessPolicy(Protocol):
     def judges_rows(self, principal: Principal | None, resource_type: str | None) -> bool:
         """Whether search rows need a disclose() each (False: every row the restricted search matches may go)."""
 
+    def confined_to(self, principal: Principal | None, resource_type: str) -> str | None:
+        """The one patient whose records are all of this type the principal may see (a resident's token), or
+        None when it may see more (a hospital, a terminal, auth off)."""
+
 
 class OpenPolicy:
     """No authentication: used only when EHC_AUTH_REQUIRED is off (tests of the core, benchmarks)."""
@@ -123,6 +127,9 @@ class OpenPolicy:
 
     def judges_rows(self, principal: Principal | None, resource_type: str | None) -> bool:
         return False
+
+    def confined_to(self, principal: Principal | None, resource_type: str) -> str | None:
+        return None
 
 
 AccessListener = Callable[[AccessRecord], None]

@@ -23,6 +23,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from app.audit.events import as_seen_by
 from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
 from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
@@ -171,6 +172,14 @@ class DisclosureGate:
             resp.body = self._single(resp, rtype, body)
         return resp
 
+    def _as_seen(self, rtype: str, resource: dict[str, Any]) -> dict[str, Any]:
+        """What of an allowed resource this caller sees: an AuditEvent shown to a reader confined to one patient
+        leaves out the other residents the access concerned (app.audit.events.as_seen_by)."""
+        if rtype != "AuditEvent" or not self.judging:
+            return resource
+        patient = self.svc.policy.confined_to(self.principal, rtype)
+        return as_seen_by(resource, patient) if patient else resource
+
     def _letters(self) -> str:
         return {"POST": "rsc", "PUT": "rscu", "PATCH": "rsu"}.get(self.req.method, "rs")
 
@@ -178,7 +187,7 @@ class DisclosureGate:
         decision = self.judge(rtype, body, self._province_if_judging(rtype, body), self._letters())
         if decision.allowed:
             self._note(rtype, body, decision)
-            return body
+            return self._as_seen(rtype, body)
         if resp.registration_of is not None:
             self.patients |= decision.patients
             return registration_view(resp.registration_of, body)
@@ -208,6 +217,10 @@ class DisclosureGate:
         decision = self.judge(rtype, res, self._province_if_judging(rtype, res), self._letters())
         if decision.allowed:
             self._note(rtype, res, decision)
+            seen = self._as_seen(rtype, res)
+            if seen is not res:  # a Bundle entry or a Parameters part: changed where it is
+                res.clear()
+                res.update(seen)
         else:
             self.refused_patients |= decision.patients
         return decision.allowed

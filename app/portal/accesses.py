@@ -40,8 +40,10 @@ VERBS = {"read": ("查看了", "viewed"), "vread": ("查看了", "viewed"), "sea
 def _what(event: dict[str, Any]) -> str:
     types = []
     for entity in event.get("entity") or []:
-        segs = str((entity.get("what") or {}).get("reference") or "").split("/")
-        rtype = segs[-2] if len(segs) >= 2 and segs[-2][:1].isupper() else ""  # relative or absolute
+        what = entity.get("what") or {}
+        segs = str(what.get("reference") or "").split("/")
+        # relative or absolute; a record the access shared with other residents shows only its type
+        rtype = segs[-2] if len(segs) >= 2 and segs[-2][:1].isupper() else str(what.get("type") or "")
         if rtype and rtype not in ("Patient", "Consent") and rtype not in types:
             types.append(rtype)
     if not types:  # a search: the type its query names

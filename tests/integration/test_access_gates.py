@@ -321,6 +321,29 @@ def test_refusals_are_in_the_residents_audit_trail(web, svc, data, p31, home):
 
 # -- finding 23: break-the-glass names one patient -----------------------------------------------------------
 
+def test_a_residents_audit_trail_shows_nothing_of_the_other_residents_an_access_concerned(web, svc, data, home):
+    """A search or batch that concerns several residents leaves one AuditEvent naming them all, their records and
+    the query. Each resident reads that event in their trail ("who read my records"), and read the others' ids,
+    their records' ids and a query naming them. A reader confined to one patient now sees the access (who, when,
+    what kind, how many withheld), its own entity, the other records' types, and nothing else of the others."""
+    web.get(f"/fhir/Patient?_id={data['victim']},{data['me']}", headers=bearer(home))
+    web.get(f"/fhir/Observation?patient={data['victim']},{data['me']}", headers=bearer(home))
+    svc.extensions["audit"].sealer.seal_all()
+    mine = stored_token(svc, "patient/*.rs", patient=data["me"])
+    r = web.get(f"/fhir/AuditEvent?patient={data['me']}&_count=500", headers=bearer(mine))
+    assert r.status_code == 200
+    shared = [e["resource"] for e in r.json["entry"] if e["search"]["mode"] == "match"
+              and e["resource"].get("agent", [{}])[0].get("who", {}).get("identifier", {}).get("value") == "direct"
+              and any(x.get("role", {}).get("code") == "24" for x in e["resource"].get("entity", []))]
+    assert len(shared) >= 2, r.json  # the two searches are in the resident's trail
+    body = text(r)
+    assert data["victim"] not in body and not any(o in body for o in data["obs"]), leaks(r, data)
+    assert f"Patient/{data['me']}" in body and "Observation" in body  # its own entity; what kind of records
+    # the hospital's own view of the same events is whole
+    full = web.get(f"/fhir/AuditEvent?patient={data['victim']}&_count=500", headers=bearer(home))
+    assert data["me"] in text(full) and data["victim"] in text(full)
+
+
 def test_break_glass_reaches_one_named_patient_only(web, svc, data):
     token = stored_token(svc, "system/*.rs", province="31", break_glass=True, purpose="ETREAT")
     r = web.get(f"/fhir/Observation?code={OBS_CODE}", headers=bearer(token))
