@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 import requests
@@ -231,24 +232,23 @@ def test_a_child_is_bound_only_by_an_account_whose_number_the_childs_record_give
     from app.auth.accounts import find_account
 
     child, number = resident(svc, "周", "小", "2019-03-03", "305", guardian_phone="13922221111")
-    stranger, _ = resident(svc, "吴", "某", "1980-08-08", "306")
-    account(svc, "13944445555", PASSWORD, stranger)
-    s, _ = portal_login(live, "13944445555", PASSWORD)
-    page = s.get(f"{live}/portal/family", timeout=10)
-    r = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "周小", "id_number": number,
-                                                   "relationship": "MTH"}, timeout=10)
-    assert "未登记您的手机号" in r.text, r.text[-1500:]
     st = auth_state(svc)
+
+    def bind_as(phone: str, family: str, birth: str, seq: str) -> tuple[Any, Any]:
+        """A resident with an account on `phone` binds the child as its mother: (the session, the answer)."""
+        holder, _ = resident(svc, family, "某", birth, seq)
+        account(svc, phone, PASSWORD, holder)
+        s, _ = portal_login(live, phone, PASSWORD)
+        page = s.get(f"{live}/portal/family", timeout=10)
+        return s, s.post(f"{live}/portal/family/bind", timeout=10, data={
+            "csrf": csrf_of(page.text), "name": "周小", "id_number": number, "relationship": "MTH"})
+
+    s, r = bind_as("13944445555", "吴", "1980-08-08", "306")  # a stranger who knows the name and the number
+    assert "未登记您的手机号" in r.text, r.text[-1500:]
     assert child not in find_account(st.store, st.keys, "13944445555").patients
     assert "周小" not in s.get(f"{live}/portal/family", timeout=10).text  # not listed as a relative either
-    mother, _ = resident(svc, "周", "母", "1988-09-09", "307")
-    account(svc, "13922221111", PASSWORD, mother)
-    s, _ = portal_login(live, "13922221111", PASSWORD)
-    page = s.get(f"{live}/portal/family", timeout=10)
-    r = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "周小", "id_number": number,
-                                                   "relationship": "MTH"}, timeout=10)
-    assert "已绑定" in r.text, r.text[-1500:]
-    assert child in find_account(st.store, st.keys, "13922221111").patients
+    s, r = bind_as("13922221111", "周", "1988-09-09", "307")  # the mother, whose number the hospital recorded
+    assert child in find_account(st.store, st.keys, "13922221111").patients, r.text[-1500:]
 
 
 def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
