@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from app.auth.models import AuthStore, Binding, ResidentAccount
+from app.auth.models import AuthStore, Binding, ResidentAccount, Token
 from app.mpi.identifiers import age_of
 from app.mpi.plugin import identifier_registry
 from app.store.repository import WriteContext
@@ -24,8 +24,9 @@ RELATIONSHIPS = {"SELF": "本人", "MTH": "母亲", "FTH": "父亲", "PRN": "父
 ADULT_AGE = 18
 
 
-def _context(svc: Any, account: ResidentAccount) -> WriteContext:
-    return WriteContext(province=svc.settings.province, client_id="ehc-accounts", user=account.fhir_user)
+def _context(svc: Any, account: ResidentAccount | None) -> WriteContext:
+    return WriteContext(province=svc.settings.province, client_id="ehc-accounts",
+                        user=account.fhir_user if account else None)
 
 
 def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, relationship: str = "SELF",
@@ -82,20 +83,41 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
 
 
 def unbind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str) -> Binding | None:
-    """Undo a binding: the Consent inactive, the RelatedPerson inactive, the patient off the account."""
+    """Undo a binding: its Consent made inactive, which ends it (`end_binding`): the RelatedPerson inactive, the
+    patient off the account, the account's tokens for that patient revoked."""
     binding = store.get(Binding, f"{account.phone_key}|{patient_id}")
-    ctx = _context(svc, account)
+    if binding is not None and binding.active and binding.consent:
+        _set(svc, "Consent", binding.consent, _context(svc, account), status="inactive")
+    return end_binding(svc, store, f"{account.phone_key}|{patient_id}", account)
+
+
+def end_bindings_recorded_by(svc: Any, store: AuthStore, consent_id: str) -> None:
+    """End the bindings a Consent records, now that it has ended (made inactive, rejected, deleted): whoever ended
+    it (the relative, the home province's hospital at her request, the account holder unbinding), the access
+    it recorded ends with it, and the record says what the access is."""
+    for raw in store.collection(Binding).find({"consent": consent_id}, {"_id": 1}):
+        end_binding(svc, store, str(raw["_id"]))
+
+
+def end_binding(svc: Any, store: AuthStore, key: str, account: ResidentAccount | None = None) -> Binding | None:
+    """The end of one binding (`<account>|<patient>`), idempotent. `account`: the caller's copy, kept up to date."""
+    binding = store.get(Binding, key)
+    phone_key, _, patient_id = key.partition("|")
+    account = account or store.get(ResidentAccount, phone_key)
     if binding is not None and binding.active:
-        if binding.consent:
-            _set(svc, "Consent", binding.consent, ctx, status="inactive")
         if binding.related_person:
-            _set(svc, "RelatedPerson", binding.related_person, ctx, active=False)
+            _set(svc, "RelatedPerson", binding.related_person, _context(svc, account), active=False)
         binding.active = False
         store.save(binding)
-    account.patients = [p for p in account.patients if p != patient_id]
-    if account.fhir_user == f"Patient/{patient_id}":
-        account.fhir_user = None
-    store.save(account)
+        for token in store.collection(Token).find({"account": phone_key, "patient": patient_id,
+                                                   "revoked": {"$ne": True}}, {"_id": 1}):
+            store.set(Token, token["_id"], revoked=True)
+            store.forget(token["_id"])
+    if account is not None and patient_id in account.patients:
+        account.patients = [p for p in account.patients if p != patient_id]
+        if account.fhir_user == f"Patient/{patient_id}":
+            account.fhir_user = None
+        store.save(account)
     return binding
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 
 from app.auth import launch, smart, views
+from app.auth.bindings import end_bindings_recorded_by
 from app.auth.consent import freeze_grantees
 from app.auth.keys import AuthKeys
 from app.auth.models import AuthStore, Client
@@ -99,6 +100,16 @@ def init_app(app: Flask, svc: Any) -> None:
 
     for name in ("pre-create", "pre-update"):
         svc.events.subscribe(name, freeze, "Consent")
+
+    def end_recorded_bindings(event: StoreEvent) -> None:
+        """A Consent that records a binding (一人绑定多人) and has ended takes the binding with it."""
+        consent = event.resource
+        cid = event.extra.get("id") or (consent or event.previous or {}).get("id")
+        if cid and (consent is None or consent.get("status") != "active"):
+            end_bindings_recorded_by(svc, st.store, str(cid))
+
+    for name in ("updated", "deleted"):
+        svc.events.subscribe(name, end_recorded_bindings, "Consent")
     app.register_blueprint(smart.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(launch.bp)

@@ -106,7 +106,8 @@ def summarize(consent: dict[str, Any], names: Names) -> dict[str, Any]:
             "classes": classes or t("全部记录", "All records"),
             "start": (period.get("start") or "")[:10], "end": (period.get("end") or "")[:10],
             "permit": prov.get("type") == "permit",
-            "editable": consent.get("status") == "active" and kind in ("province", "organization")}
+            # a family consent too: revoking it ends the relative's binding (app.auth.bindings.end_binding)
+            "editable": consent.get("status") == "active" and kind in ("province", "organization", "family")}
 
 
 @bp.route("/consents", methods=["GET"])

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from app.auth.accounts import create_account, find_account
 from app.auth.bindings import bind, unbind
+from app.auth.models import Token, digest
 from app.auth.plugin import auth_state
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import patient
@@ -80,3 +81,31 @@ def test_cli_clients_and_users(svc, auth_settings, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["fhirUser"] == f"Patient/{pid}"
     assert find_account(auth_state(svc).store, auth_state(svc).keys, "13700137000").patients == [pid]
+
+
+def test_a_binding_ends_when_the_consent_recording_it_ends(auth_app, svc):
+    """The Consent is the binding's record: the relative (or the home province's hospital at her request) who
+    makes it inactive through the API expects the proxy's access to end. It did not: the account kept the
+    patient and its tokens kept working, while the record said the consent had ended."""
+    from tests.integration.auth_helpers import FJ, bearer, stored_token
+
+    st = auth_state(svc)
+    son = patient(svc, "杨", "子", birth="1980-01-01")
+    mother = patient(svc, "杨", "母", birth="1948-02-02")
+    acct = create_account(st.store, st.keys, "13900139002", "pass-word-1")
+    bind(svc, st.store, acct, son, "SELF")
+    binding = bind(svc, st.store, acct, mother, "CHILD")
+    proxy = stored_token(svc, "patient/*.rs", patient=mother)  # the son's token for his mother
+    st.store.set(Token, digest(proxy), account=acct.phone_key)  # as the authorization server issues it
+    web = auth_app.test_client()
+    assert web.get(f"/fhir/Patient/{mother}", headers=bearer(proxy)).status_code == 200
+    herself = stored_token(svc, "patient/Consent.cru", patient=mother)
+    consent = web.get(f"/fhir/Consent/{binding.consent}", headers=bearer(herself)).json
+    r = web.put(f"/fhir/Consent/{binding.consent}", data=json.dumps({**consent, "status": "inactive"}),
+                content_type=FJ, headers=bearer(herself))
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert find_account(st.store, st.keys, "13900139002").patients == [son]
+    assert svc.repo.read("RelatedPerson", binding.related_person).resource["active"] is False
+    assert web.get(f"/fhir/Patient/{mother}", headers=bearer(proxy)).status_code == 401
+    assert web.get(f"/fhir/Patient/{son}", headers=bearer(stored_token(svc, "patient/*.rs", patient=son))
+                   ).status_code == 200  # the son's own access is untouched

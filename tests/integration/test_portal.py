@@ -295,6 +295,30 @@ def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
     assert "本人" in s.get(f"{live}/portal/card", timeout=10).text
 
 
+def test_a_relative_ends_a_binding_from_her_own_consents(live, svc):
+    """Only the account holder could unbind: the bound relative saw the binding among her consents and could
+    not end it. Revoking it there now ends the binding (the holder's account loses her, its tokens for her are
+    revoked)."""
+    from app.auth.accounts import find_account
+    from app.auth.bindings import bind
+
+    st = auth_state(svc)
+    son, _ = resident(svc, "何", "子", "1979-04-04", "311")
+    mother, _ = resident(svc, "何", "母", "1949-05-05", "312")
+    holder = account(svc, "13911112233", PASSWORD, son)
+    binding = bind(svc, st.store, holder, mother, "CHILD")
+    account(svc, "13911114455", PASSWORD, mother)
+    m, _ = portal_login(live, "13911114455", PASSWORD)
+    page = m.get(f"{live}/portal/consents", timeout=10)
+    item = re.search(r'<li class="consent" data-id="' + binding.consent + r'".*?</li>', page.text, re.S)
+    assert item and "绑定的家人" in item.group(0) and "撤销授权" in item.group(0), page.text[-3000:]
+    version = re.search(r'name="version" value="([^"]+)"', item.group(0)).group(1)  # type: ignore[union-attr]
+    r = m.post(f"{live}/portal/consents/{binding.consent}/revoke", timeout=10,
+               data={"csrf": csrf_of(page.text), "version": version})
+    assert "已撤销授权" in r.text, r.text[-1500:]
+    assert mother not in find_account(st.store, st.keys, "13911112233").patients
+
+
 def test_portal_has_no_back_door_to_records():
     """The portal reads and writes records only through the FHIR API (app.portal.fhirclient)."""
     from pathlib import Path
