@@ -102,6 +102,16 @@ def login_required(view: Callable[..., ResponseReturnValue]) -> Callable[..., Re
         try:
             return view(*args, **kwargs)
         except NeedLogin:
+            s = sess()
+            me = s.get("self")
+            if s.get("acting") != me and me in (s.get("tokens") or {}):
+                # the relative's token is refused (unbound, the binding's consent revoked, the grant expired):
+                # the resident is still signed in as themselves
+                s.set("acting", me)
+                return redirect(url_for("portal.family", m=t(
+                    "无法再为该家人办理（绑定已解除或授权已结束），已切换回本人",
+                    "You can no longer act for this relative (the binding or its consent has ended); "
+                    "back to yourself")))
             return redirect(url_for("portal.login", expired=1))
     return wrapper
 

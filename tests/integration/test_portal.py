@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -317,6 +318,32 @@ def test_a_relative_ends_a_binding_from_her_own_consents(live, svc):
                data={"csrf": csrf_of(page.text), "version": version})
     assert "已撤销授权" in r.text, r.text[-1500:]
     assert mother not in find_account(st.store, st.keys, "13911112233").patients
+
+
+def test_acting_for_a_relative_whose_binding_ended_returns_to_oneself(live, svc):
+    """The son acts for his mother; she revokes the binding's consent. His next page sent him to the sign-in page
+    as if his own session had expired, with the banner still saying he acted for her. He now stays signed in,
+    back to himself, told why."""
+    from app.auth.bindings import bind
+    from tests.integration.portal_helpers import oauth_pages
+
+    son, _ = resident(svc, "韩", "子", "1979-04-04", "321")
+    mother, _ = resident(svc, "韩", "母", "1949-05-05", "332")
+    binding = bind(svc, auth_state(svc).store, account(svc, "13911116677", PASSWORD, son), mother, "CHILD")
+    s, _ = portal_login(live, "13911116677", PASSWORD, son)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    act = s.post(f"{live}/portal/family/act", data={"csrf": csrf_of(page.text), "patient": mother}, timeout=10)
+    assert "正在为家人办理" in oauth_pages(s, act, "13911116677", PASSWORD, mother).text
+    herself = stored_token(svc, "patient/Consent.cru", patient=mother)
+    consent = requests.get(f"{live}/fhir/Consent/{binding.consent}", headers=bearer(herself), timeout=10).json()
+    r = requests.put(f"{live}/fhir/Consent/{binding.consent}", json={**consent, "status": "inactive"},
+                     headers=bearer(herself, **{"Content-Type": "application/fhir+json"}), timeout=10)
+    assert r.status_code == 200, r.text
+    time.sleep(2.5)  # other server threads' token caches (2 s)
+    r = s.get(f"{live}/portal/card", timeout=10)
+    assert r.url.startswith(f"{live}/portal/family") and "已切换回本人" in r.text, (r.url, r.text[-1500:])
+    assert "正在为家人办理" not in r.text
+    assert "韩子" in s.get(f"{live}/portal/card", timeout=10).text  # his own card
 
 
 def test_portal_has_no_back_door_to_records():
