@@ -109,3 +109,9 @@ def test_a_binding_ends_when_the_consent_recording_it_ends(auth_app, svc):
     assert web.get(f"/fhir/Patient/{mother}", headers=bearer(proxy)).status_code == 401
     assert web.get(f"/fhir/Patient/{son}", headers=bearer(stored_token(svc, "patient/*.rs", patient=son))
                    ).status_code == 200  # the son's own access is untouched
+    # bound again, then the home province's hospital deletes the Consent at her request: the same end
+    again = bind(svc, st.store, find_account(st.store, st.keys, "13900139002"), mother, "CHILD")
+    assert mother in find_account(st.store, st.keys, "13900139002").patients
+    hospital = stored_token(svc, "system/*.cruds", province="11")
+    assert web.delete(f"/fhir/Consent/{again.consent}", headers=bearer(hospital)).status_code == 200
+    assert find_account(st.store, st.keys, "13900139002").patients == [son]
