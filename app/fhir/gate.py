@@ -60,6 +60,20 @@ class DisclosureGate:
         self._provinces[(rtype, str(doc.get("_id")))] = doc.get("prov")
         return self.judge(rtype, res, doc.get("prov"), letters)
 
+    def visible_or_none(self, rtype: str, doc: dict[str, Any] | None, operation: str,
+                        status: int) -> dict[str, Any] | None:
+        """`doc` when the caller may see it, else None, for an operation that answers an unknown record and a
+        withheld one alike (`$ihe-pix`, `$merge` by identifier): the difference would tell whether the record
+        exists. A withheld one is recorded as a refusal (`status`) in the patient's trail."""
+        if doc is None:
+            return None
+        decision = self.decide(rtype, doc)
+        if decision.allowed:
+            return doc
+        self.req.audit(AccessRecord("refused", rtype, [], "4", status, self.principal, operation, decision.reason,
+                                    patient_ids=sorted(decision.patients), remote_addr=self.req.remote_addr))
+        return None
+
     def admits(self, rtype: str, doc: dict[str, Any]) -> bool:
         return self.decide(rtype, doc).allowed
 

@@ -42,14 +42,8 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
             raise FhirError(403, f"targetSystem {target!r} is not known to this server", code="code-invalid",
                             expression="targetSystem")
     svc.policy.require(req.principal, "read", "Patient")
-    doc = index.find(system, value)
-    decision = req.gate.decide("Patient", doc) if doc is not None else None
-    if doc is None or decision is None or not decision.allowed:
-        # Unknown and forbidden answer alike: the difference would tell whether the number is registered.
-        if decision is not None:
-            req.audit(AccessRecord("refused", "Patient", [], "4", 404, req.principal, "$ihe-pix",
-                                   decision.reason, patient_ids=sorted(decision.patients),
-                                   remote_addr=req.remote_addr))
+    doc = req.gate.visible_or_none("Patient", index.find(system, value), "$ihe-pix", 404)
+    if doc is None:  # unknown and withheld alike: the difference would tell whether the number is registered
         raise not_found(f"no resident holds {system}|{value}")
     try:
         normalised = index.normalise(system, value)

@@ -29,14 +29,9 @@ def _patient_id(req: FhirRequest, svc: Services, params: Parameters, side: str) 
         return parts[1]
     ident = params.value(f"{side}-patient-identifier", "valueIdentifier")
     if ident is not None and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
-        doc = master_index(svc).find(ident["system"], ident["value"])
-        decision = req.gate.decide("Patient", doc) if doc is not None else None
-        if doc is None or decision is None or not decision.allowed:
-            # Unknown and forbidden answer alike ($ihe-pix's rule): the difference would tell whether the number
-            # is registered.
-            if decision is not None:
-                req.audit(AccessRecord("refused", "Patient", [], "4", 422, req.principal, "$merge", decision.reason,
-                                       patient_ids=sorted(decision.patients), remote_addr=req.remote_addr))
+        doc = req.gate.visible_or_none("Patient", master_index(svc).find(ident["system"], ident["value"]),
+                                       "$merge", 422)
+        if doc is None:  # unknown and withheld alike ($ihe-pix's rule)
             raise unprocessable(f"no resident holds {ident['system']}|{ident['value']}",
                                 expression=f"{side}-patient-identifier")
         return str(doc["_id"])
