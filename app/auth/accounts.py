@@ -93,10 +93,18 @@ def create_account(store: AuthStore, keys: AuthKeys, phone: str, password: str,
     return account
 
 
-def find_account(store: AuthStore, keys: AuthKeys, phone: str) -> ResidentAccount | None:
+def account_key(keys: AuthKeys, phone: str) -> str | None:
+    """The key an account for this phone number has (however the number is written), None for a number no
+    account can have (not a mainland mobile number)."""
     try:
-        key = keys.phone_key(normalize_phone(phone))
+        return keys.phone_key(normalize_phone(phone))
     except ValueError:
+        return None
+
+
+def find_account(store: AuthStore, keys: AuthKeys, phone: str) -> ResidentAccount | None:
+    key = account_key(keys, phone)
+    if key is None:
         return None
     account = store.get(ResidentAccount, key)
     return account if account is not None and account.active else None

@@ -27,7 +27,7 @@ from typing import Any
 from flask import redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
-from app.auth.accounts import normalize_phone
+from app.auth.accounts import account_key
 from app.auth.bindings import RELATIONSHIPS, bind, unbind
 from app.auth.models import Binding, ResidentAccount
 from app.auth.plugin import auth_state
@@ -177,14 +177,9 @@ def lists_phone(resource: dict[str, Any], account: ResidentAccount) -> bool:
     for contact in resource.get("contact") or []:
         if isinstance(contact, dict):
             telecoms += contact.get("telecom") or []
-    for telecom in telecoms:
-        if isinstance(telecom, dict) and telecom.get("system") in ("phone", "sms"):
-            try:
-                if keys.phone_key(normalize_phone(str(telecom.get("value") or ""))) == account.phone_key:
-                    return True
-            except ValueError:  # a landline, an extension: not a mobile number an account can have
-                continue
-    return False
+    return any(isinstance(telecom, dict) and telecom.get("system") in ("phone", "sms")
+               and account_key(keys, str(telecom.get("value") or "")) == account.phone_key  # None: a landline
+               for telecom in telecoms)
 
 
 @bp.route("/family/requests", methods=["POST"])
