@@ -109,10 +109,10 @@ def end_binding(svc: Any, store: AuthStore, key: str, account: ResidentAccount |
             _set(svc, "RelatedPerson", binding.related_person, _context(svc, account), active=False)
         binding.active = False
         store.save(binding)
-        for token in store.collection(Token).find({"account": phone_key, "patient": patient_id,
-                                                   "revoked": {"$ne": True}}, {"_id": 1}):
-            store.set(Token, token["_id"], revoked=True)
-            store.forget(token["_id"])
+        tokens = {"account": phone_key, "patient": patient_id, "revoked": {"$ne": True}}
+        live = [t["_id"] for t in store.collection(Token).find(tokens, {"_id": 1})]
+        store.collection(Token).update_many(tokens, {"$set": {"revoked": True}})  # one command, not one a token
+        store.forget(*live)
     if account is not None and patient_id in account.patients:
         account.patients = [p for p in account.patients if p != patient_id]
         if account.fhir_user == f"Patient/{patient_id}":
