@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+from contextlib import ExitStack
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -17,11 +18,20 @@ from app.core import fhirjson
 from app.core.errors import FhirError, bad_request, info_outcome
 from app.core.ids import new_id
 from app.fhir.http import FhirResponse, check_json_depth, parse_etag, parse_prefer
-from app.fhir.interactions import _audit, _find, apply_patch, check_type, validate_inside
+from app.fhir.interactions import (
+    _audit,
+    _find,
+    apply_patch,
+    check_type,
+    criteria_lease,
+    criteria_params,
+    validate_inside,
+)
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
 from app.store.events import StoreEvent
 from app.store.journal import PlannedWrite
+from app.store.repository import Stored
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
@@ -145,15 +155,78 @@ def _conditional_refs(node: Any, found: set[str]) -> None:
             _conditional_refs(x, found)
 
 
+def _creating_criteria(subs: list[FhirRequest]) -> set[str]:
+    """The criteria leases of the entries that create a resource when nothing matches (ifNoneExist, a
+    conditional PUT): the same leases as the single interactions take, so that a transaction and a concurrent
+    request (or transaction) with the same criteria do not both create."""
+    names = set()
+    for sub in subs:
+        rtype = sub.path.split("/")[0]
+        if sub.method == "POST" and sub.header("if-none-exist"):
+            names.add(criteria_lease(rtype, criteria_params(sub.header("if-none-exist") or "")))
+        elif sub.method == "PUT" and "/" not in sub.path and sub.params:
+            names.add(criteria_lease(rtype, sub.params))
+    return names
+
+
 def _transaction(req: FhirRequest, svc: Services, router: Router,
                  entries: list[dict[str, Any]]) -> FhirResponse:
+    subs = [_entry_request(req, entry) for entry in entries]
+    with ExitStack() as held:
+        # Held from the searches to the writes; taken in one order, so two transactions sharing criteria
+        # cannot each hold one and wait for the other.
+        for name in sorted(_creating_criteria(subs)):
+            held.enter_context(svc.leases.hold(name))
+        plans, writes, write_index, results = _plan_and_apply(req, svc, entries, subs)
+    # 4. The response, in the order of the request (Prefer: return=minimal | representation | OperationOutcome).
+    prefer = parse_prefer(req.header("prefer")).get("return", "representation")
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        plan = plans.get(i)
+        method = entry["request"]["method"]
+        if method == "GET":
+            try:
+                resp = router.dispatch(_entry_request(req, entry), svc)
+            except FhirError as err:
+                resp = FhirResponse(err.status, err.outcome())
+            out.append(_response_entry(resp))
+            continue
+        assert plan is not None
+        if plan["kind"] == "noop":
+            status = "200 OK" if method == "POST" else "204 No Content"
+            item: dict[str, Any] = {"response": {"status": status}}
+            if plan["id"]:
+                item["response"]["location"] = f"{req.base}/{plan['type']}/{plan['id']}"
+            out.append(item)
+            continue
+        stored = results[write_index[i]]
+        if stored is None:
+            out.append({"response": {"status": "204 No Content"}})
+            continue
+        status = "201 Created" if stored.vid == 1 else ("204 No Content" if stored.deleted else "200 OK")
+        item = {"fullUrl": f"{req.base}/{stored.resource_type}/{stored.id}",
+                "response": {"status": status, "etag": f'W/"{stored.vid}"',
+                             "location": f"{req.base}/{stored.resource_type}/{stored.id}/_history/{stored.vid}",
+                             "lastModified": stored.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}}
+        if stored.resource is not None and prefer == "representation":
+            item["resource"] = stored.resource
+        elif stored.resource is not None and prefer == "operationoutcome":
+            item["response"]["outcome"] = info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}")
+        out.append(item)
+    _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
+    return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
+
+
+def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any]], subs: list[FhirRequest]
+                    ) -> tuple[dict[int, dict[str, Any]], list[PlannedWrite], dict[int, int], list[Stored | None]]:
+    """Steps 1-3 of a transaction, then the journal: the plan of each entry, the writes and the stored results."""
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     mapping: dict[str, str] = {}
     plans: dict[int, dict[str, Any]] = {}
     # 1. Decide every entry's target id, so references between entries can be rewritten.
     for i in order:
         entry = entries[i]
-        sub = _entry_request(req, entry)
+        sub = subs[i]
         method = sub.method
         segments = sub.path.split("/")
         rtype = segments[0]
@@ -164,7 +237,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         if method == "POST":
             existing = None
             if sub.header("if-none-exist"):
-                matches = _find(req, svc, rtype, parse_qsl(sub.header("if-none-exist") or ""), limit=2)
+                matches = _find(req, svc, rtype, criteria_params(sub.header("if-none-exist") or ""), limit=2)
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
                 existing = matches[0]["_id"] if matches else None
@@ -216,7 +289,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             continue
         rtype, rid, sub = plan["type"], plan["id"], plan["sub"]
         where = f"Bundle.entry[{i}].resource"
-        resource = None
+        resource, base = None, None
         if plan["kind"] in ("create", "put"):
             resource = _rewrite(copy.deepcopy(plan.get("resource") or entries[i].get("resource") or {}), mapping)
             if resource.get("resourceType") != rtype:
@@ -229,9 +302,10 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         elif plan["kind"] == "patch":
             doc = svc.repo.get_doc(rtype, rid)
             req.gate.require(rtype, doc)
-            current = svc.repo.read(rtype, rid, fire=False, doc=doc).resource or {}
+            current = svc.repo.read(rtype, rid, fire=False, doc=doc)
+            base = current.vid  # the patch is written only over the version it was applied to
             try:
-                resource = apply_patch(current, (sub.body or {}).get("_patch") or [],
+                resource = apply_patch(current.resource or {}, (sub.body or {}).get("_patch") or [],
                                        (sub.body or {}).get("_fhirpath_patch"))
             except FhirError as err:
                 raise FhirError(err.status, f"{where}: {err.diagnostics}", expression=where) from None
@@ -244,43 +318,6 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         if_match = parse_etag(sub.header("if-match"), f"Bundle.entry[{i}].request.ifMatch")
         method = {"create": "create", "put": "update", "patch": "update", "delete": "delete"}[plan["kind"]]
         write_index[i] = len(writes)
-        writes.append(PlannedWrite(method, rtype, rid, resource, if_match, registration=bool(plan.get("registration"))))
-    results = svc.journal.apply(writes, req.write)
-    # 4. The response, in the order of the request (Prefer: return=minimal | representation | OperationOutcome).
-    prefer = parse_prefer(req.header("prefer")).get("return", "representation")
-    out: list[dict[str, Any]] = []
-    for i, entry in enumerate(entries):
-        plan = plans.get(i)
-        method = entry["request"]["method"]
-        if method == "GET":
-            try:
-                resp = router.dispatch(_entry_request(req, entry), svc)
-            except FhirError as err:
-                resp = FhirResponse(err.status, err.outcome())
-            out.append(_response_entry(resp))
-            continue
-        assert plan is not None
-        if plan["kind"] == "noop":
-            status = "200 OK" if method == "POST" else "204 No Content"
-            item: dict[str, Any] = {"response": {"status": status}}
-            if plan["id"]:
-                item["response"]["location"] = f"{req.base}/{plan['type']}/{plan['id']}"
-            out.append(item)
-            continue
-        stored = results[write_index[i]]
-        if stored is None:
-            out.append({"response": {"status": "204 No Content"}})
-            continue
-        status = "201 Created" if stored.vid == 1 else ("204 No Content" if stored.deleted else "200 OK")
-        item = {"fullUrl": f"{req.base}/{stored.resource_type}/{stored.id}",
-                "response": {"status": status, "etag": f'W/"{stored.vid}"',
-                             "location": f"{req.base}/{stored.resource_type}/{stored.id}/_history/{stored.vid}",
-                             "lastModified": stored.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}}
-        if stored.resource is not None and prefer == "representation":
-            item["resource"] = stored.resource
-        elif stored.resource is not None and prefer == "operationoutcome":
-            item["response"]["outcome"] = info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}")
-        out.append(item)
-    _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
-    return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
-
+        writes.append(PlannedWrite(method, rtype, rid, resource, if_match, registration=bool(plan.get("registration")),
+                                   base=base))
+    return plans, writes, write_index, svc.journal.apply(writes, req.write)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import jsonpatch
 
 from app.core.access import AccessRecord, Change
-from app.core.errors import FhirError, Issue, bad_request, info_outcome, not_found, precondition_failed
+from app.core.errors import FhirError, Issue, bad_request, conflict, info_outcome, not_found, precondition_failed
 from app.core.ids import is_valid_id
 from app.core.timeutil import naive_utc
 from app.fhir.fhirpath_patch import apply_fhirpath_patch
@@ -24,7 +24,7 @@ from app.fhir.validation import Validator
 from app.search.parser import parse_search
 from app.services import Services
 from app.store.protect import redact_query
-from app.store.repository import Stored
+from app.store.repository import MAX_WRITE_RETRIES, Stored
 
 
 def check_type(svc: Services, rtype: str, interaction: str) -> None:
@@ -146,9 +146,8 @@ def _do_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any])
 
 def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any],
                         criteria: str) -> FhirResponse:
-    params = _criteria_params(criteria)
-    key = "cc|" + type + "|" + hashlib.sha256(repr(sorted(params)).encode()).hexdigest()
-    with svc.leases.hold(key):
+    params = criteria_params(criteria)
+    with svc.leases.hold(criteria_lease(type, params)):
         matches = _find(req, svc, type, params, limit=2)
         if len(matches) > 1:
             raise precondition_failed(f"If-None-Exist {criteria!r} matches more than one {type}")
@@ -160,7 +159,14 @@ def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[s
         return _do_create(req, svc, type, body)
 
 
-def _criteria_params(criteria: str) -> list[tuple[str, str]]:
+def criteria_lease(rtype: str, params: list[tuple[str, str]]) -> str:
+    """The name of the lease that serialises the writes which create a resource when nothing matches their
+    criteria (a conditional create, a conditional update, their transaction entries), across processes: of two
+    that find no match, the second waits, then finds the first one's resource instead of creating its twin."""
+    return "cc|" + rtype + "|" + hashlib.sha256(repr(sorted(params)).encode()).hexdigest()
+
+
+def criteria_params(criteria: str) -> list[tuple[str, str]]:
     query = criteria.split("?", 1)[1] if "?" in criteria else criteria
     params = parse_qsl(query, keep_blank_values=True)
     if not params:
@@ -242,18 +248,20 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
     if not req.params:
         raise bad_request("a conditional update needs search criteria in the URL")
     body = _body(req, type)
-    matches = _find(req, svc, type, req.params, limit=2)
-    if len(matches) > 1:
-        raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
-    if not matches:
-        if body.get("id"):
-            return update(req, svc, type, body["id"])
-        return create(req, svc, type)
-    rid = matches[0]["_id"]
-    if body.get("id") not in (None, rid):
-        raise bad_request(f"the resource id {body['id']!r} differs from the matched {type}/{rid}", expression="id")
-    req.body = {**body, "id": rid}
-    return update(req, svc, type, rid)
+    with svc.leases.hold(criteria_lease(type, req.params)):
+        matches = _find(req, svc, type, req.params, limit=2)
+        if len(matches) > 1:
+            raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
+        if not matches:
+            if body.get("id"):
+                return update(req, svc, type, body["id"])
+            return create(req, svc, type)
+        rid = matches[0]["_id"]
+        if body.get("id") not in (None, rid):
+            raise bad_request(f"the resource id {body['id']!r} differs from the matched {type}/{rid}",
+                              expression="id")
+        req.body = {**body, "id": rid}
+        return update(req, svc, type, rid)
 
 
 # -- patch ----------------------------------------------------------------------------------------------
@@ -267,21 +275,29 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
         raise FhirError(415, "PATCH needs a JSON Patch (application/json-patch+json) or a FHIRPath Patch "
                              "(a Parameters resource, application/fhir+json)")
     svc.policy.require(req.principal, "patch", type)
-    doc = svc.repo.get_doc(type, id)
-    req.gate.require(type, doc)  # nothing of a record the caller may not see shows in a patch error
-    stored = svc.repo.read(type, id, fire=False, doc=doc)
-    patched = apply_patch(stored.resource or {}, ops, fhirpath)
-    if patched.get("resourceType") != type or patched.get("id") != id:
-        raise FhirError(422, "a patch may not change resourceType or id", code="business-rule",
-                        expression=["resourceType", "id"])
-    validator(svc).validate(patched, type)
     if_match = parse_etag(req.header("if-match"), "If-Match")
-    new = svc.repo.update(type, id, patched, if_match=if_match if if_match is not None else stored.vid,
-                          context=req.write)
-    _audit(svc, req, "patch", type, [id])
-    resp = resource_response(req, new, 200, with_location=True)
-    resp.headers["Content-Location"] = resp.headers["Location"]
-    return resp
+    for _ in range(MAX_WRITE_RETRIES):
+        doc = svc.repo.get_doc(type, id)
+        req.gate.require(type, doc)  # nothing of a record the caller may not see shows in a patch error
+        stored = svc.repo.read(type, id, fire=False, doc=doc)
+        patched = apply_patch(stored.resource or {}, ops, fhirpath)
+        if patched.get("resourceType") != type or patched.get("id") != id:
+            raise FhirError(422, "a patch may not change resourceType or id", code="business-rule",
+                            expression=["resourceType", "id"])
+        validator(svc).validate(patched, type)
+        try:
+            # Written only over the version it was applied to, so that no concurrent write is lost.
+            new = svc.repo.update(type, id, patched, if_match=if_match if if_match is not None else stored.vid,
+                                  context=req.write)
+        except FhirError as err:
+            if err.status != 412 or if_match is not None:
+                raise
+            continue  # another write came first and the client named no version: patch the version it made
+        _audit(svc, req, "patch", type, [id])
+        resp = resource_response(req, new, 200, with_location=True)
+        resp.headers["Content-Location"] = resp.headers["Location"]
+        return resp
+    raise conflict(f"{type}/{id} is being changed by many requests at once; retry")
 
 
 def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, Any]:

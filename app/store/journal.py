@@ -29,7 +29,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from app.core.errors import FhirError, precondition_failed
+from app.core.errors import FhirError, conflict, precondition_failed
 from app.core.timeutil import utcnow
 from app.store.database import DatabaseUnavailable
 from app.store.events import StoreEvent
@@ -49,6 +49,7 @@ class PlannedWrite:
     resource: dict[str, Any] | None
     if_match: int | None = None
     registration: bool = False  # the master index turned a create into adding identifiers to a known resident
+    base: int | None = None  # the version a patch was applied to: written over that version only
 
 
 def _fault_pause(applied: int) -> None:
@@ -92,6 +93,9 @@ class TransactionJournal:
             if w.if_match is not None and (prior is None or prior["vid"] != w.if_match):
                 raise precondition_failed(
                     f"{w.resource_type}/{w.id} is not at version {w.if_match} (If-Match in the transaction)")
+            if w.base is not None and (prior is None or prior["vid"] != w.base):
+                raise conflict(f"{w.resource_type}/{w.id} was changed by another request while the transaction "
+                               f"patched version {w.base}; nothing was stored: retry")
             if w.method == "delete" and (prior is None or prior.get("del")):
                 entries.append({"w": w, "before": prior, "after": None})
                 continue
@@ -122,7 +126,10 @@ class TransactionJournal:
                     _fault_pause(len(applied))
             committed = self.col.find_one_and_delete({"_id": txid, "owner": self.owner.id})
         except BaseException as err:
-            self._abort(txid, journal_entries[:len(applied) + 1])
+            # The entry under way is undone too (it may be half written), unless it lost its version race:
+            # then it wrote nothing, and undoing it would put its version before over the winner's.
+            reached = len(applied) + (0 if isinstance(err, _VersionTaken) else 1)
+            self._abort(txid, journal_entries[:reached])
             mapped = _as_domain_error(err)
             if mapped is err:
                 raise
@@ -164,18 +171,22 @@ class TransactionJournal:
         if after is None:
             return
         repo = self.repo
-        current = repo.current(rtype).find_one({"_id": after["_id"]})
+        rid = after["_id"]
+        current = repo.current(rtype).find_one({"_id": rid})
+        if before is None:
+            if current is not None and current["vid"] == after["vid"]:
+                repo.current(rtype).delete_one({"_id": rid})
+            return
+        # Version n+1 is made only through the history slot of version n. When that slot is not this
+        # transaction's, another writer made the version there is now, and it stays.
+        slot_id = f"{rid}/{before['vid']}"
+        slot = repo.history_col(rtype).find_one({"_id": slot_id}, {"txn": 1})
+        if slot is None or slot.get("txn") != txid:
+            return
         if current is not None and current["vid"] == after["vid"]:
-            if before is None:
-                repo.current(rtype).delete_one({"_id": after["_id"]})
-            else:
-                repo.current(rtype).replace_one({"_id": after["_id"]}, before)
-        if before is not None and (current is None or current["vid"] <= after["vid"]):
-            # Release the history slot this transaction claimed for `before` (only if it is ours).
-            slot_id = f"{after['_id']}/{before['vid']}"
-            slot = repo.history_col(rtype).find_one({"_id": slot_id}, {"txn": 1})
-            if slot is not None and slot.get("txn") == txid:
-                repo.history_col(rtype).delete_one({"_id": slot_id})
+            repo.current(rtype).replace_one({"_id": rid}, before)
+        if current is None or current["vid"] <= after["vid"]:
+            repo.history_col(rtype).delete_one({"_id": slot_id})  # release the slot
 
     def recover(self) -> int:
         """Undo every transaction left pending by a dead process, and retry our own failed undos.

@@ -3,8 +3,11 @@ If-Match give exactly one success; parallel conditional creates with the same cr
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -74,3 +77,118 @@ def test_parallel_conditional_creates_make_one(server):
     assert len({i for _, i in results}) == 1
     found = requests.get(f"{server.base}/Organization?identifier=urn:test:org|race-1").json()
     assert found["total"] == 1
+
+
+
+def _burst(attempt: Callable[[int], Any], n: int = 12) -> list[Any]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(attempt, range(n)))
+
+
+def _emails(resource: dict[str, Any]) -> set[str]:
+    return {t["value"] for t in resource.get("telecom", []) if t.get("system") == "email"}
+
+
+def _with_email(server: Any, rtype: str, email: str, **fields: Any) -> str:
+    body = {"resourceType": rtype, "telecom": [{"system": "email", "value": email}], **fields}
+    r = requests.post(f"{server.base}/{rtype}", data=json.dumps(body), headers=FJ)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _add_email(i: int) -> list[dict[str, Any]]:
+    return [{"op": "add", "path": "/telecom/-", "value": {"system": "email", "value": f"w{i}@example.cn"}}]
+
+
+def test_concurrent_patches_without_if_match_all_apply(server):
+    """A PATCH that names no version applies to the version there is: one that lost a race to another write is
+    applied again to the new version, so every patch is kept and none is refused. (Before, the loser got 412
+    Precondition Failed although it had given no precondition.)"""
+    pid = _with_email(server, "Patient", "seed@example.cn")
+
+    def attempt(i: int) -> int:
+        return requests.patch(f"{server.base}/Patient/{pid}", data=json.dumps(_add_email(i)), timeout=60,
+                              headers={"Content-Type": "application/json-patch+json"}).status_code
+
+    codes = _burst(attempt)
+    assert codes == [200] * 12, codes
+    final = requests.get(f"{server.base}/Patient/{pid}").json()
+    assert _emails(final) == {"seed@example.cn"} | {f"w{i}@example.cn" for i in range(12)}
+    assert final["meta"]["versionId"] == "13"
+
+
+def test_concurrent_transaction_patches_lose_nothing(server):
+    """Each transaction that answers 200 has its patch in the record; one that lost the race answers 409 and
+    changed nothing; the record stays writable. Before, a transaction patched the version it had read and
+    wrote the result over whatever was there by then (200, and another's patch gone), and the undo of a
+    transaction that lost its race put the old version back over the winner's: the winner's 200 was lost too,
+    and the record, left behind its own history, refused every later write."""
+    pid = _with_email(server, "Patient", "seed@example.cn")
+
+    def attempt(i: int) -> int:
+        patch = base64.b64encode(json.dumps(_add_email(i)).encode()).decode()
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
+            "request": {"method": "PATCH", "url": f"Patient/{pid}"}}]}
+        return requests.post(server.base, data=json.dumps(bundle), headers=FJ, timeout=60).status_code
+
+    codes = _burst(attempt)
+    assert set(codes) <= {200, 409} and 200 in codes, codes
+    final = requests.get(f"{server.base}/Patient/{pid}").json()
+    assert _emails(final) == {"seed@example.cn"} | {f"w{i}@example.cn" for i, c in enumerate(codes) if c == 200}
+    assert final["meta"]["versionId"] == str(1 + codes.count(200))
+    again = requests.put(f"{server.base}/Patient/{pid}", data=json.dumps({**final, "gender": "female"}), headers=FJ)
+    assert again.status_code == 200, again.text
+
+
+def test_concurrent_transaction_updates_keep_the_winners_version(server):
+    """Transactions that replace one record at once: the record ends at the last winner's version, with its
+    content, and stays writable."""
+    oid = _with_email(server, "Organization", "org@example.cn", name="起点")
+
+    def attempt(i: int) -> tuple[int, str | None]:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": {"resourceType": "Organization", "id": oid, "name": f"写者{i}"},
+            "request": {"method": "PUT", "url": f"Organization/{oid}"}}]}
+        r = requests.post(server.base, data=json.dumps(bundle), headers=FJ, timeout=60)
+        return r.status_code, r.json()["entry"][0]["response"]["etag"] if r.status_code == 200 else None
+
+    results = _burst(attempt)
+    assert {c for c, _ in results} <= {200, 409}, results
+    won = {etag: i for i, (c, etag) in enumerate(results) if c == 200}
+    final = requests.get(f"{server.base}/Organization/{oid}").json()
+    last = max(won, key=lambda e: int(e[3:-1]))
+    assert final["meta"]["versionId"] == last[3:-1] and final["name"] == f"写者{won[last]}", (results, final)
+    history = requests.get(f"{server.base}/Organization/{oid}/_history").json()
+    assert history["total"] == 1 + len(won)
+    again = requests.put(f"{server.base}/Organization/{oid}", data=json.dumps({**final, "name": "终点"}), headers=FJ)
+    assert again.status_code == 200, again.text
+
+
+def test_parallel_conditional_updates_and_transactions_make_one(server):
+    """Conditional updates, conditional creates and their transaction entries with the same criteria, sent
+    at once, make one resource between them: each waits for the one before it, then finds its resource.
+    Before, conditional updates and transactions searched without waiting, and each that found nothing
+    created a resource of its own."""
+    criteria = "identifier=urn:test:org|race-2"
+
+    def attempt(i: int) -> int:
+        org = {"resourceType": "Organization", "name": f"机构{i}",
+               "identifier": [{"system": "urn:test:org", "value": "race-2"}]}
+        kind = i % 4
+        if kind == 0:
+            r = requests.put(f"{server.base}/Organization?{criteria}", data=json.dumps(org), headers=FJ, timeout=60)
+        elif kind == 1:
+            r = requests.post(f"{server.base}/Organization", data=json.dumps(org), timeout=60,
+                              headers={**FJ, "If-None-Exist": criteria})
+        else:
+            request = {"method": "PUT", "url": f"Organization?{criteria}"} if kind == 2 else \
+                {"method": "POST", "url": "Organization", "ifNoneExist": criteria}
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": org, "request": request}]}
+            r = requests.post(server.base, data=json.dumps(bundle), headers=FJ, timeout=60)
+        return r.status_code
+
+    codes = _burst(attempt, 16)
+    assert set(codes) <= {200, 201}, codes
+    found = requests.get(f"{server.base}/Organization?{criteria}").json()
+    assert found["total"] == 1, (codes, found["total"])
