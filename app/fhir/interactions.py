@@ -300,6 +300,19 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     raise conflict(f"{type}/{id} is being changed by many requests at once; retry")
 
 
+def conditional_patch(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
+    """PATCH [type]?[criteria]: the patch of the one match (404 for none, 412 for several)."""
+    check_type(svc, type, "patch")
+    if not req.params:
+        raise bad_request("a conditional patch needs search criteria in the URL")
+    matches = _find(req, svc, type, req.params, limit=2)
+    if len(matches) > 1:
+        raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
+    if not matches:
+        raise not_found(f"no {type} matches the criteria of the conditional patch")
+    return patch(req, svc, type, matches[0]["_id"])
+
+
 def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, Any]:
     """The patched resource (400 malformed, 422 a JSON Patch test that fails or a path that is not there)."""
     if isinstance(fhirpath, dict):

@@ -54,6 +54,7 @@ def build_router() -> Router:
         Route("POST", ("{type}",), i.create),
         Route("PUT", ("{type}",), i.conditional_update),
         Route("DELETE", ("{type}",), i.conditional_delete),
+        Route("PATCH", ("{type}",), i.conditional_patch),
         Route("GET", ("{type}", "{id}"), i.read),
         Route("PUT", ("{type}", "{id}"), i.update),
         Route("PATCH", ("{type}", "{id}"), i.patch),

@@ -494,8 +494,12 @@ def _paths(data: dict[str, Any]) -> list[tuple[str, str, dict[str, Any] | None]]
             if route.method in ("POST", "PUT"):
                 body = {"resourceType": rtype, "id": ids[rtype]} if "{id}" in route.pattern else \
                     {"resourceType": "Bundle", "type": "batch", "entry": []}
+            if route.method == "PATCH":  # a FHIRPath Patch that applies to any resource
+                body = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                    {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": rtype},
+                    {"name": "name", "valueString": "language"}, {"name": "value", "valueCode": "zh"}]}]}
             path = "/".join(segs)
-            if route.method in ("GET", "DELETE") and route.pattern in (("{type}",), ()):
+            if route.method in ("GET", "DELETE", "PATCH") and route.pattern in (("{type}",), ()):
                 path += f"?_id={ids[rtype]}" if route.pattern else ""
             out.append((route.method, path, body))
     for name, spec in OPERATIONS.items():

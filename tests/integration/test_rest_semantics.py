@@ -187,6 +187,31 @@ def test_patch_answers_location_and_fhirpath_patch_works(client):
     assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Parameters.parameter[0]"]
 
 
+def test_conditional_patch_patches_the_one_match(client):
+    """PATCH [type]?criteria (R4 http.html#patch): the one match is patched; none is 404 and several 412, and
+    neither changes anything."""
+    def patch(query: str) -> Any:
+        ops = [{"op": "add", "path": "/active", "value": True}]
+        return client.patch(f"/fhir/Organization?{query}", data=json.dumps(ops),
+                            content_type="application/json-patch+json")
+
+    ident = {"system": "urn:test:cp", "value": "only"}
+    org = {"resourceType": "Organization", "name": "一家", "identifier": [ident]}
+    oid = post(client, "Organization", org).json["id"]
+    r = patch("identifier=urn:test:cp|only")
+    assert r.status_code == 200 and r.json["id"] == oid and r.json["active"] is True, r.json
+    assert r.headers["Location"].endswith(f"/Organization/{oid}/_history/2")
+    assert patch("identifier=urn:test:cp|nobody").status_code == 404
+    for name in ("两家甲", "两家乙"):
+        post(client, "Organization", {"resourceType": "Organization", "name": name,
+                                      "identifier": [{"system": "urn:test:cp", "value": "two"}]})
+    r = patch("identifier=urn:test:cp|two")
+    assert r.status_code == 412 and r.json["resourceType"] == "OperationOutcome", r.json
+    assert client.get("/fhir/Organization?identifier=urn:test:cp|two&active=true").json["total"] == 0
+    r = client.patch("/fhir/Organization", data="[]", content_type="application/json-patch+json")
+    assert r.status_code == 400 and "criteria" in r.json["issue"][0]["diagnostics"]
+
+
 # -- headers -------------------------------------------------------------------------------------------------------
 
 def test_if_modified_since(client):
