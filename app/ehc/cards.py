@@ -15,7 +15,11 @@ On every Patient write `assign_card` leaves exactly one current card identifier 
 - after a merge the target keeps its card; the source's formal card stays valid and points to the target.
 
 CardStore: collection `ehc_cards`, `_id` = card ID, {patient, status active|suspended|cancelled, kind, at};
-collection `ehc_revocations` mirrors the suspended and cancelled cards (small, read whole by terminals).
+collection `ehc_revocations` mirrors the suspended and cancelled cards (small, read whole by terminals and by
+`$ehc-verify`: what decides whether a card is accepted). A status change holds the card's lease (across
+processes), so that cancelled stays final and the two collections agree however many changes race; it writes
+the revocation list on the refusing side first (listed before the record says suspended, delisted after it
+says active), so that a process killed between the two writes leaves a card refused, never one accepted.
 The one-time use of dynamic tokens: app/ehc/nonces.py.
 """
 
@@ -26,7 +30,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
@@ -37,6 +40,7 @@ from app.core.errors import FhirError, conflict
 from app.core.timeutil import to_instant, utcnow
 from app.ehc.card_id import derive_card, temporary_card
 from app.store.database import insert_new
+from app.store.leases import Leases
 
 EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
 MASTER_INDEX_SYSTEM = "urn:ehc:id:master-index"
@@ -123,8 +127,9 @@ class CardStore:
     the set of revoked cards (re-read whole every `refresh` seconds; small) and card -> patient
     (bounded, entries kept `patient_ttl` seconds: a merge re-points cards rarely)."""
 
-    def __init__(self, db: Database, refresh: float = 1.0, patient_ttl: float = 60.0,
+    def __init__(self, db: Database, leases: Leases, refresh: float = 1.0, patient_ttl: float = 60.0,
                  cache_size: int = 100_000) -> None:
+        self.leases = leases
         self.col: Collection = db["ehc_cards"]
         self.revoked: Collection = db["ehc_revocations"]
         self.refresh = refresh
@@ -173,7 +178,7 @@ class CardStore:
             if before.get(card_id) == (kind, current):
                 continue  # unchanged since the previous version of this Patient
             if kind == "temporary" and not current:
-                self._set(card_id, "cancelled", "replaced by a formal card", patient_id, kind, now)
+                self._change(card_id, "cancelled", "replaced by a formal card", patient_id, kind)
                 continue
             ops.append((card_id, {"patient": patient_id, "at": now},
                         {"status": "active", "kind": kind, "since": now}))
@@ -211,30 +216,39 @@ class CardStore:
     def cancel_all(self, resource: dict[str, Any] | None, reason: str) -> None:
         for card_id, (kind, _current) in _card_states(resource).items():
             doc = self.get(card_id)
-            if doc is not None and doc.get("status") != "cancelled":
-                self._set(card_id, "cancelled", reason, doc.get("patient"), kind, utcnow())
+            if doc is not None:
+                self._change(card_id, "cancelled", reason, doc.get("patient"), kind)
 
     def set_status(self, card_id: str, status: str, patient_id: str, reason: str | None = None) -> dict[str, Any]:
         """Change a card's status; cancelled is final (409 on any change from it)."""
         if status not in STATUSES:
             raise FhirError(400, f"status must be one of {', '.join(STATUSES)}", expression="status")
-        doc = self.get(card_id) or {"status": "active", "kind": "formal"}
-        if doc.get("status") == "cancelled" and status != "cancelled":
-            raise conflict(f"card {card_id} is cancelled (注销); a cancelled card cannot change status",
-                           expression="status")
-        return self._set(card_id, status, reason, patient_id, doc.get("kind", "formal"), utcnow())
+        return self._change(card_id, status, reason, patient_id, None)
 
-    def _set(self, card_id: str, status: str, reason: str | None, patient_id: Any, kind: str,
-             now: datetime) -> dict[str, Any]:
-        doc = {"patient": patient_id, "status": status, "kind": kind, "since": now, "at": now,
-               "reason": reason}
-        self.col.update_one({"_id": card_id}, {"$set": doc}, upsert=True)
-        if status == "active":
-            self.revoked.delete_one({"_id": card_id})
-        else:
-            self.revoked.replace_one({"_id": card_id}, {"status": status, "since": now}, upsert=True)
-        self._revoked_at = 0.0  # this process sees the change at once; the others within `refresh`
-        return {"_id": card_id, **doc}
+    def _change(self, card_id: str, status: str, reason: str | None, patient_id: Any,
+                kind: str | None) -> dict[str, Any]:
+        """The one place a card's status changes (the module docstring says why it holds the card's lease and
+        in which order it writes). Cancelled is final: 409 for any other status, nothing for cancelled again."""
+        with self.leases.hold("card|" + card_id):
+            doc = self.get(card_id) or {"status": "active", "kind": "formal"}
+            listed = self.revoked.find_one({"_id": card_id}, {"status": 1})
+            if "cancelled" in (doc.get("status"), (listed or {}).get("status")):
+                if status != "cancelled":
+                    raise conflict(f"card {card_id} is cancelled (注销); a cancelled card cannot change status",
+                                   expression="status")
+                return {"_id": card_id, **doc, "status": "cancelled"}
+            now = utcnow()
+            new = {"patient": patient_id, "status": status, "kind": kind or doc.get("kind", "formal"),
+                   "since": now, "at": now, "reason": reason}
+            try:
+                if status != "active":
+                    self.revoked.replace_one({"_id": card_id}, {"status": status, "since": now}, upsert=True)
+                self.col.update_one({"_id": card_id}, {"$set": new}, upsert=True)
+                if status == "active":
+                    self.revoked.delete_one({"_id": card_id})
+            finally:  # also after a failed write: this process sees at once what was written
+                self._revoked_at = 0.0  # (the others within `refresh`)
+        return {"_id": card_id, **new}
 
     def revocations(self) -> list[dict[str, Any]]:
         return [{"ehcId": d["_id"], "status": d["status"], "since": to_instant(d["since"])}

@@ -56,7 +56,7 @@ class CardService:
     def __init__(self, svc: Services, keyring: Keyring) -> None:
         self.svc = svc
         self.keyring = keyring
-        self.cards = CardStore(svc.repo.db)
+        self.cards = CardStore(svc.repo.db, svc.leases)
         self.nonces = NonceStore(svc.repo.db)
         self.signing = SigningKeys(signing_keys_path(keyring.keys_dir), svc.settings.province)
 

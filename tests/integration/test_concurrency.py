@@ -192,3 +192,33 @@ def test_parallel_conditional_updates_and_transactions_make_one(server):
     assert set(codes) <= {200, 201}, codes
     found = requests.get(f"{server.base}/Organization?{criteria}").json()
     assert found["total"] == 1, (codes, found["total"])
+
+
+def test_concurrent_card_status_changes_keep_cancelled_final(server):
+    """Suspensions, reactivations and one cancellation (注销) of a card at once: a cancellation that answered 200
+    is final, and the card's record and the revocation list terminals read agree. Before, a reactivation that
+    had read the card before the cancellation wrote "active" over it, and the card verified again."""
+    from app.synthetic import check_char
+
+    base = server.base.rsplit("/fhir", 1)[0]
+    for k in range(12):
+        number = f"11010119800101{2 * k + 1:03d}"
+        patient = {"resourceType": "Patient", "name": [{"family": "赵", "given": ["六"]}], "gender": "male",
+                   "birthDate": "1980-01-01",
+                   "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number + check_char(number)}]}
+        pid = requests.post(f"{server.base}/Patient", data=json.dumps(patient), headers=FJ).json()["id"]
+        changes = ["active", "suspended"] * 12
+        changes.insert(12, "cancelled")
+
+        def change(status: str, pid: str = pid) -> int:
+            body = {"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": status}]}
+            return requests.post(f"{server.base}/Patient/{pid}/$ehc-status", data=json.dumps(body), headers=FJ,
+                                 timeout=60).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(change, changes))
+        assert codes[12] == 200 and set(codes) <= {200, 409}, codes
+        state = {p["name"]: p for p in requests.get(f"{server.base}/Patient/{pid}/$ehc-status").json()["parameter"]}
+        listed = {c["ehcId"]: c["status"] for c in requests.get(f"{base}/ehc/revocations").json()["cards"]}
+        assert state["status"]["valueCode"] == "cancelled", codes
+        assert listed.get(state["ehcId"]["valueString"]) == "cancelled"

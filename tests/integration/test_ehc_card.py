@@ -134,6 +134,37 @@ def test_status_suspend_reactivate_cancel(client):
         c for c in body["cards"] if c["ehcId"] == card).items()
 
 
+def test_a_suspension_cut_short_leaves_the_card_refused(client, services, monkeypatch):
+    """A status change writes the revocation list (what $ehc-verify and terminals read) on the refusing side
+    first: when the second write fails, the card is refused rather than accepted. Before, the record was
+    written first, and a suspension (挂失) cut short there left the lost card verifying as valid."""
+    from pymongo.errors import PyMongoError
+
+    from app.ehc.plugin import card_service
+
+    res = post(client, "Patient", patient(id_number("310104", "1981-01-01", 81), name="韩三")).json
+    pid, card = res["id"], card_of(res)
+    token = params(qrcode(client, pid).json)["token"]["valueString"]
+    cards = card_service(services).cards
+    cards = getattr(cards, "local", cards)  # the card store itself under a federation wrapper
+
+    class Refusing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def update_one(self, *args, **kwargs):
+            raise PyMongoError("refused")
+
+    real = cards.col
+    monkeypatch.setattr(cards, "col", Refusing())
+    r = post(client, f"Patient/{pid}/$ehc-status", {"resourceType": "Parameters",
+                                                    "parameter": [{"name": "status", "valueCode": "suspended"}]})
+    assert r.status_code == 500, r.json
+    monkeypatch.setattr(cards, "col", real)
+    assert verify(client, token)["reason"]["valueCode"] == "suspended"
+    assert card in {c["ehcId"] for c in client.get("/ehc/revocations").json["cards"]}
+
+
 def _gmssl_verify(jwk: dict, token: str) -> bool:
     """What a terminal does offline: base32-decode, SM2-verify with gmssl against a key from /ehc/keys."""
     from gmssl import sm2
