@@ -9,8 +9,10 @@ Failed logins are counted per phone number in the database (LoginLock, keyed lik
 worker process sees the same count), for numbers with and without an account alike: the answers do not tell
 whether a number is registered. After LOCK_AFTER consecutive failures the number is locked for
 LOCK_BASE_SECONDS, and every further failure doubles the lock, up to LOCK_MAX_SECONDS; a successful login
-clears the count, and failures older than FAILURE_MEMORY are forgotten. Counting and locking are single
-findAndModify / update calls on `_id` (atomic, see app.auth.models).
+clears the count, and failures older than FAILURE_MEMORY are forgotten. An attempt is counted before its
+password or code is checked (`begin_attempt`), so that attempts sent at once get no more checks than one
+after the other. Counting and locking are single findAndModify / update calls on `_id` (atomic, see
+app.auth.models).
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class LockState:
     locked_for: int = 0  # seconds the number stays locked (0: not locked)
     failures: int = 0  # consecutive failures counted so far
     expired_lock: int = 0  # a lock that ended (its locked_until) and that nobody has recorded yet
+    after_lock: int = 0  # the number of the one attempt a lock that has run out lets be checked (0: none)
 
 
 def lock_key(keys: AuthKeys, phone: str) -> str:
@@ -193,22 +196,39 @@ def check_lock(store: AuthStore, key: str) -> LockState:
     if float(doc.get("last") or 0) < t - FAILURE_MEMORY:
         store.delete(LoginLock, key)
         return LockState(0, 0, expired)
-    return LockState(0, failures, expired)
+    after_lock = int(doc.get("lock_count") or failures) + 1 if until else 0
+    return LockState(0, failures, expired, after_lock)
 
 
-def record_failure(store: AuthStore, key: str) -> LockState:
-    """Count a failed login; returns the count and the seconds the number is now locked for (0: not locked)."""
+def begin_attempt(store: AuthStore, key: str) -> int:
+    """Count a login attempt before its password or code is checked, as the failure it will be unless it
+    succeeds; returns its number in the row. Attempts sent at once all pass `check_lock` before any of them
+    fails, so a count made after the check let a burst try many more than LOCK_AFTER; counted first, each
+    gets its own number (one findAndModify) and `may_check` lets only the allowed ones be checked."""
     _prune(store)
     coll = store.collection(LoginLock)
     update = {"$inc": {"failures": 1}, "$set": {"last": time.time()}}
     try:
         doc = coll.find_one_and_update({"_id": key}, update, upsert=True, return_document=ReturnDocument.AFTER)
-    except DuplicateKeyError:  # two first failures at once: the other inserted it
+    except DuplicateKeyError:  # two first attempts at once: the other inserted it
         doc = coll.find_one_and_update({"_id": key}, update, return_document=ReturnDocument.AFTER)
-    failures = int(doc.get("failures") or 0)
+    return int(doc.get("failures") or 0)
+
+
+def may_check(state: LockState, number: int) -> bool:
+    """Whether the attempt with this number in the row may have its password or code checked: the first
+    LOCK_AFTER, and after each lock has run out the one numbered next after the failure that set it (`state`
+    is what check_lock saw before it; attempts counted meanwhile are being checked, and get no turn)."""
+    return number <= LOCK_AFTER or number == state.after_lock
+
+
+def record_failure(store: AuthStore, key: str, failures: int) -> LockState:
+    """The attempt numbered `failures` (begin_attempt) failed: lock the number when that many lock it; returns
+    the seconds it is now locked for (0: not locked)."""
     seconds = lock_seconds(failures)
     if seconds:
-        coll.update_one({"_id": key}, {"$max": {"locked_until": time.time() + seconds}})
+        store.collection(LoginLock).update_one(
+            {"_id": key}, {"$max": {"locked_until": time.time() + seconds, "lock_count": failures}})
     return LockState(seconds, failures)
 
 

@@ -83,21 +83,26 @@ def _login(st: Any, form: Any, client_id: str | None = None) -> tuple[ResidentAc
     if form.get("step") == "sms":
         accounts.send_sms_code(st.store, st.keys, phone, st.sms_sender())
         return None, "如该号码已注册，验证码已发送 / If this number is registered, a code has been sent"
+    number = accounts.begin_attempt(st.store, key)
+    if not accounts.may_check(state, number):  # beyond the allowed attempts of a burst sent at once
+        failed = accounts.record_failure(st.store, key, number)
+        _audit(st, key, client_id, "login", "4",
+               f"login refused unchecked ({number} attempts in a row): locked for {failed.locked_for} s")
+        return None, locked_message(failed.locked_for)
     code = (form.get("sms_code") or "").strip()
     if code:
         account = accounts.login_with_sms(st.store, st.keys, phone, code)
     else:
         account = accounts.login_with_password(st.store, st.keys, phone, form.get("password") or "")
     if account is None:
-        failed = accounts.record_failure(st.store, key)
+        failed = accounts.record_failure(st.store, key, number)
         if failed.locked_for:
             _audit(st, key, client_id, "login", "4",
                    f"failed login ({failed.failures} in a row): locked for {failed.locked_for} s")
             return None, locked_message(failed.locked_for)
         _audit(st, key, client_id, "login", "4", f"failed login ({failed.failures} in a row)", known=False)
         return None, WRONG
-    if state.failures:
-        accounts.clear_failures(st.store, key)
+    accounts.clear_failures(st.store, key)  # this attempt was counted too
     _audit(st, key, client_id, "login", "0", "login", account=account)
     session.clear()
     session["account"] = account.phone_key

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
@@ -143,6 +145,40 @@ def test_the_lock_holds_across_processes(auth_app, other_process, world):
            attempt(auth_app, world, phone, "guess 5")]
     assert got[:4] == [WRONG] * 4 and locked(got[4])  # one count for both processes
     assert locked(attempt(other_process, world, phone, "guess 6"))
+
+
+def test_guesses_sent_at_once_get_no_more_checks_than_one_after_the_other(auth_app, other_process, world,
+                                                                           monkeypatch):
+    """Twelve guesses of one number sent at once, to two processes: only LOCK_AFTER passwords are checked, the
+    rest are refused as locked, and the number is locked afterwards. Before, every guess passed the lock check
+    before any had failed, so a burst had each of its guesses checked."""
+    checked: list[str] = []
+    real = accounts.check_password_hash
+
+    def counting(pwhash: str, password: str) -> bool:
+        checked.append(password)
+        return real(pwhash, password)
+
+    monkeypatch.setattr(accounts, "check_password_hash", counting)
+    phone = "13500135029"
+    account(auth_app.extensions["ehc"], phone, PASSWORD, world["me"])
+    barrier = threading.Barrier(12)
+
+    def guess(i: int) -> str:
+        flask_app = auth_app if i % 2 else other_process
+        client = flask_app.test_client()
+        page = client.get(world["path"])
+        barrier.wait(30)
+        r = client.post(world["path"], data={"csrf": csrf_of(page.text), "phone": phone,
+                                             "password": f"guess {i}", "step": "login"})
+        found = MSG.search(r.text)
+        return found.group(1).strip() if found else r.text
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(guess, range(12)))
+    assert len(checked) == accounts.LOCK_AFTER, (len(checked), answers)
+    assert answers.count(WRONG) == accounts.LOCK_AFTER - 1 and sum(map(locked, answers)) == 12 - answers.count(WRONG)
+    assert locked(attempt(auth_app, world, phone, PASSWORD))
 
 
 def test_unlocking_is_audited_by_time_and_by_operator(auth_app, svc, world, auth_settings, monkeypatch, fast_locks):
