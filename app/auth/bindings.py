@@ -9,6 +9,7 @@ inactive, and the account loses the patient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -72,14 +73,30 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
         binding.related_person = rp.id
         binding.consent = consent.id
         binding.consent_by = by
-    elif not account.fhir_user:
-        account.fhir_user = f"Patient/{patient_id}"
     store.save(binding)
-    if patient_id not in account.patients:
-        account.patients = [*account.patients, patient_id] if relationship != "SELF" else \
-            [patient_id, *account.patients]
-    store.save(account)
+
+    def add(stored: ResidentAccount) -> None:
+        if relationship == "SELF" and not stored.fhir_user:
+            stored.fhir_user = f"Patient/{patient_id}"
+        if patient_id not in stored.patients:
+            stored.patients = [*stored.patients, patient_id] if relationship != "SELF" else \
+                [patient_id, *stored.patients]
+
+    change_account(svc, store, account, add)
     return binding
+
+
+def change_account(svc: Any, store: AuthStore, account: ResidentAccount,
+                   change: Callable[[ResidentAccount], None]) -> None:
+    """Change an account's bound patients on the account as stored, under its lease, and bring the caller's
+    copy up to date. Each change writes the whole account: made on copies read before, a binding and the end
+    of another at once wrote one over the other, and an ended binding came back to the account (its next login
+    could choose that patient again)."""
+    with svc.leases.hold("account|" + account.phone_key):
+        stored = store.get(ResidentAccount, account.phone_key) or account
+        change(stored)
+        store.save(stored)
+    account.patients, account.fhir_user = stored.patients, stored.fhir_user
 
 
 def unbind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str) -> Binding | None:
@@ -113,11 +130,14 @@ def end_binding(svc: Any, store: AuthStore, key: str, account: ResidentAccount |
         live = [t["_id"] for t in store.collection(Token).find(tokens, {"_id": 1})]
         store.collection(Token).update_many(tokens, {"$set": {"revoked": True}})  # one command, not one a token
         store.forget(*live)
-    if account is not None and patient_id in account.patients:
-        account.patients = [p for p in account.patients if p != patient_id]
-        if account.fhir_user == f"Patient/{patient_id}":
-            account.fhir_user = None
-        store.save(account)
+
+    def remove(stored: ResidentAccount) -> None:
+        stored.patients = [p for p in stored.patients if p != patient_id]
+        if stored.fhir_user == f"Patient/{patient_id}":
+            stored.fhir_user = None
+
+    if account is not None:
+        change_account(svc, store, account, remove)
     return binding
 
 

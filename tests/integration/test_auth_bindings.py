@@ -115,3 +115,28 @@ def test_a_binding_ends_when_the_consent_recording_it_ends(auth_app, svc):
     hospital = stored_token(svc, "system/*.cruds", province="11")
     assert web.delete(f"/fhir/Consent/{again.consent}", headers=bearer(hospital)).status_code == 200
     assert find_account(st.store, st.keys, "13900139002").patients == [son]
+
+
+def test_a_binding_and_the_end_of_another_at_once_keep_both(svc):
+    """Binding one relative while another's binding ends, at once and with copies of the account read before:
+    the account ends with the new relative and without the old one. Each wrote the whole account from its own
+    copy, so the last writer won: the ended binding came back to the account (its next login could choose that
+    patient again), or the new one was lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = auth_state(svc)
+    me = patient(svc, "孙", "本人", birth="1970-01-01")
+    acct = create_account(st.store, st.keys, "13900139077", "pass-word-1")
+    bind(svc, st.store, acct, me, "SELF")
+    for round_ in range(4):
+        leaving = patient(svc, "孙", f"旧{round_}", birth="1945-01-01")
+        coming = patient(svc, "孙", f"新{round_}", birth="1946-01-01")
+        bind(svc, st.store, acct, leaving, "CHILD")
+        copies = [find_account(st.store, st.keys, "13900139077") for _ in range(2)]  # as two requests read it
+
+        with ThreadPoolExecutor(2) as pool:
+            ended = pool.submit(unbind, svc, st.store, copies[0], leaving)
+            bound = pool.submit(bind, svc, st.store, copies[1], coming, "CHILD")
+            ended.result(), bound.result()
+        patients = find_account(st.store, st.keys, "13900139077").patients
+        assert leaving not in patients and coming in patients and patients[0] == me, (round_, patients)
