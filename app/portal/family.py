@@ -186,19 +186,24 @@ def lists_phone(resource: dict[str, Any], account: ResidentAccount) -> bool:
 @login_required
 def family_request() -> ResponseReturnValue:
     me = sess().get("self")
-    req = _db()[REQUESTS].find_one({"_id": request.form.get("request") or "", "status": "pending"})
-    if req is None or not me or req["patient"] != me:
+    # Taken from pending in one findAndModify: a form sent twice (a double click) is decided once.
+    req = _db()[REQUESTS].find_one_and_update(
+        {"_id": request.form.get("request") or "", "status": "pending", "patient": me or ""},
+        {"$set": {"status": "deciding"}})
+    if req is None or not me:
         return _done(t("请求不存在或已处理", "The request is unknown or has been handled"))
-    if request.form.get("decision") == "accept":
-        requester = _store().get(ResidentAccount, req["account"])
-        if requester is None:
-            return _done(t("请求不存在或已处理", "The request is unknown or has been handled"))
-        bind(svc(), _store(), requester, me, req["relationship"])
-        status = "accepted"
-    else:
-        status = "declined"
-    _db()[REQUESTS].update_one({"_id": req["_id"]}, {"$set": {"status": status, "decided": int(time.time())}})
-    return _done(t("已同意绑定", "Binding accepted") if status == "accepted" else t("已拒绝", "Declined"))
+    accept = request.form.get("decision") == "accept"
+    decided: dict[str, Any] = {"status": "pending"}  # put back when the binding cannot be made
+    try:
+        if accept:
+            requester = _store().get(ResidentAccount, req["account"])
+            if requester is None:
+                return _done(t("请求不存在或已处理", "The request is unknown or has been handled"))
+            bind(svc(), _store(), requester, me, req["relationship"])
+        decided = {"status": "accepted" if accept else "declined", "decided": int(time.time())}
+    finally:
+        _db()[REQUESTS].update_one({"_id": req["_id"]}, {"$set": decided})
+    return _done(t("已同意绑定", "Binding accepted") if accept else t("已拒绝", "Declined"))
 
 
 @bp.route("/family/act", methods=["POST"])

@@ -295,6 +295,37 @@ def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
     assert "本人" in s.get(f"{live}/portal/card", timeout=10).text
 
 
+def test_an_acceptance_sent_twice_binds_once(live, svc):
+    """A double click on "accept" sends the form twice at once: the binding is made once, with one
+    RelatedPerson and one Consent. Before, both submissions found the request pending and bound, leaving a
+    second active Consent that recorded no binding: revoking it from the consents page ended nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.portal_helpers import form_of
+
+    son, _ = resident(svc, "冯", "子", "1991-02-03", "311")
+    mother, mother_id = resident(svc, "陈", "母", "1951-07-08", "312")
+    account(svc, "13933334455", PASSWORD, son)
+    account(svc, "13955556677", PASSWORD, mother)
+    s, _ = portal_login(live, "13933334455", PASSWORD)
+    page = s.get(f"{live}/portal/family", timeout=10)
+    asked = s.post(f"{live}/portal/family/bind", data={"csrf": csrf_of(page.text), "name": "陈母",
+                                                       "id_number": mother_id, "relationship": "CHILD"}, timeout=10)
+    assert "已发送绑定请求" in asked.text
+    m, _ = portal_login(live, "13955556677", PASSWORD)
+    form = form_of(m.get(f"{live}/portal/family", timeout=10).text, "/portal/family/requests")
+
+    def accept(_: int) -> str:
+        return m.post(f"{live}/portal/family/requests", data={**form, "decision": "accept"}, timeout=30).text
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(accept, range(4)))
+    assert sum("已同意绑定" in a for a in answers) == 1, [("已同意绑定" in a, "已处理" in a) for a in answers]
+    consents = svc.repo.db["Consent"].find({"res.patient.reference": f"Patient/{mother}", "res.status": "active"})
+    related = svc.repo.db["RelatedPerson"].find({"res.patient.reference": f"Patient/{mother}"})
+    assert len(list(consents)) == 1 and len(list(related)) == 1
+
+
 def test_a_relative_ends_a_binding_from_her_own_consents(live, svc):
     """Only the account holder could unbind: the bound relative saw the binding among her consents and could
     not end it. Revoking it there now ends the binding (the holder's account loses her, its tokens for her are
