@@ -223,6 +223,8 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     mapping: dict[str, str] = {}
     plans: dict[int, dict[str, Any]] = {}
+    written: dict[tuple[str, str], int] = {}  # (type, id) -> the entry that writes it
+    creating: dict[str, int] = {}  # the criteria (lease name) of a conditional write that creates -> its entry
     # 1. Decide every entry's target id, so references between entries can be rewritten.
     for i in order:
         entry = entries[i]
@@ -237,12 +239,19 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
         if method == "POST":
             existing = None
             if sub.header("if-none-exist"):
-                matches = _find(req, svc, rtype, criteria_params(sub.header("if-none-exist") or ""), limit=2)
-                if len(matches) > 1:
-                    raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
-                existing = matches[0]["_id"] if matches else None
-                if matches:
-                    req.gate.require(rtype, matches[0])  # the match's id leaves only if the caller may see it
+                criteria = criteria_params(sub.header("if-none-exist") or "")
+                key = criteria_lease(rtype, criteria)
+                if key in creating:  # an earlier entry creates what these criteria match: that one, not a twin
+                    existing = plans[creating[key]]["id"]
+                else:
+                    matches = _find(req, svc, rtype, criteria, limit=2)
+                    if len(matches) > 1:
+                        raise FhirError(412, f"{where}: ifNoneExist matches more than one {rtype}", expression=where)
+                    existing = matches[0]["_id"] if matches else None
+                    if matches:
+                        req.gate.require(rtype, matches[0])  # the match's id leaves only if the caller may see it
+                    else:
+                        creating[key] = i
             if existing:
                 plans[i] = {"kind": "noop", "type": rtype, "id": existing, "sub": sub}
             else:
@@ -264,10 +273,23 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                 if not matches and method == "DELETE":
                     plans[i] = {"kind": "noop", "type": rtype, "id": None, "sub": sub}
                     continue
+                if not matches:  # a conditional update that creates: twice would make two
+                    key = criteria_lease(rtype, sub.params)
+                    if key in creating:
+                        raise bad_request(f"{where} and Bundle.entry[{creating[key]}] both create what the same "
+                                          "criteria match: a resource may appear in a transaction once",
+                                          expression=where)
+                    creating[key] = i
                 rid = matches[0]["_id"] if matches else (entry.get("resource") or {}).get("id") or new_id()
             else:
                 raise bad_request(f"{where}.request.url needs an id or search criteria", expression=where)
             plans[i] = {"kind": method.lower(), "type": rtype, "id": rid, "sub": sub}
+        if plans[i]["kind"] != "noop":  # http.html#trules: a resource may appear in a transaction once
+            target = (rtype, plans[i]["id"])
+            if target in written:
+                raise bad_request(f"{where} writes {rtype}/{target[1]}, as Bundle.entry[{written[target]}] does: a "
+                                  "resource may appear in a transaction once", expression=where)
+            written[target] = i
         if entry.get("fullUrl"):
             mapping[entry["fullUrl"]] = f"{rtype}/{plans[i]['id']}"
     # 2. Conditional references ("Patient?identifier=...") resolve to exactly one resource.

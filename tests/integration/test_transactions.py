@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -95,6 +96,57 @@ def test_transaction_stale_if_match_changes_nothing(client):
                                                                         "ifMatch": 'W/"7"'}}])
     assert post_bundle(client, b).status_code == 412
     assert client.get(f"/fhir/Observation?patient={pid}").json["total"] == 0
+
+
+def test_conditional_creates_with_the_same_criteria_make_one_resource(client):
+    """Two entries with the same ifNoneExist in one transaction are one resource: the first creates it, the
+    second is that resource (200, its location), and references to either fullUrl point to it. Before, each
+    searched before either was written, found nothing, and created its own."""
+    def org(name: str, uuid: str) -> dict:
+        return {"fullUrl": f"urn:uuid:{uuid}",
+                "resource": {"resourceType": "Organization", "name": name,
+                             "identifier": [{"system": "urn:test:tx-org", "value": "one"}]},
+                "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:test:tx-org|one"}}
+
+    a, b = "11111111-0000-4000-8000-000000000001", "11111111-0000-4000-8000-000000000002"
+    loc = {"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000003",
+           "resource": {"resourceType": "Location", "name": "门诊部",
+                        "managingOrganization": {"reference": f"urn:uuid:{b}"}},
+           "request": {"method": "POST", "url": "Location"}}
+    r = post_bundle(client, bundle("transaction", [org("甲", a), org("乙", b), loc]))
+    assert r.status_code == 200, r.json
+    first, second, location = (e["response"] for e in r.json["entry"])
+    assert first["status"] == "201 Created" and second["status"] == "200 OK"
+    oid = first["location"].split("/")[-3]
+    assert second["location"].endswith(f"/Organization/{oid}")
+    assert client.get("/fhir/Organization?identifier=urn:test:tx-org|one").json["total"] == 1
+    lid = location["location"].split("/")[-3]
+    assert client.get(f"/fhir/Location/{lid}").json["managingOrganization"]["reference"] == f"Organization/{oid}"
+
+
+def test_a_resource_written_twice_in_one_transaction_fails_it(client):
+    """http.html#trules: a resource may appear in a transaction once. Two writes of one resource (two PUTs, a
+    PUT and a DELETE, two conditional updates that would create from the same criteria) are refused with 400
+    naming both entries, and nothing is stored. Before, two PUTs answered 409 "changed by another request",
+    and a PUT with a DELETE of the same resource stored the PUT."""
+    org = {"resourceType": "Organization", "id": "tx-twice", "name": "两次"}
+    cases = [
+        [{"resource": org, "request": {"method": "PUT", "url": "Organization/tx-twice"}},
+         {"resource": {**org, "name": "又一次"}, "request": {"method": "PUT", "url": "Organization/tx-twice"}}],
+        [{"resource": org, "request": {"method": "PUT", "url": "Organization/tx-twice"}},
+         {"request": {"method": "DELETE", "url": "Organization/tx-twice"}}],
+        [{"resource": {"resourceType": "Organization", "name": n,
+                       "identifier": [{"system": "urn:test:tx-org", "value": "twice"}]},
+          "request": {"method": "PUT", "url": "Organization?identifier=urn:test:tx-org|twice"}} for n in ("甲", "乙")],
+    ]
+    for entries in cases:
+        r = post_bundle(client, bundle("transaction", entries))
+        assert r.status_code == 400, r.json
+        issue = r.json["issue"][0]
+        assert {"Bundle.entry[0]", "Bundle.entry[1]"} <= set(re.findall(r"Bundle\.entry\[\d\]", issue["diagnostics"]))
+        assert "once" in issue["diagnostics"] and issue["expression"][0] in issue["diagnostics"], issue
+    assert client.get("/fhir/Organization/tx-twice").status_code == 404
+    assert client.get("/fhir/Organization?identifier=urn:test:tx-org|twice").json["total"] == 0
 
 
 def test_batch_entries_independent(client):
