@@ -14,6 +14,7 @@ from datetime import date
 from typing import Any
 
 from app.auth.models import AuthStore, Binding, ResidentAccount, Token
+from app.core.timeutil import today_in_china
 from app.mpi.identifiers import age_of
 from app.mpi.plugin import identifier_registry
 from app.store.repository import WriteContext
@@ -51,7 +52,7 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
                                           "display": RELATIONSHIPS[relationship]}]}],
             "name": [{"text": f"{RELATIONSHIPS[relationship]}（账户 {account.phone_hint}）"}],
         }, ctx)
-        age = age_of(doc.get("res") or {}, identifier_registry(svc), today or date.today())
+        age = age_of(doc.get("res") or {}, identifier_registry(svc), today or today_in_china())
         by = f"RelatedPerson/{rp.id}" if age is not None and age < ADULT_AGE else f"Patient/{patient_id}"
         consent = svc.repo.create("Consent", {
             "resourceType": "Consent", "status": "active",
@@ -59,7 +60,7 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
                                   "code": "patient-privacy"}]},
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": {"reference": f"Patient/{patient_id}"},
-            "dateTime": (today or date.today()).isoformat(),
+            "dateTime": (today or today_in_china()).isoformat(),
             "performer": [{"reference": by}],
             "provision": {
                 "type": "permit",

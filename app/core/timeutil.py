@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 FIRST, LAST = datetime.min, datetime.max  # naive UTC ends of what Python dates hold
+# China keeps one time zone, UTC+8 without daylight saving: the zone in which residents and hospitals mean a date
+# that carries none (a consent's period "2026-12-01", a birth date), whatever zone the server's clock is set to.
+CHINA_TIME = timezone(timedelta(hours=8), "CST")
+
+
+def today_in_china() -> date:
+    """Today's date in China (a server whose clock runs in UTC is a day behind from 00:00 to 08:00)."""
+    return datetime.now(CHINA_TIME).date()
 
 
 def utcnow() -> datetime:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import Issue
+from app.core.timeutil import today_in_china
 from app.mpi.documents import CompiledRule, IdentifierInvalid, ProvinceTable
 from app.profiles import PROFILES_DIR  # fhir_profiles/ in a source tree, app/_profiles when installed
 
@@ -199,11 +200,11 @@ _today_cache: tuple[float, date] = (0.0, date.min)
 
 
 def _today() -> date:
-    """date.today(), re-read at most once a minute (it costs more than the rest of an ID check)."""
+    """Today in China, re-read at most once a minute (it costs more than the rest of an ID check)."""
     global _today_cache
     now = time.time()
     if now >= _today_cache[0]:
-        _today_cache = (now + 60.0, date.today())
+        _today_cache = (now + 60.0, today_in_china())
     return _today_cache[1]
 
 

@@ -10,20 +10,20 @@ and marked with their province; the resident's portal reaching them from this no
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
 
 from app.auth.plugin import auth_state
+from app.core.timeutil import CHINA_TIME
 from app.portal import remote
 from app.portal.consents import Names
 from app.portal.records import province_label, remote_notes, type_name
 from app.portal.registration import CLIENT_ID
 from app.portal.web import api, bp, fhir_ok, login_required, page, sess, svc, t, token_for
 
-CHINA = timezone(timedelta(hours=8))
 CLIENT_SYSTEM = "urn:ehc:client"
 VIA_NODE = re.compile(r"\bnode-(\d\d)(?: for node-(\d\d))?")  # a request another node made for its client
 ORG_SYSTEM = "urn:ehc:organization"
@@ -122,7 +122,7 @@ class Describer:
                        and str(d.get("valueString") or "").isdigit())
         if withheld:
             action += t(f"（{withheld} 条未经您授权，未提供）", f" ({withheld} withheld: no consent from you)")
-        recorded = datetime.fromisoformat(str(event.get("recorded")).replace("Z", "+00:00")).astimezone(CHINA)
+        recorded = datetime.fromisoformat(str(event.get("recorded")).replace("Z", "+00:00")).astimezone(CHINA_TIME)
         consent = any((e.get("role") or {}).get("code") == "13" for e in event.get("entity") or [])
         return {"who": who, "action": action, "when": recorded.strftime("%Y-%m-%d %H:%M"), "refused": refused,
                 "glass": glass, "own": own, "org": org, "consent": consent, "id": event.get("id"),

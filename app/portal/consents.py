@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 
 from app.auth.models import Binding
 from app.auth.plugin import auth_state
+from app.core.timeutil import today_in_china
 from app.portal.fhirclient import ApiError
 from app.portal.records import type_name
 from app.portal.web import bp, fhir, fhir_ok, login_required, page, sess, svc, t
@@ -122,7 +123,7 @@ def consents(errors: dict[str, str] | None = None, code: int = 200) -> ResponseR
     orgs = fhir_ok("GET", "Organization", params={"_count": 100})
     hospitals = [(e["resource"]["id"], e["resource"].get("name") or e["resource"]["id"]) for e in orgs.get("entry", [])
                  if (e.get("resource") or {}).get("resourceType") == "Organization"]
-    today = date.today()
+    today = today_in_china()
     return page("portal/consents.html", code, items=items, provinces=sorted(PROVINCES.items()),
                 hospitals=hospitals, classes=data_classes(), errors=errors or {}, form=request.form,
                 today=today.isoformat(), year=(today + timedelta(days=365)).isoformat(),
@@ -172,7 +173,7 @@ def consent_grant() -> ResponseReturnValue:
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                               "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"}, "dateTime": date.today().isoformat(),
+        "patient": {"reference": f"Patient/{pid}"}, "dateTime": today_in_china().isoformat(),
         "performer": [_performer()],
         "provision": {
             "type": "permit", "period": {"start": start, "end": end},

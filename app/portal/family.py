@@ -21,7 +21,6 @@ import re
 import secrets
 import time
 import unicodedata
-from datetime import date
 from typing import Any
 
 from flask import redirect, request, url_for
@@ -31,6 +30,7 @@ from app.auth.accounts import account_key
 from app.auth.bindings import RELATIONSHIPS, bind, unbind
 from app.auth.models import Binding, ResidentAccount
 from app.auth.plugin import auth_state
+from app.core.timeutil import today_in_china
 from app.mpi.identifiers import age_of
 from app.mpi.plugin import identifier_registry, master_index
 from app.portal.registration import CLIENT_ID
@@ -144,7 +144,7 @@ def family_bind() -> ResponseReturnValue:
     pid = str(found["_id"])
     if pid in account.patients:
         return _done(t("已绑定该家人", "This relative is bound already"))
-    age = age_of(found.get("res") or {}, identifier_registry(svc()), date.today())
+    age = age_of(found.get("res") or {}, identifier_registry(svc()), today_in_china())
     child = age is not None and age < GUARDIAN_AGE
     if child and rel not in AS_GUARDIAN:
         return _done(t("未满14岁的儿童须由父母或监护人绑定", "A child under 14 is bound by a parent or guardian"))

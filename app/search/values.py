@@ -55,19 +55,19 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     except ValueError as exc:
         raise ValueError(f"not a FHIR date: {text!r} ({exc})") from None
     if leap:
-        lo = _shifted(lo, timedelta(seconds=1))
+        lo = shifted(lo, timedelta(seconds=1))
     if month is None:
         hi = _add_months(lo, 12)
     elif day is None:
         hi = _add_months(lo, 1)
     elif hour is None:
-        hi = _shifted(lo, timedelta(days=1))
+        hi = shifted(lo, timedelta(days=1))
     elif second is None:
-        hi = _shifted(lo, timedelta(minutes=1))
+        hi = shifted(lo, timedelta(minutes=1))
     elif frac is None:
-        hi = _shifted(lo, timedelta(seconds=1))
+        hi = shifted(lo, timedelta(seconds=1))
     else:
-        hi = _shifted(lo, timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6)))))
+        hi = shifted(lo, timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6)))))
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
@@ -76,7 +76,7 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     return _ms_floor(lo), min(_ms_ceil(hi), DATE_MAX)
 
 
-def _shifted(dt: datetime, delta: timedelta) -> datetime:
+def shifted(dt: datetime, delta: timedelta) -> datetime:
     """dt + delta, held to the calendar's end: '9999-12-31' is a common "no end" date, and its day ends past
     datetime's last instant."""
     try:

@@ -40,6 +40,20 @@ def test_a_permit_period(period: dict[str, str] | None, expected: bool) -> None:
     assert permits(period) is expected
 
 
+def test_a_date_without_a_time_is_a_day_in_china() -> None:
+    """A consent "until 2026-06-15" ends at midnight in China (16:00 UTC), and one "from 2026-06-16" applies from
+    that midnight. They were read as UTC days: the first lasted eight hours longer than the resident granted, and
+    the second was refused to a hospital until 08:00 in China."""
+    late = datetime(2026, 6, 15, 17, 0, tzinfo=UTC)  # 01:00 on 16 June in China
+    consent = copy.deepcopy(PERMIT)
+    consent["provision"]["period"] = {"end": "2026-06-15"}
+    assert consent_permits(consent, "Observation", "o1", "31", AT) is True  # 20:00 on the 15th in China
+    assert consent_permits(consent, "Observation", "o1", "31", late) is False
+    consent["provision"]["period"] = {"start": "2026-06-16"}
+    assert consent_permits(consent, "Observation", "o1", "31", late) is True
+    assert consent_permits(consent, "Observation", "o1", "31", AT) is False
+
+
 def test_a_nested_deny_with_an_unreadable_bound_still_denies() -> None:
     assert permits(deny_period={"end": "2000-01-01"}) is True  # a deny that has ended
     assert permits(deny_period={"end": "not a date"}) is False

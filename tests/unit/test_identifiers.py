@@ -161,6 +161,38 @@ def test_resident_id_invalid(registry: IdentifierRegistry, value: str, reason: s
     assert exc.value.field == "value"
 
 
+def test_a_number_born_today_in_china_is_not_in_the_future_on_a_utc_server(registry: IdentifierRegistry,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 01:00 in China on 16 June it is still the 15th in UTC, the clock of most servers: a newborn's number
+    (born on the 16th) was refused as born in the future until 08:00. Today is now reckoned in China."""
+    from datetime import UTC, datetime
+
+    from app.core import timeutil
+    from app.mpi import identifiers
+
+    frozen = datetime(2026, 6, 15, 17, 0, tzinfo=UTC)  # 01:00 on 16 June in China
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return frozen.astimezone(tz) if tz else frozen.replace(tzinfo=None)
+
+    class UtcServerDay(date):
+        @classmethod
+        def today(cls) -> date:  # what date.today() gives on a server whose clock runs in UTC
+            return date(2026, 6, 15)
+
+    monkeypatch.setattr(timeutil, "datetime", Clock)
+    monkeypatch.setattr(identifiers, "date", UtcServerDay)
+    monkeypatch.setattr(identifiers, "_today_cache", (0.0, date.min))
+    first17 = "11010120260616001"
+    newborn = registry.validate(ID_CARD, first17 + mod11_2(first17))
+    assert newborn.birth_date == date(2026, 6, 16)
+    first17 = "11010120260617001"
+    with pytest.raises(IdentifierInvalid, match="in the future"):
+        registry.validate(ID_CARD, first17 + mod11_2(first17))
+
+
 def test_resident_id_sex_from_sequence_parity(registry: IdentifierRegistry) -> None:
     assert registry.validate(ID_CARD, "110101200001010010").sex == "male"  # sequence 001
     assert registry.validate(ID_CARD, "440305199001010026").sex == "female"  # sequence 002
