@@ -92,12 +92,15 @@ class PortalSession:
     # -- storage ---------------------------------------------------------------------------------------------
 
     def store(self) -> None:
+        """Write the state. Only a new session is inserted: the state of one that existed is replaced only while
+        it still exists, so a request still under way when the browser signed out (or when the session expired
+        and was swept) cannot bring it back with its tokens."""
         now = int(time.time())
         blob = sm4_gcm_encrypt(_key(self.sid), json.dumps(self.data).encode(), self.sid[:8].encode())
         _collection().replace_one({"_id": _hash(self.sid)}, {
             "_id": _hash(self.sid), "created": self.created, "seen": now,
             "expires_at": min(now + IDLE_SECONDS, self.created + MAX_SECONDS),
-            "data": base64.b64encode(blob).decode()}, upsert=True)
+            "data": base64.b64encode(blob).decode()}, upsert=self.fresh)
 
 
 def _load(sid: str | None) -> PortalSession:

@@ -295,6 +295,27 @@ def test_adult_relative_confirms_with_own_login_then_unbind(live, world, svc):
     assert "本人" in s.get(f"{live}/portal/card", timeout=10).text
 
 
+def test_a_request_under_way_does_not_bring_back_a_session_signed_out(auth_app):
+    """A request of the same browser (or of someone holding its cookie) still under way when the resident signs
+    out wrote the session back when it ended, tokens included: signed out, the session lived on. Only a new
+    session is inserted now; an existing one is replaced only while it still exists."""
+    import secrets
+    import time
+
+    from app.portal.session import PortalSession, _load
+
+    with auth_app.test_request_context("/portal/card"):
+        signed_in = PortalSession(secrets.token_urlsafe(32), {"account": "k", "tokens": {"p1": "t"}},
+                                  int(time.time()), True)
+        signed_in.store()
+        under_way = _load(signed_in.sid)
+        under_way.set("acting", "p1")  # it changed the session, so it writes it when it ends
+        _load(signed_in.sid).end()  # meanwhile: sign out
+        under_way.store()
+        after = _load(signed_in.sid)
+        assert not after.logged_in and after.sid != signed_in.sid
+
+
 def test_an_acceptance_sent_twice_binds_once(live, svc):
     """A double click on "accept" sends the form twice at once: the binding is made once, with one
     RelatedPerson and one Consent. Before, both submissions found the request pending and bound, leaving a
