@@ -7,6 +7,7 @@ access, actor an Organization or a province identifier (urn:ehc:province|NN), op
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import date, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.portal.records import type_name
 from app.portal.web import bp, fhir, fhir_ok, login_required, page, sess, svc, t
 
 PROVINCE_SYSTEM = "urn:ehc:province"
+GRANT_SYSTEM = "urn:ehc:portal-grant"  # the one-time id of a grant form: a grant sent twice is one Consent
 CLASS_SYSTEM = "http://hl7.org/fhir/resource-types"
 PROVINCES = {"11": "北京", "12": "天津", "13": "河北", "14": "山西", "15": "内蒙古", "21": "辽宁", "22": "吉林",
              "23": "黑龙江", "31": "上海", "32": "江苏", "33": "浙江", "34": "安徽", "35": "福建", "36": "江西",
@@ -127,6 +129,7 @@ def consents(errors: dict[str, str] | None = None, code: int = 200) -> ResponseR
     return page("portal/consents.html", code, items=items, provinces=sorted(PROVINCES.items()),
                 hospitals=hospitals, classes=data_classes(), errors=errors or {}, form=request.form,
                 today=today.isoformat(), year=(today + timedelta(days=365)).isoformat(),
+                grant=secrets.token_urlsafe(12),
                 message=request.args.get("m"))
 
 
@@ -184,8 +187,15 @@ def consent_grant() -> ResponseReturnValue:
             "class": [{"system": CLASS_SYSTEM, "code": code} for c in chosen for code in class_codes(c)],
         },
     }
+    # The form's one-time grant id makes the grant a conditional create: sent twice (a double click, a reload),
+    # it is one Consent, which one revocation ends.
+    grant = form.get("grant") or ""
+    headers = {}
+    if re.fullmatch(r"[A-Za-z0-9_-]{16}", grant):
+        consent["identifier"] = [{"system": GRANT_SYSTEM, "value": grant}]
+        headers["If-None-Exist"] = f"identifier={GRANT_SYSTEM}|{grant}"
     try:
-        fhir_ok("POST", "Consent", body=consent)
+        fhir_ok("POST", "Consent", body=consent, headers=headers)
     except ApiError as err:
         return consents({"target": err.answer.diagnostics()}, 400)
     return redirect(url_for("portal.consents", m=t("已授权", "Consent granted")))

@@ -82,6 +82,31 @@ def test_consent_grant_and_revoke_are_consent_versions(live, world, svc):
     assert again["status"] == "inactive" and again["meta"]["versionId"] == "2"
 
 
+def test_a_grant_sent_twice_is_one_consent(live, svc):
+    """A double click on "grant" (or a reload of the answer) sent the form twice and stored two identical
+    Consents: revoking the one the resident saw left the other granting access. The form carries a one-time
+    grant id, and the grant is a conditional create on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.portal_helpers import form_of
+
+    me, _ = resident(svc, "卫", "授", "1982-03-04", "321")
+    account(svc, "13811117771", PASSWORD, me)
+    s, _ = portal_login(live, "13811117771", PASSWORD)
+    form = {**form_of(s.get(f"{live}/portal/consents", timeout=10).text, "/portal/consents"),
+            "target": "province", "province": "44", "class": ["Observation"], "start": "2026-01-01",
+            "end": "2027-01-01"}
+    assert form["grant"]
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: s.post(f"{live}/portal/consents", data=form, timeout=30).text, range(3)))
+    assert all("已授权" in a for a in answers)
+    token = stored_token(svc, "system/Consent.rs")
+    found = requests.get(f"{live}/fhir/Consent", params={"patient": me, "status": "active"}, headers=bearer(token),
+                         timeout=10).json()
+    assert found["total"] == 1, found["total"]
+
+
 def test_every_portal_form_needs_its_csrf_token(live, world, auth_app):
     s, r = portal_login(live, "13811112222", PASSWORD)
     posts = [rule.rule for rule in auth_app.url_map.iter_rules()
