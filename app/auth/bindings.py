@@ -42,6 +42,27 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
     if doc is None or doc.get("del"):
         raise ValueError(f"Patient/{patient_id} does not exist")
     key = f"{account.phone_key}|{patient_id}"
+    with svc.leases.hold("binding|" + key):
+        binding = store.get(Binding, key)
+        if binding is None or not binding.active or binding.relationship != relationship:
+            binding = _record(svc, store, account, patient_id, relationship, doc, today)
+        # else bound already, as asked (a form sent twice): no second RelatedPerson or Consent
+
+    def add(stored: ResidentAccount) -> None:
+        if relationship == "SELF" and not stored.fhir_user:
+            stored.fhir_user = f"Patient/{patient_id}"
+        if patient_id not in stored.patients:
+            stored.patients = [*stored.patients, patient_id] if relationship != "SELF" else \
+                [patient_id, *stored.patients]
+
+    change_account(svc, store, account, add)
+    return binding
+
+
+def _record(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, relationship: str,
+            doc: dict[str, Any], today: date | None) -> Binding:
+    """The Binding of a new binding, with the RelatedPerson and the Consent that record a relative's."""
+    key = f"{account.phone_key}|{patient_id}"
     binding = Binding(key=key, account=account.phone_key, patient=patient_id, relationship=relationship)
     ctx = _context(svc, account)
     if relationship != "SELF":
@@ -75,15 +96,6 @@ def bind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str, 
         binding.consent = consent.id
         binding.consent_by = by
     store.save(binding)
-
-    def add(stored: ResidentAccount) -> None:
-        if relationship == "SELF" and not stored.fhir_user:
-            stored.fhir_user = f"Patient/{patient_id}"
-        if patient_id not in stored.patients:
-            stored.patients = [*stored.patients, patient_id] if relationship != "SELF" else \
-                [patient_id, *stored.patients]
-
-    change_account(svc, store, account, add)
     return binding
 
 

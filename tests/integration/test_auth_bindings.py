@@ -140,3 +140,24 @@ def test_a_binding_and_the_end_of_another_at_once_keep_both(svc):
             ended.result(), bound.result()
         patients = find_account(st.store, st.keys, "13900139077").patients
         assert leaving not in patients and coming in patients and patients[0] == me, (round_, patients)
+
+
+def test_binding_one_relative_twice_at_once_records_it_once(svc):
+    """A child's binding sent twice (a double click on the portal's form) made two RelatedPersons and two active
+    Consents, one of them recording no binding: revoking it ended nothing. A binding that exists, as asked, is
+    now the answer to binding again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = auth_state(svc)
+    parent = patient(svc, "李", "父", birth="1980-01-01")
+    child = patient(svc, "李", "儿", birth="2020-05-05")
+    acct = create_account(st.store, st.keys, "13900139078", "pass-word-1")
+    bind(svc, st.store, acct, parent, "SELF")
+    copies = [find_account(st.store, st.keys, "13900139078") for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        bindings = list(pool.map(lambda a: bind(svc, st.store, a, child, "FTH"), copies))
+    assert len({b.consent for b in bindings}) == 1
+    related = list(svc.repo.db["RelatedPerson"].find({"res.patient.reference": f"Patient/{child}"}))
+    consents = list(svc.repo.db["Consent"].find({"res.patient.reference": f"Patient/{child}", "res.status": "active"}))
+    assert len(related) == 1 and len(consents) == 1
+    assert find_account(st.store, st.keys, "13900139078").patients == [parent, child]
