@@ -274,7 +274,6 @@ class Importer:
         self.registry = hooks.registry
         self.validate = validate
         self.province = province or svc.settings.province
-        self._check_structure = True  # CSV rows are built here, valid by construction
         self.batch_size = batch_size  # rows written together (process_batch); 1: one row at a time
         self._pool: ThreadPoolExecutor | None = None  # the one-row path of a batch's other rows (--workers)
 
@@ -291,7 +290,7 @@ class Importer:
         """The row's Patient validated and with its identifiers normalised, or its 'rejected' result
         (FhirError for what the identifier rules refuse)."""
         resource = {k: v for k, v in resource.items() if k not in ("id", "meta")}
-        if self.validate is not None and self._check_structure:
+        if self.validate is not None:  # CSV rows too: a cell may hold what a FHIR string may not (U+0000)
             problems = self.validate(resource)
             if problems:
                 return RowResult(n, "rejected", reason="; ".join(problems))
@@ -482,7 +481,6 @@ class Importer:
         from tqdm import tqdm
 
         check_header(path, encoding)  # before the progress bar and the report exist
-        self._check_structure = is_ndjson(path, encoding)
         counts = {"created": 0, "linked": 0, "unchanged": 0, "rejected": 0}
         bar = tqdm(total=count_rows(path, encoding), unit="row", disable=not progress, mininterval=0.5, smoothing=0.1,
                    dynamic_ncols=True, desc="ehc import")

@@ -137,6 +137,23 @@ def test_ndjson_and_the_cli(tmp_path, settings, services, monkeypatch):
     assert json.loads(again.stdout.strip().splitlines()[-1])["unchanged"] == 1
 
 
+def test_a_csv_cell_that_post_would_refuse_is_rejected_as_post_rejects_it(tmp_path, settings, monkeypatch):
+    """CSV rows skipped the structure validation that POST /fhir/Patient applies ("valid by construction"), so a
+    name holding U+0000 was imported although the API refuses it. Every row is now validated as POST validates."""
+    src = tmp_path / "ctl.csv"
+    with open(src, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source_system", "mrn", "name"])
+        writer.writerow(["hosp-ctl", "K1", "赵\x00六"])
+        writer.writerow(["hosp-ctl", "K2", "钱\x07七"])
+        writer.writerow(["hosp-ctl", "K3", "孙八"])
+    result = _cli_import(settings, monkeypatch, str(src), "--report", str(tmp_path / "ctl-report.csv"))
+    assert result.exit_code == 0, result.output
+    report = read_report(tmp_path / "ctl-report.csv")
+    assert [r["outcome"] for r in report] == ["rejected", "rejected", "created"], report
+    assert "U+0000" in report[0]["reason"] and "U+0007" in report[1]["reason"]
+
+
 def test_ctrl_c_says_how_to_finish_and_the_rerun_does(tmp_path, settings, services, monkeypatch):
     rows = [row("hosp-c", f"C{i}", f"钱{i}", id_number("330106", "1985-05-05", 300 + 2 * i)) for i in range(12)]
     src = write_csv(tmp_path / "in.csv", rows)
