@@ -273,6 +273,9 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                 if not matches and method == "DELETE":
                     plans[i] = {"kind": "noop", "type": rtype, "id": None, "sub": sub}
                     continue
+                if not matches and method == "PATCH":  # as PATCH [type]?criteria answers
+                    raise FhirError(404, f"{where}: no {rtype} matches the conditional URL", code="not-found",
+                                    expression=where)
                 if not matches:  # a conditional update that creates: twice would make two
                     key = criteria_lease(rtype, sub.params)
                     if key in creating:

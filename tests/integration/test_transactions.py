@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -122,6 +123,16 @@ def test_conditional_creates_with_the_same_criteria_make_one_resource(client):
     assert client.get("/fhir/Organization?identifier=urn:test:tx-org|one").json["total"] == 1
     lid = location["location"].split("/")[-3]
     assert client.get(f"/fhir/Location/{lid}").json["managingOrganization"]["reference"] == f"Organization/{oid}"
+
+
+def test_a_conditional_patch_entry_without_a_match_is_404_naming_the_entry(client):
+    patch = base64.b64encode(json.dumps([{"op": "add", "path": "/active", "value": True}]).encode()).decode()
+    r = post_bundle(client, bundle("transaction", [{
+        "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
+        "request": {"method": "PATCH", "url": "Organization?identifier=urn:test:tx-org|nobody"}}]))
+    assert r.status_code == 404, r.json
+    assert r.json["issue"][0]["expression"] == ["Bundle.entry[0]"]
+    assert "matches the conditional URL" in r.json["issue"][0]["diagnostics"]  # not an id it never sent
 
 
 def test_a_resource_written_twice_in_one_transaction_fails_it(client):
