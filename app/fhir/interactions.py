@@ -122,14 +122,20 @@ def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None,
 # -- create ---------------------------------------------------------------------------------------------
 
 def create(req: FhirRequest, svc: Services, type: str) -> FhirResponse:
-    check_type(svc, type, "create")
-    body = _validated(svc, req, type)
-    body = {k: v for k, v in body.items() if k != "id"}  # the server assigns the id on create
-    svc.policy.require(req.principal, "create", type)
+    body = _to_create(req, svc, type)
     criteria = req.header("if-none-exist")
     if criteria:
         return _conditional_create(req, svc, type, body, criteria)
     return _do_create(req, svc, type, body)
+
+
+def _to_create(req: FhirRequest, svc: Services, type: str) -> dict[str, Any]:
+    """The body of a create, validated, without the id the server assigns; the caller may create the type."""
+    check_type(svc, type, "create")
+    body = _validated(svc, req, type)
+    body = {k: v for k, v in body.items() if k != "id"}
+    svc.policy.require(req.principal, "create", type)
+    return body
 
 
 def _do_create(req: FhirRequest, svc: Services, type: str, body: dict[str, Any]) -> FhirResponse:
@@ -255,7 +261,8 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
         if not matches:
             if body.get("id"):
                 return update(req, svc, type, body["id"])
-            return create(req, svc, type)
+            # not create(): an If-None-Exist sent along would wait for the lease this request holds
+            return _do_create(req, svc, type, _to_create(req, svc, type))
         rid = matches[0]["_id"]
         if body.get("id") not in (None, rid):
             raise bad_request(f"the resource id {body['id']!r} differs from the matched {type}/{rid}",

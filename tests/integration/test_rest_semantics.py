@@ -187,6 +187,18 @@ def test_patch_answers_location_and_fhirpath_patch_works(client):
     assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Parameters.parameter[0]"]
 
 
+def test_a_conditional_update_sent_with_if_none_exist_does_not_wait_for_itself(client, services, monkeypatch):
+    """A conditional update that matches nothing creates. Sent with an If-None-Exist of the same criteria, it
+    waited for the criteria lease it held itself, until the lease expired (10 s) and it took it over."""
+    taken_over: list[dict] = []
+    monkeypatch.setattr(services.leases, "before_takeover", taken_over.append)
+    org = {"resourceType": "Organization", "name": "自等", "identifier": [{"system": "urn:test:cu", "value": "self"}]}
+    r = client.put("/fhir/Organization?identifier=urn:test:cu|self", data=json.dumps(org), content_type=FJ,
+                   headers={"If-None-Exist": "identifier=urn:test:cu|self"})
+    assert r.status_code == 201, r.json
+    assert taken_over == []
+
+
 def test_conditional_patch_patches_the_one_match(client):
     """PATCH [type]?criteria (R4 http.html#patch): the one match is patched; none is 404 and several 412, and
     neither changes anything."""
