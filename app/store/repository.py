@@ -228,10 +228,32 @@ class Repository:
             return self.update(resource_type, existing_id, resource, context=context, fire_pre=False,
                                registration=True, known_absent=context.extra.get("mpi_new_id") == existing_id)
         rid = rid or new_id()
-        self.check_references(resource_type, resource)
         stored = self._write(resource_type, rid, resource, None, context)
+        try:
+            # Checked after the write, not before, as `delete` checks its referrers again after its tombstone:
+            # of a create and a delete of its target at once, one sees the other and gives way, so nothing is
+            # left referring to a deleted resource.
+            self.check_references(resource_type, resource)
+        except FhirError:
+            self._withdraw(resource_type, rid)
+            raise
         self.events.fire(StoreEvent("created", resource_type, stored.resource, context))
         return stored
+
+    def _withdraw(self, resource_type: str, rid: str) -> None:
+        """Undo a create this request has just written: the document and its posting lists go."""
+        doc = self.current(resource_type).find_one_and_delete({"_id": rid, "vid": 1})
+        if doc is not None:
+            self.keys.remove(rid, keys_for(resource_type, doc.get("ix", {}),
+                                           self._reference_codes.get(resource_type, ())))
+
+    def _reinstate(self, resource_type: str, prior: dict[str, Any]) -> None:
+        """Undo a deletion this request has just written over `prior`: the version before is current again, with
+        its posting lists, and its history slot (this request's) is free."""
+        rid = prior["_id"]
+        self.current(resource_type).replace_one({"_id": rid, "vid": prior["vid"] + 1}, prior)
+        self.keys.add(rid, keys_for(resource_type, prior.get("ix", {}), self._reference_codes.get(resource_type, ())))
+        self.history_col(resource_type).delete_one({"_id": f"{rid}/{prior['vid']}"})
 
     def update(self, resource_type: str, rid: str, resource: dict[str, Any], *, if_match: int | None = None,
                context: WriteContext | None = None, fire_pre: bool = True,
@@ -370,6 +392,14 @@ class Repository:
                 if if_match is not None:
                     raise precondition_failed(f"{resource_type}/{rid} was changed by another request") from None
                 continue
+            # Checked again after the tombstone: a resource created meanwhile that refers to this one passed its
+            # check before the tombstone (`create` checks after its write) and is seen now.
+            if self.referrers(resource_type, rid):
+                self._reinstate(resource_type, prior)
+                if not cascade:
+                    raise conflict(f"{resource_type}/{rid} is referenced by a resource written meanwhile; nothing "
+                                   "was deleted: delete that first or use _cascade=delete")
+                continue  # the cascade takes the newcomers too
             self.events.fire(StoreEvent("deleted", resource_type, None, context,
                                         previous=self.decode(prior).get("res"),  # type: ignore[union-attr]
                                         extra={"id": rid}))

@@ -222,3 +222,29 @@ def test_concurrent_card_status_changes_keep_cancelled_final(server):
         listed = {c["ehcId"]: c["status"] for c in requests.get(f"{base}/ehc/revocations").json()["cards"]}
         assert state["status"]["valueCode"] == "cancelled", codes
         assert listed.get(state["ehcId"]["valueString"]) == "cancelled"
+
+
+def test_a_record_and_a_new_reference_to_it_at_once_leave_nothing_dangling(server):
+    """A Patient deleted while Observations of it are created: either the delete is refused (409, the new records
+    refer to it) or the creates are (422, it is gone); never both through. Before, in 15 of 20 rounds the delete
+    and a create both succeeded, leaving Observations of a deleted Patient: each had checked the other before
+    the other's write. Now a create checks its references after its write and a delete its referrers again after
+    its tombstone, so one of the two always sees the other."""
+    for _ in range(20):
+        pid = requests.post(f"{server.base}/Patient", data=json.dumps({"resourceType": "Patient"}),
+                            headers=FJ).json()["id"]
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "血糖"},
+               "subject": {"reference": f"Patient/{pid}"}}
+
+        def act(i: int, pid: str = pid, obs: dict = obs) -> int:
+            if i == 0:
+                return requests.delete(f"{server.base}/Patient/{pid}", timeout=60).status_code
+            return requests.post(f"{server.base}/Observation", data=json.dumps(obs), headers=FJ,
+                                 timeout=60).status_code
+
+        codes = _burst(act, 4)
+        assert codes[0] in (200, 409) and set(codes[1:]) <= {201, 422}, codes
+        gone = requests.get(f"{server.base}/Patient/{pid}").status_code == 410
+        left = requests.get(f"{server.base}/Observation", params={"subject": f"Patient/{pid}"}).json()["total"]
+        assert not (gone and left), (codes, left)
+        assert gone == (codes[0] == 200) and left == codes[1:].count(201), (codes, gone, left)

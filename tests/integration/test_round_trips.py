@@ -29,7 +29,7 @@ CEILINGS: dict[str, tuple[int, int | None]] = {
     "search_patient_identifier": (2, 2),
     "create_observation": (3, 3),
     "search_observation": (2, None),
-    "delete_observation": (6, None),
+    "delete_observation": (8, None),  # its referrers are looked up again after the tombstone (2 commands)
 }
 
 
