@@ -235,25 +235,30 @@ class Repository:
             # left referring to a deleted resource.
             self.check_references(resource_type, resource)
         except FhirError:
-            self._withdraw(resource_type, rid)
+            self._revert(resource_type, rid, None, stored.vid)
             raise
         self.events.fire(StoreEvent("created", resource_type, stored.resource, context))
         return stored
 
-    def _withdraw(self, resource_type: str, rid: str) -> None:
-        """Undo a create this request has just written: the document and its posting lists go."""
-        doc = self.current(resource_type).find_one_and_delete({"_id": rid, "vid": 1})
-        if doc is not None:
-            self.keys.remove(rid, keys_for(resource_type, doc.get("ix", {}),
-                                           self._reference_codes.get(resource_type, ())))
-
-    def _reinstate(self, resource_type: str, prior: dict[str, Any]) -> None:
-        """Undo a deletion this request has just written over `prior`: the version before is current again, with
-        its posting lists, and its history slot (this request's) is free."""
-        rid = prior["_id"]
-        self.current(resource_type).replace_one({"_id": rid, "vid": prior["vid"] + 1}, prior)
-        self.keys.add(rid, keys_for(resource_type, prior.get("ix", {}), self._reference_codes.get(resource_type, ())))
-        self.history_col(resource_type).delete_one({"_id": f"{rid}/{prior['vid']}"})
+    def _revert(self, resource_type: str, rid: str, prior: dict[str, Any] | None, written: int) -> None:
+        """Undo version `written`, which this request has just written over `prior` (None: it was a create) and
+        found it must not keep: the version before is current again (or the resource is gone), with its posting
+        lists, and the history slot of the version before (this request's) is free. A version written on top of
+        it meanwhile stays."""
+        col = self.current(resource_type)
+        if prior is None:
+            doc = col.find_one_and_delete({"_id": rid, "vid": written})
+        else:
+            doc = col.find_one_and_replace({"_id": rid, "vid": written}, prior)
+        if doc is None:
+            return
+        codes = self._reference_codes.get(resource_type, ())
+        new_keys = keys_for(resource_type, doc.get("ix", {}), codes)
+        old_keys = keys_for(resource_type, prior.get("ix", {}), codes) if prior is not None else set()
+        self.keys.remove(rid, new_keys - old_keys)
+        self.keys.add(rid, old_keys - new_keys)
+        if prior is not None:
+            self.history_col(resource_type).delete_one({"_id": f"{rid}/{prior['vid']}"})
 
     def update(self, resource_type: str, rid: str, resource: dict[str, Any], *, if_match: int | None = None,
                context: WriteContext | None = None, fire_pre: bool = True,
@@ -271,7 +276,6 @@ class Repository:
         extra = {PRIOR_DOC: (rid, self.decode(known_prior))} if known_prior is not None else {}
         if fire_pre:
             self.events.fire(StoreEvent("pre-update", resource_type, resource, context, extra=extra))
-        self.check_references(resource_type, resource)
         for attempt in range(MAX_WRITE_RETRIES):
             # known_prior: the raw current document the caller read just before (saves reading it again)
             # known_absent: nothing stored yet (a race is caught by the unique insert, and retried)
@@ -302,6 +306,11 @@ class Repository:
                     raise precondition_failed(
                         f"{resource_type}/{rid} was changed by another request; re-read and retry") from None
                 continue
+            try:
+                self.check_references(resource_type, resource)  # after the write: `create` says why
+            except FhirError:
+                self._revert(resource_type, rid, prior, stored.vid)
+                raise
             event = "created" if prior is None else "updated"
             previous = self.decode(prior).get("res") if prior else None  # type: ignore[union-attr]
             self.events.fire(StoreEvent(event, resource_type, stored.resource, context, previous=previous))
@@ -395,7 +404,7 @@ class Repository:
             # Checked again after the tombstone: a resource created meanwhile that refers to this one passed its
             # check before the tombstone (`create` checks after its write) and is seen now.
             if self.referrers(resource_type, rid):
-                self._reinstate(resource_type, prior)
+                self._revert(resource_type, rid, prior, stored.vid)
                 if not cascade:
                     raise conflict(f"{resource_type}/{rid} is referenced by a resource written meanwhile; nothing "
                                    "was deleted: delete that first or use _cascade=delete")

@@ -248,3 +248,27 @@ def test_a_record_and_a_new_reference_to_it_at_once_leave_nothing_dangling(serve
         left = requests.get(f"{server.base}/Observation", params={"subject": f"Patient/{pid}"}).json()["total"]
         assert not (gone and left), (codes, left)
         assert gone == (codes[0] == 200) and left == codes[1:].count(201), (codes, gone, left)
+
+
+def test_a_record_and_an_update_pointing_to_it_at_once_leave_nothing_dangling(server):
+    """The same for updates: an Observation moved to a Patient while that Patient is deleted."""
+    home = requests.post(f"{server.base}/Patient", data=json.dumps({"resourceType": "Patient"}),
+                         headers=FJ).json()["id"]
+    for _ in range(20):
+        pid = requests.post(f"{server.base}/Patient", data=json.dumps({"resourceType": "Patient"}),
+                            headers=FJ).json()["id"]
+        obs = requests.post(f"{server.base}/Observation", headers=FJ, data=json.dumps({
+            "resourceType": "Observation", "status": "final", "code": {"text": "血糖"},
+            "subject": {"reference": f"Patient/{home}"}})).json()
+
+        def act(i: int, pid: str = pid, obs: dict = obs) -> int:
+            if i == 0:
+                return requests.delete(f"{server.base}/Patient/{pid}", timeout=60).status_code
+            moved = {**obs, "subject": {"reference": f"Patient/{pid}"}}
+            return requests.put(f"{server.base}/Observation/{obs['id']}", data=json.dumps(moved), headers=FJ,
+                                timeout=60).status_code
+
+        codes = _burst(act, 2)
+        gone = requests.get(f"{server.base}/Patient/{pid}").status_code == 410
+        subject = requests.get(f"{server.base}/Observation/{obs['id']}").json()["subject"]["reference"]
+        assert not (gone and subject == f"Patient/{pid}"), codes

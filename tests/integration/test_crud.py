@@ -140,6 +140,23 @@ def test_reference_to_missing_patient_refused(client):
     r = post(client, "Observation", obs)
     assert r.status_code == 422
     assert r.json["issue"][0]["expression"] == ["Observation.subject.reference"]
+    # references are checked after the write (a delete of the target at once must see it): nothing stays
+    assert client.get("/fhir/Observation?subject=Patient/nobody").json["total"] == 0
+    pid = post(client, "Patient", new_patient()).json["id"]
+    good = post(client, "Observation", {**obs, "subject": {"reference": f"Patient/{pid}"}}).json
+    r = client.put(f"/fhir/Observation/{good['id']}", data=json.dumps({**good, "subject": obs["subject"]}),
+                   content_type=FJ)
+    assert r.status_code == 422 and r.json["issue"][0]["expression"] == ["Observation.subject.reference"]
+    kept = client.get(f"/fhir/Observation/{good['id']}").json
+    assert kept["meta"]["versionId"] == "1" and kept["subject"] == {"reference": f"Patient/{pid}"}
+    assert client.get(f"/fhir/Observation/{good['id']}/_history").json["total"] == 1
+    assert client.get("/fhir/Observation?subject=Patient/nobody").json["total"] == 0
+    r = client.put("/fhir/Observation/made-up-1", data=json.dumps({**obs, "id": "made-up-1"}), content_type=FJ)
+    assert r.status_code == 422 and client.get("/fhir/Observation/made-up-1").status_code == 404
+    # the version slot of the refused update is free again: the next update goes through
+    r = client.put(f"/fhir/Observation/{good['id']}", data=json.dumps({**good, "status": "amended"}),
+                   content_type=FJ)
+    assert r.status_code == 200 and r.json["meta"]["versionId"] == "2"
 
 
 def test_delete_referenced_patient_conflict_and_cascade(client):
