@@ -88,6 +88,7 @@ class TransactionJournal:
         now = utcnow()
         entries: list[dict[str, Any]] = []
         pending_refs = {f"{w.resource_type}/{w.id}" for w in writes if w.method != "delete"}
+        written = {(w.resource_type, w.id) for w in writes}
         for w in writes:
             prior = repo.get_raw(w.resource_type, w.id)
             if w.if_match is not None and (prior is None or prior["vid"] != w.if_match):
@@ -101,6 +102,8 @@ class TransactionJournal:
                 continue
             if w.resource is not None:
                 repo.check_references(w.resource_type, w.resource, pending=pending_refs)
+            else:  # a delete, refused while anything this transaction does not rewrite refers to it
+                _refuse_referenced(w, [r for r in repo.referrers(w.resource_type, w.id) if r not in written])
             # The change gate judges every entry, before and after, before anything is applied.
             version = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
                                            registration=w.registration)
@@ -124,6 +127,7 @@ class TransactionJournal:
                         repo.store_version(e["w"].resource_type, e["before"], doc, utcnow())
                     applied.append(e)
                     _fault_pause(len(applied))
+            _check_again(repo, entries)
             committed = self.col.find_one_and_delete({"_id": txid, "owner": self.owner.id})
         except BaseException as err:
             # The entry under way is undone too (it may be half written), unless it lost its version race:
@@ -221,6 +225,28 @@ class TransactionJournal:
                 with self._lock:
                     self._failed.setdefault(txid, entries)
         return done
+
+
+def _refuse_referenced(w: PlannedWrite, referrers: list[tuple[str, str]]) -> None:
+    if referrers:
+        sample = ", ".join(f"{t}/{i}" for t, i in referrers[:5])
+        raise conflict(f"{w.resource_type}/{w.id} is referenced by {len(referrers)} resource(s) ({sample}); delete "
+                       "or change those in the same transaction first")
+
+
+def _check_again(repo: Repository, entries: list[dict[str, Any]]) -> None:
+    """After every entry is applied, before the journal commits: the references of what was written and the
+    referrers of what was deleted, checked again on what is stored now (as Repository.create and delete do), so
+    that a transaction and a write or delete of another request at once cannot leave a dangling reference; a
+    failure here undoes the whole transaction."""
+    for e in entries:
+        w = e["w"]
+        if e["after"] is None:
+            continue
+        if w.resource is not None:
+            repo.check_references(w.resource_type, w.resource)
+        else:
+            _refuse_referenced(w, repo.referrers(w.resource_type, w.id))
 
 
 def _as_domain_error(err: BaseException) -> BaseException:

@@ -135,6 +135,43 @@ def test_a_conditional_patch_entry_without_a_match_is_404_naming_the_entry(clien
     assert "matches the conditional URL" in r.json["issue"][0]["diagnostics"]  # not an id it never sent
 
 
+def test_a_transaction_cannot_delete_what_is_still_referenced(client):
+    """DELETE Patient/x answers 409 while records refer to it; a transaction's DELETE entry deleted it anyway and
+    left them pointing at a deleted Patient. It is refused the same way now, unless the transaction deletes or
+    changes those records too."""
+    def new(body: dict) -> str:
+        return client.post(f"/fhir/{body['resourceType']}", data=json.dumps(body), content_type=FJ).json["id"]
+
+    def obs(pid: str) -> dict:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": "血糖"},
+                "subject": {"reference": f"Patient/{pid}"}}
+
+    pid, other = new({"resourceType": "Patient"}), new({"resourceType": "Patient"})
+    oid = new(obs(pid))
+    r = post_bundle(client, bundle("transaction", [{"request": {"method": "DELETE", "url": f"Patient/{pid}"}}]))
+    assert r.status_code == 409 and f"Observation/{oid}" in r.json["issue"][0]["diagnostics"], r.json
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+    moved = {**obs(other), "id": oid}
+    r = post_bundle(client, bundle("transaction", [
+        {"request": {"method": "DELETE", "url": f"Patient/{pid}"}},
+        {"resource": moved, "request": {"method": "PUT", "url": f"Observation/{oid}"}}]))
+    assert r.status_code == 200, r.json  # the record that referred to it now refers to another
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 410
+    oid2 = new(obs(other))
+    r = post_bundle(client, bundle("transaction", [
+        {"request": {"method": "DELETE", "url": f"Patient/{other}"}},
+        {"request": {"method": "DELETE", "url": f"Observation/{oid}"}},
+        {"request": {"method": "DELETE", "url": f"Observation/{oid2}"}}]))
+    assert r.status_code == 200, r.json
+    last = new({"resourceType": "Patient"})
+    r = post_bundle(client, bundle("transaction", [  # a record created referring to what the transaction deletes
+        {"request": {"method": "DELETE", "url": f"Patient/{last}"}},
+        {"resource": obs(last), "request": {"method": "POST", "url": "Observation"}}]))
+    assert r.status_code in (409, 422), r.json
+    assert client.get(f"/fhir/Patient/{last}").status_code == 200
+    assert client.get(f"/fhir/Observation?subject=Patient/{last}").json["total"] == 0
+
+
 def test_a_resource_written_twice_in_one_transaction_fails_it(client):
     """http.html#trules: a resource may appear in a transaction once. Two writes of one resource (two PUTs, a
     PUT and a DELETE, two conditional updates that would create from the same criteria) are refused with 400
