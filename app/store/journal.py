@@ -102,11 +102,12 @@ class TransactionJournal:
                 continue
             if w.resource is not None:
                 repo.check_references(w.resource_type, w.resource, pending=pending_refs)
-            else:  # a delete, refused while anything this transaction does not rewrite refers to it
-                _refuse_referenced(w, [r for r in repo.referrers(w.resource_type, w.id) if r not in written])
             # The change gate judges every entry, before and after, before anything is applied.
             version = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
                                            registration=w.registration)
+            if w.resource is None:  # a delete (judged first: its referrers are named only to who may delete it),
+                # refused while anything this transaction does not rewrite refers to it
+                _refuse_referenced(w, [r for r in repo.referrers(w.resource_type, w.id) if r not in written])
             entries.append({"w": w, "before": prior, "after": version.stored, "clear": version.clear})
         txid = uuid.uuid4().hex
         journal_entries = [{"type": e["w"].resource_type, "id": e["w"].id, "before": e["before"],

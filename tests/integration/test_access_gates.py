@@ -150,6 +150,19 @@ def test_cascade_delete_cannot_reach_other_residents_records(web, svc, data, p31
     assert web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(home)).status_code == 200
 
 
+def test_a_transaction_delete_names_referrers_only_to_who_may_delete(web, data, p31, app_token, home):
+    """A transaction's DELETE entry is refused while records refer to its target (409 naming them); the change
+    gate judges it first, so a caller who may not delete the record learns nothing of what refers to it."""
+    entry = {"request": {"method": "DELETE", "url": f"Patient/{data['victim']}"}}
+    for token in (p31, app_token):
+        r = post(web, "", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, token)
+        assert r.status_code == 403, text(r)
+        assert not leaks(r, data, data["victim"]), leaks(r, data, data["victim"])
+    r = post(web, "", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}, home)
+    assert r.status_code == 409 and data["obs"][0] in text(r), text(r)
+    assert web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(home)).status_code == 200
+
+
 # -- finding 5: deleted records --------------------------------------------------------------------------------
 
 def test_vread_and_history_of_a_deleted_record_are_judged(web, svc, data, p31, home):
