@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 # FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -27,4 +28,14 @@ def split_reference(reference: str, base_url: str | None = None) -> tuple[str, s
     parts = ref.split("/")
     if len(parts) >= 2 and parts[0][:1].isupper() and is_valid_id(parts[1]):
         return parts[0], parts[1]
+    return None
+
+
+def replaced_by(patient: dict[str, Any] | None) -> str | None:
+    """The id a merged Patient was replaced by (its link of type replaced-by), if any."""
+    for link in (patient or {}).get("link") or []:
+        ref = ((link or {}).get("other") or {}).get("reference", "") if isinstance(link, dict) else ""
+        if isinstance(link, dict) and link.get("type") == "replaced-by" and isinstance(ref, str) \
+                and ref.startswith("Patient/"):
+            return ref.split("/", 1)[1]
     return None

@@ -26,6 +26,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.core.errors import FhirError, Issue
+from app.core.ids import replaced_by
 from app.keyring import Keyring
 from app.mpi.identifiers import IdentifierInvalid, IdentifierRegistry
 from app.mpi.matching import name_keys
@@ -201,15 +202,6 @@ def bulk(col: Collection, ops: list[Update]) -> None:
                     except DuplicateKeyError:
                         if attempt == 2:
                             raise
-
-
-def replaced_by(resource: dict[str, Any] | None) -> str | None:
-    """The id a merged Patient points to (link type replaced-by), if any."""
-    for link in (resource or {}).get("link") or []:
-        ref = ((link or {}).get("other") or {}).get("reference", "")
-        if link.get("type") == "replaced-by" and ref.startswith("Patient/"):
-            return str(ref.split("/", 1)[1])
-    return None
 
 
 # -- comparing and merging residents ---------------------------------------------------------------------

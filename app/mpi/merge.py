@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import FhirError, conflict, unprocessable
-from app.mpi.index import MasterIndex, merge_into, replaced_by
+from app.core.ids import replaced_by
+from app.mpi.index import MasterIndex, merge_into
 from app.services import Services
 from app.store.repository import WriteContext
 

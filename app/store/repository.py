@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 from app.core.access import Change, Decision
 from app.core.errors import FhirError, conflict, forbidden, gone, not_found, precondition_failed, unprocessable
 from app.core.fhirjson import decimal_shadow, restore_decimals
-from app.core.ids import is_valid_id, new_id, split_reference
+from app.core.ids import is_valid_id, new_id, replaced_by, split_reference
 from app.core.timeutil import to_instant, utcnow
 from app.search.extract import extract_index
 from app.search.registry import SearchRegistry
@@ -562,7 +562,10 @@ class Repository:
 
     def check_references(self, resource_type: str, resource: dict[str, Any],
                          pending: set[str] | None = None) -> None:
-        """A reference to a resource of a supported type that does not exist is refused (422)."""
+        """A reference to a resource of a supported type that does not exist is refused (422), and so is one to a
+        Patient merged into another (its link `replaced-by`), except from Patient.link: a record written under
+        the retired Patient would not follow the resident (the merge moved every record there was), so the
+        answer names the Patient to refer to."""
         for path, ref in iter_references(resource, resource_type):
             parts = split_reference(ref)
             if not parts:
@@ -572,9 +575,14 @@ class Repository:
                 continue
             if pending and f"{target_type}/{target_id}" in pending:
                 continue
-            if not self.exists(target_type, target_id):
+            doc = self.get_raw(target_type, target_id)  # nothing to decrypt: the link is stored in clear
+            if doc is None or doc.get("del"):
                 raise unprocessable(f"{path} refers to {target_type}/{target_id}, which does not exist",
                                     expression=path, code="not-found")
+            into = replaced_by(doc.get("res")) if target_type == "Patient" else None
+            if into and not path.startswith("Patient.link["):
+                raise unprocessable(f"{path} refers to Patient/{target_id}, which was merged into Patient/{into}: "
+                                    f"refer to Patient/{into}", expression=path)
 
     def referrers(self, resource_type: str, rid: str) -> list[tuple[str, str]]:
         """Live resources that reference resource_type/rid (through the posting lists, re-checked)."""

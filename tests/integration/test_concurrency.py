@@ -272,3 +272,36 @@ def test_a_record_and_an_update_pointing_to_it_at_once_leave_nothing_dangling(se
         gone = requests.get(f"{server.base}/Patient/{pid}").status_code == 410
         subject = requests.get(f"{server.base}/Observation/{obs['id']}").json()["subject"]["reference"]
         assert not (gone and subject == f"Patient/{pid}"), codes
+
+
+def test_records_written_during_a_merge_follow_the_resident(server):
+    """Observations created for a duplicate record while it is merged into the resident's: each either went in
+    before the merge moved the records (and moved with them) or is refused naming the resident's record; none is
+    left under the retired one."""
+    from app.synthetic import check_char
+
+    for k in range(10):
+        first17 = f"42010219660609{2 * k + 1:03d}"
+        target = requests.post(f"{server.base}/Patient", headers=FJ, data=json.dumps({
+            "resourceType": "Patient", "name": [{"text": f"合并{k}"}], "gender": "male", "birthDate": "1966-06-09",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": first17 + check_char(first17)}]})).json()
+        source = requests.post(f"{server.base}/Patient", headers=FJ, data=json.dumps({
+            "resourceType": "Patient", "name": [{"text": f"合并{k}"}],
+            "identifier": [{"system": "urn:ehc:mrn:race", "value": f"R{k}"}]})).json()
+        merge = {"resourceType": "Parameters", "parameter": [
+            {"name": "source-patient", "valueReference": {"reference": f"Patient/{source['id']}"}},
+            {"name": "target-patient", "valueReference": {"reference": f"Patient/{target['id']}"}}]}
+
+        def act(i: int, merge: dict = merge, source: dict = source) -> int:
+            if i == 0:
+                return requests.post(f"{server.base}/Patient/$merge", data=json.dumps(merge), headers=FJ,
+                                     timeout=60).status_code
+            return requests.post(f"{server.base}/Observation", headers=FJ, timeout=60, data=json.dumps({
+                "resourceType": "Observation", "status": "final", "code": {"text": "血糖"},
+                "subject": {"reference": f"Patient/{source['id']}"}})).status_code
+
+        codes = _burst(act, 4)
+        assert codes[0] == 200 and set(codes[1:]) <= {201, 422}, codes
+        left = requests.get(f"{server.base}/Observation", params={"patient": source["id"]}).json()["total"]
+        moved = requests.get(f"{server.base}/Observation", params={"patient": target["id"]}).json()["total"]
+        assert left == 0 and moved == codes[1:].count(201), (codes, left, moved)

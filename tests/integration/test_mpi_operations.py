@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.integration.test_mpi_registration import EHC_SYS, ID_SYS, id_number, patient, post
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -156,6 +158,28 @@ def test_merge_repoints_and_retires_the_source(client):
     assert r.status_code == 409
     r = post(client, "Patient/$merge", merge_body(target["id"], source["id"]))
     assert r.status_code == 422
+
+
+def test_a_record_written_for_a_merged_patient_is_refused_naming_the_target(client):
+    """After a merge every record follows the resident, but a hospital that still used the retired Patient's id
+    created Observations under it (201), where neither the resident's $everything nor a search by the target found
+    them. Such a write is refused now (422 naming the Patient to refer to); the target's own link to the source
+    stays writable."""
+    number = id_number("420102", "1966-06-08", 65)
+    target = register(client, number, "郑十二", extra=[{"system": "urn:ehc:mrn:h9", "value": "T-3"}])
+    source = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "郑十二"}],
+                                      "identifier": [{"system": "urn:ehc:mrn:h8", "value": "S-3"}]}).json
+    assert post(client, "Patient/$merge", merge_body(source["id"], target["id"])).status_code == 200
+    r = post(client, "Observation", observation(source["id"]))
+    assert r.status_code == 422, r.json
+    assert r.json["issue"][0]["expression"] == ["Observation.subject.reference"]
+    assert f"merged into Patient/{target['id']}" in r.json["issue"][0]["diagnostics"]
+    assert client.get(f"/fhir/Observation?patient={source['id']}").json["total"] == 0
+    assert post(client, "Observation", observation(target["id"])).status_code == 201
+    merged = client.get(f"/fhir/Patient/{target['id']}").json  # its link 'replaces' names the source
+    r = client.put(f"/fhir/Patient/{target['id']}", data=json.dumps({**merged, "active": True}),
+                   content_type="application/fhir+json")
+    assert r.status_code == 200, r.json
 
 
 def test_merge_by_identifier_and_errors(client):
