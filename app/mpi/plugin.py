@@ -32,7 +32,7 @@ from flask import Flask
 
 from app.core.access import Change
 from app.core.errors import FhirError, Issue, conflict
-from app.core.ids import new_id
+from app.core.ids import new_id, replaced_by
 from app.keyring import keyring_for
 from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifiers
 from app.mpi.index import MasterIndex, check_same_resident, merge_into
@@ -111,6 +111,11 @@ class MpiHooks:
             prior_doc = known[1] if known is not None and known[0] == rid else self.svc.repo.get_doc("Patient", rid)
             event.extra[PATIENT_DOC] = (rid, prior_doc)  # the card handler after us reads the same version
         prior = prior_doc["res"] if prior_doc and not prior_doc.get("del") else None
+        into = replaced_by(prior)
+        if into and not ctx.extra.get("mpi_trusted"):
+            # Its records and identifiers are the target's now: written again, it would split the resident anew.
+            raise conflict(f"Patient/{rid} was merged into Patient/{into}: write to Patient/{into}",
+                           expression="Patient")
         normalised, issues = normalize_patient_identifiers(
             res, self.registry, allow_legacy=bool(ctx.extra.get("allow_legacy")), existing=prior,
             trusted=bool(ctx.extra.get("mpi_trusted")))

@@ -180,6 +180,17 @@ def test_a_record_written_for_a_merged_patient_is_refused_naming_the_target(clie
     r = client.put(f"/fhir/Patient/{target['id']}", data=json.dumps({**merged, "active": True}),
                    content_type="application/fhir+json")
     assert r.status_code == 200, r.json
+    # Nor can the retired record be revived by a write (it would split the resident again); it is read-only.
+    retired = client.get(f"/fhir/Patient/{source['id']}").json
+    revived = {k: v for k, v in retired.items() if k != "link"}
+    r = client.put(f"/fhir/Patient/{source['id']}", data=json.dumps({**revived, "active": True}),
+                   content_type="application/fhir+json")
+    assert r.status_code == 409 and f"merged into Patient/{target['id']}" in r.json["issue"][0]["diagnostics"]
+    r = client.patch(f"/fhir/Patient/{source['id']}", data=json.dumps([{"op": "replace", "path": "/active",
+                                                                         "value": True}]),
+                     content_type="application/json-patch+json")
+    assert r.status_code == 409, r.json
+    assert client.get(f"/fhir/Patient/{source['id']}").json["meta"]["versionId"] == retired["meta"]["versionId"]
 
 
 def test_merge_by_identifier_and_errors(client):
