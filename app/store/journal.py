@@ -101,7 +101,7 @@ class TransactionJournal:
                 entries.append({"w": w, "before": prior, "after": None})
                 continue
             if w.resource is not None:
-                repo.check_references(w.resource_type, w.resource, pending=pending_refs)
+                repo.check_references(w.resource_type, w.resource, pending=pending_refs, prior=prior)
             # The change gate judges every entry, before and after, before anything is applied.
             version = repo.prepare_version(w.resource_type, w.id, prior, w.resource, context, now,
                                            registration=w.registration)
@@ -245,7 +245,7 @@ def _check_again(repo: Repository, entries: list[dict[str, Any]]) -> None:
         if e["after"] is None:
             continue
         if w.resource is not None:
-            repo.check_references(w.resource_type, w.resource)
+            repo.check_references(w.resource_type, w.resource, prior=e["before"])
         else:
             _refuse_referenced(w, repo.referrers(w.resource_type, w.id))
 

@@ -307,7 +307,7 @@ class Repository:
                         f"{resource_type}/{rid} was changed by another request; re-read and retry") from None
                 continue
             try:
-                self.check_references(resource_type, resource)  # after the write: `create` says why
+                self.check_references(resource_type, resource, prior=prior)  # after the write: `create` says why
             except FhirError:
                 self._revert(resource_type, rid, prior, stored.vid)
                 raise
@@ -561,11 +561,13 @@ class Repository:
     # -- references ------------------------------------------------------------------------------------
 
     def check_references(self, resource_type: str, resource: dict[str, Any],
-                         pending: set[str] | None = None) -> None:
-        """A reference to a resource of a supported type that does not exist is refused (422), and so is one to a
-        Patient merged into another (its link `replaced-by`), except from Patient.link: a record written under
-        the retired Patient would not follow the resident (the merge moved every record there was), so the
-        answer names the Patient to refer to."""
+                         pending: set[str] | None = None, prior: dict[str, Any] | None = None) -> None:
+        """A reference to a resource of a supported type that does not exist is refused (422), and so is a new one
+        to a Patient merged into another (its link `replaced-by`), except from Patient.link: a record written
+        under the retired Patient would not follow the resident (the merge moved every record there was), so the
+        answer names the Patient to refer to. A reference the version before (`prior`, stored) already held is
+        not new: editing an older record that names a merged Patient stays possible."""
+        held = {ref for _, ref in iter_references((prior or {}).get("res") or {}, resource_type)}
         for path, ref in iter_references(resource, resource_type):
             parts = split_reference(ref)
             if not parts:
@@ -580,7 +582,7 @@ class Repository:
                 raise unprocessable(f"{path} refers to {target_type}/{target_id}, which does not exist",
                                     expression=path, code="not-found")
             into = replaced_by(doc.get("res")) if target_type == "Patient" else None
-            if into and not path.startswith("Patient.link["):
+            if into and ref not in held and not path.startswith("Patient.link["):
                 raise unprocessable(f"{path} refers to Patient/{target_id}, which was merged into Patient/{into}: "
                                     f"refer to Patient/{into}", expression=path)
 

@@ -193,6 +193,23 @@ def test_a_record_written_for_a_merged_patient_is_refused_naming_the_target(clie
     assert client.get(f"/fhir/Patient/{source['id']}").json["meta"]["versionId"] == retired["meta"]["versionId"]
 
 
+def test_a_record_that_already_names_a_merged_patient_stays_editable(client, services):
+    """Only a new reference to a merged Patient is refused: a record written before the rule, which still names
+    one (the merge re-points every record it finds, so this is older data), can be edited as it is."""
+    from app.store.repository import WriteContext
+
+    pid = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "旧档"}]}).json["id"]
+    into = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "新档"}]}).json["id"]
+    obs = post(client, "Observation", observation(pid)).json
+    old = client.get(f"/fhir/Patient/{pid}").json  # retired as a merge would, its records left as they were
+    old["link"] = [{"other": {"reference": f"Patient/{into}"}, "type": "replaced-by"}]
+    services.repo.update("Patient", pid, old, context=WriteContext(extra={"mpi_trusted": True}))
+    r = client.put(f"/fhir/Observation/{obs['id']}", data=json.dumps({**obs, "status": "amended"}),
+                   content_type="application/fhir+json")
+    assert r.status_code == 200, r.json
+    assert post(client, "Observation", observation(pid)).status_code == 422
+
+
 def test_merge_by_identifier_and_errors(client):
     a = register(client, id_number("500103", "1955-05-05", 51), "冯一")
     b = register(client, id_number("500103", "1956-05-05", 53), "冯一")
