@@ -567,7 +567,6 @@ class Repository:
         under the retired Patient would not follow the resident (the merge moved every record there was), so the
         answer names the Patient to refer to. A reference the version before (`prior`, stored) already held is
         not new: editing an older record that names a merged Patient stays possible."""
-        held = {ref for _, ref in iter_references((prior or {}).get("res") or {}, resource_type)}
         for path, ref in iter_references(resource, resource_type):
             parts = split_reference(ref)
             if not parts:
@@ -582,7 +581,7 @@ class Repository:
                 raise unprocessable(f"{path} refers to {target_type}/{target_id}, which does not exist",
                                     expression=path, code="not-found")
             into = replaced_by(doc.get("res")) if target_type == "Patient" else None
-            if into and ref not in held and not path.startswith("Patient.link["):
+            if into and not path.startswith("Patient.link[") and not _holds(prior, resource_type, ref):
                 raise unprocessable(f"{path} refers to Patient/{target_id}, which was merged into Patient/{into}: "
                                     f"refer to Patient/{into}", expression=path)
 
@@ -689,6 +688,11 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
 
 class _VersionTaken(Exception):
     """Another writer took the version this one wanted."""
+
+
+def _holds(prior: dict[str, Any] | None, resource_type: str, ref: str) -> bool:
+    """Whether the stored version before held this reference (walked only when a reference needs it: rarely)."""
+    return any(r == ref for _, r in iter_references((prior or {}).get("res") or {}, resource_type))
 
 
 def iter_references(node: Any, path: str) -> Iterable[tuple[str, str]]:
