@@ -34,8 +34,9 @@ def split_reference(reference: str, base_url: str | None = None) -> tuple[str, s
 def replaced_by(patient: dict[str, Any] | None) -> str | None:
     """The id a merged Patient was replaced by (its link of type replaced-by), if any."""
     for link in (patient or {}).get("link") or []:
-        ref = ((link or {}).get("other") or {}).get("reference", "") if isinstance(link, dict) else ""
-        if isinstance(link, dict) and link.get("type") == "replaced-by" and isinstance(ref, str) \
-                and ref.startswith("Patient/"):
+        if not isinstance(link, dict) or link.get("type") != "replaced-by":
+            continue
+        ref = (link.get("other") or {}).get("reference")
+        if isinstance(ref, str) and ref.startswith("Patient/"):
             return ref.split("/", 1)[1]
     return None
