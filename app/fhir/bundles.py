@@ -155,29 +155,30 @@ def _conditional_refs(node: Any, found: set[str]) -> None:
             _conditional_refs(x, found)
 
 
-def _creating_criteria(subs: list[FhirRequest]) -> set[str]:
-    """The criteria leases of the entries that create a resource when nothing matches (ifNoneExist, a
+def _creating_criteria(subs: list[FhirRequest]) -> dict[int, str]:
+    """Entry -> the criteria lease of each entry that creates a resource when nothing matches (ifNoneExist, a
     conditional PUT): the same leases as the single interactions take, so that a transaction and a concurrent
     request (or transaction) with the same criteria do not both create."""
-    names = set()
-    for sub in subs:
+    names = {}
+    for i, sub in enumerate(subs):
         rtype = sub.path.split("/")[0]
         if sub.method == "POST" and sub.header("if-none-exist"):
-            names.add(criteria_lease(rtype, criteria_params(sub.header("if-none-exist") or "")))
+            names[i] = criteria_lease(rtype, criteria_params(sub.header("if-none-exist") or ""))
         elif sub.method == "PUT" and "/" not in sub.path and sub.params:
-            names.add(criteria_lease(rtype, sub.params))
+            names[i] = criteria_lease(rtype, sub.params)
     return names
 
 
 def _transaction(req: FhirRequest, svc: Services, router: Router,
                  entries: list[dict[str, Any]]) -> FhirResponse:
     subs = [_entry_request(req, entry) for entry in entries]
+    leases = _creating_criteria(subs)
     with ExitStack() as held:
         # Held from the searches to the writes; taken in one order, so two transactions sharing criteria
         # cannot each hold one and wait for the other.
-        for name in sorted(_creating_criteria(subs)):
+        for name in sorted(set(leases.values())):
             held.enter_context(svc.leases.hold(name))
-        plans, writes, write_index, results = _plan_and_apply(req, svc, entries, subs)
+        plans, writes, write_index, results = _plan_and_apply(req, svc, entries, subs, leases)
     # 4. The response, in the order of the request (Prefer: return=minimal | representation | OperationOutcome).
     prefer = parse_prefer(req.header("prefer")).get("return", "representation")
     out: list[dict[str, Any]] = []
@@ -186,7 +187,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
         method = entry["request"]["method"]
         if method == "GET":
             try:
-                resp = router.dispatch(_entry_request(req, entry), svc)
+                resp = router.dispatch(subs[i], svc)  # GET entries are not planned: their request is as parsed
             except FhirError as err:
                 resp = FhirResponse(err.status, err.outcome())
             out.append(_response_entry(resp))
@@ -217,9 +218,11 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
 
 
-def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any]], subs: list[FhirRequest]
+def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any]], subs: list[FhirRequest],
+                    leases: dict[int, str]
                     ) -> tuple[dict[int, dict[str, Any]], list[PlannedWrite], dict[int, int], list[Stored | None]]:
-    """Steps 1-3 of a transaction, then the journal: the plan of each entry, the writes and the stored results."""
+    """Steps 1-3 of a transaction, then the journal: the plan of each entry, the writes and the stored results.
+    `leases`: the criteria lease of each entry that may create (_creating_criteria)."""
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     mapping: dict[str, str] = {}
     plans: dict[int, dict[str, Any]] = {}
@@ -240,7 +243,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
             existing = None
             if sub.header("if-none-exist"):
                 criteria = criteria_params(sub.header("if-none-exist") or "")
-                key = criteria_lease(rtype, criteria)
+                key = leases[i]
                 if key in creating:  # an earlier entry creates what these criteria match: that one, not a twin
                     existing = plans[creating[key]]["id"]
                 else:
@@ -277,7 +280,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                     raise FhirError(404, f"{where}: no {rtype} matches the conditional URL", code="not-found",
                                     expression=where)
                 if not matches:  # a conditional update that creates: twice would make two
-                    key = criteria_lease(rtype, sub.params)
+                    key = leases[i]
                     if key in creating:
                         raise bad_request(f"{where} and Bundle.entry[{creating[key]}] both create what the same "
                                           "criteria match: a resource may appear in a transaction once",
