@@ -255,15 +255,13 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
         raise bad_request("a conditional update needs search criteria in the URL")
     body = _body(req, type)
     with svc.leases.hold(criteria_lease(type, req.params)):
-        matches = _find(req, svc, type, req.params, limit=2)
-        if len(matches) > 1:
-            raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
-        if not matches:
+        match = _at_most_one(req, svc, type)
+        if match is None:
             if body.get("id"):
                 return update(req, svc, type, body["id"])
             # not create(): an If-None-Exist sent along would wait for the lease this request holds
             return _do_create(req, svc, type, _to_create(req, svc, type))
-        rid = matches[0]["_id"]
+        rid = match["_id"]
         if body.get("id") not in (None, rid):
             raise bad_request(f"the resource id {body['id']!r} differs from the matched {type}/{rid}",
                               expression="id")
@@ -312,12 +310,18 @@ def conditional_patch(req: FhirRequest, svc: Services, type: str) -> FhirRespons
     check_type(svc, type, "patch")
     if not req.params:
         raise bad_request("a conditional patch needs search criteria in the URL")
+    match = _at_most_one(req, svc, type)
+    if match is None:
+        raise not_found(f"no {type} matches the criteria of the conditional patch")
+    return patch(req, svc, type, match["_id"])
+
+
+def _at_most_one(req: FhirRequest, svc: Services, type: str) -> dict[str, Any] | None:
+    """The one match of the URL's criteria (conditional update and patch), None for none, 412 for several."""
     matches = _find(req, svc, type, req.params, limit=2)
     if len(matches) > 1:
         raise precondition_failed(f"the criteria match {len(matches)} or more {type} resources")
-    if not matches:
-        raise not_found(f"no {type} matches the criteria of the conditional patch")
-    return patch(req, svc, type, matches[0]["_id"])
+    return matches[0] if matches else None
 
 
 def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, Any]:
