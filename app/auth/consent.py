@@ -16,11 +16,11 @@ widen what a resident granted.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from app.core.timeutil import CHINA_TIME, naive_utc
-from app.search.values import date_range, shifted
+from app.core.timeutil import naive_utc
+from app.search.values import date_range
 from app.store.keys import reference_key
 
 PROVINCE_SYSTEM = "urn:ehc:province"
@@ -74,20 +74,11 @@ def _actor_matches(actor: dict[str, Any], organization: str | None, province: st
     ref = actor.get("reference") or {}
     target = ref.get("reference") or ""
     ident = ref.get("identifier") or {}
-    if province and ident.get("system") == PROVINCE_SYSTEM and ident.get("value") == province:
-        return True
+    if ident.get("system") == PROVINCE_SYSTEM:
+        # A province, or an Organization that represented one when the Consent was written: organization ids are
+        # each node's own, so a client of another province whose organization id is the same is not the grantee.
+        return bool(province) and ident.get("value") == province
     return bool(organization) and target == f"Organization/{organization}"
-
-
-def period_bounds(text: str) -> tuple[datetime, datetime]:
-    """[first instant, end of the last) of a period bound, in naive UTC: the search's reading of a FHIR date, except
-    that a date without a time (which FHIR gives no zone) is a day, month or year of China: a consent "until
-    2026-11-30" ends at midnight in China, not eight hours later, and one "from" today applies from midnight."""
-    lo, hi = date_range(text)
-    if "T" in text:
-        return lo, hi
-    offset = -(CHINA_TIME.utcoffset(None) or timedelta(0))
-    return shifted(lo, offset), shifted(hi, offset)
 
 
 def _provision_covers(prov: dict[str, Any], resource_type: str, organization: str | None,
@@ -96,8 +87,8 @@ def _provision_covers(prov: dict[str, Any], resource_type: str, organization: st
     bound: it fails closed, so a permit then covers nothing and a deny covers everything it names."""
     period = prov.get("period") or {}
     try:
-        start = period_bounds(period["start"])[0] if period.get("start") else None
-        stop = period_bounds(period["end"])[1] if period.get("end") else None
+        start = date_range(period["start"])[0] if period.get("start") else None
+        stop = date_range(period["end"])[1] if period.get("end") else None
     except (ValueError, TypeError):
         if prov.get("type") != "deny":
             return False

@@ -80,6 +80,8 @@ class CardUnion:
                 continue
             if province is not None and fk.province != province:
                 continue  # a province publishes its own keys only
+            if not fk.kid.startswith(fk.province):
+                continue  # a kid begins with its province's code: one province cannot take another's kid
             kept.append(fk)
         scope = {"src": province or "00"}
         if kept:

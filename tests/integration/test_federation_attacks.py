@@ -1,0 +1,467 @@
+"""The federation as an attacker sees it, on one set of three nodes (national 00, Beijing 11, Shanghai 31).
+
+- Consent: a Shanghai client searches a Beijing resident's records by ID number; every Consent at node 11 that
+  does not cover it (no consent, period in the future or past, not active, another actor, another province,
+  deny, another action, another resource class, another resident's) lets nothing through, and an organization
+  id that collides with the grantee's is no way in when the grantee is of another province.
+- Node assertions: expired, too long-lived, issued in the future, issued under another node's name, and the
+  national node's envelope with a requester that differs from the origin's, an origin assertion it did not
+  sign, replayed, expired or addressed elsewhere, or no origin at all (the national node speaking for a
+  province) are refused before any record is read.
+- QR codes across nodes: tampered, truncated, wrong key, unknown key, expired, replayed; a static code;
+  a legacy code; a province publishing a key under another province's kid.
+- Cards of deleted residents, the national index's answers, the outbox after a refusal, and bad input to the
+  /federation endpoints: an OperationOutcome with a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from app.crypto import SM2PrivateKey
+from app.ehc.token import TokenClaims, issue_token
+from app.federation.assertions import HEADER, Requester
+from app.federation.keys import ALG
+from app.federation.registry import NATIONAL
+from tests.integration.federation_helpers import *  # noqa: F403 - the nodes fixture
+from tests.integration.federation_helpers import (
+    EHC_SYSTEM,
+    FJ,
+    ID_SYSTEM,
+    Node,
+    card_of,
+    consent_body,
+    h,
+    new_id_number,
+    observation_body,
+    patient_body,
+    post_resource,
+    wait_for,
+)
+
+SH_ORG = "org-sh-huashan"  # a Shanghai hospital, in node 11's directory without a province identifier
+GD_ORG = "org-gd-zhongshan"  # a Guangdong hospital, in node 11's directory as province 44's
+OBS_SCOPES = "system/Observation.rs system/DocumentReference.rs system/Patient.rs"
+
+
+# -- the world -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(nodes: dict[str, Node]) -> dict[str, Any]:
+    bj = nodes["11"].client("system/Patient.cruds system/Observation.cruds system/DocumentReference.cruds "
+                            "system/Consent.cruds system/Organization.cruds", organization="org-bj-tiantan")
+    sh = nodes["31"].client(OBS_SCOPES + " system/Patient.cruds", organization=SH_ORG)
+    # A Shanghai client whose organization id is the Guangdong hospital's id at node 11 (ids are per node).
+    collider = nodes["31"].client(OBS_SCOPES, organization=GD_ORG, name="collider")
+    t11 = nodes["11"].token(bj)
+    for org, ident in ((SH_ORG, None), (GD_ORG, "44"), ("org-bj-tiantan", "11")):
+        body: dict[str, Any] = {"resourceType": "Organization", "id": org, "name": org}
+        if ident:
+            body["identifier"] = [{"system": "urn:ehc:province", "value": ident}]
+        r = requests.put(f"{nodes['11'].base}/Organization/{org}", json=body, headers=h(t11), timeout=10)
+        assert r.status_code in (200, 201), r.text
+    number, other = new_id_number(), new_id_number()
+    p11 = post_resource(nodes["11"], t11, patient_body(number, "钱", "坤"))
+    o11 = post_resource(nodes["11"], t11, patient_body(other, "孔", "明"))
+    obs = [post_resource(nodes["11"], t11, observation_body(p11["id"], value=v))["id"] for v in (4.4, 5.5)]
+    national = nodes["00"].client("system/Patient.rs", organization="org-nhc")
+    out = {"t11": t11, "t31": nodes["31"].token(sh), "t31_collider": nodes["31"].token(collider),
+           "t00": nodes["00"].token(national), "sh": sh, "number": number, "p11": p11, "other": o11, "obs": obs}
+    assert wait_for(lambda: _pix(nodes, out, number).status_code == 200, timeout=20), "never indexed"
+    return out
+
+
+def _pix(nodes: dict[str, Node], world: dict[str, Any], value: str, system: str = ID_SYSTEM,
+         token: str | None = None) -> requests.Response:
+    return requests.get(f"{nodes['00'].base}/Patient/$ihe-pix", params={"sourceIdentifier": f"{system}|{value}"},
+                        headers=h(token or world["t00"]), timeout=10)
+
+
+def _fed(node: Node) -> Any:
+    return node.svc.extensions["federation"]
+
+
+def _search(nodes: dict[str, Node], token: str, number: str, rtype: str = "Observation") -> dict[str, Any]:
+    r = requests.get(f"{nodes['31'].base}/{rtype}", params={"subject:Patient.identifier": f"{ID_SYSTEM}|{number}"},
+                     headers=h(token), timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _from_beijing(nodes: dict[str, Node], bundle: dict[str, Any]) -> list[str]:
+    return [e["fullUrl"] for e in bundle.get("entry") or []
+            if e["search"]["mode"] == "match" and e["fullUrl"].startswith(nodes["11"].base)]
+
+
+def _diagnostics(bundle: dict[str, Any]) -> list[str]:
+    return [str(i.get("diagnostics")) for e in bundle.get("entry") or [] if e["search"]["mode"] == "outcome"
+            for i in e["resource"]["issue"]]
+
+
+def _grant(nodes: dict[str, Node], world: dict[str, Any], body: dict[str, Any]) -> str:
+    return str(post_resource(nodes["11"], world["t11"], body)["id"])
+
+
+def _revoke(nodes: dict[str, Node], world: dict[str, Any], consent_id: str) -> None:
+    r = requests.delete(f"{nodes['11'].base}/Consent/{consent_id}", headers=h(world["t11"]), timeout=10)
+    assert r.status_code in (200, 204), r.text
+
+
+# -- consent -------------------------------------------------------------------------------------------------
+
+SH = {"reference": f"Organization/{SH_ORG}"}
+PROVINCE_31 = {"identifier": {"system": "urn:ehc:province", "value": "31"}}
+
+
+def _consent(pid: str, actor: dict[str, Any], **change: Any) -> dict[str, Any]:
+    body = consent_body(pid, actor)
+    prov = body["provision"]
+    for key, value in change.items():
+        if key == "status":
+            body["status"] = value
+        elif key == "action":
+            prov["action"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                           "code": value}]}]
+        elif key == "nested_deny":
+            prov["provision"] = [{"type": "deny", "actor": prov["actor"]}]
+        else:
+            prov[key] = value
+    return body
+
+
+NOT_COVERING = {
+    "period-in-the-future": {"period": {"start": "2099-01-01"}},
+    "period-over": {"period": {"start": "2020-01-01", "end": "2021-01-01"}},
+    "draft": {"status": "draft"},
+    "proposed": {"status": "proposed"},
+    "inactive": {"status": "inactive"},
+    "rejected": {"status": "rejected"},
+    "deny": {"type": "deny"},
+    "action-collect": {"action": "collect"},
+    "class-other-type": {"class": [{"system": "http://hl7.org/fhir/resource-types", "code": "DocumentReference"}]},
+    "nested-deny-for-the-same-actor": {"nested_deny": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_COVERING))
+def test_a_consent_that_does_not_cover_the_access_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any],
+                                                                     case: str) -> None:
+    consent = _grant(nodes, world, _consent(world["p11"]["id"], SH, **NOT_COVERING[case]))
+    try:
+        bundle = _search(nodes, world["t31"], world["number"])
+    finally:
+        _revoke(nodes, world, consent)
+    assert _from_beijing(nodes, bundle) == [], case
+    assert any("2 matching resource(s) withheld at province 11" in d for d in _diagnostics(bundle)), case
+
+
+@pytest.mark.parametrize("actor", [
+    {"reference": "Organization/org-bj-tiantan"},  # another hospital
+    {"identifier": {"system": "urn:ehc:province", "value": "11"}},  # the home province itself
+    {"identifier": {"system": "urn:ehc:province", "value": "44"}},  # another province
+    {"identifier": {"system": "urn:ehc:organization", "value": SH_ORG}},  # the right name, a system nobody reads
+], ids=["other-organization", "province-11", "province-44", "unknown-identifier-system"])
+def test_a_consent_for_another_actor_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any],
+                                                        actor: dict[str, Any]) -> None:
+    consent = _grant(nodes, world, _consent(world["p11"]["id"], actor))
+    try:
+        bundle = _search(nodes, world["t31"], world["number"])
+    finally:
+        _revoke(nodes, world, consent)
+    assert _from_beijing(nodes, bundle) == []
+
+
+def test_another_residents_consent_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    consent = _grant(nodes, world, _consent(world["other"]["id"], PROVINCE_31))
+    try:
+        bundle = _search(nodes, world["t31"], world["number"])
+    finally:
+        _revoke(nodes, world, consent)
+    assert _from_beijing(nodes, bundle) == []
+
+
+def test_the_covering_consent_lets_the_records_through_and_revoking_by_status_stops_them(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """The positive control of the cases above: the same search, with a consent that covers it."""
+    consent = _grant(nodes, world, _consent(world["p11"]["id"], SH, period={"start": "2020-01-01"}))
+    try:
+        assert len(_from_beijing(nodes, _search(nodes, world["t31"], world["number"]))) == 2
+        stored = requests.get(f"{nodes['11'].base}/Consent/{consent}", headers=h(world["t11"]), timeout=10).json()
+        stored["status"] = "inactive"
+        r = requests.put(f"{nodes['11'].base}/Consent/{consent}", json=stored, headers=h(world["t11"]), timeout=10)
+        assert r.status_code == 200, r.text
+        assert _from_beijing(nodes, _search(nodes, world["t31"], world["number"])) == []
+    finally:
+        _revoke(nodes, world, consent)
+
+
+def test_an_organization_id_that_collides_with_a_grantee_of_another_province_is_no_way_in(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """The resident consents to a Guangdong hospital (province 44 in node 11's directory). A Shanghai client whose
+    organization id happens to be that hospital's id (organization ids are each node's own) is not it."""
+    consent = _grant(nodes, world, _consent(world["p11"]["id"], {"reference": f"Organization/{GD_ORG}"}))
+    try:
+        bundle = _search(nodes, world["t31_collider"], world["number"])
+    finally:
+        _revoke(nodes, world, consent)
+    assert _from_beijing(nodes, bundle) == []
+
+
+# -- node assertions -----------------------------------------------------------------------------------------
+
+
+def _requester(province: str = "31", organization: str = SH_ORG) -> Requester:
+    return Requester("sh-terminal", organization, province, "TREAT", OBS_SCOPES.split())
+
+
+def _signed(key: ECKey, issuer: str, audience: str, requester: Requester, *, iat: int | None = None,
+            life: int = 60, origin: dict[str, Any] | None = None) -> str:
+    t = int(time.time()) if iat is None else iat
+    claims: dict[str, Any] = {"iss": f"node-{issuer}", "aud": audience, "iat": t, "exp": t + life,
+                              "jti": uuid.uuid4().hex, "ehc_req": requester.__dict__}
+    if origin is not None:
+        claims["ehc_origin"] = origin
+    return jwt.encode({"alg": ALG, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[ALG])
+
+
+def _to_national(nodes: dict[str, Node], world: dict[str, Any], assertion: str) -> requests.Response:
+    """node 31's token at the national node, with a requester assertion: the cross-province query."""
+    fed = _fed(nodes["31"])
+    token = fed.peers.token(fed.registry.get(NATIONAL))
+    body = {"resourceType": "Observation", "params": [["subject:Patient.identifier", f"{ID_SYSTEM}|{world['number']}"]]}
+    return requests.post(f"{nodes['00'].url}/federation/query", json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {token}", HEADER: assertion, "Accept": FJ})
+
+
+def _to_beijing(nodes: dict[str, Node], world: dict[str, Any], assertion: str | None) -> requests.Response:
+    """The national node's token at node 11, with a requester assertion: the forwarded search."""
+    fed = _fed(nodes["00"])
+    headers = {"Authorization": f"Bearer {fed.peers.token(fed.registry.get('11'))}", "Accept": FJ}
+    if assertion is not None:
+        headers[HEADER] = assertion
+    return requests.get(f"{nodes['11'].base}/Observation", timeout=10, headers=headers,
+                        params={"subject:Patient.identifier": f"{ID_SYSTEM}|{world['number']}"})
+
+
+def _refused(r: requests.Response, status: int, words: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text[:400])
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome" and words in outcome["issue"][0]["diagnostics"], outcome
+
+
+def test_requester_assertions_out_of_their_time_or_in_another_nodes_name_are_refused(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    key31 = _fed(nodes["31"]).key.key
+    aud = _fed(nodes["31"]).registry.get(NATIONAL).url
+    now = int(time.time())
+    assert _to_national(nodes, world, _signed(key31, "31", aud, _requester())).status_code == 200  # control
+    _refused(_to_national(nodes, world, _signed(key31, "31", aud, _requester(), iat=now - 200)), 401, "expired")
+    _refused(_to_national(nodes, world, _signed(key31, "31", aud, _requester(), life=3600)), 401, "at most 120 s")
+    _refused(_to_national(nodes, world, _signed(key31, "31", aud, _requester(), iat=now + 300)), 401,
+             "at most 120 s")
+    # node 31's own key, but in the national node's name or Beijing's
+    _refused(_to_national(nodes, world, _signed(key31, "00", aud, _requester())), 401, "issued by 'node-00'")
+    _refused(_to_national(nodes, world, _signed(key31, "11", aud, _requester("11"))), 401, "issued by 'node-11'")
+    # an origin claimed inside a province's own assertion is not read: node 31 cannot pose as a forwarder
+    fake_origin = {"province": "11", "assertion": "x.y.z", "jwk": _fed(nodes["11"]).key.public_jwks()["keys"][0]}
+    _refused(_to_national(nodes, world, _signed(key31, "31", aud, _requester("11"), origin=fake_origin)), 403,
+             "speaks only for its own province")
+
+
+def test_the_national_nodes_envelope_must_carry_the_origins_own_signed_requester(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    fed00, fed31 = _fed(nodes["00"]), _fed(nodes["31"])
+    key00, key31 = fed00.key.key, fed31.key.key
+    beijing = fed00.registry.get("11").url
+    national = fed31.registry.get(NATIONAL).url
+    jwk31 = fed31.key.public_jwks()["keys"][0]
+
+    def envelope(inner: str, requester: Requester | None = None, jwk: dict[str, Any] | None = None,
+                 aud: str = beijing, origin: str = "31") -> str:
+        return _signed(key00, "00", aud, requester or _requester(),
+                       origin={"province": origin, "assertion": inner, "jwk": jwk or jwk31})
+
+    good = _to_beijing(nodes, world, envelope(_signed(key31, "31", national, _requester())))
+    assert good.status_code == 200 and good.json()["resourceType"] == "Bundle", good.text  # the control
+    # the national node speaking for a Shanghai client without node 31's signature
+    _refused(_to_beijing(nodes, world, _signed(key00, "00", beijing, _requester())), 403,
+             "speaks only for its own province")
+    _refused(_to_beijing(nodes, world, None), 401, HEADER)
+    # the envelope's requester is not the one node 31 signed (another organization)
+    _refused(_to_beijing(nodes, world, envelope(_signed(key31, "31", national, _requester()),
+                                                requester=_requester(organization=GD_ORG))), 401, "differs")
+    # an origin assertion signed by a key that is not the one the national node vouches for
+    stranger = ECKey.generate_key("P-384", {"alg": ALG, "use": "sig"})
+    stranger.ensure_kid()
+    _refused(_to_beijing(nodes, world, envelope(_signed(stranger, "31", national, _requester()))), 401, "signature")
+    # expired, or addressed to another node
+    _refused(_to_beijing(nodes, world, envelope(_signed(key31, "31", national, _requester(),
+                                                        iat=int(time.time()) - 300))), 401, "expired")
+    _refused(_to_beijing(nodes, world, envelope(_signed(key31, "31", nodes["31"].base, _requester()))), 401,
+             "addressed")
+    # one origin assertion in two envelopes
+    inner = _signed(key31, "31", national, _requester())
+    assert _to_beijing(nodes, world, envelope(inner)).status_code == 200
+    _refused(_to_beijing(nodes, world, envelope(inner)), 401, "used before")
+    # the envelope addressed to another node, or signed by node 31 instead of the national node
+    _refused(_to_beijing(nodes, world, envelope(_signed(key31, "31", national, _requester()),
+                                                aud=nodes["31"].base)), 401, "addressed")
+    forged = _signed(key31, "00", beijing, _requester(), origin={
+        "province": "31", "assertion": _signed(key31, "31", national, _requester()), "jwk": jwk31})
+    _refused(_to_beijing(nodes, world, forged), 401, "signature")
+    # an origin that names Beijing itself, with a Beijing requester: the national node cannot vouch for it
+    _refused(_to_beijing(nodes, world, envelope(_signed(key31, "31", national, _requester()), origin="11")), 401,
+             "issued by 'node-31', not 'node-11'")
+
+
+# -- QR codes across nodes -----------------------------------------------------------------------------------
+
+
+def _qrcode(node: Node, token: str, pid: str, kind: str = "dynamic") -> str:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": kind},
+                                                        {"name": "image", "valueBoolean": False}]}
+    r = requests.post(f"{node.base}/Patient/{pid}/$ehc-qrcode", json=body, headers=h(token), timeout=10)
+    assert r.status_code == 200, r.text
+    return str(next(p["valueString"] for p in r.json()["parameter"] if p["name"] == "token"))
+
+
+def _verify(node: Node, token: str, code: Any, kind: str = "valueString") -> dict[str, Any]:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "token", kind: code}]}
+    r = requests.post(f"{node.base}/$ehc-verify", json=body, headers=h(token), timeout=10)
+    assert r.status_code == 200, r.text
+    return {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in r.json()["parameter"]}
+
+
+def _signing_key(node: Node) -> Any:
+    return node.svc.extensions["ehc"].signing.local.current()
+
+
+def _knows_kid(node: Node, kid: str) -> bool:
+    return _fed(node).union.key(kid) is not None
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=")
+
+
+def _unb32(text: str) -> bytes:
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+@pytest.fixture(scope="module")
+def card(nodes: dict[str, Node], world: dict[str, Any]) -> str:
+    """The Beijing resident's card; node 31 has node 11's card keys (through the national node)."""
+    kid = _signing_key(nodes["11"]).kid
+    assert wait_for(lambda: _knows_kid(nodes["31"], kid), timeout=40), "node 31 never got node 11's key"
+    return card_of(world["p11"])
+
+
+def test_a_card_of_node_11_verifies_and_resolves_at_node_31(nodes: dict[str, Node], world: dict[str, Any],
+                                                             card: str) -> None:
+    static = _qrcode(nodes["11"], world["t11"], world["p11"]["id"], "static")
+    for code, kind in ((static, "static"), (f"{card.lower()}:1", "legacy-static")):
+        out = _verify(nodes["31"], world["t31"], code)
+        assert out["valid"] is True and out["ehcId"] == card and out["type"] == kind, out
+        assert out["requiresConfirmation"] is True
+    assert _verify(nodes["31"], world["t31"], static)["valid"] is True  # a static code is shown many times
+    found = _pix(nodes, world, card, EHC_SYSTEM).json()
+    assert [p["valueReference"]["reference"] for p in found["parameter"] if p["name"] == "targetId"] == \
+        [f"{nodes['11'].base}/Patient/{world['p11']['id']}"]
+
+
+def test_tampered_truncated_wrongly_signed_unknown_and_expired_codes_are_refused_at_both_nodes(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    code = _qrcode(nodes["11"], world["t11"], world["p11"]["id"])
+    prefix, kid, payload, signature = code.split(":")
+    raw = bytearray(_unb32(payload))
+    other = bytes.fromhex(card_of(world["other"]))
+    raw[2:34] = other  # another resident's card, the original signature
+    swapped = f"{prefix}:{kid}:{_b32(bytes(raw))}:{signature}"
+    sig = bytearray(_unb32(signature))
+    sig[10] ^= 0x01
+    flipped = f"{prefix}:{kid}:{payload}:{_b32(bytes(sig))}"
+    now = int(time.time())
+    key = _signing_key(nodes["11"])
+    wrong_key = issue_token(TokenClaims("dynamic", card, now, now + 60, b"\x01" * 8), kid, SM2PrivateKey.generate())
+    unknown_kid = issue_token(TokenClaims("dynamic", card, now, now + 60, b"\x02" * 8), "11ZZZZZZZZ", key.private)
+    expired = issue_token(TokenClaims("dynamic", card, now - 400, now - 100, b"\x03" * 8), kid, key.private)
+    expected = {
+        swapped: "bad-signature", flipped: "bad-signature", wrong_key: "bad-signature",
+        unknown_kid: "unknown-key", expired: "expired",
+        code[:-1]: "malformed", code[:120]: "malformed", f"{prefix}:{kid}:{payload}": "malformed",
+        code.lower(): "malformed", code + ":00": "malformed", " ": "malformed",
+        f"{card}:0": "malformed",  # the old dynamic form carries nothing that can be checked
+    }
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        for text, reason in expected.items():
+            out = _verify(node, token, text)
+            assert out["valid"] is False and out["reason"] == reason, (node.province, text[:40], out)
+            assert "patient" not in out, out  # a code that does not verify names nobody
+    out = _verify(nodes["31"], world["t31"], code)  # the untouched code is still good, once
+    assert out["valid"] is True and out["ehcId"] == card
+
+
+def test_a_dynamic_code_is_accepted_once_at_the_node_that_does_not_know_the_resident(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    code = _qrcode(nodes["11"], world["t11"], world["p11"]["id"])
+    first = _verify(nodes["31"], world["t31"], code)
+    assert first["valid"] is True and first["type"] == "dynamic" and "requiresConfirmation" not in first or \
+        first["requiresConfirmation"] is False
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        again = _verify(node, token, code)
+        assert again["valid"] is False and again["reason"] == "replayed", (node.province, again)
+
+
+def test_a_code_for_a_card_nobody_issued_answers_as_an_unknown_card_at_both_nodes(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    nobody = uuid.uuid4().hex + uuid.uuid4().hex
+    now = int(time.time())
+    signed = issue_token(TokenClaims("static", nobody.upper(), now, now + 3600, b"\x04" * 8),
+                         _signing_key(nodes["11"]).kid, _signing_key(nodes["11"]).private)
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        for code in (signed, f"{nobody}:1"):
+            out = _verify(node, token, code)
+            assert out["valid"] is False and out["reason"] == "unknown-card" and "patient" not in out, out
+
+
+def test_a_token_parameter_of_another_type_is_a_400_naming_it(nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    for node, token in ((nodes["31"], world["t31"]), (nodes["00"], world["t00"])):
+        body = {"resourceType": "Parameters", "parameter": [{"name": "token", "valueInteger": 7}]}
+        r = requests.post(f"{node.base}/$ehc-verify", json=body, headers=h(token), timeout=10)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (node.province, r.text)
+
+
+def test_a_province_cannot_publish_a_key_under_another_provinces_kid(nodes: dict[str, Node], world: dict[str, Any],
+                                                                       card: str) -> None:
+    """Node 31 (its operator, or whoever took its key file) publishes an SM2 key under node 11's kid. The national
+    node must not take it: codes signed with it would pass as Beijing's everywhere, and Beijing's as forged."""
+    from app.ehc.signing import SigningKey
+
+    kid11 = _signing_key(nodes["11"]).kid
+    local31 = nodes["31"].svc.extensions["ehc"].signing.local
+    now = int(time.time())
+    impostor = SigningKey(kid11, SM2PrivateKey.generate(), now - 10, now + 86400, "31", retired=now - 5)
+    local31._modify(lambda keys: ([*keys, impostor], impostor), now)
+    try:
+        assert any(k["kid"] == kid11 for k in requests.get(f"{nodes['31'].url}/ehc/keys", timeout=10).json()["keys"])
+        union = _fed(nodes["00"])
+        union.refresh_union()  # what the national node's worker does every 10 s
+        published = [k for k in requests.get(f"{nodes['00'].url}/ehc/keys", timeout=10).json()["keys"]
+                     if k["kid"] == kid11]
+        assert [k["province"] for k in published] == ["11"], published
+        assert published[0]["x"] == _signing_key(nodes["11"]).jwk()["x"]
+        forged = issue_token(TokenClaims("static", card, now, now + 3600, b"\x05" * 8), kid11, impostor.private)
+        out = _verify(nodes["00"], world["t00"], forged)  # node 31 itself signs with its own key file, of course
+        assert out["valid"] is False and out["reason"] == "bad-signature", out
+    finally:
+        local31._modify(lambda keys: ([k for k in keys if k.kid != kid11], None), now)
+        _fed(nodes["00"]).refresh_union()
