@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from app.cli import audit, clients, db, imports, keys, nodes, seed, serve, status, users
+from app.cli import audit, clients, db, imports, keys, nodes, reindex, seed, serve, status, users
 
 
 class _Main(click.Group):
@@ -33,6 +33,6 @@ def main() -> None:
 
 main.add_command(serve.serve)
 main.add_command(db.db)
-for _module in (imports, clients, keys, audit, seed, users, status, nodes):
+for _module in (imports, clients, keys, audit, seed, users, status, nodes, reindex):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)

@@ -2,7 +2,9 @@
 
 - strings: one normal form for indexing and matching (NFKD, combining marks removed, casefolded, spaces
   collapsed), so 'Zhāng  WEI' and 'zhang wei' and full-width 'ＺＨＡＮＧ' meet;
-- dates: any FHIR date/dateTime/instant becomes the half-open UTC range [lo, hi) its precision covers;
+- dates: any FHIR date/dateTime/instant becomes the half-open UTC range [lo, hi) its precision covers; a value
+  without a zone (a date, a search value like `2026-11-30T08:00`) is read in China's time, the server's local
+  zone in R4's words (search.html#date): `date=2026-11-30` is that day in China, not eight hours later;
 - numbers: the implicit range of a decimal's significant digits (100 -> [99.5, 100.5));
 - escaping: '\\,' '\\|' '\\$' '\\\\' in search values.
 """
@@ -15,7 +17,7 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
-from app.core.timeutil import naive_utc
+from app.core.timeutil import CHINA_TIME, naive_utc
 
 DATE_MIN = datetime(1, 1, 1)
 DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999000)  # MongoDB keeps milliseconds
@@ -42,7 +44,8 @@ def _add_months(dt: datetime, months: int) -> datetime:
 
 
 def date_range(text: str) -> tuple[datetime, datetime]:
-    """'1990' -> [1990-01-01, 1991-01-01) in naive UTC; raises ValueError for anything not a FHIR date."""
+    """'1990' -> [1989-12-31T16:00, 1990-12-31T16:00) in naive UTC (a year of China); raises ValueError for
+    anything not a FHIR date."""
     m = _DATE_RE.match(text.strip())
     if not m:
         raise ValueError(f"not a FHIR date: {text!r}")
@@ -68,9 +71,9 @@ def date_range(text: str) -> tuple[datetime, datetime]:
         hi = shifted(lo, timedelta(seconds=1))
     else:
         hi = shifted(lo, timedelta(microseconds=max(1, 10 ** (6 - min(len(frac), 6)))))
-    if tz and tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
-        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    if tz != "Z":
+        offset = CHINA_TIME if tz is None else timezone(
+            (1 if tz[0] == "+" else -1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
         lo = naive_utc(lo.replace(tzinfo=offset))
         hi = naive_utc(hi.replace(tzinfo=offset)) if hi != DATE_MAX else hi
     return _ms_floor(lo), min(_ms_ceil(hi), DATE_MAX)

@@ -127,8 +127,12 @@ def test_date_prefixes(client, data):
 
 def test_date_with_timezone_on_observation(client, data):
     o = [x["id"] for x in data["obs"]]
-    # 2023-12-31T23:00Z is 2024-01-01 07:00 in Beijing; the instant is what counts
-    assert ids(search(client, "Observation?date=2023-12-31")) == [o[3]]
+    # 2023-12-31T23:00Z is 2024-01-01 07:00 in Beijing. A date without a zone is a day of China (R4 search, date:
+    # the server's local zone), so a result of that morning is one of 2024-01-01, not of the UTC day before it.
+    assert ids(search(client, "Observation?date=2024-01-01")) == [o[3]]
+    assert ids(search(client, "Observation?date=2023-12-31")) == []
+    assert ids(search(client, "Observation?date=2023-12-31T23:00:00Z")) == [o[3]]  # a zone given is obeyed
+    assert ids(search(client, "Observation?date=2024-03-01T08:30")) == [o[0]]  # a time without one: China's
     assert sorted(ids(search(client, "Observation?date=ge2024-03-01&date=lt2024-04"))) == sorted([o[0], o[2]])
 
 

@@ -153,11 +153,11 @@ def test_filter_shapes() -> None:
     }
     assert compiled("Patient", [("birthdate", "1990")]) == {
         "ix.birthdate": {
-            "$elemMatch": {"lo": {"$gte": datetime(1990, 1, 1)}, "hi": {"$lte": datetime(1991, 1, 1)}}
+            "$elemMatch": {"lo": {"$gte": datetime(1989, 12, 31, 16)}, "hi": {"$lte": datetime(1990, 12, 31, 16)}}
         }
     }
     assert compiled("Patient", [("birthdate", "lt1990")]) == {
-        "ix.birthdate.lo": {"$lt": datetime(1990, 1, 1)}
+        "ix.birthdate.lo": {"$lt": datetime(1989, 12, 31, 16)}  # 1990 began at 16:00 UTC in China
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,8 @@ from app.search.extract import extract_index, local_reference
 from app.search.fhirpath import compile_expression, reference_type, restrict_to_type
 from app.search.registry import SearchRegistry
 from app.search.values import DATE_MAX, date_range, decimal_range, normalize
+
+CST = timedelta(hours=8)  # a value without a zone is read in China's time
 
 PROFILES = Path(__file__).resolve().parents[2] / "fhir_profiles"
 REG = SearchRegistry.from_profiles(PROFILES)
@@ -140,8 +142,11 @@ def test_every_registered_expression_takes_the_fast_path() -> None:
 def test_values_normalise_dates_and_numbers() -> None:
     assert normalize("  Zhāng   WEI ") == "zhang wei"
     assert normalize("ＺＨＡＮＧ") == "zhang"
-    assert date_range("1990") == (datetime(1990, 1, 1), datetime(1991, 1, 1))
-    assert date_range("2020-02") == (datetime(2020, 2, 1), datetime(2020, 3, 1))
+    assert date_range("1990") == (datetime(1990, 1, 1) - CST, datetime(1991, 1, 1) - CST)
+    assert date_range("2020-02") == (datetime(2020, 2, 1) - CST, datetime(2020, 3, 1) - CST)
+    assert date_range("2020-02-01T08:00") == (datetime(2020, 2, 1), datetime(2020, 2, 1, 0, 1))
+    assert date_range("2020-02-01T08:00Z") == (datetime(2020, 2, 1, 8), datetime(2020, 2, 1, 8, 1))
+    assert date_range("0001")[0] == datetime(1, 1, 1)  # before the calendar in UTC: held to its start
     lo, hi = date_range("2020-12-31T23:30:00+08:00")
     assert (lo, hi) == (datetime(2020, 12, 31, 15, 30), datetime(2020, 12, 31, 15, 30, 1))
     assert date_range("2020-01-01T00:00:00.1234Z")[1] == datetime(2020, 1, 1, 0, 0, 0, 124000)
@@ -167,7 +172,7 @@ def test_patient_index() -> None:
     assert ix["active"] == ["true"]
     assert ix["deceased"] == ["false"]
     assert "male" in ix["gender"]
-    assert ix["birthdate"] == [{"lo": datetime(1949, 12, 31), "hi": datetime(1950, 1, 1)}]
+    assert ix["birthdate"] == [{"lo": datetime(1949, 12, 31) - CST, "hi": datetime(1950, 1, 1) - CST}]
     assert ix["_lastUpdated"][0]["lo"] == datetime(2024, 1, 2, 3, 4, 5, 678000)
     assert ix["_tag"] == ["urn:t|x", "x", "urn:t|"]
     assert ix["_profile"] == ["http://example.cn/StructureDefinition/ehc-patient"]
@@ -188,7 +193,7 @@ def test_patient_index() -> None:
     # references: base URL removed, versions dropped, foreign absolute URLs kept
     assert ix["organization"] == ["Organization/o1", "o1"]
     assert ix["general-practitioner"] == ["Practitioner/pr1", "pr1", "http://other/Practitioner/9"]
-    assert so["name"] == "张" and so["birthdate"] == datetime(1949, 12, 31)
+    assert so["name"] == "张" and so["birthdate"] == datetime(1949, 12, 31) - CST
     assert so["identifier"] == "11010519491231002X"
     assert so["organization"] == "Organization/o1"
     assert so["_lastUpdated"] == datetime(2024, 1, 2, 3, 4, 5, 678000)
@@ -212,7 +217,7 @@ def test_choice_types_and_absent_values() -> None:
     ix, _ = extract_index(obs, REG)
     assert ix["value-string"] == ["阳性"]
     assert "value-quantity" not in ix
-    assert ix["date"] == [{"lo": datetime(2024, 1, 1), "hi": datetime(2025, 1, 1)}]
+    assert ix["date"] == [{"lo": datetime(2024, 1, 1) - CST, "hi": datetime(2025, 1, 1) - CST}]
     bad = {"resourceType": "Observation", "effectiveDateTime": "not a date"}
     assert "date" not in extract_index(bad, REG)[0]
     assert extract_index({"resourceType": "Binary", "contentType": "text/plain"}, REG) == ({}, {})
