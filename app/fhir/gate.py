@@ -84,7 +84,7 @@ class DisclosureGate:
         if doc is None:
             return None
         if doc.get("del"):
-            doc = self._last_live(rtype, doc)
+            doc = self.svc.repo.last_live(rtype, doc)
             if doc is None:
                 return None
         if access in ("update", "delete"):
@@ -100,21 +100,12 @@ class DisclosureGate:
             raise err
         return decision.consent
 
-    def _last_live(self, rtype: str, tombstone: dict[str, Any]) -> dict[str, Any] | None:
-        rid = tombstone.get("_id")
-        for vid in range(int(tombstone.get("vid") or 1) - 1, 0, -1):
-            hist = self.svc.repo.decode(self.svc.repo.history_col(rtype).find_one({"_id": f"{rid}/{vid}"}),
-                                        owned=True)
-            if hist is not None and not hist.get("del"):
-                return {**hist, "_id": rid, "prov": hist.get("prov") or tombstone.get("prov")}
-        return None
-
     def tombstone_ok(self, rtype: str, rid: str, province: str | None) -> bool:
         """A deletion entry of a history: judged on the record's last live version."""
         if not self.judging:
             return True
         doc = self.svc.repo.get_raw(rtype, rid)
-        live = self._last_live(rtype, doc) if doc is not None and doc.get("del") else None
+        live = self.svc.repo.last_live(rtype, doc) if doc is not None and doc.get("del") else None
         if live is None:
             return False
         return self.decide(rtype, live).allowed

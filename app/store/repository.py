@@ -450,11 +450,14 @@ class Repository:
         with the version before and the version after. The record's home province is that of its first
         version: nobody's write moves it."""
         live = prior if prior is not None and not prior.get("del") else None
-        before = (self.decode(live) or {}).get("res") if live is not None else None
+        # A write over a deletion is judged as a change of the last live version, not as a create: the record is
+        # still its home province's, and still its patients' (a create's judgement would let anyone write it).
+        judged = live if prior is None or live is not None else self.last_live(resource_type, prior)
+        before = (self.decode(judged) or {}).get("res") if judged is not None else None
         province = (prior.get("prov") if prior else None) or context.province
         after = None if resource is None else {**resource, "resourceType": resource_type, "id": rid}
         self.admit(context, Change(resource_type, before, after, prior.get("prov") if prior else None,
-                                   registration=registration and before is not None))
+                                   registration=registration and live is not None))
         vid = (prior["vid"] if prior else 0) + 1
         return self.build_version(resource_type, rid, vid, now, resource, province)
 
@@ -532,6 +535,16 @@ class Repository:
                 raise _VersionTaken() from None
         owner.note_claim(Claim(resource_type, slot_id, rid, prior["vid"]))
         fault_pause_after_claim(rid)
+
+    def last_live(self, resource_type: str, tombstone: dict[str, Any]) -> dict[str, Any] | None:
+        """The last version before a deletion (decoded, with the record's `_id` and home province), or None when
+        no live version is left in the history."""
+        rid = tombstone.get("_id")
+        for vid in range(int(tombstone.get("vid") or 1) - 1, 0, -1):
+            hist = self.decode(self.history_col(resource_type).find_one({"_id": f"{rid}/{vid}"}), owned=True)
+            if hist is not None and not hist.get("del"):
+                return {**hist, "_id": rid, "prov": hist.get("prov") or tombstone.get("prov")}
+        return None
 
     def build_doc(self, resource_type: str, rid: str, vid: int, ts: datetime,
                   resource: dict[str, Any] | None, province: str) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""The gates attacked again (second review, 2026-11-30): a hospital client of another province (P31,
+`system/*.cruds`), a resident's app (patient/*.cruds, bound to another resident of province 11) and the home
+province's own client. Each test names the finding it reproduces; each failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.integration.auth_helpers import *  # noqa: F403
+from tests.integration.auth_helpers import FJ, bearer, create, observation, stored_token
+
+ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+VICTIM_ID_NUMBER = "110101199001010031"
+
+
+@pytest.fixture(scope="module")
+def web(auth_app: Any) -> Any:
+    return auth_app.test_client()
+
+
+@pytest.fixture(scope="module")
+def data(svc: Any) -> dict[str, Any]:
+    org11 = create(svc, {"resourceType": "Organization", "name": "北京某医院"})
+    org31 = create(svc, {"resourceType": "Organization", "name": "上海某医院"}, province="31")
+    victim = create(svc, {"resourceType": "Patient", "name": [{"family": "受害者", "given": ["甲"]}],
+                          "gender": "male", "birthDate": "1990-01-01",
+                          "identifier": [{"system": ID_SYSTEM, "value": VICTIM_ID_NUMBER}],
+                          "managingOrganization": {"reference": f"Organization/{org11}"}})
+    me = create(svc, {"resourceType": "Patient", "name": [{"family": "本人", "given": ["乙"]}], "gender": "female",
+                      "birthDate": "1985-03-03"})
+    return {"org11": org11, "org31": org31, "victim": victim, "me": me}
+
+
+@pytest.fixture(scope="module")
+def tokens(svc: Any, data: dict[str, Any]) -> dict[str, str]:
+    return {"home": stored_token(svc, "system/*.cruds", province="11", organization=data["org11"]),
+            "p31": stored_token(svc, "system/*.cruds", province="31", organization=data["org31"]),
+            "app": stored_token(svc, "patient/*.cruds", patient=data["me"])}
+
+
+def call(web: Any, method: str, path: str, token: str, body: Any = None, content_type: str = FJ) -> Any:
+    return web.open(f"/fhir/{path}", method=method, headers=bearer(token), content_type=content_type,
+                    data=None if body is None else json.dumps(body, ensure_ascii=False))
+
+
+# -- a write over a deleted record is a change of that record, not a create -----------------------------------
+
+@pytest.mark.parametrize("who", ["p31", "app"])
+def test_a_deleted_record_stays_its_home_provinces_and_its_patients(web, svc, data, tokens, who):
+    """A PUT over a deletion was judged as a create: another province, or a resident naming themselves as its
+    subject, wrote a new version of the victim's deleted record (stored, though the answer said 403)."""
+    oid = observation(svc, data["victim"])
+    assert call(web, "DELETE", f"Observation/{oid}", tokens["home"]).status_code in (200, 204)
+    subject = data["victim"] if who == "p31" else data["me"]
+    body = {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": f"by {who}"},
+            "subject": {"reference": f"Patient/{subject}"}}
+    r = call(web, "PUT", f"Observation/{oid}", tokens[who], body)
+    assert r.status_code == 403, r.get_json()
+    stored = svc.repo.get_raw("Observation", oid)
+    assert stored["del"] and stored["vid"] == 2  # nothing written over the deletion
+    again = call(web, "PUT", f"Observation/{oid}", tokens["home"], {**body, "subject": {
+        "reference": f"Patient/{data['victim']}"}})
+    assert again.status_code in (200, 201) and svc.repo.get_raw("Observation", oid)["vid"] == 3  # the home may
