@@ -7,7 +7,8 @@ Collection `fed_cards`, `_id` = card ID -> {blind}: the resident of a card (for 
 does not know the resident). Nothing clinical, no name, no clear ID number.
 
 The first claim wins: two nodes registering one resident at the same moment both get the card of the one whose
-insert landed first (a unique _id; the loser reads the winner's). Adding a node Patient is an $addToSet, so a
+insert landed first (a unique _id; the loser reads the winner's). A card already bound to another resident is
+refused (409): one card is never two residents'. Adding a node Patient is an $addToSet, so a
 queue that delivers an entry twice changes nothing.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from app.core.errors import conflict
 from app.keyring import Keyring
 
 ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
@@ -43,6 +45,10 @@ class NationalIndex:
         key = self.blind(id_number)
         doc = self.entries.find_one({"_id": key}, {"card": 1})
         if doc is None:
+            holder = self.cards.find_one({"_id": card}, {"blind": 1})
+            if holder is not None and holder.get("blind") != key:
+                raise conflict(f"card {card} is already the card of another resident in the national index",
+                               expression="card")
             try:
                 self.entries.insert_one({"_id": key, "card": card, "home": province, "refs": [],
                                          "at": datetime.now(UTC).replace(tzinfo=None)})

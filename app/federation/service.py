@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -32,6 +33,7 @@ log = logging.getLogger("ehc.federation")
 CLAIM_TIMEOUT = 3.0  # a registration waits at most this long for the national node, then goes on locally
 QUERY_TIMEOUT = 4.0  # a cross-province search answers within this (plus the local search)
 FORWARD_TIMEOUT = 3.0  # the national node's wait for a home node
+_CARD = re.compile(r"[0-9A-F]{64}")
 
 
 def resident_id_number(resource: dict[str, Any] | None) -> str | None:
@@ -88,7 +90,7 @@ class Federation:
         except (PeerUnreachable, PeerRefused) as err:
             log.warning("card claim deferred: %s", err)
             return None
-        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("card"), str):
+        if status != 200 or not isinstance(body, dict) or not _is_card(body.get("card")):
             log.warning("card claim refused by the national node (%s): %s", status, body)
             return None
         return str(body["card"])
@@ -118,7 +120,7 @@ class Federation:
             if status == 200:
                 self.outbox.done(entry)
                 sent += 1
-                if isinstance(body, dict) and isinstance(body.get("card"), str) and body["card"] != card:
+                if isinstance(body, dict) and _is_card(body.get("card")) and body["card"] != card:
                     self.adopt_card(str(entry["_id"]), card, str(body["card"]))
             else:
                 log.warning("national node refused the index entry of Patient/%s (%s): %s", entry["_id"], status,
@@ -246,6 +248,11 @@ class Federation:
 
     def forward_nonce(self, province: str, kid: str, nonce: bytes, exp: int) -> bool | None:
         return self.spend_remote(province, kid, nonce, exp)
+
+
+def _is_card(value: Any) -> bool:
+    """A card ID as the national node must answer one: 64 upper-case hexadecimal digits."""
+    return isinstance(value, str) and _CARD.fullmatch(value) is not None
 
 
 def _card_of(resource: dict[str, Any] | None) -> str | None:

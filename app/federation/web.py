@@ -1,7 +1,8 @@
 """Endpoints between nodes (/federation) and the national node's PIXm answer.
 
 GET  /federation/node    public: {province, role, fingerprint, jwks} — what `ehc nodes add` fetches
-POST /federation/claim   national, node token: {idNumber, card} -> {card} the resident's nationwide card
+POST /federation/claim   national, node token: {idNumber, card} -> {card} the resident's nationwide card (409 when
+                         card is already another resident's)
 POST /federation/index   national, node token: {idNumber, card, patient} -> {card}; the node Patient indexed
 POST /federation/query   national, node token + requester assertion: {resourceType, params, cursors}
                          -> {results: [{province, status, url, bundle} | {province, unreachable}]}
@@ -15,6 +16,7 @@ Errors are OperationOutcomes with the status of the FhirError.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -23,11 +25,14 @@ from app.core import fhirjson
 from app.core.access import AccessRecord
 from app.core.errors import FhirError, bad_request, forbidden, not_found
 from app.federation.assertions import HEADER
-from app.federation.index import EHC_SYSTEM, ID_SYSTEM
+from app.federation.index import EHC_SYSTEM, ID_SYSTEM, normalise_id
 from app.federation.registry import NATIONAL
 from app.federation.search import resident_id
+from app.mpi.documents import mod11_2
 
 bp = Blueprint("federation", __name__, url_prefix="/federation")
+_ID_NUMBER = re.compile(r"[0-9]{17}[0-9X]")
+_CARD = re.compile(r"[0-9A-F]{64}")
 MAX_EXP = 2**37  # seconds since 1970: year 6325, far past any code's expiry and within what datetime can hold
 
 
@@ -89,12 +94,27 @@ def node() -> Response:
                     "fingerprint": fed.key.fingerprint(), "jwks": fed.key.public_jwks()})
 
 
+def _id_number(body: dict[str, Any]) -> str:
+    value = normalise_id(_str(body, "idNumber"))
+    if not _ID_NUMBER.fullmatch(value) or mod11_2(value[:17]) != value[17]:
+        raise bad_request("idNumber must be a resident ID number (18 characters with a right check character)",
+                          expression="idNumber")
+    return value
+
+
+def _card(body: dict[str, Any]) -> str:
+    value = _str(body, "card").strip().upper()
+    if not _CARD.fullmatch(value):
+        raise bad_request("card must be an electronic health card ID (64 hexadecimal digits)", expression="card")
+    return value
+
+
 @bp.post("/claim")
 def claim() -> Response:
     fed = _national_only()
     province = _node()
     body = _body()
-    card = fed.index.claim(_str(body, "idNumber"), _str(body, "card"), province)
+    card = fed.index.claim(_id_number(body), _card(body), province)
     return jsonify({"card": card})
 
 
@@ -104,8 +124,9 @@ def index() -> Response:
     province = _node()
     body = _body()
     node = fed.registry.get(province)
+    number, card = _id_number(body), _card(body)
     ref = f"{node.url}/Patient/{_str(body, 'patient')}"
-    card = fed.index.add(_str(body, "idNumber"), _str(body, "card"), province, ref)
+    card = fed.index.add(number, card, province, ref)
     return jsonify({"card": card, "patient": ref})
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -465,3 +466,99 @@ def test_a_province_cannot_publish_a_key_under_another_provinces_kid(nodes: dict
     finally:
         local31._modify(lambda keys: ([k for k in keys if k.kid != kid11], None), now)
         _fed(nodes["00"]).refresh_union()
+
+
+# -- cards of residents who are gone -------------------------------------------------------------------------
+
+
+def _union_now(nodes: dict[str, Node]) -> None:
+    """What the workers do every 10 s: the national node gathers the provinces' lists, then node 31 fetches it."""
+    _fed(nodes["00"]).refresh_union()
+    _fed(nodes["31"]).refresh_union()
+
+
+def test_the_card_of_a_resident_deleted_at_their_only_node_is_cancelled_at_the_other(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    gone = post_resource(nodes["11"], world["t11"], patient_body(new_id_number(), "汪", "洋"))
+    static = _qrcode(nodes["11"], world["t11"], gone["id"], "static")
+    assert _verify(nodes["31"], world["t31"], static)["valid"] is True
+    r = requests.delete(f"{nodes['11'].base}/Patient/{gone['id']}", headers=h(world["t11"]), timeout=10)
+    assert r.status_code in (200, 204), r.text
+    _union_now(nodes)
+    for code in (static, f"{card_of(gone)}:1"):
+        out = _verify(nodes["31"], world["t31"], code)
+        assert out["valid"] is False and out["reason"] == "cancelled", out
+
+
+# -- the national index --------------------------------------------------------------------------------------
+
+
+def _node_call(nodes: dict[str, Node], frm: str, to: str, method: str, path: str, body: Any = None,
+               raw: str | None = None) -> requests.Response:
+    """A call of node `frm` to node `to` with its node token (what a peer, or whoever holds its key, can send)."""
+    fed = _fed(nodes[frm])
+    headers = {"Authorization": f"Bearer {fed.peers.token(fed.registry.get(to))}", "Content-Type": "application/json"}
+    data = raw if raw is not None else json.dumps(body) if body is not None else None
+    return requests.request(method, f"{nodes[to].url}{path}", headers=headers, data=data, timeout=15)
+
+
+def test_a_province_cannot_claim_another_residents_card_or_a_card_that_is_not_one(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """Claims set the card every later registration of the resident gets, at every node: a card already the
+    national index's for another resident, or text that is no card, would give a resident someone else's card
+    or none."""
+    number = new_id_number()
+    taken = card_of(world["p11"])
+    r = _node_call(nodes, "31", "00", "POST", "/federation/claim", {"idNumber": number, "card": taken})
+    _refused(r, 409, "another resident")
+    for body, field in (({"idNumber": number, "card": "not a card"}, "card"),
+                        ({"idNumber": number, "card": "AB" * 33}, "card"),
+                        ({"idNumber": number[:-1] + ("0" if number[-1] != "0" else "1"), "card": "AB" * 32},
+                         "idNumber"),
+                        ({"idNumber": "x" * 5000, "card": "AB" * 32}, "idNumber")):
+        for path in ("/federation/claim", "/federation/index"):
+            r = _node_call(nodes, "31", "00", "POST", path, {**body, "patient": "p1"})
+            assert r.status_code == 400 and r.json()["issue"][0]["expression"] == [field], (path, body, r.text)
+    assert _pix(nodes, world, number).status_code == 404  # nothing was stored
+    # the resident's own card, claimed again, is still theirs
+    r = _node_call(nodes, "31", "00", "POST", "/federation/claim", {"idNumber": world["number"], "card": "CD" * 32})
+    assert r.status_code == 200 and r.json() == {"card": taken}
+
+
+def test_bad_input_to_the_federation_endpoints_is_a_4xx_outcome_never_a_500(nodes: dict[str, Node]) -> None:
+    cases: list[tuple[str, str, str, Any, str | None]] = [
+        ("00", "POST", "/federation/claim", None, "not json"),
+        ("00", "POST", "/federation/claim", None, "[1, 2]"),
+        ("00", "POST", "/federation/claim", {"idNumber": 5, "card": "A"}, None),
+        ("00", "POST", "/federation/index", {"idNumber": new_id_number(), "card": "C" * 64, "patient": {"a": 1}}, None),
+        ("00", "POST", "/federation/query", {"resourceType": "Nope", "params": []}, None),
+        ("00", "POST", "/federation/nonce", {"province": ["11"], "kid": "K", "nonce": "00", "exp": 2000000000}, None),
+        ("00", "POST", "/federation/nonce", {"province": "11", "kid": "K", "nonce": "zz", "exp": 5}, None),
+        ("00", "GET", "/federation/card/%00", None, None),
+        ("00", "PUT", "/federation/claim", {}, None),
+        ("11", "POST", "/federation/claim", {"idNumber": "1", "card": "2"}, None),  # national-only, at a province
+        ("11", "GET", "/federation/card/" + "A" * 64, None, None),
+    ]
+    for to, method, path, body, raw in cases:
+        frm = "31" if to == "00" else "00"
+        r = _node_call(nodes, frm, to, method, path, body, raw)
+        assert 400 <= r.status_code < 500, (path, body, raw, r.status_code, r.text[:300])
+        assert r.json()["resourceType"] == "OperationOutcome", (path, r.text[:300])
+    # the national node cannot spend node 31's codes at node 11
+    r = _node_call(nodes, "00", "11", "POST", "/federation/nonce",
+                   {"province": "31", "kid": "31ABC", "nonce": "00", "exp": 2000000000})
+    _refused(r, 403, "spends only its own codes")
+
+
+def test_the_national_index_answers_node_tokens_and_patient_readers_only(nodes: dict[str, Node],
+                                                                         world: dict[str, Any]) -> None:
+    national = nodes["00"]
+    reader = national.token(national.client("system/Observation.rs", organization="org-nhc-stats"))
+    _refused(_pix(nodes, world, world["number"], token=reader), 403, "insufficient scope")
+    r = requests.get(f"{national.base}/Patient/$ihe-pix", params={"sourceIdentifier": f"{ID_SYSTEM}|{world['number']}"},
+                     headers={"Accept": FJ}, timeout=10)
+    assert r.status_code == 401 and r.json()["resourceType"] == "OperationOutcome"
+    for path in ("/federation/card/" + card_of(world["p11"]), "/federation/claim", "/federation/query"):
+        method = "GET" if "card/" in path else "POST"
+        r = requests.request(method, f"{national.url}{path}", json={}, headers=h(world["t00"]), timeout=10)
+        assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome", (path, r.text)
