@@ -144,10 +144,13 @@ class SmartPolicy:
         return self._province_gate(principal, resource_type, owner, province, focus)
 
     def _grant_for(self, principal: Principal, grants: list[ResourceScope], rtype: str, resource: dict[str, Any],
-                   owner: Owner) -> ResourceScope | None:
+                   owner: Owner, writing: bool = False) -> ResourceScope | None:
+        """The grant that opens `resource`. A patient/ grant reads a record in its patient's compartment (R4: any
+        of the record's compartment elements), but writes only one that is no other resident's too: naming
+        oneself as an AllergyIntolerance's recorder must not open the chart of its patient."""
         for g in sorted(grants, key=lambda g: (g.context == "patient", bool(g.query))):
-            if g.context == "patient" and not (principal.patient and (
-                    owner.directory or principal.patient in owner.patients)):
+            if g.context == "patient" and not (principal.patient and (owner.directory or (
+                    owner.patients == {principal.patient} if writing else principal.patient in owner.patients))):
                 continue
             if g.query and not self._query_matches(rtype, g.query, resource):
                 continue
@@ -224,7 +227,7 @@ class SmartPolicy:
             return Decision(False, f"a resident's token (patient/ scopes) cannot change {rtype}: it is "
                                    "directory data", patients=patients)
         for name, res, owner in sides:
-            if self._grant_for(principal, grants, rtype, res, owner) is None:
+            if self._grant_for(principal, grants, rtype, res, owner, writing=True) is None:
                 # "after the change" only to a caller the version before was open to (the before side is judged
                 # first): otherwise which side failed would tell whether the record exists.
                 moved = " (after the change)" if name == "after" and len(sides) == 2 else ""

@@ -64,3 +64,24 @@ def test_a_deleted_record_stays_its_home_provinces_and_its_patients(web, svc, da
     again = call(web, "PUT", f"Observation/{oid}", tokens["home"], {**body, "subject": {
         "reference": f"Patient/{data['victim']}"}})
     assert again.status_code in (200, 201) and svc.repo.get_raw("Observation", oid)["vid"] == 3  # the home may
+
+
+# -- a resident's token writes only records that are theirs alone ------------------------------------------------
+
+def test_a_resident_cannot_write_into_another_residents_chart(web, svc, data, tokens):
+    """A record belongs to every patient its compartment elements name: naming oneself as the recorder of the
+    victim's AllergyIntolerance (or the performer of their Observation) let a resident's app write into the
+    victim's chart. Reading such a record stays open to both (R4 compartments); writing it is refused."""
+    theirs = {"resourceType": "AllergyIntolerance", "patient": {"reference": f"Patient/{data['victim']}"},
+              "recorder": {"reference": f"Patient/{data['me']}"}, "code": {"text": "青霉素"}}
+    r = call(web, "POST", "AllergyIntolerance", tokens["app"], theirs)
+    assert r.status_code == 403, r.get_json()
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "血压"},
+           "subject": {"reference": f"Patient/{data['victim']}"}, "performer": [{"reference": f"Patient/{data['me']}"}]}
+    assert call(web, "POST", "Observation", tokens["app"], obs).status_code == 403
+    written_by_hospital = create(svc, obs)  # a record of both: the resident reads it, but does not change it
+    assert call(web, "GET", f"Observation/{written_by_hospital}", tokens["app"]).status_code == 200
+    changed = {**obs, "id": written_by_hospital, "status": "amended"}
+    assert call(web, "PUT", f"Observation/{written_by_hospital}", tokens["app"], changed).status_code == 403
+    mine = {**theirs, "patient": {"reference": f"Patient/{data['me']}"}}
+    assert call(web, "POST", "AllergyIntolerance", tokens["app"], mine).status_code == 201  # their own stays open
