@@ -276,6 +276,15 @@ class DisclosureGate:
                 issue["diagnostics"] = self.scrub(issue["diagnostics"])
         return outcome
 
+    def release_error(self, err: FhirError) -> FhirError:
+        """An error on its way out, its texts scrubbed as an answer's OperationOutcome is: a 409 saying which
+        Patient already holds an ID number, or which records still refer to one, must not name a record the
+        caller may not see."""
+        if self.judging:
+            for issue in err.issues:
+                issue.diagnostics = self.scrub(issue.diagnostics)
+        return err
+
     def scrub(self, text: str) -> str:
         """Replace `Type/id` of records the caller may not see (ids the caller named itself stay)."""
         asked = self.req.path + "?" + self.req.query_string()

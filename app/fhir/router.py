@@ -101,6 +101,7 @@ class Router:
                     "refused", rtype, ids, "4", err.status, request.principal, _query(services, request),
                     err.diagnostics, patient_ids=sorted({*err.patients, *gate.refused_patients}),
                     remote_addr=request.remote_addr))
+            gate.release_error(err)
             raise
         if request.access is not None:
             services.record_access(gate.audit_record(request.access))

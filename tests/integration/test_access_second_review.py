@@ -85,3 +85,24 @@ def test_a_resident_cannot_write_into_another_residents_chart(web, svc, data, to
     assert call(web, "PUT", f"Observation/{written_by_hospital}", tokens["app"], changed).status_code == 403
     mine = {**theirs, "patient": {"reference": f"Patient/{data['me']}"}}
     assert call(web, "POST", "AllergyIntolerance", tokens["app"], mine).status_code == 201  # their own stays open
+
+
+# -- error texts are scrubbed like answers --------------------------------------------------------------------
+
+def test_error_texts_do_not_name_records_the_caller_may_not_see(web, data, tokens):
+    """Raised errors left without the gate's scrubbing: a 409 told a resident, or another province, which Patient
+    holds an ID number (and so its id, which the searches then use)."""
+    mine = call(web, "GET", f"Patient/{data['me']}", tokens["app"]).get_json()
+    ops = [{"op": "add", "path": "/identifier", "value": (mine.get("identifier") or []) + [
+        {"system": ID_SYSTEM, "value": VICTIM_ID_NUMBER}]},
+        {"op": "replace", "path": "/gender", "value": "male"},
+        {"op": "replace", "path": "/birthDate", "value": "1990-01-01"}]
+    r = call(web, "PATCH", f"Patient/{data['me']}", tokens["app"], ops, "application/json-patch+json")
+    assert r.status_code == 409 and data["victim"] not in r.get_data(as_text=True), r.get_json()
+    assert "Patient/(withheld)" in r.get_data(as_text=True)
+    impostor = {"resourceType": "Patient", "name": [{"family": "冒名"}], "gender": "male", "birthDate": "1990-01-01",
+                "identifier": [{"system": ID_SYSTEM, "value": VICTIM_ID_NUMBER}]}
+    r = call(web, "POST", "Patient", tokens["p31"], impostor)
+    assert r.status_code == 409 and data["victim"] not in r.get_data(as_text=True), r.get_json()
+    r = call(web, "POST", "Patient", tokens["home"], impostor)  # the home province may see whose it is
+    assert r.status_code == 409 and data["victim"] in r.get_data(as_text=True), r.get_json()
