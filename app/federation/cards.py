@@ -98,6 +98,11 @@ class CardUnion:
         self.revoked_col.delete_many({**scope, "_id": {"$nin": [c["ehcId"] for c in rows]}})
         self._loaded = 0.0
 
+    def forget_keys(self, sources: list[str]) -> None:
+        """Drop the keys of every source but these (the nodes still trusted)."""
+        if self.keys_col.delete_many({"src": {"$nin": sources}}).deleted_count:
+            self._loaded = 0.0
+
     # -- reading -----------------------------------------------------------------------------------------
 
     def _load(self) -> None:

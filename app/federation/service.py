@@ -161,6 +161,9 @@ class Federation:
         every province."""
         self.last_union = time.monotonic()
         sources = [n for n in self.registry.nodes().values() if n.province != self.province]
+        # A node no longer trusted (ehc nodes remove) no longer vouches for card keys: its keys (at a province
+        # node, the national union's) are dropped; its revocations stay, on the refusing side.
+        self.union.forget_keys([n.province if self.national else NATIONAL for n in sources])
         for node in sources:
             try:
                 _, keys = http("GET", f"{node.root}/ehc/keys", timeout=3.0, province=node.province)
