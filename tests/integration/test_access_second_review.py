@@ -106,3 +106,29 @@ def test_error_texts_do_not_name_records_the_caller_may_not_see(web, data, token
     assert r.status_code == 409 and data["victim"] not in r.get_data(as_text=True), r.get_json()
     r = call(web, "POST", "Patient", tokens["home"], impostor)  # the home province may see whose it is
     assert r.status_code == 409 and data["victim"] in r.get_data(as_text=True), r.get_json()
+
+
+# -- $validate tells whether an ID number is registered only to whoever may register it -----------------------
+
+def test_validate_is_not_a_registration_oracle(web, svc, data, tokens):
+    """$validate ran the master index's rules for any token: "the resident is registered already" for a known ID
+    number, "valid" for an unknown one. Those rules now run only for a caller the create (or, at instance level,
+    the update) would be admitted for."""
+    obs_reader = stored_token(svc, "patient/Observation.rs", patient=data["me"])
+    ghost = "110101199002020012"
+
+    def answer(token: str, number: str, birth: str, path: str = "Patient/$validate") -> str:
+        r = call(web, "POST", path, token, {"resourceType": "Patient", "gender": "male", "birthDate": birth,
+                                            "identifier": [{"system": ID_SYSTEM, "value": number}]})
+        assert r.status_code == 200, r.get_json()
+        return str(r.get_json()["issue"][0]["diagnostics"])
+
+    victims = f"Patient/{data['victim']}/$validate"
+    for resident in (tokens["app"], obs_reader):  # may register nobody, and may not update the victim
+        assert answer(resident, VICTIM_ID_NUMBER, "1990-01-01") == answer(resident, ghost, "1990-02-02")
+        assert answer(resident, VICTIM_ID_NUMBER, "1990-01-01", victims) == answer(resident, ghost, "1990-02-02",
+                                                                                  victims)
+    # another province's hospital registers residents (a create would tell it too), but does not update the victim
+    assert answer(tokens["p31"], VICTIM_ID_NUMBER, "1990-01-01", victims) == answer(tokens["p31"], ghost,
+                                                                                    "1990-02-02", victims)
+    assert "registered already" in answer(tokens["home"], VICTIM_ID_NUMBER, "1990-01-01")
