@@ -490,6 +490,46 @@ def test_the_card_of_a_resident_deleted_at_their_only_node_is_cancelled_at_the_o
         assert out["valid"] is False and out["reason"] == "cancelled", out
 
 
+def test_a_suspended_card_is_named_so_only_for_a_code_whose_signature_verifies(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    """Online verification checks the signature and the time before the card's status: a forged or tampered code
+    of a suspended card says nothing of it."""
+    lost = post_resource(nodes["11"], world["t11"], patient_body(new_id_number(), "柳", "青"))
+    code = _qrcode(nodes["11"], world["t11"], lost["id"], "static")
+    body = {"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "suspended"}]}
+    r = requests.post(f"{nodes['11'].base}/Patient/{lost['id']}/$ehc-status", json=body, headers=h(world["t11"]),
+                      timeout=10)
+    assert r.status_code == 200, r.text
+    _union_now(nodes)
+    prefix, kid, payload, signature = code.split(":")
+    sig = bytearray(_unb32(signature))
+    sig[3] ^= 0x80
+    now = int(time.time())
+    key = _signing_key(nodes["11"])
+    expired = issue_token(TokenClaims("static", card_of(lost), now - 7200, now - 3600, b"\x06" * 8), kid, key.private)
+    for text, reason in ((code, "suspended"), (f"{prefix}:{kid}:{payload}:{_b32(bytes(sig))}", "bad-signature"),
+                         (expired, "expired"), (f"{card_of(lost)}:1", "suspended")):
+        out = _verify(nodes["31"], world["t31"], text)
+        assert out["valid"] is False and out["reason"] == reason, (reason, out)
+
+
+def test_the_temporary_card_of_a_resident_merged_at_node_11_is_cancelled_at_node_31(
+        nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
+    unnamed = post_resource(nodes["11"], world["t11"], {
+        "resourceType": "Patient", "name": [{"text": "钱坤"}],
+        "identifier": [{"system": "urn:ehc:mrn:hosp", "value": "ER-" + uuid.uuid4().hex[:8]}]})
+    temporary = card_of(unnamed)
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": {"reference": f"Patient/{unnamed['id']}"}},
+        {"name": "target-patient", "valueReference": {"reference": f"Patient/{world['p11']['id']}"}}]}
+    r = requests.post(f"{nodes['11'].base}/Patient/$merge", json=body, headers=h(world["t11"]), timeout=20)
+    assert r.status_code == 200, r.text
+    _union_now(nodes)
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        out = _verify(node, token, f"{temporary}:1")
+        assert out["valid"] is False and out["reason"] == "cancelled", (node.province, out)
+    assert _verify(nodes["31"], world["t31"], f"{card}:1")["valid"] is True  # the resident's own card is untouched
+
 # -- the national index --------------------------------------------------------------------------------------
 
 
