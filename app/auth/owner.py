@@ -11,10 +11,11 @@ One answer for every way a resource can name its patient, used by both access ga
 
 Which elements name the patient comes from fhir_profiles/CompartmentDefinition/patient.json: for each resource type,
 the search parameters that place a resource in a patient's compartment, evaluated with the same FHIRPath
-evaluators the search index uses. A type outside that definition holds nobody's data (Organization, Practitioner ...:
-directory resources). A type inside it whose patient references cannot all be resolved — a foreign server's URL, an
-identifier nobody holds, a contained patient without a known document — is `unknown`: treated as sensitive by the
-policy, never as nobody's.
+evaluators the search index uses. A type outside that definition holds nobody's data (Organization, Practitioner
+...: directory resources), unless one of its reference parameters that may point at a Patient names one
+(Device.patient, Contract.subject, MessageHeader.focus ...): then it is that patient's record too. A type inside it
+whose patient references cannot all be resolved — a foreign server's URL, an identifier nobody holds, a contained
+patient without a known document — is `unknown`: treated as sensitive by the policy, never as nobody's.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class OwnerFunction:
         self.resolve_identifier = resolve_identifier
         self.load = load
         self.binary_links = binary_links
+        self._outside: dict[str, list[str]] = {}
 
     def __call__(self, resource_type: str, resource: dict[str, Any] | None) -> Owner:
         if resource is None:
@@ -75,11 +77,28 @@ class OwnerFunction:
             return owner
         codes = self.compartment.get(resource_type)
         if not codes:
-            return NOBODY
-        patients: set[str] = set()
-        unknown = False
+            # Outside the definition, but a record that names a resident (a pacemaker's Device.patient, a
+            # Contract they signed) is theirs; one that names nobody is directory data.
+            patients, unknown = self._named(resource_type, resource, self._naming(resource_type))
+            return Owner(frozenset(patients), unknown, False) if patients or unknown else NOBODY
+        patients, unknown = self._named(resource_type, resource, codes)
         if resource_type == "Patient" and resource.get("id"):
             patients.add(str(resource["id"]))
+        return Owner(frozenset(patients), unknown, False)
+
+    def _naming(self, resource_type: str) -> list[str]:
+        """The reference parameters of a type outside the compartment definition that may point at a Patient."""
+        found = self._outside.get(resource_type)
+        if found is None:
+            found = self._outside[resource_type] = [
+                code for code, p in self.registry.params(resource_type).items()
+                if p.type == "reference" and "Patient" in p.target] if resource_type != "Patient" else []
+        return found
+
+    def _named(self, resource_type: str, resource: dict[str, Any], codes: Iterable[str]) -> tuple[set[str], bool]:
+        """(patients the values of `codes` name, whether one could not be resolved)."""
+        patients: set[str] = set()
+        unknown = False
         for code in codes:
             param = self.registry.get(resource_type, code)
             if param is None:  # the compartment names an element this server cannot evaluate
@@ -89,7 +108,7 @@ class OwnerFunction:
                 found, lost = self._patient_of(value, resource)
                 patients |= found
                 unknown = unknown or lost
-        return Owner(frozenset(patients), unknown, False)
+        return patients, unknown
 
     # -- one reference ------------------------------------------------------------------------------------
 

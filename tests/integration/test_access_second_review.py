@@ -132,3 +132,28 @@ def test_validate_is_not_a_registration_oracle(web, svc, data, tokens):
     assert answer(tokens["p31"], VICTIM_ID_NUMBER, "1990-01-01", victims) == answer(tokens["p31"], ghost,
                                                                                     "1990-02-02", victims)
     assert "registered already" in answer(tokens["home"], VICTIM_ID_NUMBER, "1990-01-01")
+
+
+# -- a record that names a resident is theirs, whether or not R4's compartment lists its type --------------------
+
+@pytest.mark.parametrize("rtype,body,param", [
+    ("Device", {"deviceName": [{"name": "心脏起搏器", "type": "user-friendly-name"}], "patient": "ONE"}, "patient"),
+    ("Contract", {"status": "executed", "subject": "MANY"}, "subject"),
+    ("GuidanceResponse", {"status": "success", "moduleUri": "http://x", "subject": "ONE"}, "subject"),
+    ("MessageHeader", {"eventCoding": {"code": "x"}, "source": {"endpoint": "http://x"}, "focus": "MANY"}, "focus"),
+    ("VerificationResult", {"status": "attested", "target": "MANY"}, "target"),
+])
+def test_records_naming_a_resident_are_not_directory_data(web, svc, data, tokens, rtype, body, param):
+    """Types outside R4's patient compartment were nobody's records, so anyone could read the victim's pacemaker
+    (Device.patient) or search for it by their name. They are the named patient's records now."""
+    ref = {"reference": f"Patient/{data['victim']}"}
+    resource = {"resourceType": rtype, **{k: (ref if v == "ONE" else [ref] if v == "MANY" else v)
+                                          for k, v in body.items()}}
+    rid = create(svc, resource)
+    for who in ("p31", "app"):
+        assert call(web, "GET", f"{rtype}/{rid}", tokens[who]).status_code == 403, who
+        found = call(web, "GET", f"{rtype}?{param}={data['victim']}", tokens[who])
+        assert rid not in found.get_data(as_text=True), who
+    assert call(web, "GET", f"{rtype}/{rid}", tokens["home"]).status_code == 200
+    inventory = create(svc, {k: v for k, v in resource.items() if k != param and k != "patient"})
+    assert call(web, "GET", f"{rtype}/{inventory}", tokens["p31"]).status_code == 200  # naming nobody: directory
