@@ -183,11 +183,12 @@ class SmartPolicy:
         home, mine = province or node, principal.province or node
         if home == mine:
             return Decision(True, patients=owner.patients)
-        if not owner.unknown:
-            for pid in sorted(owner.patients):
-                consent = self._consent_for(principal, pid, rtype)
-                if consent:
-                    return Decision(True, consent=consent, patients=owner.patients)
+        if not owner.unknown and owner.patients:
+            # Every resident the record names must have consented: one patient's Consent does not open a Group,
+            # a Communication or an AuditEvent that also names others.
+            consents = [self._consent_for(principal, pid, rtype) for pid in sorted(owner.patients)]
+            if all(consents):
+                return Decision(True, consent=consents[0], patients=owner.patients)
         if (principal.extra.get("break_glass_allowed") and focus and owner.patients == {focus}
                 and not owner.unknown and self.break_glass.admit(principal, focus)):
             principal.break_glass = True  # used: the audit trail records it and flags it for review
@@ -195,8 +196,10 @@ class SmartPolicy:
         if owner.unknown:
             return Decision(False, f"the {rtype} is a record of province {home} whose patient cannot be "
                                    "determined; it is not disclosed outside its province", patients=owner.patients)
+        needs = "the patient's active Consent" if len(owner.patients) < 2 else \
+            "an active Consent of every patient it names"
         return Decision(False, f"the {rtype} is a record of province {home}; a client of province {mine} "
-                               "needs the patient's active Consent (provision permit, action access, actor "
+                               f"needs {needs} (provision permit, action access, actor "
                                f"Organization/{principal.organization or '?'} or province {mine})",
                         patients=owner.patients)
 

@@ -157,3 +157,32 @@ def test_records_naming_a_resident_are_not_directory_data(web, svc, data, tokens
     assert call(web, "GET", f"{rtype}/{rid}", tokens["home"]).status_code == 200
     inventory = create(svc, {k: v for k, v in resource.items() if k != param and k != "patient"})
     assert call(web, "GET", f"{rtype}/{inventory}", tokens["p31"]).status_code == 200  # naming nobody: directory
+
+
+# -- another province needs the consent of every resident a record names ------------------------------------------
+
+def test_one_patients_consent_does_not_open_records_that_name_other_residents(web, svc, data, tokens):
+    """A Consent of one resident opened, to another province, every record that also named them: a follow-up
+    Group of province 11 listing the victim, read by P31 with the consent of its own resident."""
+    theirs = create(svc, {"resourceType": "Patient", "name": [{"family": "沪民"}], "gender": "male",
+                          "birthDate": "1970-01-01"}, province="31")
+    grant = {"resourceType": "Consent", "status": "active",
+             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                   "code": "patient-privacy"}]},
+             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+             "patient": {"reference": f"Patient/{theirs}"},
+             "provision": {"type": "permit", "actor": [{"role": {"text": "r"}, "reference": {
+                 "identifier": {"system": "urn:ehc:province", "value": "31"}}}],
+                 "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                         "code": "access"}]}]}}
+    assert call(web, "POST", "Consent", tokens["p31"], grant).status_code == 201
+    both = create(svc, {"resourceType": "Group", "type": "person", "actual": True, "name": "随访队列", "member": [
+        {"entity": {"reference": f"Patient/{data['victim']}"}}, {"entity": {"reference": f"Patient/{theirs}"}}]})
+    only_theirs = create(svc, {"resourceType": "Group", "type": "person", "actual": True, "name": "沪随访",
+                               "member": [{"entity": {"reference": f"Patient/{theirs}"}}]})
+    r = call(web, "GET", f"Group/{both}", tokens["p31"])
+    assert r.status_code == 403 and data["victim"] not in r.get_data(as_text=True)
+    assert "every patient it names" in r.get_json()["issue"][0]["diagnostics"]
+    assert call(web, "GET", f"Group/{only_theirs}", tokens["p31"]).status_code == 200  # its own consent suffices
+    found = call(web, "GET", f"Group?member={theirs}", tokens["p31"]).get_data(as_text=True)
+    assert only_theirs in found and both not in found
