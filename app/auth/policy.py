@@ -229,6 +229,12 @@ class SmartPolicy:
         if patient_only and any(o.directory for _, _, o in sides):
             return Decision(False, f"a resident's token (patient/ scopes) cannot change {rtype}: it is "
                                    "directory data", patients=patients)
+        if patient_only and rtype == "Patient" and change.before is not None and change.after is not None and \
+                (change.before.get("identifier") or []) != (change.after.get("identifier") or []):
+            # Identifiers are issued by the hospitals and authorities that own them, and records elsewhere name
+            # the resident by them: a resident who added a record number would be given those records.
+            return Decision(False, "a resident's token (patient/ scopes) cannot change a Patient's identifiers; "
+                                   "the hospital or authority that issued them does", patients=patients)
         for name, res, owner in sides:
             if self._grant_for(principal, grants, rtype, res, owner, writing=True) is None:
                 # "after the change" only to a caller the version before was open to (the before side is judged

@@ -80,8 +80,28 @@ class MpiHooks:
             self.release(pid)
             raise
 
+    def _provisional(self) -> dict[str, set[str]]:
+        """Patient id -> claim keys this thread's write made name it, until the write is confirmed (post_write)."""
+        found = getattr(self._local, "provisional", None)
+        if found is None:
+            found = self._local.provisional = {}
+        return found
+
+    def _drop_unwritten(self, pid: str | None) -> None:
+        """(Under the leases.) A write that failed after its claims were written: the claims of identifiers the
+        stored record does not hold are dropped. Left, they would give the record identifiers it was refused
+        (and, through them, the records that name a patient by those identifiers)."""
+        provisional = self._provisional()
+        for target in [t for t in provisional if pid is None or t == pid]:
+            keys = provisional.pop(target)
+            doc = self.svc.repo.get_doc("Patient", target)
+            stored = doc["res"] if doc and not doc.get("del") else None
+            self.index.drop_claims(keys - {e.key for e in self.index.entries(stored)}, target)
+
     def release(self, pid: str | None = None) -> None:
-        """Release the leases this thread holds for pid (all of them when pid is None)."""
+        """Release the leases this thread holds for pid (all of them when pid is None), after dropping the claims
+        of a write that was not made."""
+        self._drop_unwritten(pid)
         held = self._held()
         for name in sorted([n for n, (_, p) in held.items() if pid is None or p == pid], reverse=True):
             cm, _ = held.pop(name)
@@ -137,27 +157,33 @@ class MpiHooks:
         pid = rid or new_id()
         self.acquire(["mpi|" + e.key for e in new_entries], pid)
         try:
-            self._resolve(res, ctx, is_update, rid, pid, new_entries, event.extra)
+            claimed = self._resolve(res, ctx, is_update, rid, pid, new_entries, event.extra)
         except BaseException:
             self.release(pid)
             raise
+        target = str(res.get("_ehc_existing") or pid)
+        self._provisional().setdefault(target, set()).update(claimed)
 
     def _resolve(self, res: dict[str, Any], ctx: WriteContext, is_update: bool, rid: str | None, pid: str,
-                 new_entries: list[Any], event_extra: dict[str, Any]) -> None:
+                 new_entries: list[Any], event_extra: dict[str, Any]) -> set[str]:
+        """The keys whose claims now name the record being written (inserted, or taken over from nobody)."""
         # Optimistic: the claims of identifiers nobody holds are inserted naming pid in one round trip (we hold
         # their leases); only the keys that had a claim are read. A new resident costs one command here.
         taken = self.index.claim_new((e.key for e in new_entries), pid)
         fresh = {e.key for e in new_entries} - taken
         try:
-            self._settle(res, ctx, is_update, rid, pid, new_entries, taken, event_extra)
+            held_by_someone = self._settle(res, ctx, is_update, rid, pid, new_entries, taken, event_extra)
         except BaseException:
             if fresh:  # refused: the claims just inserted name a version that will not be written
                 self.index.drop_claims(fresh, pid)
             raise
+        return {e.key for e in new_entries} - held_by_someone
 
     def _settle(self, res: dict[str, Any], ctx: WriteContext, is_update: bool, rid: str | None, pid: str,
-                new_entries: list[Any], taken: set[str], event_extra: dict[str, Any]) -> None:
+                new_entries: list[Any], taken: set[str], event_extra: dict[str, Any]) -> set[str]:
+        """Returns the keys whose claims named a live Patient before this write."""
         owners = self.index.owners(sorted(taken))
+        live = set(owners)
         held = {p for _, p in self._held().values()}
         # A claim naming an id this thread is about to write: the same resident twice in one transaction.
         for key, owner in list(owners.items()):
@@ -172,7 +198,7 @@ class MpiHooks:
             if owners:
                 self._refuse_taken(res, new_entries, owners)
             self.index.write_claims(taken, pid)  # dangling claims, or those moving from a merged record
-            return
+            return live
         residents = sorted(set(owners.values()))
         if len(residents) > 1:
             self._refuse_taken(res, new_entries, owners, several=True)
@@ -196,10 +222,11 @@ class MpiHooks:
             # the claims inserted for its new identifiers move to the registered resident
             self.index.write_claims((e.key for e in new_entries if e.key not in owners), existing_id)
             res["_ehc_existing"] = existing_id
-            return
+            return live
         self.index.write_claims((e.key for e in new_entries if e.key in taken), pid)  # dangling ones
         res["_ehc_existing"] = pid
         ctx.extra["mpi_new_id"] = pid  # tells later handlers there is no stored version to read
+        return live
 
     def _pending_elsewhere(self, key: str, pid: str, held_pids: set[str]) -> bool:
         claim = self.index.claims.find_one({"_id": key}) if held_pids - {pid} else None
@@ -228,6 +255,7 @@ class MpiHooks:
         pid = res.get("id")
         if not pid:
             return
+        self._provisional().pop(pid, None)  # written: its claims stand
         try:
             old = {e.key for e in self.index.entries(event.previous)}
             new = {e.key for e in self.index.entries(res)}

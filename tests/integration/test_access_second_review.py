@@ -186,3 +186,40 @@ def test_one_patients_consent_does_not_open_records_that_name_other_residents(we
     assert call(web, "GET", f"Group/{only_theirs}", tokens["p31"]).status_code == 200  # its own consent suffices
     found = call(web, "GET", f"Group?member={theirs}", tokens["p31"]).get_data(as_text=True)
     assert only_theirs in found and both not in found
+
+
+# -- a resident does not claim records by giving themselves an identifier -----------------------------------------
+
+def test_a_resident_cannot_claim_records_by_adding_an_identifier(web, svc, data, tokens):
+    """Records elsewhere may name a patient by an identifier (a hospital's record number): a resident who added
+    that number to their own Patient became the owner of those records and read them."""
+    system = f"urn:ehc:mrn:{data['org11']}"
+    named = create(svc, {"resourceType": "Observation", "status": "final", "code": {"text": "病理"},
+                         "subject": {"type": "Patient", "identifier": {"system": system, "value": "MRN-777"}}})
+    ops = [{"op": "add", "path": "/identifier", "value": [{"system": system, "value": "MRN-777"}]}]
+    r = call(web, "PATCH", f"Patient/{data['me']}", tokens["app"], ops, "application/json-patch+json")
+    assert r.status_code == 403 and "identifiers" in r.get_json()["issue"][0]["diagnostics"], r.get_json()
+    assert call(web, "GET", f"Observation/{named}", tokens["app"]).status_code == 403
+    phone = [{"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "13800138000"}]}]
+    r = call(web, "PATCH", f"Patient/{data['me']}", tokens["app"], phone, "application/json-patch+json")
+    assert r.status_code == 200, r.get_json()  # the rest of their own record stays theirs to keep up to date
+
+
+def test_a_refused_write_leaves_no_claim_on_its_identifiers(web, svc, data, tokens):
+    """The master index claims a Patient's new identifiers before the write is judged. A write refused after
+    that (403, 412 ...) left the claims naming the Patient: it held, for every lookup, identifiers it was refused,
+    and the records naming a patient by them became its records."""
+    system = f"urn:ehc:mrn:{data['org11']}"
+    named = create(svc, {"resourceType": "Observation", "status": "final", "code": {"text": "病理"},
+                         "subject": {"type": "Patient", "identifier": {"system": system, "value": "MRN-888"}}})
+    ops = [{"op": "add", "path": "/identifier", "value": [{"system": system, "value": "MRN-888"}]}]
+    refused = call(web, "PATCH", f"Patient/{data['me']}", tokens["app"], ops, "application/json-patch+json")
+    assert refused.status_code == 403
+    assert call(web, "GET", f"Observation/{named}", tokens["app"]).status_code == 403
+    stale = web.open(f"/fhir/Patient/{data['me']}", method="PATCH", content_type="application/json-patch+json",
+                     data=json.dumps(ops), headers=bearer(tokens["home"], **{"If-Match": 'W/"999"'}))
+    assert stale.status_code == 412  # the home province's own write, refused for its version
+    free = call(web, "POST", "Patient", tokens["home"], {
+        "resourceType": "Patient", "name": [{"family": "病案"}], "gender": "female", "birthDate": "1970-01-01",
+        "identifier": [{"system": system, "value": "MRN-888"}]})
+    assert free.status_code == 201, free.get_json()  # the number was nobody's, and is the new resident's now
