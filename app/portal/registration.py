@@ -16,6 +16,8 @@ CLIENT_NAME = "电子健康卡居民门户 Resident portal"
 # resident's Consents; a refresh token (offline_access) to renew the one-hour access token during a session.
 SCOPES = "launch/patient openid fhirUser offline_access patient/*.rs patient/Consent.cru"
 _ALLOWED = re.compile(r"^(https://|http://(127\.0\.0\.1|localhost)(:\d+)?/)")
+_LOOPBACK = re.compile(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/")
+MAX_LOOPBACK_URIS = 16  # a developer's ports; the oldest give way, so no Host header can grow the list
 _lock = threading.Lock()
 
 
@@ -23,8 +25,12 @@ def redirect_allowed(uri: str) -> bool:
     return bool(_ALLOWED.match(uri))
 
 
-def ensure_client(store: AuthStore, province: str, redirect_uri: str | None = None) -> Client:
-    """The portal's Client, created when missing; `redirect_uri` is added when new and allowed."""
+def ensure_client(store: AuthStore, province: str, redirect_uri: str | None = None, *,
+                  from_request: bool = False) -> Client:
+    """The portal's Client, created when missing; `redirect_uri` is added when new and allowed. One built from a
+    request (`from_request`: no EHC_BASE_URL says where the portal is) is added only on a loopback address: its
+    host comes from the Host header, which whoever sends the request chooses, and the codes of every resident
+    who signs in through a link to the real server would go there."""
     parse_scopes(SCOPES, strict=True)  # a typo here must fail loudly, not register a broken client
     with _lock:
         client = store.get(Client, CLIENT_ID)
@@ -36,8 +42,11 @@ def ensure_client(store: AuthStore, province: str, redirect_uri: str | None = No
         if client.scopes != SCOPES:
             client.scopes = SCOPES
             changed = True
-        if redirect_uri and redirect_allowed(redirect_uri) and redirect_uri not in client.redirect_uris:
-            client.redirect_uris = [*client.redirect_uris, redirect_uri]
+        if redirect_uri and redirect_allowed(redirect_uri) and redirect_uri not in client.redirect_uris and (
+                not from_request or _LOOPBACK.match(redirect_uri)):
+            uris = [*client.redirect_uris, redirect_uri]
+            loopback = [u for u in uris if _LOOPBACK.match(u)]
+            client.redirect_uris = [u for u in uris if u not in loopback[:-MAX_LOOPBACK_URIS]]
             changed = True
         if changed:
             store.save(client)

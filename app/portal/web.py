@@ -178,11 +178,13 @@ def start_authorization(want: str | None = None) -> ResponseReturnValue:
     root = server_root(svc())
     redirect_uri = f"{root}/portal/callback"
     if redirect_uri not in _registered:
-        client = ensure_client(auth_state(svc()).store, svc().settings.province, redirect_uri)
+        client = ensure_client(auth_state(svc()).store, svc().settings.province, redirect_uri,
+                               from_request=not svc().settings.base_url)
         if redirect_uri not in client.redirect_uris:
             return page("portal/message.html", 500, title=t("门户未配置", "The portal is not configured"),
-                        text=t("门户地址须为 https（或本机地址）。请设置 EHC_BASE_URL。",
-                               "The portal must be served over https (or on loopback). Set EHC_BASE_URL."))
+                        text=t("请设置 EHC_BASE_URL（门户的 https 地址）；未设置时门户只在本机地址上提供。",
+                               "Set EHC_BASE_URL (the portal's https address); without it the portal is served "
+                               "on loopback only."))
         _registered.add(redirect_uri)
     state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
