@@ -112,6 +112,16 @@ def change_account(svc: Any, store: AuthStore, account: ResidentAccount,
     account.patients, account.fhir_user = stored.patients, stored.fhir_user
 
 
+def acts_for(store: AuthStore, account_key: str, patient_id: str) -> bool:
+    """Whether an account acts for a patient now: one of its patients, and, for a relative, by a binding that has
+    not ended (the binding ends first when it is undone, before the account's list and its tokens)."""
+    account = store.get(ResidentAccount, account_key)
+    if account is None or patient_id not in account.patients:
+        return False
+    binding = store.get(Binding, f"{account_key}|{patient_id}")
+    return binding is None or binding.active
+
+
 def unbind(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: str) -> Binding | None:
     """Undo a binding: its Consent made inactive, which ends it (`end_binding`): the RelatedPerson inactive, the
     patient off the account, the account's tokens for that patient revoked."""

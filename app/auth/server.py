@@ -484,6 +484,8 @@ class SmartAuthorizationServer(AuthorizationServer):
             if pending is not None and first.get("index") == 0 and first.get("code") == 11000:
                 raise InvalidClientError(description="the client assertion was used before (jti replay)") from None
             raise
+        if user.get("account") and user.get("patient"):
+            self._still_acting(user["account"], user["patient"], family, [access_key, refresh_key])
         if user.get("patient"):
             token["patient"] = user["patient"]
             token["need_patient_banner"] = True
@@ -493,6 +495,21 @@ class SmartAuthorizationServer(AuthorizationServer):
         if scopes.has("openid") and scopes.has("fhirUser") and user.get("account"):
             code = getattr(request, "authorization_code", None)
             token["id_token"] = self.id_token(client, user, getattr(code, "nonce", None), issued)
+
+    def _still_acting(self, account: str, patient: str, family: str | None, keys: list[str | None]) -> None:
+        """Tokens for a relative only while the binding lasts. Asked after the tokens are stored: a code or a
+        refresh token issued before the binding ended gives nothing, and an unbinding that revoked the account's
+        tokens while this grant was being answered is seen here (it ends the binding before revoking)."""
+        from app.auth.bindings import acts_for
+
+        if acts_for(self.store, account, patient):
+            return
+        if family:
+            self.store.revoke_family(family, "the account no longer acts for the patient")
+        for key in (k for k in keys if k):
+            self.store.collection(Token).update_one({"_id": key}, {"$set": {"revoked": True}})
+            self.store.forget(key)
+        raise InvalidGrantError(description=f"this account no longer acts for Patient/{patient}")
 
     def id_token(self, client: SmartClient, user: dict[str, Any], nonce: str | None, issued: int) -> str:
         base = fhir_base(self.svc)
