@@ -134,12 +134,15 @@ def _patient_label(svc: Any, pid: str) -> str:
 def authorize() -> ResponseReturnValue:
     st = _state()
     server = st.server
-    response_type = request.values.get("response_type", "")
-    if not ERROR_TEXT.fullmatch(response_type):
-        # authlib quotes an unsupported response_type in its error, and raises instead of quoting a character
-        # RFC 6749 (section 5.2) does not allow there
+    # authlib quotes an unsupported response_type, or an unregistered redirect_uri, in its error, and raises instead
+    # of quoting a character RFC 6749 (section 5.2) does not allow there (", \, non-ASCII, controls). No such
+    # redirect_uri is registered (registration takes URIs), so neither is ever redirected to.
+    if not ERROR_TEXT.fullmatch(request.values.get("response_type", "")):
         return _page("error.html", 400, error="unsupported_response_type",
                      description="response_type must be code")
+    if not ERROR_TEXT.fullmatch(request.values.get("redirect_uri", "")):
+        return _page("error.html", 400, error="invalid_request",
+                     description="redirect_uri is not one registered for this client")
     try:
         grant = server.get_consent_grant(end_user=None)
     except OAuth2Error as err:
