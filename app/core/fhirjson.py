@@ -51,15 +51,37 @@ def _int(text: str) -> int | FhirDecimal:
     return int(text) if len(text) < 19 else FhirDecimal(text)
 
 
+class DuplicateKeyError(JsonError):
+    """An object names the same key twice."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique. RFC 8259 §4 says names SHOULD be unique and leaves what a duplicate means
+    to each parser (Python keeps the last, others the first): `{"resourceType": "Patient", "resourceType":
+    "Observation"}` would be read as one thing here and another elsewhere, so it is refused, naming the key."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(f"the key {key!r} appears twice in one object; keys must be unique")
+            seen.add(key)
+    return obj
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_DECODER = json.JSONDecoder(parse_float=FhirDecimal, parse_int=_int, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_float=FhirDecimal, parse_int=_int, parse_constant=_no_constant,
+                            object_pairs_hook=_object)
 
 
 def loads(data: bytes | str) -> Any:
     """Parse JSON, decimals as FhirDecimal. Raises JsonError, also for a string holding a lone UTF-16 surrogate
-    (JSON's escape "\\ud800" allows it; it is not Unicode text, and no UTF-8, BSON or XML can hold it)."""
+    (JSON's escape "\\ud800" allows it; it is not Unicode text, and no UTF-8, BSON or XML can hold it), and
+    DuplicateKeyError for an object that names a key twice. A UTF-8 byte order mark before the text is skipped
+    (RFC 8259 §8.1 lets a parser ignore it)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        text = text.removeprefix("\ufeff")
         parsed = _DECODER.decode(text)
     except UnicodeDecodeError as err:
         raise JsonError(f"the body is not UTF-8: {err}") from None

@@ -82,6 +82,8 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
         try:
             patch = fhirjson.loads(data)  # decimals keep their text
+        except fhirjson.DuplicateKeyError as err:
+            raise FhirError(400, f"the JSON Patch is refused: {err}") from None
         except fhirjson.JsonError as err:
             raise FhirError(400, f"the JSON Patch is not valid JSON: {err}") from None
         except RecursionError:
@@ -107,17 +109,19 @@ def fhir_entry(path: str) -> Response:
     pretty = request.args.get("_pretty") == "true"
     principal = None
     try:
+        # HEAD is GET without the body in the answer (RFC 9110 §9.3.2): werkzeug drops the body it is given.
+        method = "GET" if request.method == "HEAD" else request.method
         # A Binary read in its own content type: the handler answers with its bytes; errors stay FHIR JSON.
         native = native_binary_type(request, path)
-        media = negotiate(request) if native is None or request.method != "GET" else "application/fhir+json"
+        media = negotiate(request) if native is None or method != "GET" else "application/fhir+json"
         check_fhir_version(request)
         if path not in ("metadata", ".well-known/smart-configuration"):
             # Authenticated once per request; a before_request hook (audit) may have done it already.
             principal = g.get("ehc_principal") or svc.policy.authenticate(request.headers.get("Authorization"))
             g.ehc_principal = principal
-        body, raw = _body_for(request.method, path, svc)
+        body, raw = _body_for(method, path, svc)
         req = FhirRequest(
-            method=request.method,
+            method=method,
             path=path.strip("/"),
             params=query_params(request),
             headers={k.lower(): v for k, v in request.headers.items()},

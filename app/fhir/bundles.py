@@ -1,23 +1,25 @@
 """batch and transaction Bundles (FHIR R4 http.html#transaction).
 
-A batch runs each entry through the router on its own. A transaction is resolved completely first
-(ids assigned, urn:uuid and conditional references rewritten, every resource validated, entries in the
-spec's order DELETE, POST, PUT/PATCH, GET), then written through the journal, so that it is stored
-completely or not at all.
+Every entry is read and checked first (app.fhir.bundle_entries), so a malformed Bundle runs nothing. A batch
+runs each entry through the router on its own; each entry's failure, expected or not, is that entry's answer.
+A transaction is resolved completely first (ids assigned, urn:uuid and conditional references rewritten,
+every resource validated, entries in the spec's order DELETE, POST, PUT/PATCH, GET), then written through the
+journal, so that it is stored completely or not at all. The answers of one Bundle share a size budget.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
+import logging
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from app.core import fhirjson
-from app.core.errors import FhirError, bad_request, info_outcome
+from app.core.errors import FhirError, Issue, bad_request, info_outcome, operation_outcome
 from app.core.ids import new_id
-from app.fhir.http import FhirResponse, check_json_depth, parse_etag, parse_prefer
+from app.fhir.bundle_entries import check_bundle_entries, entry_request, transaction_target
+from app.fhir.http import FhirResponse, parse_etag, parse_prefer
 from app.fhir.interactions import (
     _audit,
     _find,
@@ -27,13 +29,31 @@ from app.fhir.interactions import (
     criteria_params,
     validate_inside,
 )
+from app.fhir.outage import abandon_claims
 from app.fhir.router import FhirRequest, Router
 from app.services import Services
+from app.store.database import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from app.store.events import StoreEvent
 from app.store.journal import PlannedWrite
 from app.store.repository import Stored
 
-ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
+
+log = logging.getLogger("ehc.fhir")
+
+# What the answers of one Bundle may weigh (their JSON, summed), beside the limit on its entries. A batch of
+# small entries can ask for large answers: 100 `GET metadata` entries (5 KB) built a 64 MB answer in memory, and
+# searches, histories and $everything do the same with any resource. Refusing `GET metadata` alone would leave
+# those; a budget on the answer bounds them all, with no list of costly requests to keep. Once an answer does
+# not fit, no further read runs (each answers 413 too-costly: so 1,000 costly GETs cost at most what fits, not
+# 1,000 answers); writes still run, since a write's answer is no larger than what the request carried, and
+# answer their status, location and etag without the resource. The budget follows the request limit
+# (EHC_MAX_BODY_BYTES): a transaction's answer with every resource must fit, with room to spare.
+MIN_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+def answer_budget(svc: Services) -> int:
+    return max(MIN_ANSWER_BYTES, 2 * svc.settings.max_body_bytes)
 
 
 def process_bundle(req: FhirRequest, svc: Services, router: Router) -> FhirResponse:
@@ -42,66 +62,19 @@ def process_bundle(req: FhirRequest, svc: Services, router: Router) -> FhirRespo
         raise bad_request("POST to the base URL needs a Bundle of type batch or transaction",
                           expression="resourceType")
     kind = bundle.get("type")
-    entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
-        raise bad_request("Bundle.entry must be a list", expression="Bundle.entry")
-    limit = svc.settings.max_bundle_entries
-    if len(entries) > limit:  # one request must not hold a worker for the work of thousands
-        raise FhirError(413, f"a Bundle may hold at most {limit} entries (EHC_MAX_BUNDLE_ENTRIES); this one holds "
-                             f"{len(entries)}: send it in parts", code="too-costly", expression="Bundle.entry")
-    for i, entry in enumerate(entries):
-        _check_entry(entry, f"Bundle.entry[{i}]")
+    if kind not in ("batch", "transaction"):
+        raise bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
+    entries = check_bundle_entries(bundle, svc.settings.max_bundle_entries)
+    # The Bundle's own elements and its entries' (total, timestamp, an unknown element ...), without the resources
+    # each entry carries: those are validated as what they are, once the entry knows what they are for.
+    shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
+    if not entries:
+        shell.pop("entry")
+    validate_inside(svc, shell, "Bundle", "Bundle")
+    subs = [entry_request(req, entry, i) for i, entry in enumerate(entries)]  # every URL and patch, before any runs
     if kind == "batch":
-        return _batch(req, svc, router, entries)
-    if kind == "transaction":
-        return _transaction(req, svc, router, entries)
-    raise bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
-
-
-def _check_entry(entry: Any, where: str) -> None:
-    """What the bundle's processing reads of an entry has the JSON type it expects (else 400 naming it)."""
-    request = entry.get("request") if isinstance(entry, dict) else None
-    if not isinstance(request, dict) or not isinstance(request.get("method"), str) \
-            or request["method"] not in ORDER or not isinstance(request.get("url"), str) or not request["url"]:
-        raise bad_request(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
-                          expression=f"{where}.request")
-    for field in ("ifMatch", "ifNoneMatch", "ifNoneExist", "ifModifiedSince"):
-        if not isinstance(request.get(field, ""), str):
-            raise bad_request(f"{where}.request.{field} must be a string", expression=f"{where}.request.{field}")
-    if not isinstance(entry.get("fullUrl", ""), str):
-        raise bad_request(f"{where}.fullUrl must be a string", expression=f"{where}.fullUrl")
-    if not isinstance(entry.get("resource", {}), dict):
-        raise bad_request(f"{where}.resource must be a resource (a JSON object)", expression=f"{where}.resource")
-
-
-def _entry_request(req: FhirRequest, entry: dict[str, Any]) -> FhirRequest:
-    r = entry["request"]
-    parts = urlsplit(r["url"])
-    path = parts.path
-    if req.base and r["url"].startswith(req.base):
-        path = urlsplit(r["url"][len(req.base):]).path
-    headers = {}
-    for field, header in (("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match"),
-                          ("ifNoneExist", "if-none-exist"), ("ifModifiedSince", "if-modified-since")):
-        if r.get(field):
-            headers[header] = r[field]
-    body = entry.get("resource")
-    if r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
-        # FHIR carries a JSON Patch in a transaction as a Binary holding the patch document
-        try:
-            patch = fhirjson.loads(base64.b64decode(body.get("data", ""), validate=True))  # decimals kept
-        except (ValueError, TypeError, RecursionError, fhirjson.JsonError):
-            raise bad_request("a PATCH entry's Binary must hold a base64-encoded JSON Patch",
-                              expression="Bundle.entry.resource.data") from None
-        check_json_depth(patch)
-        body = {"_patch": patch}
-    elif r["method"] == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        body = {"_fhirpath_patch": body}  # a FHIRPath Patch
-    if req.header("prefer") and "prefer" not in headers:
-        headers["prefer"] = req.header("prefer") or ""  # Prefer applies to every entry (http.html#transaction)
-    return FhirRequest(r["method"], path.strip("/"), parse_qsl(parts.query, keep_blank_values=True), headers,
-                       body, base=req.base, principal=req.principal, write=req.write,
-                       remote_addr=req.remote_addr, in_transaction=True)
+        return _batch(req, svc, router, subs)
+    return _transaction(req, svc, router, entries, subs)
 
 
 def _response_entry(resp: FhirResponse) -> dict[str, Any]:
@@ -118,14 +91,82 @@ def _response_entry(resp: FhirResponse) -> dict[str, Any]:
     return out
 
 
-def _batch(req: FhirRequest, svc: Services, router: Router, entries: list[dict[str, Any]]) -> FhirResponse:
+def _reads_only(sub: FhirRequest) -> bool:
+    return sub.method == "GET" or (sub.method == "POST" and sub.path.endswith("_search"))
+
+
+class _Answers:
+    """The answer budget of one Bundle (answer_budget)."""
+
+    def __init__(self, svc: Services) -> None:
+        self.left = answer_budget(svc)
+        self.database_down = False  # an entry found the database unreachable: the later ones are not attempted
+
+    def skip(self, sub: FhirRequest, i: int) -> dict[str, Any] | None:
+        """The answer of an entry that is not run: a read once the budget is spent, anything once the database
+        is down. None: run it."""
+        if self.database_down:
+            outcome = DatabaseUnavailable(f"Bundle.entry[{i}] was not attempted: the database is unavailable; "
+                                          "retry shortly").outcome()
+            return {"response": {"status": "503", "outcome": outcome}}
+        if self.left <= 0 and _reads_only(sub):
+            return self._too_costly(i)
+        return None
+
+    def fit(self, item: dict[str, Any], sub: FhirRequest | None, i: int) -> dict[str, Any]:
+        size = len(fhirjson.dumps(item))
+        if size <= self.left:
+            self.left -= size
+            return item
+        self.left = 0  # the first answer that does not fit ends the reads of this Bundle
+        if sub is not None and _reads_only(sub):
+            return self._too_costly(i)
+        kept: dict[str, Any] = {k: v for k, v in item.items() if k in ("fullUrl",)}
+        kept["response"] = {k: v for k, v in item["response"].items() if k != "outcome"}
+        kept["response"]["outcome"] = operation_outcome([Issue(
+            f"Bundle.entry[{i}] was done, but the answer of this Bundle has reached its size limit: the "
+            "entry's resource is left out (read it with its own request)", "too-costly", "warning",
+            [f"Bundle.entry[{i}]"])])
+        return kept
+
+    @staticmethod
+    def _too_costly(i: int) -> dict[str, Any]:
+        outcome = FhirError(413, f"Bundle.entry[{i}] was not answered: the answer of this Bundle has reached its "
+                                 "size limit; send this read in another request", code="too-costly",
+                            expression=f"Bundle.entry[{i}]").outcome()
+        return {"response": {"status": "413", "outcome": outcome}}
+
+
+def _run_entry(router: Router, sub: FhirRequest, svc: Services, i: int, answers: _Answers) -> FhirResponse:
+    """One entry's answer, whatever it raises: a failure is that entry's outcome, never the whole Bundle's (the
+    entries before it may have been stored, and their answers must reach the client)."""
+    try:
+        return router.dispatch(sub, svc)
+    except FhirError as err:
+        if isinstance(err, DatabaseUnavailable):
+            answers.database_down = True
+        return FhirResponse(err.status, err.outcome())
+    except UNAVAILABLE_ERRORS:
+        log.warning("database unavailable on Bundle.entry[%d] (%s %s)", i, sub.method, sub.path)
+        abandon_claims(svc)
+        answers.database_down = True
+        return FhirResponse(503, DatabaseUnavailable().outcome())
+    except Exception:
+        log.exception("unhandled error on Bundle.entry[%d] (%s %s)", i, sub.method, sub.path)
+        abandon_claims(svc)  # the entry's write failed half way: release the history slots it claimed
+        return FhirResponse(500, FhirError(500, f"Bundle.entry[{i}]: internal error; the server log has the "
+                                                "details", expression=f"Bundle.entry[{i}]").outcome())
+
+
+def _batch(req: FhirRequest, svc: Services, router: Router, subs: list[FhirRequest]) -> FhirResponse:
+    answers = _Answers(svc)
     out = []
-    for entry in entries:
-        try:
-            resp = router.dispatch(_entry_request(req, entry), svc)
-        except FhirError as err:
-            resp = FhirResponse(err.status, err.outcome())
-        out.append(_response_entry(resp))
+    for i, sub in enumerate(subs):
+        skipped = answers.skip(sub, i)
+        if skipped is not None:
+            out.append(skipped)
+            continue
+        out.append(answers.fit(_response_entry(_run_entry(router, sub, svc, i, answers)), sub, i))
     return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
@@ -143,16 +184,27 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
-def _conditional_refs(node: Any, found: set[str]) -> None:
+def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(element path, value) of every Reference.reference string in `node` (`path` names `node`)."""
     if isinstance(node, dict):
         for k, v in node.items():
-            if k == "reference" and isinstance(v, str) and "?" in v and "://" not in v:
-                found.add(v)
+            if k == "reference" and isinstance(v, str):
+                yield f"{path}.{k}", v
             else:
-                _conditional_refs(v, found)
+                yield from _references(v, f"{path}.{k}")
     elif isinstance(node, list):
-        for x in node:
-            _conditional_refs(x, found)
+        for n, x in enumerate(node):
+            yield from _references(x, f"{path}[{n}]")
+
+
+def _conditional_refs(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Each conditional reference ("Patient?identifier=...") of the entries' resources -> where it first occurs."""
+    found: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        for path, ref in _references(entry.get("resource"), f"Bundle.entry[{i}].resource"):
+            if "?" in ref and "://" not in ref:
+                found.setdefault(ref, path)
+    return found
 
 
 def _creating_criteria(subs: list[FhirRequest]) -> dict[int, str]:
@@ -163,34 +215,81 @@ def _creating_criteria(subs: list[FhirRequest]) -> dict[int, str]:
     for i, sub in enumerate(subs):
         rtype = sub.path.split("/")[0]
         if sub.method == "POST" and sub.header("if-none-exist"):
-            names[i] = criteria_lease(rtype, criteria_params(sub.header("if-none-exist") or ""))
+            names[i] = criteria_lease(rtype, _criteria(sub.header("if-none-exist") or "",
+                                                       f"Bundle.entry[{i}].request.ifNoneExist"))
         elif sub.method == "PUT" and "/" not in sub.path and sub.params:
             names[i] = criteria_lease(rtype, sub.params)
     return names
 
 
-def _transaction(req: FhirRequest, svc: Services, router: Router,
-                 entries: list[dict[str, Any]]) -> FhirResponse:
-    subs = [_entry_request(req, entry) for entry in entries]
+def _criteria(text: str, where: str) -> list[tuple[str, str]]:
+    """The search parameters of conditional criteria (interactions.criteria_params), a refusal naming `where`."""
+    try:
+        return criteria_params(text)
+    except FhirError as err:
+        raise _naming(err, where) from None
+
+
+def _naming(err: FhirError, where: str) -> FhirError:
+    """`err`, about the criteria found at `where` in the Bundle: the same status and text, naming `where`."""
+    issue = err.issues[0]
+    return FhirError(err.status, f"{where}: {issue.diagnostics}", code=issue.code, expression=where)
+
+
+def _check_fullurls(entries: list[dict[str, Any]]) -> None:
+    """A fullUrl names one entry (references to it are rewritten to that entry's resource): a second entry with
+    the same fullUrl is refused, naming it, rather than binding the references to whichever came last."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        full_url = entry.get("fullUrl")
+        if not full_url:
+            continue
+        if full_url in seen:
+            raise bad_request(f"Bundle.entry[{i}].fullUrl {full_url!r} is Bundle.entry[{seen[full_url]}].fullUrl "
+                              "too: a fullUrl identifies one entry", expression=f"Bundle.entry[{i}].fullUrl")
+        seen[full_url] = i
+
+
+def _transaction(req: FhirRequest, svc: Services, router: Router, entries: list[dict[str, Any]],
+                 subs: list[FhirRequest]) -> FhirResponse:
+    for i, (entry, sub) in enumerate(zip(entries, subs, strict=True)):
+        transaction_target(sub, entry, i)
+    _check_fullurls(entries)
     leases = _creating_criteria(subs)
+    progress: dict[str, Any] = {"entry": None, "applying": False}
     with ExitStack() as held:
         # Held from the searches to the writes; taken in one order, so two transactions sharing criteria
         # cannot each hold one and wait for the other.
         for name in sorted(set(leases.values())):
             held.enter_context(svc.leases.hold(name))
-        plans, writes, write_index, results = _plan_and_apply(req, svc, entries, subs, leases)
+        try:
+            plans, writes, write_index, results = _plan_and_apply(req, svc, entries, subs, leases, progress)
+        except FhirError:
+            raise
+        except Exception as err:
+            if isinstance(err, UNAVAILABLE_ERRORS):  # the database is down: 503 at the web edge (app.fhir.outage)
+                raise
+            # Not a refusal but a fault (a bug, an unexpected input): the transaction fails as for any refusal.
+            # Nothing is stored while planning; the journal undoes what it had applied.
+            log.exception("unhandled error in a transaction (Bundle.entry[%s])", progress["entry"])
+            abandon_claims(svc)
+            where = f"Bundle.entry[{progress['entry']}]" if progress["entry"] is not None else "Bundle"
+            state = "the journal undoes what was applied" if progress["applying"] else "nothing was stored"
+            raise FhirError(500, f"{where}: internal error, so the transaction failed ({state}); the server "
+                                 "log has the details", expression=where) from None
     # 4. The response, in the order of the request (Prefer: return=minimal | representation | OperationOutcome).
     prefer = parse_prefer(req.header("prefer")).get("return", "representation")
+    answers = _Answers(svc)
     out: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
         plan = plans.get(i)
         method = entry["request"]["method"]
         if method == "GET":
-            try:
-                resp = router.dispatch(subs[i], svc)  # GET entries are not planned: their request is as parsed
-            except FhirError as err:
-                resp = FhirResponse(err.status, err.outcome())
-            out.append(_response_entry(resp))
+            # GET entries are not planned: their request is as parsed. They run after the writes are stored, so
+            # a failure (or the answer budget) is that entry's answer: the others' must still reach the client.
+            skipped = answers.skip(subs[i], i)
+            out.append(skipped if skipped is not None else
+                       answers.fit(_response_entry(_run_entry(router, subs[i], svc, i, answers)), subs[i], i))
             continue
         assert plan is not None
         if plan["kind"] == "noop":
@@ -213,16 +312,17 @@ def _transaction(req: FhirRequest, svc: Services, router: Router,
             item["resource"] = stored.resource
         elif stored.resource is not None and prefer == "operationoutcome":
             item["response"]["outcome"] = info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}")
-        out.append(item)
+        out.append(answers.fit(item, None, i))
     _audit(svc, req, "transaction", None, [f"{w.resource_type}/{w.id}" for w in writes])
     return FhirResponse(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": out})
 
 
 def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any]], subs: list[FhirRequest],
-                    leases: dict[int, str]
+                    leases: dict[int, str], progress: dict[str, Any]
                     ) -> tuple[dict[int, dict[str, Any]], list[PlannedWrite], dict[int, int], list[Stored | None]]:
     """Steps 1-3 of a transaction, then the journal: the plan of each entry, the writes and the stored results.
-    `leases`: the criteria lease of each entry that may create (_creating_criteria)."""
+    `leases`: the criteria lease of each entry that may create (_creating_criteria). `progress` says which entry
+    is being planned, and whether the journal is applying the writes (for the answer to an unexpected fault)."""
     order = sorted(range(len(entries)), key=lambda i: ORDER[entries[i]["request"]["method"]])
     mapping: dict[str, str] = {}
     plans: dict[int, dict[str, Any]] = {}
@@ -230,10 +330,11 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
     creating: dict[str, int] = {}  # the criteria (lease name) of a conditional write that creates -> its entry
     # 1. Decide every entry's target id, so references between entries can be rewritten.
     for i in order:
+        progress["entry"] = i
         entry = entries[i]
         sub = subs[i]
         method = sub.method
-        segments = sub.path.split("/")
+        segments = sub.path.split("/")  # its shape is checked (transaction_target)
         rtype = segments[0]
         where = f"Bundle.entry[{i}]"
         if method == "GET":
@@ -242,7 +343,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
         if method == "POST":
             existing = None
             if sub.header("if-none-exist"):
-                criteria = criteria_params(sub.header("if-none-exist") or "")
+                criteria = _criteria(sub.header("if-none-exist") or "", f"{where}.request.ifNoneExist")
                 key = leases[i]
                 if key in creating:  # an earlier entry creates what these criteria match: that one, not a twin
                     existing = plans[creating[key]]["id"]
@@ -268,7 +369,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
         else:
             if len(segments) >= 2:
                 rid = segments[1]
-            elif sub.params:
+            else:  # [type]?criteria (transaction_target refused [type] alone)
                 matches = _find(req, svc, rtype, sub.params, limit=2)
                 if len(matches) > 1:
                     raise FhirError(412, f"{where}: the conditional URL matches more than one {rtype}",
@@ -286,9 +387,11 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                                           "criteria match: a resource may appear in a transaction once",
                                           expression=where)
                     creating[key] = i
-                rid = matches[0]["_id"] if matches else (entry.get("resource") or {}).get("id") or new_id()
-            else:
-                raise bad_request(f"{where}.request.url needs an id or search criteria", expression=where)
+                body_id = (entry.get("resource") or {}).get("id")
+                if matches and method == "PUT" and body_id not in (None, matches[0]["_id"]):
+                    raise bad_request(f"{where}.resource.id {body_id!r} differs from the {rtype} the conditional "
+                                      "URL matches", expression=f"{where}.resource.id")
+                rid = matches[0]["_id"] if matches else body_id or new_id()
             plans[i] = {"kind": method.lower(), "type": rtype, "id": rid, "sub": sub}
         if plans[i]["kind"] != "noop":  # http.html#trules: a resource may appear in a transaction once
             target = (rtype, plans[i]["id"])
@@ -298,20 +401,28 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
             written[target] = i
         if entry.get("fullUrl"):
             mapping[entry["fullUrl"]] = f"{rtype}/{plans[i]['id']}"
-    # 2. Conditional references ("Patient?identifier=...") resolve to exactly one resource.
-    cond: set[str] = set()
-    for entry in entries:
-        _conditional_refs(entry.get("resource"), cond)
-    for ref in cond:
+    progress["entry"] = None
+    # 2. Conditional references ("Patient?identifier=...") resolve to exactly one resource, through the same
+    # criteria reading and search as every conditional interaction (criteria_params, _find): criteria that
+    # select nothing are refused there, named here by where the reference is.
+    for ref, path in _conditional_refs(entries).items():
         rtype, query = ref.split("?", 1)
-        matches = _find(req, svc, rtype, parse_qsl(query), limit=2)
+        criteria = _criteria(query, path)
+        try:
+            matches = _find(req, svc, rtype, criteria, limit=2)
+        except FhirError as err:
+            if err.status != 400:
+                raise
+            raise _naming(err, path) from None
         if len(matches) != 1:
-            raise FhirError(412, f"the conditional reference {ref!r} matches {len(matches)} resources, not one")
+            raise FhirError(412, f"{path}: the conditional reference {ref!r} matches {len(matches)} resources, "
+                                 "not one", expression=path)
         mapping[ref] = f"{rtype}/{matches[0]['_id']}"
     # 3. Build the writes: validated, references rewritten.
     writes: list[PlannedWrite] = []
     write_index: dict[int, int] = {}
     for i in order:
+        progress["entry"] = i
         plan = plans.get(i)
         if plan is None or plan["kind"] == "noop":
             continue
@@ -322,6 +433,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
             resource = _rewrite(copy.deepcopy(plan.get("resource") or entries[i].get("resource") or {}), mapping)
             if resource.get("resourceType") != rtype:
                 raise bad_request(f"{where}.resourceType must be {rtype}", expression=f"{where}.resourceType")
+            _check_local_refs(resource, where)
             resource["id"] = rid
             validate_inside(svc, resource, rtype, where)
             if not plan.get("pre_fired"):
@@ -348,4 +460,18 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
         write_index[i] = len(writes)
         writes.append(PlannedWrite(method, rtype, rid, resource, if_match, registration=bool(plan.get("registration")),
                                    base=base))
+    progress["entry"] = None
+    progress["applying"] = True
     return plans, writes, write_index, svc.journal.apply(writes, req.write)
+
+
+def _check_local_refs(resource: dict[str, Any], where: str) -> None:
+    """A urn:uuid reference names an entry of the transaction (its fullUrl), and was rewritten to that entry's
+    resource: one left names no entry, and would be stored as a reference nothing can resolve (400 naming it).
+    A Bundle stored by the transaction is left alone: its own entries define its urn:uuid references."""
+    if resource.get("resourceType") == "Bundle":
+        return
+    for path, ref in _references(resource, where):
+        if ref.startswith("urn:uuid:"):
+            raise bad_request(f"{path}: {ref!r} is the fullUrl of no entry of this transaction",
+                              expression=path)

@@ -20,6 +20,7 @@ break-the-glass) for the request's one AuditEvent, which the router writes (`aud
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from app.audit.events import as_seen_by
 from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
 from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
+from app.search.request import SearchRequest
 from app.services import Services
 
 CONTAINERS = {"Bundle", "Parameters", "OperationOutcome"}
@@ -76,6 +78,20 @@ class DisclosureGate:
 
     def admits(self, rtype: str, doc: dict[str, Any]) -> bool:
         return self.decide(rtype, doc).allowed
+
+    def row_admit(self, rtype: str, sub: SearchRequest | None = None) -> Callable[[dict[str, Any]], bool] | None:
+        """Which stored rows of a type a search may use, judged before paging and counting (None: every row).
+        `sub`: the inner search of a chain or a `_has`. A chain that only finds a resident by an identifier
+        (`Observation?patient.identifier=<ID number>`) says whose records are asked for, which the national
+        index tells every province too; its outer matches are judged as usual. Any other inner search is judged
+        row by row: its matches would otherwise answer its criteria about records the caller may not see."""
+        if not self.svc.policy.judges_rows(self.principal, rtype):
+            return None
+        if sub is not None and rtype == "Patient" and sub.collect is None and sub.filters and all(
+                f.code == "identifier" and f.modifier is None and f.chain is None and f.has is None
+                for f in sub.filters):
+            return None
+        return lambda doc: self.admits(rtype, doc)
 
     def require(self, rtype: str, doc: dict[str, Any] | None, access: str = "read") -> str | None:
         """Before a response that carries no body of the record (304, 410, errors, operations): 403 unless the

@@ -91,6 +91,8 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         return fhir_xml.from_xml(load_structure(PROFILES_DIR), data)
     try:
         body = fhirjson.loads(data)  # decimals keep their text (1.50 stays 1.50)
+    except fhirjson.DuplicateKeyError as err:
+        raise bad_request(f"the body is refused: {err}") from None
     except fhirjson.JsonError as err:
         raise bad_request(f"the body is not valid JSON: {err}") from None
     except RecursionError:  # the parser gave up on a body nested hundreds of levels deep
@@ -146,7 +148,7 @@ def parse_etag(value: str | None, header: str) -> int | None:
     if v.startswith("W/"):
         v = v[2:]
     v = v.strip('"')
-    if not v.isdigit():
+    if not (v.isascii() and v.isdigit()):  # ASCII only: "²" and "١" are digits to str.isdigit
         raise bad_request(f'{header} must be a version ETag like W/"3", not {value!r}', expression=header)
     return int(v)
 
@@ -162,8 +164,9 @@ def version_headers(base: str, resource_type: str, rid: str, vid: int, ts: Any) 
 def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     if resp.raw is not None:
         out = Response(resp.raw, status=resp.status, content_type=resp.content_type)
-    elif resp.body is None:
+    elif resp.body is None:  # no content, so no Content-Type (Flask's default would say text/html)
         out = Response(b"", status=resp.status)
+        del out.headers["Content-Type"]
     else:
         structure = load_structure(PROFILES_DIR)
         if media_type == FHIR_XML and resp.body.get("resourceType") not in structure.resources:
@@ -201,7 +204,7 @@ def native_binary_type(request: Request, path: str) -> str | None:
     if request.method in ("POST", "PUT") and len(segs) <= 2:
         ctype = (request.mimetype or "").lower()
         return ctype if ctype and ctype not in FHIR_MEDIA else None
-    if request.method == "GET" and len(segs) in (2, 4):
+    if request.method in ("GET", "HEAD") and len(segs) in (2, 4):
         first = (request.headers.get("Accept") or "").split(",")[0].split(";")[0].strip().lower()
         return first if first not in FHIR_MEDIA else None
     return None

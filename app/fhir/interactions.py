@@ -59,11 +59,13 @@ def resource_response(req: FhirRequest, stored: Stored, status: int = 200,
     headers = version_headers(req.base, stored.resource_type, stored.id, stored.vid, stored.ts)
     if not with_location:
         headers.pop("Location")
-    pref = _prefer_return(req)
+    # Prefer: return= is about what a create, update or patch answers (http.html#ops); a read answers the resource.
+    pref = _prefer_return(req) if req.method in ("POST", "PUT", "PATCH") else "representation"
     if pref == "minimal":
-        return FhirResponse(status, None, headers)
+        return FhirResponse(status, None, {**headers, "Preference-Applied": "return=minimal"})
     if pref == "operationoutcome":
-        return FhirResponse(status, info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}"), headers)
+        return FhirResponse(status, info_outcome(f"{stored.resource_type}/{stored.id} version {stored.vid}"),
+                            {**headers, "Preference-Applied": "return=OperationOutcome"})
     body = stored.resource
     if body is not None and req.method == "GET":
         body = apply_summary(body, req.param("_summary"))
@@ -83,6 +85,17 @@ def not_modified_since(header: str | None, ts: datetime) -> bool:
         return False  # an invalid date is ignored, as the RFC says
     since = naive_utc(since)
     return ts.replace(microsecond=0) <= since
+
+
+def none_match_fails(header: str, vid: int | None) -> bool:
+    """If-None-Match (RFC 9110 §13.1.2) is false when it is `*` and the resource exists (vid not None), or when
+    one of the entity tags it lists is the current version's (weak comparison: W/"2" and "2" are the same)."""
+    tags = [t.strip() for t in header.split(",") if t.strip()]
+    if vid is None:
+        return False
+    if "*" in tags:
+        return True
+    return any((t[2:] if t.startswith("W/") else t).strip('"') == str(vid) for t in tags)
 
 
 def _prefer_return(req: FhirRequest) -> str:
@@ -154,7 +167,7 @@ def _conditional_create(req: FhirRequest, svc: Services, type: str, body: dict[s
                         criteria: str) -> FhirResponse:
     params = criteria_params(criteria)
     with svc.leases.hold(criteria_lease(type, params)):
-        matches = _find(req, svc, type, params, limit=2)
+        matches = _find(req, svc, type, params, limit=2, where="If-None-Exist")
         if len(matches) > 1:
             raise precondition_failed(f"If-None-Exist {criteria!r} matches more than one {type}")
         if matches:
@@ -180,15 +193,40 @@ def criteria_params(criteria: str) -> list[tuple[str, str]]:
     return params
 
 
+def refuse_unsupported(params: list[tuple[str, str]]) -> None:
+    """400 for the search parameters the server parses but does not apply: `_offset` (paging is by cursor:
+    follow the `next` link). `_offset=0` asks for what every first page is, and is accepted."""
+    for name, value in params:
+        if name == "_offset" and value.strip() != "0":
+            raise bad_request("_offset is not supported: page with the bundle's next link (_cursor)",
+                              expression="_offset", code="not-supported")
+
+
 def _find(req: FhirRequest, svc: Services, rtype: str, params: list[tuple[str, str]],
-          limit: int) -> list[dict[str, Any]]:
+          limit: int, where: str | None = None) -> list[dict[str, Any]]:
     """The matches of a conditional interaction's criteria: the caller's own search (its scopes' constraints,
     a resident's compartment), so that what it matches tells nothing its search would not. Each match is then
-    judged by the disclosure or the change gate as usual."""
-    params = svc.policy.restrict_search(req.principal, rtype, params)
-    request = parse_search(rtype, params, svc.registry, strict=True, default_count=limit,
+    judged by the disclosure or the change gate as usual.
+
+    The criteria must select (http.html#cond-update: a conditional interaction acts on what its search criteria
+    match): criteria whose parameters all have empty values (`status=`), or that hold only parameters about the
+    result (`_count`, `_sort`, `_summary`, `_format` ...), would match every resource of the type, so they are
+    refused with 400 before anything is searched. Every conditional interaction (create, update, patch, delete,
+    their transaction entries and a transaction's conditional references) finds its matches here. `where` names
+    the criteria in the error (`If-None-Exist`)."""
+    restricted = svc.policy.restrict_search(req.principal, rtype, params)  # scopes are judged first
+    refuse_unsupported(params)
+    own = parse_search(rtype, params, svc.registry, strict=True, default_count=limit,
+                       max_count=svc.settings.max_count)
+    if not own.filters:
+        shown = "&".join(f"{k}={v}" for k, v in params)
+        what = f"the conditional criteria {shown!r}" if shown else "empty conditional criteria"
+        raise bad_request(f"{what} select no {rtype}: they have no search parameter "
+                          "with a value (empty values and parameters such as _count, _sort or _summary do not "
+                          f"select), so they would match every {rtype}", expression=where)
+    request = parse_search(rtype, restricted, svc.registry, strict=True, default_count=limit,
                            max_count=svc.settings.max_count)
-    return svc.searcher.search(request, limit).docs
+    return svc.searcher.search(request, limit, admit_of=req.gate.row_admit).docs
 
 
 # -- read -----------------------------------------------------------------------------------------------
@@ -200,7 +238,7 @@ def read(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     consent = req.gate.require(type, doc)  # also before 304 and 410, which carry no body
     stored = svc.repo.read(type, id, req.write, doc=doc)
     inm = req.header("if-none-match")
-    if (inm and inm.strip() in (etag(stored.vid), f'"{stored.vid}"', "*")) or (
+    if (inm and none_match_fails(inm, stored.vid)) or (
             not inm and not_modified_since(req.header("if-modified-since"), stored.ts)):
         _audit(svc, req, "read", type, [id], consent, 304)
         return FhirResponse(304, None, {"ETag": etag(stored.vid)})
@@ -228,6 +266,8 @@ def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> Fhir
     check_type(svc, type, "vread")
     svc.policy.require(req.principal, "read", type)
     req.gate.require(type, svc.repo.get_doc(type, id))
+    if not (vid.isascii() and vid.isdigit()):  # a version id is ASCII digits ("²".isdigit() is true, int() fails)
+        raise not_found(f"version {vid!r} of {type}/{id} is not known")
     stored = svc.repo.vread(type, id, vid)
     _audit(svc, req, "vread", type, [id])
     return as_native(req, resource_response(req, stored))
@@ -243,6 +283,10 @@ def update(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     prior = svc.repo.get_raw(type, id)
     svc.policy.require(req.principal, "update" if prior else "create", type)
     if_match = parse_etag(req.header("if-match"), "If-Match")
+    inm = req.header("if-none-match")
+    if inm and none_match_fails(inm, None if not prior or prior.get("del") else int(prior["vid"])):
+        # If-None-Match: * asks to create only (RFC 9110 §13.1.2): a current version exists, so nothing is written
+        raise precondition_failed(f"If-None-Match {inm!r}: {type}/{id} already exists; nothing was written")
     stored = svc.repo.update(type, id, body, if_match=if_match, context=req.write, known_prior=prior)
     created = stored.vid == 1
     _audit(svc, req, "create" if created else "update", type, [id])
@@ -276,6 +320,8 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
     check_type(svc, type, "patch")
     body = req.body if isinstance(req.body, dict) else {}
     ops, fhirpath = body.get("_patch"), body.get("_fhirpath_patch")
+    if "_patch" in body:  # the media type says JSON Patch: a body that is not one is malformed (400), not 415
+        _check_json_patch(ops)
     if not isinstance(ops, list) and not isinstance(fhirpath, dict):
         raise FhirError(415, "PATCH needs a JSON Patch (application/json-patch+json) or a FHIRPath Patch "
                              "(a Parameters resource, application/fhir+json)")
@@ -328,14 +374,36 @@ def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, 
     """The patched resource (400 malformed, 422 a JSON Patch test that fails or a path that is not there)."""
     if isinstance(fhirpath, dict):
         return apply_fhirpath_patch(resource, fhirpath)
+    _check_json_patch(ops)
     try:
-        patched: dict[str, Any] = jsonpatch.apply_patch(resource, ops)
+        patched: Any = jsonpatch.apply_patch(resource, ops)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
         code = 422 if isinstance(err, jsonpatch.JsonPatchTestFailed) else 400
         raise FhirError(code, f"the JSON Patch cannot be applied: {err}", code="processing") from None
-    except (TypeError, KeyError, ValueError) as err:
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:
         raise bad_request(f"the JSON Patch is malformed: {err}") from None
+    if not isinstance(patched, dict):  # an operation on the root ("path": "") replaced the resource by a non-object
+        raise FhirError(422, f"the result of the JSON Patch is a JSON {_json_kind(patched)}, not a resource",
+                        code="processing")
     return patched
+
+
+def _check_json_patch(ops: Any) -> None:
+    if not isinstance(ops, list):
+        raise bad_request(f"the PATCH body must be a JSON Patch, an array of operations (RFC 6902 §3), not a JSON "
+                          f"{_json_kind(ops)}")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
 
 
 # -- delete ---------------------------------------------------------------------------------------------

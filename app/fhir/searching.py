@@ -9,11 +9,12 @@ from urllib.parse import urlencode
 from app.core.errors import FhirError, Issue, bad_request
 from app.core.timeutil import naive_utc
 from app.federation.search import REMOTE_CURSOR, merge_remote, remote_entries
+from app.fhir.gate import FOCUS_PARAMS
 from app.fhir.http import FhirResponse, parse_prefer
-from app.fhir.interactions import _audit, check_type
+from app.fhir.interactions import _audit, check_type, refuse_unsupported
 from app.fhir.presentation import apply_elements, apply_summary
 from app.fhir.router import FhirRequest
-from app.search.parser import parse_search
+from app.search.parser import non_negative, parse_search, zone_plus
 from app.services import Services
 from app.store.repository import Stored
 from app.store.searcher import decode_cursor, encode_cursor
@@ -29,6 +30,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     (the compartment, a token's scopes) are added again to every page, never shown."""
     check_type(svc, type, "search-type")
     own = [(k, v) for k, v in req.params if k not in CONTROL_PARAMS]
+    refuse_unsupported(own)
     params = svc.policy.restrict_search(req.principal, type, own + ([within] if within else []))
     path = path or type
     strict = parse_prefer(req.header("prefer")).get("handling") == "strict"
@@ -38,15 +40,17 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     gate = req.gate
     # Rows are judged by the disclosure gate before paging and counting: totals, pages and cursors hold only
     # what the caller may see.
-    admit = (lambda doc: gate.admits(type, doc)) if svc.policy.judges_rows(req.principal, type) else None
+    admit = gate.row_admit(type)
     if request.summary == "count" or request.count == 0:
-        total = svc.searcher.count(request, req.base, admit=admit)
+        # _summary=count asks for the count itself, whatever _total says; _count=0 with _total=none claims none
+        total = None if request.summary != "count" and request.total == "none" else svc.searcher.count(
+            request, req.base, admit=admit, admit_of=gate.row_admit)
         _audit(svc, req, "search", type, [])
         bundle = _bundle("searchset", total=total)
         bundle["link"] = [{"relation": "self", "url": _url(req, path, own)}]
         return FhirResponse(200, bundle)
     count = request.count or svc.settings.default_count
-    result = svc.searcher.search(request, count, req.base, admit=admit)
+    result = svc.searcher.search(request, count, req.base, admit=admit, admit_of=gate.row_admit)
     entries: list[dict[str, Any]] = []
     withheld = result.withheld
     shown_ids = []
@@ -58,7 +62,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
             entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
     issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
               for name in request.ignored]
-    if withheld:
+    if withheld and _names_only_whose(svc, type, own):
         issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
                             "suppressed", "information"))
     if issues:
@@ -96,6 +100,15 @@ def _entry(req: FhirRequest, rtype: str, doc: dict[str, Any], mode: str, summary
     return {"fullUrl": f"{req.base}/{rtype}/{doc['_id']}", "resource": res, "search": {"mode": mode}}
 
 
+def _names_only_whose(svc: Services, rtype: str, own: list[tuple[str, str]]) -> bool:
+    """Whether the caller's criteria say only whose records it asks for (patient, subject, _id, and chains from
+    them, such as `patient.identifier`). Only then is the count of withheld records given: it tells that the
+    resident has records here, which a clinician needs to ask for consent. Under any other criterion it would
+    answer that criterion about records the caller may not see (`code=B20`: whether the resident has HIV)."""
+    request = parse_search(rtype, own, svc.registry, strict=False, default_count=1, max_count=1)
+    return all((f.code in FOCUS_PARAMS or f.code == "_compartment") and f.has is None for f in request.filters)
+
+
 def _bundle(kind: str, total: int | None = None) -> dict[str, Any]:
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": kind,
                               "meta": {"lastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
@@ -107,11 +120,14 @@ def _bundle(kind: str, total: int | None = None) -> dict[str, Any]:
 # -- history --------------------------------------------------------------------------------------------
 
 def _history_args(req: FhirRequest, svc: Services) -> tuple[datetime | None, int]:
+    if req.param("_at") is not None:  # refused rather than ignored: the whole history is not what was asked
+        raise bad_request("_at is not supported on history; use _since", expression="_at", code="not-supported")
     since = None
     raw = req.param("_since")
     if raw:
+        text = zone_plus(raw.strip())  # a '+' of the zone sent unencoded arrives as a space
         try:
-            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            since = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise bad_request(f"_since must be an instant, e.g. 2024-01-01T00:00:00Z; got {raw!r}",
                               expression="_since") from None
@@ -119,10 +135,12 @@ def _history_args(req: FhirRequest, svc: Services) -> tuple[datetime | None, int
     raw_count = req.param("_count")
     count = svc.settings.default_count
     if raw_count is not None:
-        if not raw_count.isdigit():
-            raise bad_request(f"_count must be a non-negative integer; got {raw_count!r}", expression="_count")
-        count = min(int(raw_count), svc.settings.max_count)
+        count = min(non_negative("_count", raw_count), svc.settings.max_count)
     return since, count
+
+
+def _bad_cursor() -> FhirError:
+    return bad_request("_cursor is not a cursor this server issued", expression="_cursor")
 
 
 def _history_bundle(req: FhirRequest, versions: list[Stored], next_cursor: str | None,
@@ -163,7 +181,9 @@ def history_instance(req: FhirRequest, svc: Services, type: str, id: str) -> Fhi
     below = None
     if req.param("_cursor"):
         _, values = decode_cursor(req.param("_cursor") or "", 1)
-        below = values[0] if isinstance(values[0], int) else None
+        below = values[0]
+        if not isinstance(below, int) or isinstance(below, bool) or below < 1:  # never silently page 1 again
+            raise _bad_cursor()
     page = svc.repo.instance_history(type, id, since, count + 1, below=below)
     more = len(page) > count
     page = page[:count]
@@ -193,7 +213,12 @@ def _history_of(req: FhirRequest, svc: Services, types: list[str], rtype: str | 
     last: tuple[Any, ...] | None = None
     if req.param("_cursor"):
         _, values = decode_cursor(req.param("_cursor") or "", 4)
-        last = tuple(values)
+        ts, vid, vtype, rid = values
+        # The position of a version shown: (lastUpdated, versionId, type, id), compared with stored versions.
+        if not (isinstance(ts, datetime) and isinstance(vid, int) and not isinstance(vid, bool)
+                and isinstance(vtype, str) and isinstance(rid, str)):
+            raise _bad_cursor()
+        last = (naive_utc(ts), vid, vtype, rid)
     shown: list[Stored] = []
     exhausted = False
     while len(shown) <= count and not exhausted:

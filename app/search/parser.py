@@ -35,6 +35,11 @@ _ELEMENT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _TZ_SPACE = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")  # '+' decoded as a space
 
 
+def zone_plus(text: str) -> str:
+    """A date-time whose zone's '+' arrived as a space (sent unencoded in a query string) with the '+' back."""
+    return _TZ_SPACE.sub(r"\1+\2", text)
+
+
 class _Unknown(Exception):
     """An unknown parameter name (strict: 400; lenient: ignored)."""
 
@@ -70,9 +75,9 @@ def parse_search(
 def _parse_one(req: SearchRequest, name: str, value: str, registry: SearchRegistry, max_count: int) -> None:
     rt = req.resource_type
     if name == "_count":
-        req.count = min(_non_negative(name, value), max_count)
+        req.count = min(non_negative(name, value), max_count)
     elif name == "_offset":
-        req.offset = _non_negative(name, value)
+        req.offset = non_negative(name, value)
     elif name == "_cursor":
         req.cursor = value
     elif name == "_sort":
@@ -110,10 +115,13 @@ def _parse_one(req: SearchRequest, name: str, value: str, registry: SearchRegist
             req.filters.append(flt)
 
 
-def _non_negative(name: str, value: str) -> int:
-    if not value.strip().isdigit():
+def non_negative(name: str, value: str) -> int:
+    """A non-negative integer written in ASCII digits (str.isdigit also accepts "²" and "٣"); 400 naming the
+    parameter otherwise."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
         raise bad_request(f"{name} must be a non-negative integer, not {value!r}", name)
-    return int(value)
+    return int(text)
 
 
 def _sort_rule(rt: str, key: str, registry: SearchRegistry) -> SortRule:
@@ -259,7 +267,7 @@ def _value(p: SearchParamDef, mod: str | None, raw: str, name: str) -> FilterVal
         prefix, text = raw[:2], raw[2:]
     try:
         if p.type == "date":
-            text = _TZ_SPACE.sub(r"\1+\2", text)
+            text = zone_plus(text)
             date_range(text)
         elif p.type == "number":
             decimal_range(text)

@@ -27,10 +27,13 @@ from typing import Any
 import orjson
 
 from app.core.errors import bad_request
+from app.core.timeutil import naive_utc
 from app.search.compile import compile_filter, compile_sort
+from app.search.compilers.token import token_key
 from app.search.extract import local_reference
 from app.search.matcher import lower_for_database, matches
 from app.search.request import Filter, SearchRequest
+from app.search.values import split_escaped
 from app.store.keys import identifier_key, reference_key
 from app.store.repository import Repository
 
@@ -52,6 +55,8 @@ class SearchResult:
 
 
 Admit = Callable[[dict[str, Any]], bool]
+# the rows of a sub-search (its type and request) a caller may see (None: all of them)
+AdmitOf = Callable[[str, SearchRequest], Admit | None]
 
 
 # -- cursors ------------------------------------------------------------------------------------------
@@ -64,7 +69,8 @@ def _dec(v: Any) -> Any:
     if isinstance(v, dict):
         if set(v) != {"d"} or not isinstance(v["d"], str):
             raise ValueError("bad cursor value")
-        return datetime.fromisoformat(v["d"])
+        # Stored dates are naive UTC; a cursor with a zone (never issued, so forged) is read as that instant.
+        return naive_utc(datetime.fromisoformat(v["d"]))
     if v is None or isinstance(v, str | int | float | bool):
         return v
     raise ValueError("bad cursor value")
@@ -153,22 +159,32 @@ class Searcher:
         self.repo = repo
         self.registry = repo.registry
 
-    def resolve_ids(self, resource_type: str, request: SearchRequest) -> list[str]:
-        """Ids matching a sub-search (chains), or the ix[collect] values of the matches (_has); bounded."""
+    def resolve_ids(self, resource_type: str, request: SearchRequest, admit_of: AdmitOf | None = None) -> list[str]:
+        """Ids matching a sub-search (chains), or the ix[collect] values of the matches (_has); bounded. With
+        `admit_of`, only rows the caller may see count: a chain or a `_has` would otherwise answer, through the
+        outer matches, questions about records (a Patient's name, an Observation's code) it may not read."""
         request.count = MAX_CHAIN_IDS
         self._blind(request)
-        flt = compile_filter(request, self.registry, self.resolve_ids)
-        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS, None)
+        resolve = self._resolver(admit_of)
+        flt = compile_filter(request, self.registry, resolve)
+        admit = admit_of(resource_type, request) if admit_of is not None else None
+        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS, None,
+                                self._gated(admit, None))
         if request.collect:
             return sorted({v for d in docs for v in d.get("ix", {}).get(request.collect, ()) if isinstance(v, str)})
         return [d["_id"] for d in docs]
 
+    def _resolver(self, admit_of: AdmitOf | None) -> Callable[[str, SearchRequest], list[str]]:
+        return functools.partial(self.resolve_ids, admit_of=admit_of)
+
     def search(self, request: SearchRequest, count: int, base_url: str | None = None,
-               admit: Admit | None = None) -> SearchResult:
+               admit: Admit | None = None, admit_of: AdmitOf | None = None) -> SearchResult:
+        """A page of matches. `admit`: the rows of this type the caller may see; `admit_of`: those of any type,
+        for the sub-searches of chains and `_has`."""
         rtype = request.resource_type
         self.repo.check_type(rtype)
         self._blind(request)
-        flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
+        flt = compile_filter(request, self.registry, self._resolver(admit_of), base_url=base_url)
         sort = [(path, direction) for path, direction in compile_sort(request)] + [("_id", 1)]
         direction, after = "n", None
         if request.cursor:
@@ -182,8 +198,8 @@ class Searcher:
         docs = docs[:count]
         if direction == "p":
             docs.reverse()
-        total = self._total(rtype, request, flt, len(docs), has_more, after is None, base_url,
-                            self._gated(admit, None), keyed)
+        total = None if request.total == "none" else self._total(
+            rtype, request, flt, len(docs), has_more, after is None, base_url, self._gated(admit, None), keyed)
         row = functools.partial(self._row, sort)
         next_cursor = prev_cursor = None
         if docs:
@@ -215,11 +231,12 @@ class Searcher:
             self.repo.protector.blind_request(request)
             request._blinded = True  # type: ignore[attr-defined]
 
-    def count(self, request: SearchRequest, base_url: str | None = None, admit: Admit | None = None) -> int:
+    def count(self, request: SearchRequest, base_url: str | None = None, admit: Admit | None = None,
+              admit_of: AdmitOf | None = None) -> int:
+        """How many match (_summary=count): counted whatever _total says, since the count is what was asked."""
         self._blind(request)
-        flt = compile_filter(request, self.registry, self.resolve_ids, base_url=base_url)
-        return self._total(request.resource_type, request, flt, 0, True, True, base_url,
-                           self._gated(admit, None)) or 0
+        flt = compile_filter(request, self.registry, self._resolver(admit_of), base_url=base_url)
+        return self._total(request.resource_type, request, flt, 0, True, True, base_url, self._gated(admit, None))
 
     @staticmethod
     def _row(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
@@ -227,10 +244,8 @@ class Searcher:
 
     def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
                has_more: bool, first_page: bool, base_url: str | None, admit: Admit | None = None,
-               keyed_memo: dict[str, Any] | None = None) -> int | None:
+               keyed_memo: dict[str, Any] | None = None) -> int:
         """How many match (and, with admit, may be shown): counted from rows, never from withheld ones."""
-        if request.total == "none":
-            return None
         if first_page and not has_more:
             return page_len
         keyed = self._keyed_matches(rtype, request, flt, base_url, {} if keyed_memo is None else keyed_memo)
@@ -284,9 +299,10 @@ class Searcher:
                 keys.append(reference_key(rtype, target))
         elif f.code == "identifier" and f.modifier is None and param.type == "token":
             for v in f.values:
-                if "|" not in v.value or v.value.startswith("|") or v.value.endswith("|"):
+                parts = split_escaped(v.value, "|")  # system|value, each with its escapes (\, \| \$ \\)
+                if len(parts) != 2 or not parts[0] or not parts[1]:
                     return []
-                keys.append(identifier_key(rtype, v.value))
+                keys.append(identifier_key(rtype, token_key(v.value)))  # indexed unescaped, as compile does
         return keys
 
     def _keyed_matches(self, rtype: str, request: SearchRequest, flt: dict[str, Any], base_url: str | None,
@@ -354,8 +370,9 @@ class Searcher:
     # -- _include / _revinclude --------------------------------------------------------------------------
 
     def _includes(self, request: SearchRequest, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-        """_include and _revinclude over the matches; the :iterate ones also over everything included so far
-        (plain includes too), until nothing new appears (at most MAX_INCLUDE_ROUNDS rounds)."""
+        """_include and _revinclude over the matches (the :iterate ones too: search.html#revinclude applies them to
+        the matches and to the included resources), then the :iterate ones over everything included so far, until
+        nothing new appears (at most MAX_INCLUDE_ROUNDS rounds)."""
         included: list[tuple[str, dict[str, Any]]] = []
         seen = {(request.resource_type, d["_id"]) for d in docs}
         primary = [(request.resource_type, d) for d in docs]
@@ -364,7 +381,7 @@ class Searcher:
             seen.add((rtype, doc["_id"]))
             included.append((rtype, doc))
 
-        for rtype, doc in self._include_round(request, primary, seen, iterate=False):
+        for rtype, doc in self._include_round(request, primary, seen, iterate=None):
             add(rtype, doc)
         frontier = list(included)
         for _ in range(MAX_INCLUDE_ROUNDS):
@@ -377,10 +394,11 @@ class Searcher:
         return included
 
     def _include_round(self, request: SearchRequest, sources: list[tuple[str, dict[str, Any]]],
-                       seen: set[tuple[str, str]], iterate: bool) -> list[tuple[str, dict[str, Any]]]:
+                       seen: set[tuple[str, str]], iterate: bool | None) -> list[tuple[str, dict[str, Any]]]:
+        """One round of the includes (iterate None: all of them; True: the :iterate ones) over `sources`."""
         out: list[tuple[str, dict[str, Any]]] = []
         for inc in request.includes:
-            if inc.iterate != iterate:
+            if iterate and not inc.iterate:
                 continue
             for rtype, doc in sources:
                 if rtype != inc.source_type:
@@ -400,7 +418,7 @@ class Searcher:
                                 seen.add((ttype, tid))
                                 out.append((ttype, target))
         for inc in request.revincludes:
-            if inc.iterate != iterate or inc.source_type not in self.repo.resource_types:
+            if (iterate and not inc.iterate) or inc.source_type not in self.repo.resource_types:
                 continue
             for rtype, doc in sources:
                 ref = f"{rtype}/{doc['_id']}"

@@ -223,3 +223,53 @@ def test_a_refused_write_leaves_no_claim_on_its_identifiers(web, svc, data, toke
         "resourceType": "Patient", "name": [{"family": "病案"}], "gender": "female", "birthDate": "1970-01-01",
         "identifier": [{"system": system, "value": "MRN-888"}]})
     assert free.status_code == 201, free.get_json()  # the number was nobody's, and is the new resident's now
+
+
+# -- chains and _has see only what the caller may see ----------------------------------------------------------
+
+def test_chains_and_has_answer_only_from_records_the_caller_may_see(web, svc, data, tokens):
+    """A chain or a `_has` ran its inner search over every record: a token without Patient scope learned names
+    (`Observation?subject:Patient.name=...` matched or not), one without Observation scope learned diagnoses
+    (`Patient?_has:Observation:subject:code=...`), and another province learned where a resident is registered
+    (`Organization?_has:Patient:organization:identifier=<ID number>`)."""
+    observation(svc, data["victim"], code="B20-probe")
+    obs_only = stored_token(svc, "system/Observation.rs", province="11", organization=data["org11"])
+    patient_only = stored_token(svc, "system/Patient.rs system/Organization.rs", province="11",
+                                organization=data["org11"])
+
+    def total(token: str, query: str) -> int:
+        r = call(web, "GET", query, token)
+        assert r.status_code == 200, r.get_json()
+        return sum(1 for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match")
+
+    chain = "Observation?subject:Patient.name=受害者"
+    has = "Patient?_has:Observation:subject:code=B20-probe"
+    where = f"Organization?_has:Patient:organization:identifier={ID_SYSTEM}|{VICTIM_ID_NUMBER}"
+    assert total(tokens["home"], chain) >= 1 and total(tokens["home"], has) == 1  # what the searches find
+    assert total(tokens["home"], where) == 1
+    assert total(obs_only, chain) == 0  # it may not read Patients: their names are not its to test
+    assert total(patient_only, has) == 0  # nor may this one read Observations
+    for who in ("p31", "app"):  # another province, another resident: the victim's records are not theirs
+        assert total(tokens[who], chain) == 0 and total(tokens[who], has) == 0, who
+        assert total(tokens[who], where) == 0, who
+
+
+# -- the count of withheld records answers no question but whose they are ------------------------------------
+
+def test_the_withheld_count_answers_no_criterion_but_the_patient(web, svc, data, tokens):
+    """Another province searching `Condition?patient.identifier=<ID number>&code=B20` was told "1 withheld" (and
+    nothing for `code=J45`): a diagnosis, without consent. The count is given for the patient alone."""
+    create(svc, {"resourceType": "Condition", "subject": {"reference": f"Patient/{data['victim']}"},
+                 "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "B20"}]}})
+
+    def outcome(query: str) -> list[str]:
+        r = call(web, "GET", query, tokens["p31"])
+        assert r.status_code == 200, r.get_json()
+        return [i["diagnostics"] for e in r.get_json().get("entry", []) if e["search"]["mode"] == "outcome"
+                for i in e["resource"]["issue"]]
+
+    whose = f"Condition?patient.identifier={ID_SYSTEM}|{VICTIM_ID_NUMBER}"
+    assert outcome(f"{whose}&code=B20") == outcome(f"{whose}&code=J45") == []
+    assert outcome(f"Condition?patient={data['victim']}&_lastUpdated=gt2000-01-01") == []
+    assert any("withheld" in d for d in outcome(whose))  # whose records: the clinician learns to ask for consent
+    assert any("withheld" in d for d in outcome(f"Condition?patient={data['victim']}"))
