@@ -24,11 +24,13 @@ postings written for the whole batch).
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
 from flask import Flask
+from pymongo.errors import PyMongoError
 
 from app.core.access import Change
 from app.core.errors import FhirError, Issue, conflict
@@ -48,6 +50,8 @@ PATIENT_DOC = PRIOR_DOC
 # batch's new residents (name key -> patient ids), written in one go by MasterIndex.add_names_many.
 BATCH_CLAIMED = "mpi_batch_claimed"
 BATCH_NAMES = "mpi_batch_names"
+
+log = logging.getLogger("ehc.mpi")
 
 
 class MpiHooks:
@@ -92,11 +96,19 @@ class MpiHooks:
         stored record does not hold are dropped. Left, they would give the record identifiers it was refused
         (and, through them, the records that name a patient by those identifiers)."""
         provisional = self._provisional()
-        for target in [t for t in provisional if pid is None or t == pid]:
-            keys = provisional.pop(target)
-            doc = self.svc.repo.get_doc("Patient", target)
-            stored = doc["res"] if doc and not doc.get("del") else None
-            self.index.drop_claims(keys - {e.key for e in self.index.entries(stored)}, target)
+        targets = [t for t in provisional if pid is None or t == pid]
+        try:
+            for target in targets:
+                keys = provisional[target]
+                doc = self.svc.repo.get_doc("Patient", target)
+                stored = doc["res"] if doc and not doc.get("del") else None
+                self.index.drop_claims(keys - {e.key for e in self.index.entries(stored)}, target)
+        except PyMongoError as err:  # the database is away: the leases are released all the same, at once
+            log.warning("mpi: the claims of failed writes to %s could not be checked (%s)",
+                        ", ".join(f"Patient/{t}" for t in targets), type(err).__name__)
+        finally:
+            for target in targets:
+                provisional.pop(target, None)
 
     def release(self, pid: str | None = None) -> None:
         """Release the leases this thread holds for pid (all of them when pid is None), after dropping the claims
