@@ -20,6 +20,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = (settings or load_settings()).with_overrides(**overrides)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    if settings.trusted_proxies > 0:  # the client's address and scheme as the proxies in front saw them
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     from app.ops import health, logging, metrics
 

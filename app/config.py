@@ -38,6 +38,10 @@ class Settings:
     # Seal the audit trail in a background thread of every server process; `ehc serve` turns it off for its
     # workers and runs one sealer process instead (app.ops.sealer), so that sealing never holds a worker's GIL.
     background_sealing: bool = True
+    # How many reverse proxies stand in front of the server (deploy/nginx.conf: one). Their X-Forwarded-For and
+    # X-Forwarded-Proto are believed for that many hops, so that the rate limits and the audit trail see each
+    # resident's own address; 0 (the default) believes none: anyone could write them.
+    trusted_proxies: int = 0
 
     @property
     def db_name(self) -> str:
@@ -81,4 +85,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         field_key_file=path("EHC_FIELD_KEY_FILE"),
         audit_spool=_bool(env.get("EHC_AUDIT_SPOOL", "on")),
         background_sealing=_bool(env.get("EHC_BACKGROUND_SEALING", "on")),
+        trusted_proxies=int(env.get("EHC_TRUSTED_PROXIES", "0")),
     )

@@ -39,6 +39,7 @@ log = logging.getLogger("ehc.auth")
 PHONE = re.compile(r"^1[3-9][0-9]{9}$")
 SMS_TTL = 300
 SMS_ATTEMPTS = 5
+SMS_RESEND_SECONDS = 60  # one code a minute per number: a number cannot be flooded through the login page
 _DUMMY_HASH = generate_password_hash("not a password")
 Sender = Callable[[str, str], None]
 LOCK_AFTER = 5  # consecutive failed logins before the first lock
@@ -128,6 +129,9 @@ def send_sms_code(store: AuthStore, keys: AuthKeys, phone: str, sender: Sender |
     account = find_account(store, keys, phone)
     if account is None:
         return False
+    last = store.get(SmsCode, account.phone_key)
+    if last is not None and last.expires_at - SMS_TTL + SMS_RESEND_SECONDS > now():
+        return False  # the code sent less than a minute ago stands
     code = f"{secrets.randbelow(10**6):06d}"
     store.save(SmsCode(phone_key=account.phone_key, code_hash=digest(account.phone_key + code),
                        expires_at=now() + SMS_TTL, attempts=0))

@@ -167,6 +167,16 @@ class UsedAssertion(Document):
     expires_at = IntField(required=True)
 
 
+class LoginSession(Document):
+    """A resident's login at the authorization server. The browser's signed cookie names it; a logout deletes it,
+    so a copy of the cookie taken before approves nothing after (the cookie alone cannot be recalled)."""
+
+    meta = {"collection": "auth_logins", "strict": False}
+    sid = StringField(primary_key=True)
+    account = StringField(required=True)
+    expires_at = IntField(required=True)
+
+
 class SmsCode(Document):
     meta = {"collection": "auth_sms", "strict": False}
     phone_key = StringField(primary_key=True)

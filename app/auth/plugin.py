@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSessionInterface
 
 from app.auth import launch, smart, views
 from app.auth.bindings import end_bindings_recorded_by
@@ -27,10 +28,19 @@ from app.auth.ratelimit import Limit, RateLimiter
 from app.auth.server import SmartAuthorizationServer
 from app.store.events import StoreEvent
 
+
+class _LoginCookie(SecureCookieSessionInterface):
+    """The authorization server's login (Flask's signed session cookie), Secure on every https request, as the
+    portal's own cookie is (smart.secure_cookies), not only when EHC_BASE_URL says https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return smart.secure_cookies()
+
+
 CORS_PATHS = ("/fhir", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/.well-known/")
 CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Match, If-None-Exist, "
                       f"If-Modified-Since, {PURPOSE_HEADER}")
-CORS_EXPOSE_HEADERS = "Location, ETag, Last-Modified, Content-Location"
+CORS_EXPOSE_HEADERS = "Location, ETag, Last-Modified, Content-Location, Preference-Applied"
 FRAME_EXEMPT: set[str] = set()  # endpoints that may be framed (none: the login pages refuse framing)
 
 
@@ -118,8 +128,7 @@ def init_app(app: Flask, svc: Any) -> None:
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_NAME"] = "ehc_session"
-    if (svc.settings.base_url or "").startswith("https://"):
-        app.config["SESSION_COOKIE_SECURE"] = True
+    app.session_interface = _LoginCookie()
 
     @app.before_request
     def _capability() -> None:

@@ -103,7 +103,8 @@ class SmartPolicy:
             break_glass=False,
             token_id=raw["_id"][:16],
             issued_at=int(raw.get("issued_at") or 0) or None,
-            extra={"break_glass_allowed": bool(raw.get("break_glass")) and purpose == BREAK_GLASS},
+            extra={"break_glass_allowed": bool(raw.get("break_glass")) and purpose == BREAK_GLASS,
+                   "account": raw.get("account")},
         )
 
     # -- scope before data ------------------------------------------------------------------------------
@@ -241,6 +242,10 @@ class SmartPolicy:
                 # first): otherwise which side failed would tell whether the record exists.
                 moved = " (after the change)" if name == "after" and len(sides) == 2 else ""
                 return Decision(False, self._outside(principal, rtype, grants) + moved, patients=patients)
+        if patient_only and rtype == "Consent" and change.before is not None:
+            refusal = self._someone_elses_binding(principal, change.before)
+            if refusal:
+                return Decision(False, refusal, patients=patients)
         if patient_only:
             return Decision(True, patients=patients)
         node = self.svc.settings.province
@@ -256,6 +261,26 @@ class SmartPolicy:
                                            f"resident's home province ({home}) may grant or change a Consent",
                                     patients=patients)
         return Decision(True, patients=patients)
+
+    def _someone_elses_binding(self, principal: Principal, consent: dict[str, Any]) -> str | None:
+        """A Consent that records a binding (一人绑定多人) is ended by the resident it is about, or by the relative it
+        binds; a proxy acting for her ends only their own. Otherwise a son acting for his mother would unbind his
+        sister, or one parent cut the other off their child."""
+        from app.auth.models import Binding
+        from app.auth.plugin import auth_state
+
+        account = principal.extra.get("account")
+        if not account:  # no resident account behind the token: nobody's proxy
+            return None
+        store = auth_state(self.svc).store
+        for raw in store.collection(Binding).find({"consent": consent.get("id")}):
+            if raw.get("account") == account:
+                continue  # the caller's own binding
+            mine = store.get(Binding, f"{account}|{raw.get('patient')}")
+            if mine is not None and mine.relationship != "SELF":  # the caller is another relative's proxy too
+                return ("this Consent records the binding of another relative; only the resident it is about, or "
+                        "that relative, may change or end it")
+        return None
 
     def _home_province(self, patient_id: str) -> str | None:
         doc = self.svc.repo.get_raw("Patient", patient_id)

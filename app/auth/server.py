@@ -53,6 +53,7 @@ from app.auth.models import (
     AuthStore,
     Client,
     Launch,
+    LoginSession,
     Token,
     TokenFamily,
     UsedAssertion,
@@ -432,6 +433,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         # tokens can still be alive
         self.store.collection(UsedAssertion).delete_many({"expires_at": {"$lt": now() - 3600}})
         self.store.collection(TokenFamily).delete_many({"expires_at": {"$lt": now()}})
+        self.store.collection(LoginSession).delete_many({"expires_at": {"$lt": now()}})
 
     def generate(self, grant_type: str, client: SmartClient, user: Any = None, scope: str | None = None,
                  expires_in: int | None = None, include_refresh_token: bool = True) -> dict[str, Any]:
@@ -455,10 +457,14 @@ class SmartAuthorizationServer(AuthorizationServer):
         client: SmartClient = request.client
         user = request.user or {}
         family = None
+        grant_ends: int | None = None
         if request.payload.grant_type == "refresh_token":
             old = request.refresh_token.raw
             user = user or _user_of(old) or {}
             family = old.get("family") or old["_id"]
+            # A grant ends REFRESH_TTL after the login that made it, however often it is refreshed: rotation
+            # renews the token, not the resident's consent to the app.
+            grant_ends = int(old["expires_at"])
         purpose = request.payload.data.get("purpose_of_use")
         issued = now()
         access_key = digest(token["access_token"])
@@ -475,7 +481,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         docs.append(Token(token_hash=access_key, kind="access", expires_at=issued + token["expires_in"],
                           parent=refresh_key, **common))
         if refresh_key:
-            docs.append(Token(token_hash=refresh_key, kind="refresh", expires_at=issued + REFRESH_TTL,
+            docs.append(Token(token_hash=refresh_key, kind="refresh", expires_at=grant_ends or issued + REFRESH_TTL,
                               children=[access_key], **common))
         try:
             self.store.insert_all(docs)

@@ -42,6 +42,15 @@ def fhir_base(svc: Any) -> str:
     return request.host_url.rstrip("/") + "/fhir"
 
 
+def secure_cookies() -> bool:
+    """Whether this request's cookies are Secure: it came over https (directly, or through a trusted proxy that
+    says so, EHC_TRUSTED_PROXIES), or the server's public address is https."""
+    from flask import current_app, request
+
+    base = current_app.extensions["ehc"].settings.base_url or ""
+    return request.is_secure or base.startswith("https://")
+
+
 def server_root(svc: Any) -> str:
     """Where /oauth/* is: the FHIR base without its trailing /fhir; for a base that does not end in /fhir
     (a proxy that maps the FHIR API to the root, or to another path), the origin of the base URL."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
@@ -22,7 +24,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, render_template,
 from flask.typing import ResponseReturnValue
 
 from app.auth import accounts
-from app.auth.models import ResidentAccount, now
+from app.auth.models import LoginSession, ResidentAccount, now
 from app.auth.scopes import describe, parse_scopes
 from app.core.access import AccessRecord, Principal
 
@@ -47,15 +49,37 @@ def _page(name: str, status: int = 200, **ctx: Any) -> ResponseReturnValue:
 
 
 def _logged_in(st: Any) -> ResidentAccount | None:
-    key = session.get("account")
-    if not key or now() - int(session.get("login_at", 0)) > LOGIN_SECONDS:
+    key, sid = session.get("account"), session.get("login")
+    if not key or not sid or now() - int(session.get("login_at", 0)) > LOGIN_SECONDS:
         return None
+    login: LoginSession | None = st.store.get(LoginSession, str(sid))
+    if login is None or login.account != key or login.expires_at <= now():
+        return None  # logged out (by this browser, or another holding the same cookie), or over
     account: ResidentAccount | None = st.store.get(ResidentAccount, key)
     return account if account is not None and account.active else None
 
 
+def end_login() -> None:
+    """Log the browser out of the authorization server: its login ends for every copy of the cookie."""
+    sid = session.get("login")
+    if sid:
+        _state().store.delete(LoginSession, str(sid))
+    session.clear()
+
+
 TOO_MANY = "尝试次数过多，请稍后再试 / Too many attempts, try again later"
 WRONG = "手机号或密码/验证码错误 / Wrong phone number, password or code"
+
+
+log = logging.getLogger("ehc.auth")
+_SMS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ehc-sms")
+
+
+def _send_sms(st: Any, phone: str) -> None:
+    try:
+        accounts.send_sms_code(st.store, st.keys, phone, st.sms_sender())
+    except Exception:  # noqa: BLE001 - a failed send is the gateway's or the database's, logged, never the page's
+        log.exception("auth: the SMS code could not be sent")
 
 
 def locked_message(seconds: int) -> str:
@@ -81,7 +105,9 @@ def _login(st: Any, form: Any, client_id: str | None = None) -> tuple[ResidentAc
         _audit(st, key, client_id, "login", "4", f"login refused: locked for {state.locked_for} s more")
         return None, locked_message(state.locked_for)
     if form.get("step") == "sms":
-        accounts.send_sms_code(st.store, st.keys, phone, st.sms_sender())
+        # In the background: the answer is the same for every number, and so is its time (looking the account
+        # up and calling the SMS gateway happen only for a registered number).
+        _SMS.submit(_send_sms, st, phone)
         return None, "如该号码已注册，验证码已发送 / If this number is registered, a code has been sent"
     number = accounts.begin_attempt(st.store, key)
     if not accounts.may_check(state, number):  # beyond the allowed attempts of a burst sent at once
@@ -105,7 +131,10 @@ def _login(st: Any, form: Any, client_id: str | None = None) -> tuple[ResidentAc
     accounts.clear_failures(st.store, key)  # this attempt was counted too
     _audit(st, key, client_id, "login", "0", "login", account=account)
     session.clear()
+    sid = secrets.token_urlsafe(24)
+    st.store.save(LoginSession(sid=sid, account=account.phone_key, expires_at=now() + LOGIN_SECONDS), insert=True)
     session["account"] = account.phone_key
+    session["login"] = sid
     session["login_at"] = now()
     return account, None
 
@@ -191,7 +220,7 @@ def authorize() -> ResponseReturnValue:
 
 @bp.route("/oauth/logout", methods=["POST", "GET"])
 def logout() -> ResponseReturnValue:
-    session.clear()
+    end_login()
     return _page("error.html", 200, error="logged_out", description="已退出 / You have logged out")
 
 

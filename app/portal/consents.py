@@ -11,7 +11,7 @@ import secrets
 from datetime import date, timedelta
 from typing import Any
 
-from flask import redirect, request, url_for
+from flask import request
 from flask.typing import ResponseReturnValue
 
 from app.auth.models import Binding
@@ -19,7 +19,7 @@ from app.auth.plugin import auth_state
 from app.core.timeutil import today_in_china
 from app.portal.fhirclient import ApiError
 from app.portal.records import type_name
-from app.portal.web import bp, fhir, fhir_ok, login_required, page, sess, svc, t
+from app.portal.web import bp, fhir, fhir_ok, login_required, page, said, sess, svc, t, take_said
 
 PROVINCE_SYSTEM = "urn:ehc:province"
 GRANT_SYSTEM = "urn:ehc:portal-grant"  # the one-time id of a grant form: a grant sent twice is one Consent
@@ -130,7 +130,7 @@ def consents(errors: dict[str, str] | None = None, code: int = 200) -> ResponseR
                 hospitals=hospitals, classes=data_classes(), errors=errors or {}, form=request.form,
                 today=today.isoformat(), year=(today + timedelta(days=365)).isoformat(),
                 grant=secrets.token_urlsafe(12),
-                message=request.args.get("m"))
+                message=take_said())
 
 
 def _performer() -> dict[str, str]:
@@ -195,10 +195,15 @@ def consent_grant() -> ResponseReturnValue:
         consent["identifier"] = [{"system": GRANT_SYSTEM, "value": grant}]
         headers["If-None-Exist"] = f"identifier={GRANT_SYSTEM}|{grant}"
     try:
-        fhir_ok("POST", "Consent", body=consent, headers=headers)
+        stored = fhir_ok("POST", "Consent", body=consent, headers=headers)
     except ApiError as err:
         return consents({"target": err.answer.diagnostics()}, 400)
-    return redirect(url_for("portal.consents", m=t("已授权", "Consent granted")))
+    if isinstance(stored, dict) and stored.get("status") != "active":
+        # the form was sent before, and the Consent it made has been revoked since: nothing is granted now
+        return said("portal.consents", t("这张授权表单已用过，其授权已撤销；如需授权请重新填写",
+                                         "This form was used before and its consent has been revoked since; "
+                                         "fill in a new one to grant again"))
+    return said("portal.consents", t("已授权", "Consent granted"))
 
 
 @bp.route("/consents/<cid>/revoke", methods=["POST"])
@@ -206,13 +211,13 @@ def consent_grant() -> ResponseReturnValue:
 def consent_revoke(cid: str) -> ResponseReturnValue:
     ans = fhir("GET", f"Consent/{cid}")
     if not ans.ok or not isinstance(ans.body, dict):
-        return redirect(url_for("portal.consents", m=t("授权不存在", "No such consent")))
+        return said("portal.consents", t("授权不存在", "No such consent"))
     consent = ans.body
     version = (consent.get("meta") or {}).get("versionId")
     if request.form.get("version") and request.form["version"] != version:
-        return redirect(url_for("portal.consents", m=t("授权已被修改，请重试", "The consent changed; try again")))
+        return said("portal.consents", t("授权已被修改，请重试", "The consent changed; try again"))
     consent["status"] = "inactive"
     done = fhir("PUT", f"Consent/{cid}", body=consent, headers={"If-Match": f'W/"{version}"'})
     if not done.ok:
-        return redirect(url_for("portal.consents", m=done.diagnostics()))
-    return redirect(url_for("portal.consents", m=t("已撤销授权", "Consent revoked")))
+        return said("portal.consents", done.diagnostics())
+    return said("portal.consents", t("已撤销授权", "Consent revoked"))

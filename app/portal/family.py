@@ -41,10 +41,12 @@ from app.portal.web import (
     login_required,
     page,
     patient_label,
+    said,
     sess,
     start_authorization,
     svc,
     t,
+    take_said,
     token_for,
 )
 
@@ -104,11 +106,11 @@ def family() -> ResponseReturnValue:
         req["from"] = other.phone_hint if other else "—"
         req["as"] = relationship_text(req.get("relationship"))
     return page("portal/family.html", relatives=_relatives(account), outgoing=outgoing, incoming=incoming,
-                guardian=AS_GUARDIAN, adult=AS_RELATIVE, message=request.args.get("m"), me=me)
+                guardian=AS_GUARDIAN, adult=AS_RELATIVE, message=take_said(), me=me)
 
 
 def _done(message: str) -> ResponseReturnValue:
-    return redirect(url_for("portal.family", m=message))
+    return said("portal.family", message)
 
 
 @bp.route("/family/bind", methods=["POST"])

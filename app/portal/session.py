@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 
+from app.auth.smart import secure_cookies
 from app.crypto import CryptoError, sm3_hmac, sm4_gcm_decrypt, sm4_gcm_encrypt
 
 COOKIE = "ehc_portal"
@@ -128,11 +129,6 @@ def current() -> PortalSession:
     if sess is None:
         sess = g.portal_session = _load(request.cookies.get(COOKIE))
     return sess
-
-
-def secure_cookies() -> bool:
-    base = current_app.extensions["ehc"].settings.base_url or ""
-    return request.is_secure or base.startswith("https://")
 
 
 def finish(resp: Response) -> Response:

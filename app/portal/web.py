@@ -14,8 +14,9 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from itsdangerous import BadData, URLSafeTimedSerializer
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -23,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.auth.plugin import auth_state
 from app.auth.smart import fhir_base, server_root
+from app.auth.views import end_login
 from app.portal import session as portal_session
 from app.portal.fhirclient import Answer, ApiError, PortalApi
 from app.portal.registration import CLIENT_ID, SCOPES, ensure_client
@@ -43,6 +45,28 @@ def svc() -> Any:
 
 def sess() -> portal_session.PortalSession:
     return portal_session.current()
+
+
+SAID_SECONDS = 300  # how long a page's "done" message can be shown from its link
+
+
+def _said_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key or "", salt="ehc-portal-said")
+
+
+def said(endpoint: str, message: str) -> ResponseReturnValue:
+    """Back to a page, which then says `message`. The message rides in the URL signed with the server's key: a
+    link cannot make the portal say anything (a fake helpline number) as its own words."""
+    return redirect(url_for(endpoint, m=_said_signer().dumps(message)))
+
+
+def take_said() -> str | None:
+    """The message a page was sent back with (said); nothing for one the server did not sign, or an old one."""
+    try:
+        message = _said_signer().loads(request.args.get("m") or "", max_age=SAID_SECONDS)
+    except BadData:
+        return None
+    return str(message) if message else None
 
 
 def api() -> PortalApi:
@@ -108,10 +132,10 @@ def login_required(view: Callable[..., ResponseReturnValue]) -> Callable[..., Re
                 # the relative's token is refused (unbound, the binding's consent revoked, the grant expired):
                 # the resident is still signed in as themselves
                 s.set("acting", me)
-                return redirect(url_for("portal.family", m=t(
+                return said("portal.family", t(
                     "无法再为该家人办理（绑定已解除或授权已结束），已切换回本人",
                     "You can no longer act for this relative (the binding or its consent has ended); "
-                    "back to yourself")))
+                    "back to yourself"))
             return redirect(url_for("portal.login", expired=1))
     return wrapper
 
@@ -271,7 +295,7 @@ def logout() -> ResponseReturnValue:
             api().revoke(CLIENT_ID, tok["refresh"], "refresh_token")
         api().revoke(CLIENT_ID, tok["access"], "access_token")
     s.end()
-    session.clear()  # the OAuth login (same browser) ends too
+    end_login()  # the OAuth login ends too, for this browser and any copy of its cookie
     return redirect(url_for("portal.login", bye=1))
 
 
@@ -299,6 +323,9 @@ def _back(path: str) -> str:
 
 
 @bp.errorhandler(HTTPException)
+@bp.errorhandler(404)  # by code too: Flask asks the app's handler for a code before a blueprint's for a class
+@bp.errorhandler(405)
+@bp.errorhandler(413)
 def _http_error(err: HTTPException) -> ResponseReturnValue:
     code = err.code or 500
     title = t("页面不存在", "Not found") if code == 404 else t("无法完成请求", "The request could not be completed")

@@ -296,9 +296,8 @@ def test_login_and_sms_answer_alike_for_registered_and_unknown_numbers(live, svc
         accounts.clear_failures(st.store, accounts.lock_key(st.keys, phone))
 
 
-# == findings not fixed yet ==========================================================================================
-# Each test states the secure behaviour and is marked xfail(strict=True): it passes the suite while the finding
-# stands, and fails as soon as the finding is fixed, so that the fix removes the mark.
+# == what the probe of 2026-11-30 found, each fixed since =============================================================
+# Each test states the secure behaviour; each failed before its fix (they were strict xfails until then).
 
 def _bound_pair(svc: Any, phone: str, seq: str) -> tuple[Any, str, str]:
     """(account, holder's patient, relative's patient): an adult son bound to his mother."""
@@ -360,9 +359,6 @@ def test_a_forged_host_header_cannot_add_a_redirect_uri_to_the_portal_client(aut
         auth_state(svc).server._clients.clear()  # its 5-second client cache holds the forged list
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: the authorization server's login is a signed client-side cookie; "
-                   "logging out (portal or /oauth/logout) clears the browser's copy only, any other copy still "
-                   "approves apps without the password until 15 minutes after the login")
 def test_a_login_cookie_copied_before_logout_approves_nothing_after_it(live, world):
     s, r = portal_login(live, "13700001111", PASSWORD)
     copied = s.cookies.get("ehc_session")
@@ -375,8 +371,6 @@ def test_a_login_cookie_copied_before_logout_approves_nothing_after_it(live, wor
     assert 'value="approve"' not in page.text and 'name="phone"' in page.text
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5: ehc_session is Secure only when EHC_BASE_URL is https; the "
-                   "portal's own cookie is Secure on any https request")
 def test_the_login_cookie_is_secure_on_https(auth_app, world):
     _, challenge = pkce()
     params = {"response_type": "code", "client_id": world["a"], "redirect_uri": REDIRECT, "scope": SCOPES, "state": "s",
@@ -385,33 +379,35 @@ def test_the_login_cookie_is_secure_on_https(auth_app, world):
     assert r.status_code == 200 and "Secure" in r.headers["Set-Cookie"]
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6: behind the TLS front every request has the front's address "
-                   "(no X-Forwarded-For is read): the per-address login limit is one bucket for all residents")
-def test_other_peoples_failed_logins_through_the_front_do_not_block_a_resident(live, svc, world):
+def test_other_peoples_failed_logins_through_the_front_do_not_block_a_resident(auth_settings, svc, world):
+    """Behind the TLS front every request came from the front's address (nothing read X-Forwarded-For): the
+    per-address login limit was one bucket for every resident. With EHC_TRUSTED_PROXIES=1 (docker-compose.yml)
+    each client's own address counts; with the default 0 a client cannot choose its address by a header."""
+    from dataclasses import replace
+
+    from app import create_app
     from app.auth.ratelimit import Limit, RateLimiter
 
-    st = auth_state(svc)
-    saved = st.login_limiter
-    st.login_limiter = RateLimiter(Limit(rate=0.2, burst=10))  # the default limits
-    try:
+    def attempts(trusted: int) -> str:
+        app = create_app(replace(auth_settings, trusted_proxies=trusted))
+        auth_state(app.extensions["ehc"]).login_limiter = RateLimiter(Limit(rate=0.2, burst=10))  # the defaults
+        front = {"REMOTE_ADDR": "127.0.0.1"}  # every request arrives from the front
         _, challenge = pkce()
-        url = authorize_url(live, world["a"], challenge)
-        for i in range(10):  # ten people elsewhere (or one attacker) fail, each through the front
-            s = requests.Session()
-            page = s.get(url, timeout=10)
-            s.post(url, data={"csrf": csrf_of(page.text), "step": "login", "phone": f"1360000{i:04d}",
-                              "password": "guess"}, headers={"X-Forwarded-For": f"203.0.113.{i + 1}"}, timeout=10)
-        s = requests.Session()
-        page = s.get(url, timeout=10)
-        r = s.post(url, data={"csrf": csrf_of(page.text), "step": "login", "phone": "13700001111",
-                              "password": PASSWORD}, headers={"X-Forwarded-For": "198.51.100.7"}, timeout=10)
-        assert 'value="approve"' in r.text, r.text.split('<p class="msg">')[-1][:80]
-    finally:
-        st.login_limiter = saved
+        url = authorize_url("http://localhost", world["a"], challenge)
+        for i in range(11):  # ten people elsewhere (or one attacker) fail through the front, then a resident
+            web = app.test_client()
+            page = web.get(url, environ_base=front)
+            phone, password = (f"1360000{i:04d}", "guess") if i < 10 else ("13700001111", PASSWORD)
+            r = web.post(url, data={"csrf": csrf_of(page.get_data(as_text=True)), "step": "login", "phone": phone,
+                                    "password": password}, environ_base=front,
+                         headers={"X-Forwarded-For": f"203.0.113.{i + 1}"})
+        app.extensions["ehc"].handle.close()
+        return r.get_data(as_text=True)
+
+    assert 'value="approve"' in attempts(1)  # the resident's own address: not blocked by the others'
+    assert 'value="approve"' not in attempts(0)  # a header believed from nobody: one bucket, as before
 
 
-@pytest.mark.xfail(strict=True, reason="finding 7: the SMS step calls the sender only for a registered number, in the "
-                   "request: the answer is the same, its time tells whether the number has an account")
 def test_the_sms_step_takes_as_long_for_an_unknown_number(live, svc, world):
     import statistics
     import time
@@ -436,9 +432,6 @@ def test_the_sms_step_takes_as_long_for_an_unknown_number(live, svc, world):
     assert abs(known - unknown) < 0.1, (known, unknown)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 8 (a decision for the lead): acting for his mother, a son sees his "
-                   "sibling's binding Consent among hers and revoking it unbinds the sibling (one parent can "
-                   "likewise cut the other off a child)")
 def test_acting_for_a_relative_does_not_end_another_relatives_binding(live, svc):
     import re
 
@@ -465,26 +458,21 @@ def test_acting_for_a_relative_does_not_end_another_relatives_binding(live, svc)
     assert mother in find_account(st.store, st.keys, "13700006666").patients
 
 
-@pytest.mark.xfail(strict=True, reason="finding 9: /portal/family and /portal/consents show any text given as ?m= as "
-                   "the portal's own status message (escaped: no script, but a link can make it say anything)")
 def test_the_portal_says_only_its_own_messages(live, world):
     s, _ = portal_login(live, "13700001111", PASSWORD)
     for path in ("family", "consents"):
         page = s.get(f"{live}/portal/{path}", params={"m": "账户异常，请致电 400-000-0000"}, timeout=10)
-        said = page.text.split('<p class="note" role="status">', 1)[-1].split("</p>", 1)[0]
+        said = page.text.split('<p class="note" role="status">', 1)[1].split("</p>", 1)[0] \
+            if '<p class="note" role="status">' in page.text else ""
         assert "400-000-0000" not in said, path
 
 
-@pytest.mark.xfail(strict=True, reason="finding 10: the app's 404/405 handlers (FHIR OperationOutcome JSON) win over "
-                   "the portal blueprint's HTTPException handler: a resident gets JSON, not a page")
 def test_a_missing_portal_page_is_a_portal_page(live, world):
     s, _ = portal_login(live, "13700001111", PASSWORD)
     r = s.get(f"{live}/portal/records/document/nonexistent/0", timeout=10)
     assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 11: a grant form sent again after its Consent was revoked matches the "
-                   "revoked Consent (If-None-Exist) and the portal says 已授权 though nothing is granted")
 def test_a_grant_form_replayed_after_revoking_does_not_say_granted(live, svc):
     import re
 
@@ -505,8 +493,6 @@ def test_a_grant_form_replayed_after_revoking_does_not_say_granted(live, svc):
     assert said and said != "已授权", said
 
 
-@pytest.mark.xfail(strict=True, reason="finding 12: each rotation gives the new refresh token 30 days from now, so a "
-                   "grant used once a month never ends, and residents have no page listing or revoking apps")
 def test_a_grant_ends_30_days_after_the_login_however_often_it_is_refreshed(live, svc, world):
     import time
 
