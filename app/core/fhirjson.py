@@ -146,3 +146,18 @@ def restore_decimals(node: Any, shadow: list[dict[str, str]]) -> None:
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             parent[last] = FhirDecimal(str(item["t"]))
+
+
+def kind_of(value: Any) -> str:
+    """What a parsed JSON value is, for error texts: "a string", "an array", "null" ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 
 import jsonpatch
 
+from app.core import fhirjson
 from app.core.access import AccessRecord, Change
 from app.core.errors import FhirError, Issue, bad_request, conflict, info_outcome, not_found, precondition_failed
 from app.core.ids import is_valid_id
@@ -383,27 +384,15 @@ def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, 
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:
         raise bad_request(f"the JSON Patch is malformed: {err}") from None
     if not isinstance(patched, dict):  # an operation on the root ("path": "") replaced the resource by a non-object
-        raise FhirError(422, f"the result of the JSON Patch is a JSON {_json_kind(patched)}, not a resource",
+        raise FhirError(422, f"the result of the JSON Patch is {fhirjson.kind_of(patched)}, not a resource",
                         code="processing")
     return patched
 
 
 def _check_json_patch(ops: Any) -> None:
     if not isinstance(ops, list):
-        raise bad_request(f"the PATCH body must be a JSON Patch, an array of operations (RFC 6902 §3), not a JSON "
-                          f"{_json_kind(ops)}")
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    return "null" if value is None else "number"
+        raise bad_request(f"the PATCH body must be a JSON Patch, an array of operations (RFC 6902 §3), not "
+                          f"{fhirjson.kind_of(ops)}")
 
 
 # -- delete ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 from xml.parsers import expat
 
 from app.core.errors import FhirError, Issue
-from app.core.fhirjson import FhirDecimal
+from app.core.fhirjson import FhirDecimal, kind_of
 from app.fhir.profiles import load_profiles
 from app.fhir.structure import ElementDef, Structure, TypeDef, load_structure
 
@@ -145,7 +145,7 @@ class Validator:
 
     def _complex(self, obj: Any, tdef: TypeDef, path: str, out: _Out, resource: bool = False) -> None:
         if not isinstance(obj, dict):
-            out.add(path, f"must be a JSON object ({tdef.name.split('.')[0]}), not {_kind(obj)}")
+            out.add(path, f"must be a JSON object ({tdef.name.split('.')[0]}), not {kind_of(obj)}")
             return
         if not obj:
             out.add(path, "an empty object is not allowed: an element must have a value or children (ele-1)")
@@ -187,7 +187,7 @@ class Validator:
             return
         if el.many:
             if not isinstance(value, list):
-                out.add(path, f"must be an array (the element repeats), not {_kind(value)}")
+                out.add(path, f"must be an array (the element repeats), not {kind_of(value)}")
                 return
             if not value:
                 out.add(path, "an empty array is not allowed (leave the element out)")
@@ -262,7 +262,7 @@ class Validator:
 
     def _xhtml(self, value: Any, path: str, out: _Out) -> None:
         if not isinstance(value, str):
-            out.add(path, f"must be a string of XHTML, not {_kind(value)}", "value")
+            out.add(path, f"must be a string of XHTML, not {kind_of(value)}", "value")
             return
         problem = xhtml_problem(value)
         if problem:
@@ -278,24 +278,10 @@ class Validator:
         return out
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
     if kind == "string":
         if not isinstance(value, str):
-            return f"{t} must be a JSON string, not {_kind(value)}"
+            return f"{t} must be a JSON string, not {kind_of(value)}"
         if not value:
             return "an empty string is not allowed (leave the element out)"
         bad = _NOT_IN_STRINGS.search(value)
@@ -303,17 +289,17 @@ def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
             return f"the character U+{ord(bad.group()):04X} is not allowed in a FHIR string"
         return None
     if kind == "boolean":
-        return None if value is True or value is False else f"a boolean is JSON true or false, not {_kind(value)}"
+        return None if value is True or value is False else f"a boolean is JSON true or false, not {kind_of(value)}"
     if kind == "integer":
         if type(value) is not int:
-            return f"{t} must be a JSON integer, not {_kind(value) if not isinstance(value, float) else 'a decimal'}"
+            return f"{t} must be a JSON integer, not {kind_of(value) if not isinstance(value, float) else 'a decimal'}"
         low = 1 if t == "positiveInt" else 0 if t == "unsignedInt" else INT_MIN
         if not low <= value <= INT_MAX:
             return f"{value} is outside the range of {t} ({low}..{INT_MAX})"
         return None
     # decimal
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"a decimal is a JSON number, not {_kind(value)}"
+        return f"a decimal is a JSON number, not {kind_of(value)}"
     if isinstance(value, float) and not isinstance(value, FhirDecimal) and value != value:  # NaN
         return "NaN is not a decimal"
     if isinstance(value, float) and math.isinf(value):  # 1e400: stored as a double, it would be infinity

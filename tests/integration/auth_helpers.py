@@ -167,6 +167,26 @@ def consent(svc: Any, pid: str, actor: dict[str, Any], status: str = "active", p
     }, province)
 
 
+VICTIM_ID_NUMBER = "110101199001010031"
+VICTIM_NAME = "受害者"
+VICTIM_PHONE = "13912345678"
+
+
+def victim_world(svc: Any) -> dict[str, str]:
+    """What the access-control attacks are made on: a hospital of province 11 and one of province 31, the victim
+    (a resident of province 11, known to the master index by his ID number) and the attacker's own resident."""
+    org11 = create(svc, {"resourceType": "Organization", "name": "北京某医院"})
+    org31 = create(svc, {"resourceType": "Organization", "name": "上海某医院"}, province="31")
+    victim = create(svc, {"resourceType": "Patient", "name": [{"family": VICTIM_NAME, "given": ["甲"]}],
+                          "gender": "male", "birthDate": "1990-01-01",
+                          "telecom": [{"system": "phone", "value": VICTIM_PHONE}],
+                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": VICTIM_ID_NUMBER}],
+                          "managingOrganization": {"reference": f"Organization/{org11}"}})
+    me = create(svc, {"resourceType": "Patient", "name": [{"family": "本人", "given": ["乙"]}], "gender": "female",
+                      "birthDate": "1985-03-03"})
+    return {"org11": org11, "org31": org31, "victim": victim, "me": me}
+
+
 def account(svc: Any, phone: str, password: str, *patients: str) -> Any:
     st = auth_state(svc)
     acct = create_account(st.store, st.keys, phone, password)

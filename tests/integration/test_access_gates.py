@@ -11,11 +11,19 @@ from typing import Any
 import pytest
 
 from tests.integration.auth_helpers import *  # noqa: F403
-from tests.integration.auth_helpers import FJ, bearer, consent, create, observation, stored_token
+from tests.integration.auth_helpers import (
+    FJ,
+    VICTIM_ID_NUMBER,
+    VICTIM_NAME,
+    VICTIM_PHONE,
+    bearer,
+    consent,
+    create,
+    observation,
+    stored_token,
+    victim_world,
+)
 
-VICTIM_ID_NUMBER = "110101199001010031"
-VICTIM_NAME = "受害者"
-VICTIM_PHONE = "13912345678"
 OBS_CODE = "2345-7"
 
 
@@ -26,18 +34,11 @@ def web(auth_app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def data(svc: Any) -> dict[str, Any]:
-    org11 = create(svc, {"resourceType": "Organization", "name": "北京某医院"})
-    org31 = create(svc, {"resourceType": "Organization", "name": "上海某医院"}, province="31")
-    victim = create(svc, {"resourceType": "Patient", "name": [{"family": VICTIM_NAME, "given": ["甲"]}],
-                          "gender": "male", "birthDate": "1990-01-01",
-                          "telecom": [{"system": "phone", "value": VICTIM_PHONE}],
-                          "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": VICTIM_ID_NUMBER}],
-                          "managingOrganization": {"reference": f"Organization/{org11}"}})
-    me = create(svc, {"resourceType": "Patient", "name": [{"family": "本人", "given": ["乙"]}], "gender": "female",
-                      "birthDate": "1985-03-03"})
+    world: dict[str, Any] = victim_world(svc)
+    victim, me = world["victim"], world["me"]
     obs = [observation(svc, victim) for _ in range(3)]
     mine = observation(svc, me)
-    return {"org11": org11, "org31": org31, "victim": victim, "me": me, "obs": obs, "mine": mine}
+    return {**world, "obs": obs, "mine": mine}
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,17 @@ from typing import Any
 import pytest
 
 from tests.integration.auth_helpers import *  # noqa: F403
-from tests.integration.auth_helpers import FJ, bearer, create, observation, stored_token
+from tests.integration.auth_helpers import (
+    FJ,
+    VICTIM_ID_NUMBER,
+    bearer,
+    create,
+    observation,
+    stored_token,
+    victim_world,
+)
 
 ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
-VICTIM_ID_NUMBER = "110101199001010031"
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +30,7 @@ def web(auth_app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def data(svc: Any) -> dict[str, Any]:
-    org11 = create(svc, {"resourceType": "Organization", "name": "北京某医院"})
-    org31 = create(svc, {"resourceType": "Organization", "name": "上海某医院"}, province="31")
-    victim = create(svc, {"resourceType": "Patient", "name": [{"family": "受害者", "given": ["甲"]}],
-                          "gender": "male", "birthDate": "1990-01-01",
-                          "identifier": [{"system": ID_SYSTEM, "value": VICTIM_ID_NUMBER}],
-                          "managingOrganization": {"reference": f"Organization/{org11}"}})
-    me = create(svc, {"resourceType": "Patient", "name": [{"family": "本人", "given": ["乙"]}], "gender": "female",
-                      "birthDate": "1985-03-03"})
-    return {"org11": org11, "org31": org31, "victim": victim, "me": me}
+    return victim_world(svc)
 
 
 @pytest.fixture(scope="module")

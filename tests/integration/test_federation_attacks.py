@@ -117,6 +117,16 @@ def _revoke(nodes: dict[str, Node], world: dict[str, Any], consent_id: str) -> N
     assert r.status_code in (200, 204), r.text
 
 
+def _search_granted(nodes: dict[str, Node], world: dict[str, Any], body: dict[str, Any],
+                    token: str = "t31") -> dict[str, Any]:
+    """The Shanghai client's search of the resident while the Consent `body` stands at node 11 (revoked after)."""
+    consent = _grant(nodes, world, body)
+    try:
+        return _search(nodes, world[token], world["number"])
+    finally:
+        _revoke(nodes, world, consent)
+
+
 # -- consent -------------------------------------------------------------------------------------------------
 
 SH = {"reference": f"Organization/{SH_ORG}"}
@@ -156,11 +166,7 @@ NOT_COVERING = {
 @pytest.mark.parametrize("case", sorted(NOT_COVERING))
 def test_a_consent_that_does_not_cover_the_access_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any],
                                                                      case: str) -> None:
-    consent = _grant(nodes, world, _consent(world["p11"]["id"], SH, **NOT_COVERING[case]))
-    try:
-        bundle = _search(nodes, world["t31"], world["number"])
-    finally:
-        _revoke(nodes, world, consent)
+    bundle = _search_granted(nodes, world, _consent(world["p11"]["id"], SH, **NOT_COVERING[case]))
     assert _from_beijing(nodes, bundle) == [], case
     assert any("2 matching resource(s) withheld at province 11" in d for d in _diagnostics(bundle)), case
 
@@ -173,20 +179,12 @@ def test_a_consent_that_does_not_cover_the_access_lets_nothing_cross(nodes: dict
 ], ids=["other-organization", "province-11", "province-44", "unknown-identifier-system"])
 def test_a_consent_for_another_actor_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any],
                                                         actor: dict[str, Any]) -> None:
-    consent = _grant(nodes, world, _consent(world["p11"]["id"], actor))
-    try:
-        bundle = _search(nodes, world["t31"], world["number"])
-    finally:
-        _revoke(nodes, world, consent)
+    bundle = _search_granted(nodes, world, _consent(world["p11"]["id"], actor))
     assert _from_beijing(nodes, bundle) == []
 
 
 def test_another_residents_consent_lets_nothing_cross(nodes: dict[str, Node], world: dict[str, Any]) -> None:
-    consent = _grant(nodes, world, _consent(world["other"]["id"], PROVINCE_31))
-    try:
-        bundle = _search(nodes, world["t31"], world["number"])
-    finally:
-        _revoke(nodes, world, consent)
+    bundle = _search_granted(nodes, world, _consent(world["other"]["id"], PROVINCE_31))
     assert _from_beijing(nodes, bundle) == []
 
 
@@ -209,11 +207,8 @@ def test_an_organization_id_that_collides_with_a_grantee_of_another_province_is_
         nodes: dict[str, Node], world: dict[str, Any]) -> None:
     """The resident consents to a Guangdong hospital (province 44 in node 11's directory). A Shanghai client whose
     organization id happens to be that hospital's id (organization ids are each node's own) is not it."""
-    consent = _grant(nodes, world, _consent(world["p11"]["id"], {"reference": f"Organization/{GD_ORG}"}))
-    try:
-        bundle = _search(nodes, world["t31_collider"], world["number"])
-    finally:
-        _revoke(nodes, world, consent)
+    to_guangdong = _consent(world["p11"]["id"], {"reference": f"Organization/{GD_ORG}"})
+    bundle = _search_granted(nodes, world, to_guangdong, token="t31_collider")
     assert _from_beijing(nodes, bundle) == []
 
 
