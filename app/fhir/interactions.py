@@ -227,7 +227,9 @@ def _find(req: FhirRequest, svc: Services, rtype: str, params: list[tuple[str, s
                           f"select), so they would match every {rtype}", expression=where)
     request = parse_search(rtype, restricted, svc.registry, strict=True, default_count=limit,
                            max_count=svc.settings.max_count)
-    return svc.searcher.search(request, limit, admit_of=req.gate.row_admit).docs
+    # Only matches the caller may see count: one it may not would answer, by a 412 or a 403 instead of a create,
+    # the criteria about a record it may not read (whether the resident has a B20 Condition).
+    return svc.searcher.search(request, limit, admit=req.gate.row_admit(rtype), admit_of=req.gate.row_admit).docs
 
 
 # -- read -----------------------------------------------------------------------------------------------

@@ -272,3 +272,29 @@ def test_the_withheld_count_answers_no_criterion_but_the_patient(web, svc, data,
     assert outcome(f"Condition?patient={data['victim']}&_lastUpdated=gt2000-01-01") == []
     assert any("withheld" in d for d in outcome(whose))  # whose records: the clinician learns to ask for consent
     assert any("withheld" in d for d in outcome(f"Condition?patient={data['victim']}"))
+
+
+# -- conditional interactions match only what the caller may see ---------------------------------------------------
+
+def test_conditional_interactions_answer_no_criterion_about_unseen_records(web, svc, data, tokens):
+    """A conditional create matched records the caller may not see: another province learned, from a 403 where a
+    create was expected, that the victim has a B20 Condition. Unseen records are not matches: the caller's own
+    record is created, and the victim's stays as it was."""
+    create(svc, {"resourceType": "Condition", "subject": {"reference": f"Patient/{data['victim']}"},
+                 "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "B20"}],
+                          "text": "conditional-probe"}})
+    whose = f"patient.identifier={ID_SYSTEM}|{VICTIM_ID_NUMBER}"
+    body = {"resourceType": "Condition", "subject": {"reference": f"Patient/{data['victim']}"},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "Z00"}]}}
+
+    def answer(code: str) -> int:
+        r = web.post("/fhir/Condition", data=json.dumps(body), content_type=FJ,
+                     headers=bearer(tokens["p31"], **{"If-None-Exist": f"{whose}&code={code}"}))
+        return r.status_code
+
+    assert answer("B20") == answer("J45") == 201  # nothing it may see matched either: its own record each time
+    gone = web.delete(f"/fhir/Condition?{whose}&code=B20", headers=bearer(tokens["p31"]))
+    assert gone.status_code in (200, 204, 404)
+    found = call(web, "GET", f"Condition?{whose}&code=B20", tokens["home"]).get_json()
+    assert any(e["resource"]["code"].get("text") == "conditional-probe" for e in found.get("entry", [])
+               if e["search"]["mode"] == "match")  # the victim's record was not deleted
