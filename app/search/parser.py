@@ -69,7 +69,21 @@ def parse_search(
                     f"Unknown search parameter {name!r} for {resource_type}", name, code="not-supported"
                 ) from None
             req.ignored.append(name)
+    _within_bounds(req)
     return req
+
+
+# Alternatives (a,b,c) a search may hold in all, each one a lookup: 15,000 references took 10 s of one worker.
+MAX_VALUES = 1000
+
+
+def _within_bounds(req: SearchRequest) -> None:
+    values = 0
+    for f in req.filters:
+        values += len(f.values) + sum(len(g.values) for g in f.any_of)
+        if values > MAX_VALUES:
+            raise bad_request(f"the search holds more than {MAX_VALUES} values (comma-separated alternatives) in "
+                              f"all; {f.code!r} goes beyond that: search in parts", f.code, code="too-costly")
 
 
 def _parse_one(req: SearchRequest, name: str, value: str, registry: SearchRegistry, max_count: int) -> None:

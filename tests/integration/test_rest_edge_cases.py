@@ -320,3 +320,16 @@ def test_prefer_return_changes_writes_only_and_empty_answers_have_no_content_typ
     assert r.status_code == 200 and r.get_data() == b"" and "Content-Type" not in r.headers
     r = client.get(f"/fhir/Observation/{oid}", headers={"If-None-Match": 'W/"2"'})
     assert r.status_code == 304 and "Content-Type" not in r.headers
+
+
+def test_a_search_with_thousands_of_alternatives_is_refused_not_run(client):
+    """15,000 references in one `subject=` held a worker for 10 s (one lookup each): beyond 1,000 values in all the
+    search is refused, naming the parameter; 1,000 still run."""
+    many = ",".join(f"Patient/p{i}" for i in range(1001))
+    r = client.post("/fhir/Observation/_search", data={"subject": many},
+                    content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 400 and r.json["issue"][0]["code"] == "too-costly", r.json
+    assert r.json["issue"][0]["expression"] == ["subject"]
+    enough = client.post("/fhir/Observation/_search", data={"subject": ",".join(many.split(",")[:1000])},
+                         content_type="application/x-www-form-urlencoded")
+    assert enough.status_code == 200, enough.json
