@@ -242,6 +242,9 @@ class SmartPolicy:
                 # first): otherwise which side failed would tell whether the record exists.
                 moved = " (after the change)" if name == "after" and len(sides) == 2 else ""
                 return Decision(False, self._outside(principal, rtype, grants) + moved, patients=patients)
+        unseen = self._unseen_binary(principal, rtype, change)
+        if unseen:
+            return Decision(False, unseen, patients=patients)
         if patient_only and rtype == "Consent" and change.before is not None:
             refusal = self._someone_elses_binding(principal, change.before)
             if refusal:
@@ -261,6 +264,26 @@ class SmartPolicy:
                                            f"resident's home province ({home}) may grant or change a Consent",
                                     patients=patients)
         return Decision(True, patients=patients)
+
+    def _unseen_binary(self, principal: Principal, rtype: str, change: Change) -> str | None:
+        """A Binary belongs to the records that point at it (owner.py): pointing a record of one's own at a Binary
+        one may not read would make it one's own. A new link is allowed only to a Binary the caller may read."""
+        param = self.svc.registry.get(rtype, "binary")
+        if param is None or change.after is None:
+            return None
+
+        def linked(res: dict[str, Any] | None) -> set[str]:
+            ix, _ = extract_index({**res, "resourceType": rtype}, self.svc.registry) if res else ({}, {})
+            return {v.split("/", 1)[1] for v in ix.get("binary", ()) if isinstance(v, str) and v.startswith("Binary/")}
+
+        for bid in sorted(linked(change.after) - linked(change.before)):
+            doc = self.svc.repo.get_doc("Binary", bid)
+            if doc is None or doc.get("del") or not doc.get("res"):
+                continue  # nothing there to take: the reference check answers for a missing one
+            if not self.disclose(principal, "Binary", doc["res"], doc.get("prov"), "r").allowed:
+                return (f"the {rtype} points at Binary/{bid}, which this token may not read: a record cannot be "
+                        "linked to a document the caller may not see")
+        return None
 
     def _someone_elses_binding(self, principal: Principal, consent: dict[str, Any]) -> str | None:
         """A Consent that records a binding (一人绑定多人) is ended by the resident it is about, or by the relative it

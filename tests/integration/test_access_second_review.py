@@ -298,3 +298,31 @@ def test_conditional_interactions_answer_no_criterion_about_unseen_records(web, 
     found = call(web, "GET", f"Condition?{whose}&code=B20", tokens["home"]).get_json()
     assert any(e["resource"]["code"].get("text") == "conditional-probe" for e in found.get("entry", [])
                if e["search"]["mode"] == "match")  # the victim's record was not deleted
+
+
+# -- a Binary is not taken by pointing at it ------------------------------------------------------------------
+
+def test_pointing_a_record_at_a_binary_does_not_open_it(web, svc, data, tokens):
+    """A Binary without a securityContext belongs to the records whose attachment points at it: a resident's app
+    (or another province, with a record and a Consent of its own) pointed a DocumentReference of its own at the
+    victim's Binary and read it. A new link is refused unless the caller may read the Binary already."""
+    import base64
+
+    blob = create(svc, {"resourceType": "Binary", "contentType": "text/plain",
+                        "data": base64.b64encode("出院小结".encode()).decode()})
+    create(svc, {"resourceType": "DocumentReference", "status": "current",
+                 "subject": {"reference": f"Patient/{data['victim']}"},
+                 "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{blob}"}}]})
+    mine = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{data['me']}"},
+            "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{blob}"}}]}
+    r = call(web, "POST", "DocumentReference", tokens["app"], mine)
+    assert r.status_code == 403 and "Binary/" in r.get_json()["issue"][0]["diagnostics"], r.get_json()
+    assert call(web, "GET", f"Binary/{blob}", tokens["app"]).status_code == 403
+    theirs = create(svc, {"resourceType": "Patient", "name": [{"family": "沪链"}], "gender": "male",
+                          "birthDate": "1971-01-01"}, province="31")
+    r = call(web, "POST", "DocumentReference", tokens["p31"], {**mine, "subject": {"reference": f"Patient/{theirs}"}})
+    assert r.status_code == 403, r.get_json()
+    assert call(web, "GET", f"Binary/{blob}", tokens["p31"]).status_code == 403
+    r = call(web, "POST", "DocumentReference", tokens["home"], {**mine, "subject": {
+        "reference": f"Patient/{data['victim']}"}})
+    assert r.status_code == 201, r.get_json()  # the home province links its own documents as before
