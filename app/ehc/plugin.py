@@ -105,6 +105,22 @@ class CardService:
         res = event.resource or {}
         if res.get("id") and not _merged_away(res):
             self.cards.sync(res["id"], res, event.previous)
+            self._follow_death(res, event.previous)
+
+    def _follow_death(self, res: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """A resident recorded as deceased: their card is suspended, so that no terminal accepts it and no new code
+        is issued. Suspended, not cancelled (注销, final): a death recorded by mistake is withdrawn by clearing
+        `deceased`, which reactivates a card this suspended (not one suspended for another reason)."""
+        dead, was = _deceased(res), _deceased(previous)
+        card = current_card(res)
+        if dead == was or card is None:
+            return
+        card_id = str(card["value"])
+        if dead and self.cards.status(card_id) == "active":
+            self.cards.set_status(card_id, "suspended", res["id"], DECEASED)
+        elif not dead and (self.cards.get(card_id) or {}).get("reason") == DECEASED and \
+                self.cards.status(card_id) == "suspended":
+            self.cards.set_status(card_id, "active", res["id"], "the record of death was withdrawn")
 
     def deleted(self, event: StoreEvent) -> None:
         self.cards.cancel_all(event.previous, "patient record deleted")
@@ -184,6 +200,15 @@ class CardService:
             if self.svc.repo.exists("Patient", pid):
                 return pid
         return None
+
+
+DECEASED = "the resident has died (Patient.deceased)"
+
+
+def _deceased(resource: dict[str, Any] | None) -> bool:
+    if not resource:
+        return False
+    return resource.get("deceasedBoolean") is True or bool(resource.get("deceasedDateTime"))
 
 
 def _merged_away(resource: dict[str, Any]) -> bool:

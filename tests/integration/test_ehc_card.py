@@ -212,3 +212,29 @@ def test_rotation_keeps_old_tokens_verifying(client, services, resident):
     assert {old_kid, new.kid} <= set(keys)
     assert keys[old_kid]["exp"] <= int(time.time()) + 366 * 86400
     assert keys[new.kid]["exp"] > keys[old_kid]["exp"]
+
+
+def test_a_resident_recorded_as_deceased_has_a_suspended_card_until_that_is_withdrawn(client):
+    """A Patient marked deceased still verified as valid at every terminal, and still got new codes. The card is
+    suspended with the record of death (not cancelled: a death recorded by mistake is withdrawn, and the card
+    works again); a card suspended for another reason stays suspended."""
+    res = post(client, "Patient", patient(id_number("310104", "1940-02-02", 41), name="韦故")).json
+    pid = res["id"]
+    token = params(qrcode(client, pid, type={"valueCode": "static"}).json)["token"]["valueString"]  # reusable
+    assert verify(client, token)["valid"]["valueBoolean"] is True
+    dead = {k: v for k, v in res.items() if k != "meta"}
+    r = client.put(f"/fhir/Patient/{pid}", json={**dead, "deceasedDateTime": "2026-11-29T23:10:00+08:00"},
+                   headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.json
+    assert verify(client, token)["reason"]["valueCode"] == "suspended"
+    assert qrcode(client, pid).status_code == 409
+    r = client.put(f"/fhir/Patient/{pid}", json=dead, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.json
+    assert verify(client, token)["valid"]["valueBoolean"] is True  # the mistake withdrawn: the card works again
+    lost = post(client, f"Patient/{pid}/$ehc-status", {"resourceType": "Parameters",
+                                                        "parameter": [{"name": "status", "valueCode": "suspended"}]})
+    assert lost.status_code == 200  # reported lost (挂失) ...
+    client.put(f"/fhir/Patient/{pid}", json={**dead, "deceasedBoolean": True},
+               headers={"Content-Type": "application/fhir+json"})
+    client.put(f"/fhir/Patient/{pid}", json=dead, headers={"Content-Type": "application/fhir+json"})
+    assert verify(client, token)["reason"]["valueCode"] == "suspended"  # ... stays suspended
