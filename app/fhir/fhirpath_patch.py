@@ -4,7 +4,9 @@ Each operation has `type` (add | insert | delete | replace | move), `path` (a FH
 element), and as the type needs `name`, `value[x]`, `index`, `source`, `destination`. Paths are the forms patches
 use in practice: element names from the resource type, with an optional index (`Patient.name[0].given`) or a
 `where(<field>='<text>')` filter (`Patient.identifier.where(system='urn:x')`). Anything else is refused with 400
-naming the operation. Pure: no Flask, no database.
+naming the operation. `insert` and `move` name the repeating element itself (`Patient.name`); whether an element
+repeats (`add` makes a list of one, or refuses a second value) comes from the R4 definitions. Pure: no Flask, no
+database.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from app.core.errors import FhirError, bad_request
 from app.fhir.parameters import read_parameters
+from app.fhir.structure import load_structure
+from app.profiles import PROFILES_DIR
 
 _STEP = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 _WHERE = re.compile(r"^where\(\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*'([^'\\]*)'\s*\)$")
@@ -141,31 +145,62 @@ def _apply(root: dict[str, Any], rtype: str, kind: str, path: str, parts: dict[s
         if isinstance(existing, list):
             existing.append(value)
         elif existing is None:
-            node[name] = [value] if _is_list_element(name, existing) else value
+            node[name] = [value] if _repeats(rtype, _split(path), name) else value
         else:
-            node[name] = [existing, value]
+            raise FhirError(422, f"{where}: {path}.{name} is there already and does not repeat: replace it",
+                            code="processing", expression=where)
         return
     if kind in ("insert", "move"):
-        parent, key = _one(targets, path, where)
-        seq = parent[key] if parent is not None else None
-        if not isinstance(seq, list):
-            raise FhirError(422, f"{where}: {path} is not a list", code="processing", expression=where)
+        seq = _list_at(root, rtype, path, where, create=kind == "insert")
         if kind == "insert":
             index = _value(parts.get("index"))
-            if not isinstance(index, int) or not 0 <= index <= len(seq):
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= len(seq):
                 raise bad_request(f"{where}: insert needs an index from 0 to {len(seq)}", expression=where)
             seq.insert(index, _value(parts.get("value")))
         else:
             source, dest = _value(parts.get("source")), _value(parts.get("destination"))
-            if not all(isinstance(x, int) and 0 <= x < len(seq) for x in (source, dest)):
+            if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(seq) for x in (source, dest)):
                 raise bad_request(f"{where}: move needs a source and destination within the list", expression=where)
             seq.insert(dest, seq.pop(source))
 
 
-def _is_list_element(name: str, _existing: Any) -> bool:
-    # Elements that repeat in R4 and are commonly added (the validator refuses a wrong shape anyway).
-    return name in {"identifier", "name", "telecom", "address", "contact", "extension", "modifierExtension",
-                    "given", "prefix", "suffix", "line", "coding", "category", "note", "link", "contained"}
+def _list_at(root: dict[str, Any], rtype: str, path: str, where: str, create: bool) -> list[Any]:
+    """The list a path names (fhirpatch.html: insert and move name the repeating element, `Patient.name`, whose
+    items are the list): its parent is resolved to one element, and the last step names the list in it. `create`:
+    an absent list of an element that repeats is made (insert at 0)."""
+    steps = _split(path)
+    last = _STEP.match(steps[-1]) if len(steps) > 1 else None
+    if last is None or last.group(2) is not None:
+        raise bad_request(f"{where}: the path of insert and move names a repeating element (no index, no filter)",
+                          expression=where)
+    name = last.group(1)
+    parent, key = _one(_resolve(root, rtype, ".".join(steps[:-1]), where), ".".join(steps[:-1]), where)
+    node = root if parent is None else parent[key]
+    if not isinstance(node, dict) or _repeats(rtype, steps[:-1], name) is False:
+        raise FhirError(422, f"{where}: {path} is not a list", code="processing", expression=where)
+    seq = node.get(name)
+    if seq is None and create:
+        seq = node[name] = []
+    if not isinstance(seq, list):
+        raise FhirError(422, f"{where}: {path} is not a list", code="processing", expression=where)
+    return seq
+
+
+def _repeats(rtype: str, steps: list[str], name: str) -> bool | None:
+    """Whether element `name` repeats in the element the path `steps` names, from the R4 definitions; None when
+    the path leaves them (an extension's contents, a contained resource)."""
+    types = load_structure(PROFILES_DIR).types
+    tname = rtype
+    for step in steps[1:]:
+        if _WHERE.match(step):
+            continue
+        m = _STEP.match(step)
+        element = types[tname].elements.get(m.group(1)) if m and tname in types else None
+        if element is None:
+            return None
+        tname = element.type
+    element = types[tname].elements.get(name) if tname in types else None
+    return element.many if element is not None else None
 
 
 def _drop_empty(node: Any) -> None:

@@ -333,3 +333,45 @@ def test_a_search_with_thousands_of_alternatives_is_refused_not_run(client):
     enough = client.post("/fhir/Observation/_search", data={"subject": ",".join(many.split(",")[:1000])},
                          content_type="application/x-www-form-urlencoded")
     assert enough.status_code == 200, enough.json
+
+
+def _fhirpath_patch(client, rtype: str, rid: str, *operations: dict) -> Any:
+    def part(name: str, value: Any) -> dict:
+        key = {str: "valueString", int: "valueInteger"}.get(type(value), "valueHumanName")
+        if name in ("type",):
+            key = "valueCode"
+        return {"name": name, key: value}
+
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [part(k, v) for k, v in op.items()]} for op in operations]}
+    return client.patch(f"/fhir/{rtype}/{rid}", data=json.dumps(body), content_type="application/fhir+json")
+
+
+def test_fhirpath_patch_insert_and_move_work_on_a_repeating_element(client):
+    """FHIRPath Patch insert and move never worked: the path of a list named its items ("names 2 elements", "is not
+    a list"). They take the repeating element now (fhirpatch.html), and `add` knows from the R4 definitions which
+    elements repeat (it made `performer` an object)."""
+    pid = client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", "name": [
+        {"family": "甲"}, {"family": "乙"}]}), content_type="application/fhir+json").json["id"]
+    r = _fhirpath_patch(client, "Patient", pid,
+                        {"type": "insert", "path": "Patient.name", "index": 1, "value": {"family": "丙"}})
+    assert r.status_code == 200, r.json
+    assert [n["family"] for n in r.json["name"]] == ["甲", "丙", "乙"]
+    r = _fhirpath_patch(client, "Patient", pid, {"type": "move", "path": "Patient.name", "source": 2,
+                                                 "destination": 0})
+    assert r.status_code == 200, r.json
+    assert [n["family"] for n in r.json["name"]] == ["乙", "甲", "丙"]
+    r = _fhirpath_patch(client, "Patient", pid, {"type": "insert", "path": "Patient.gender", "index": 0,
+                                                 "value": "male"})
+    assert r.status_code == 422, r.json  # gender does not repeat
+    oid = client.post("/fhir/Observation", data=json.dumps({"resourceType": "Observation", "status": "final",
+                                                            "code": {"text": "x"}}),
+                      content_type="application/fhir+json").json["id"]
+    org = client.post("/fhir/Organization", data=json.dumps({"resourceType": "Organization", "name": "院"}),
+                      content_type="application/fhir+json").json["id"]
+    body = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
+        {"name": "name", "valueString": "performer"},
+        {"name": "value", "valueReference": {"reference": f"Organization/{org}"}}]}]}
+    r = client.patch(f"/fhir/Observation/{oid}", data=json.dumps(body), content_type="application/fhir+json")
+    assert r.status_code == 200 and r.json["performer"] == [{"reference": f"Organization/{org}"}], r.json
