@@ -15,6 +15,7 @@ Only `_id` filters are used, because FerretDB v1 answers nothing else from an in
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -582,11 +583,12 @@ class Repository:
         not new: editing an older record that names a merged Patient stays possible."""
         for path, ref in iter_references(resource, resource_type):
             parts = split_reference(ref)
-            if not parts:
+            problem = _names_nothing(resource_type, ref, parts, self.resource_types)
+            if problem and not _holds(prior, resource_type, ref):
+                raise unprocessable(f"{path} {problem}", expression=path)
+            if not parts or parts[0] not in self.resource_types:
                 continue
             target_type, target_id = parts
-            if target_type not in self.resource_types:
-                continue
             if pending and f"{target_type}/{target_id}" in pending:
                 continue
             doc = self.get_raw(target_type, target_id)  # nothing to decrypt: the link is stored in clear
@@ -701,6 +703,25 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
 
 class _VersionTaken(Exception):
     """Another writer took the version this one wanted."""
+
+
+_CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]*\?")
+
+
+def _names_nothing(resource_type: str, ref: str, parts: tuple[str, str] | None,
+                   resource_types: set[str]) -> str | None:
+    """Why a reference can never resolve, or None: a conditional reference, or a `urn:uuid:` (both name something
+    only within a transaction, which resolves them before this check), or a type that is no resource type. A
+    stored Bundle (a document) holds references between its own entries, and is left alone."""
+    if resource_type == "Bundle":
+        return None
+    if ref.startswith("urn:uuid:"):
+        return f"is {ref!r}: a urn:uuid names an entry of the same transaction Bundle, and here there is none"
+    if _CONDITIONAL.match(ref):
+        return f"is the conditional reference {ref!r}: one is resolved only in a transaction (http.html#trules)"
+    if parts is not None and parts[0] not in resource_types:
+        return f"refers to {parts[0]}/{parts[1]}, but {parts[0]} is no resource type of this server"
+    return None
 
 
 def _holds(prior: dict[str, Any] | None, resource_type: str, ref: str) -> bool:

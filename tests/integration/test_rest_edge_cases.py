@@ -375,3 +375,29 @@ def test_fhirpath_patch_insert_and_move_work_on_a_repeating_element(client):
         {"name": "value", "valueReference": {"reference": f"Organization/{org}"}}]}]}
     r = client.patch(f"/fhir/Observation/{oid}", data=json.dumps(body), content_type="application/fhir+json")
     assert r.status_code == 200 and r.json["performer"] == [{"reference": f"Organization/{org}"}], r.json
+
+
+@pytest.mark.parametrize("ref", ["urn:uuid:3f2a6c1e-0000-4000-8000-000000000001", "Patient?name=张三", "Foo/1"])
+def test_a_reference_that_can_name_nothing_is_refused_outside_a_transaction(client, ref):
+    """A urn:uuid or a conditional reference names something only in a transaction, which resolves it; in a create,
+    or a batch entry, it was stored as it was, a reference nothing resolves. So was one to a type no server has."""
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": ref}}
+    r = client.post("/fhir/Observation", data=json.dumps(obs), content_type="application/fhir+json")
+    assert r.status_code == 422 and r.json["issue"][0]["expression"] == ["Observation.subject.reference"], r.json
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": obs, "request": {"method": "POST", "url": "Observation"}}]}
+    r = client.post("/fhir", data=json.dumps(batch), content_type="application/fhir+json")
+    assert r.status_code == 200 and r.json["entry"][0]["response"]["status"].startswith("422"), r.json
+
+
+def test_a_stored_document_bundle_keeps_the_references_between_its_entries(client):
+    doc = {"resourceType": "Bundle", "type": "document", "identifier": {"system": "urn:x", "value": "d1"},
+           "timestamp": "2026-11-30T10:00:00+08:00", "entry": [
+               {"fullUrl": "urn:uuid:3f2a6c1e-0000-4000-8000-00000000000a",
+                "resource": {"resourceType": "Composition", "status": "final", "type": {"text": "出院小结"},
+                             "date": "2026-11-30", "title": "出院小结", "author": [{"display": "医生"}],
+                             "subject": {"reference": "urn:uuid:3f2a6c1e-0000-4000-8000-00000000000b"}}},
+               {"fullUrl": "urn:uuid:3f2a6c1e-0000-4000-8000-00000000000b",
+                "resource": {"resourceType": "Patient", "name": [{"family": "文"}]}}]}
+    r = client.post("/fhir/Bundle", data=json.dumps(doc), content_type="application/fhir+json")
+    assert r.status_code == 201, r.json
