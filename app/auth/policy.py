@@ -37,6 +37,7 @@ from app.search.extract import extract_index
 from app.search.matcher import matches
 from app.search.parser import parse_search
 
+MRN_PREFIX = "urn:ehc:mrn:"
 PURPOSE_HEADER = "X-Purpose-Of-Use"
 BREAK_GLASS = "ETREAT"
 
@@ -242,7 +243,8 @@ class SmartPolicy:
                 # first): otherwise which side failed would tell whether the record exists.
                 moved = " (after the change)" if name == "after" and len(sides) == 2 else ""
                 return Decision(False, self._outside(principal, rtype, grants) + moved, patients=patients)
-        unseen = self._unseen_binary(principal, rtype, change)
+        unseen = self._unseen_binary(principal, rtype, change) or self._foreign_record_number(principal, rtype,
+                                                                                                change)
         if unseen:
             return Decision(False, unseen, patients=patients)
         if patient_only and rtype == "Consent" and change.before is not None:
@@ -283,6 +285,28 @@ class SmartPolicy:
             if not self.disclose(principal, "Binary", doc["res"], doc.get("prov"), "r").allowed:
                 return (f"the {rtype} points at Binary/{bid}, which this token may not read: a record cannot be "
                         "linked to a document the caller may not see")
+        return None
+
+    def _foreign_record_number(self, principal: Principal, rtype: str, change: Change) -> str | None:
+        """A hospital record number (`urn:ehc:mrn:<organization id>`) is assigned by that hospital, or by its
+        province: records elsewhere may name a patient by it, and whoever adds it to a Patient is given them."""
+        if rtype != "Patient" or change.after is None:
+            return None
+
+        def numbers(res: dict[str, Any] | None) -> set[tuple[str, str]]:
+            return {(str(i.get("system")), str(i.get("value"))) for i in (res or {}).get("identifier") or []
+                    if isinstance(i, dict) and str(i.get("system") or "").startswith(MRN_PREFIX)}
+
+        mine = principal.province or self.svc.settings.province
+        for system, _ in sorted(numbers(change.after) - numbers(change.before)):
+            org = system[len(MRN_PREFIX):]
+            if org == principal.organization:
+                continue
+            doc = self.svc.repo.get_raw("Organization", org)
+            home = (doc.get("prov") or self.svc.settings.province) if doc and not doc.get("del") else None
+            if home is not None and home != mine:
+                return (f"{system} holds the record numbers of Organization/{org}, a hospital of province {home}: "
+                        "only that hospital, or its province, assigns them")
         return None
 
     def _someone_elses_binding(self, principal: Principal, consent: dict[str, Any]) -> str | None:

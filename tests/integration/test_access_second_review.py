@@ -326,3 +326,19 @@ def test_pointing_a_record_at_a_binary_does_not_open_it(web, svc, data, tokens):
     r = call(web, "POST", "DocumentReference", tokens["home"], {**mine, "subject": {
         "reference": f"Patient/{data['victim']}"}})
     assert r.status_code == 201, r.get_json()  # the home province links its own documents as before
+
+
+def test_a_hospital_record_number_is_assigned_only_by_its_hospital_or_province(web, svc, data, tokens):
+    """Another province registered a new Patient holding a province-11 hospital's record number, gave itself the
+    Consent of that Patient, and read the records that name a patient by that number."""
+    system = f"urn:ehc:mrn:{data['org11']}"
+    named = create(svc, {"resourceType": "Observation", "status": "final", "code": {"text": "病理"},
+                         "subject": {"type": "Patient", "identifier": {"system": system, "value": "MRN-999"}}})
+    body = {"resourceType": "Patient", "name": [{"family": "沪新"}], "gender": "male", "birthDate": "1971-01-01",
+            "identifier": [{"system": system, "value": "MRN-999"}]}
+    r = call(web, "POST", "Patient", tokens["p31"], body)
+    assert r.status_code == 403 and "record numbers" in r.get_json()["issue"][0]["diagnostics"], r.get_json()
+    assert call(web, "GET", f"Observation/{named}", tokens["p31"]).status_code == 403
+    own = {**body, "identifier": [{"system": f"urn:ehc:mrn:{data['org31']}", "value": "SH-999"}]}
+    assert call(web, "POST", "Patient", tokens["p31"], own).status_code == 201  # its own hospital's numbers
+    assert call(web, "POST", "Patient", tokens["home"], body).status_code == 201  # the hospital's own province
