@@ -55,6 +55,12 @@ def svc(auth_app: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
+def web(auth_app: Any) -> Any:
+    """A test client of the app with auth on."""
+    return auth_app.test_client()
+
+
+@pytest.fixture(scope="module")
 def live(auth_app: Any) -> Any:
     """Base URL (http://127.0.0.1:<port>) of the app served in a thread."""
     with serve_in_thread(auth_app) as url:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -26,10 +27,6 @@ from tests.integration.auth_helpers import (
 
 OBS_CODE = "2345-7"
 
-
-@pytest.fixture(scope="module")
-def web(auth_app: Any) -> Any:
-    return auth_app.test_client()
 
 
 @pytest.fixture(scope="module")
@@ -304,13 +301,15 @@ def test_cursors_carry_nothing_of_withheld_rows(web, svc, data):
 
 
 def test_conditional_delete_refuses_without_naming_records(web, svc, data, p31, home):
-    r = web.delete(f"/fhir/Observation?code={OBS_CODE}", headers=bearer(p31, **{"X-Delete-Multiple": "true"}))
+    code = f"cd-{uuid.uuid4().hex[:8]}"  # the victim's records only: other tests write province 31's own
+    victims = [observation(svc, data["victim"], code=code) for _ in range(2)]
+    r = web.delete(f"/fhir/Observation?code={code}", headers=bearer(p31, **{"X-Delete-Multiple": "true"}))
     nothing = web.delete("/fhir/Observation?code=no-such-code", headers=bearer(p31, **{"X-Delete-Multiple": "true"}))
     # Records it may not see are no matches (the answer for criteria that match nothing); records a Consent lets it
     # read (another test of this module may grant one) are its home province's to delete, not its own (403).
     assert (r.status_code, r.json) == (nothing.status_code, nothing.json) or r.status_code == 403, r.json
-    assert not leaks(r, data)
-    for oid in data["obs"]:
+    assert not leaks(r, data) and not any(v in r.get_data(as_text=True) for v in victims)
+    for oid in victims:
         assert web.get(f"/fhir/Observation/{oid}", headers=bearer(home)).status_code == 200
 
 

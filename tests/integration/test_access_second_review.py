@@ -23,10 +23,6 @@ from tests.integration.auth_helpers import (
 ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 
 
-@pytest.fixture(scope="module")
-def web(auth_app: Any) -> Any:
-    return auth_app.test_client()
-
 
 @pytest.fixture(scope="module")
 def data(svc: Any) -> dict[str, Any]:

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import FJ, bearer, patient, stored_token
-
-
-@pytest.fixture(scope="module")
-def web(auth_app):
-    return auth_app.test_client()
 
 
 def test_operations_respect_the_patient_compartment(web, svc):

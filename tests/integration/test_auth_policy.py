@@ -22,11 +22,6 @@ from tests.integration.auth_helpers import (
 
 
 @pytest.fixture(scope="module")
-def web(auth_app):
-    return auth_app.test_client()
-
-
-@pytest.fixture(scope="module")
 def data(svc):
     org = create(svc, {"resourceType": "Organization", "name": "北京协和医院"})
     gd_org = create(svc, {"resourceType": "Organization", "name": "广东省卫健委",
