@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl
 
 from flask import Request, Response
 from gunicorn.http.errors import ParseException
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 from app.core import fhirjson
 from app.core.errors import FhirError, bad_request
@@ -22,6 +24,9 @@ FHIR_XML = "application/fhir+xml"
 FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": FHIR_JSON, "application/fhir+json": FHIR_JSON,
                   "xml": FHIR_XML, "text/xml": FHIR_XML, "application/xml": FHIR_XML, FHIR_XML: FHIR_XML}
 XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "xml", "application/xml+fhir"}
+# What an Accept header may choose among, in the order preferred when its quality values tie (JSON first).
+_OFFERED = [FHIR_JSON, "application/json", "application/json+fhir", "text/json", FHIR_XML, "application/xml",
+            "text/xml", "application/xml+fhir"]
 
 
 @dataclass
@@ -49,20 +54,19 @@ def negotiate(request: Request) -> str:
     accept = request.headers.get("Accept", "")
     if not accept.strip():
         return FHIR_JSON
-    acceptable = []
+    # Quality values decide (RFC 9110 §12.5.1): q=0 refuses a type, and the highest q wins, then the order offered.
+    # Other parameters are left out of the match; a part asking for another FHIR version is no offer at all.
+    kept = []
     for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        params = part.lower()
-        if "q=0" in params.replace(" ", "") and "q=0." not in params.replace(" ", ""):
-            continue
-        acceptable.append(media)
-    for media in acceptable:
-        if media in JSON_TYPES:
-            return FHIR_JSON if media != "application/json" else "application/json"
-        if media in XML_TYPES:
-            return FHIR_XML
-        if media in ("*/*", "application/*"):
-            return FHIR_JSON
+        media, *params = part.split(";")
+        version = _fhir_version(params)
+        if version is None or _is_r4(version):
+            kept.append(";".join([media, *(p for p in params if p.strip().lower().startswith("q="))]))
+    best = parse_accept_header(",".join(kept), MIMEAccept).best_match(_OFFERED)
+    if best in XML_TYPES:
+        return FHIR_XML
+    if best is not None:
+        return "application/json" if best == "application/json" else FHIR_JSON
     raise FhirError(406, f"cannot answer in any of the accepted media types ({accept}); use application/fhir+json")
 
 
@@ -181,16 +185,32 @@ def to_flask(resp: FhirResponse, media_type: str, pretty: bool) -> Response:
     return out
 
 
+def _fhir_version(params: list[str]) -> str | None:
+    """The `fhirVersion` of a media type's parameters, if it names one."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion":
+            return value.strip().strip('"')
+    return None
+
+
+def _is_r4(version: str) -> bool:
+    return version == "4.0" or version.startswith("4.0.")
+
+
 def check_fhir_version(request: Request) -> None:
-    """A `fhirVersion` media-type parameter other than 4.0 (R4): 406 in Accept, 415 in Content-Type (http.html)."""
-    for header, status in (("Accept", 406), ("Content-Type", 415)):
-        for part in (request.headers.get(header) or "").split(","):
-            for param in part.split(";")[1:]:
-                name, _, value = param.partition("=")
-                version = value.strip().strip('"')
-                if name.strip().lower() == "fhirversion" and not (version == "4.0" or version.startswith("4.0.")):
-                    raise FhirError(status, f"this server speaks FHIR 4.0 (R4); {header} asks for fhirVersion "
-                                            f"{version}", code="not-supported", expression=header)
+    """A `fhirVersion` media-type parameter other than 4.0 (R4), http.html#version-parameter: 415 when the body's
+    Content-Type names one, 406 when every type Accept offers does (one of several offering 4.0 is answered)."""
+    content = (request.headers.get("Content-Type") or "").split(";")
+    version = _fhir_version(content[1:])
+    if version is not None and not _is_r4(version):
+        raise FhirError(415, f"this server speaks FHIR 4.0 (R4); Content-Type asks for fhirVersion {version}",
+                        code="not-supported", expression="Content-Type")
+    offers = [_fhir_version(part.split(";")[1:]) for part in (request.headers.get("Accept") or "").split(",")]
+    others = [v for v in offers if v is not None and not _is_r4(v)]
+    if others and len(others) == len(offers):
+        raise FhirError(406, f"this server speaks FHIR 4.0 (R4); Accept asks for fhirVersion {others[0]}",
+                        code="not-supported", expression="Accept")
 
 
 FHIR_MEDIA = JSON_TYPES | XML_TYPES | {"*/*", "application/*", ""}

@@ -401,3 +401,20 @@ def test_a_stored_document_bundle_keeps_the_references_between_its_entries(clien
                 "resource": {"resourceType": "Patient", "name": [{"family": "文"}]}}]}
     r = client.post("/fhir/Bundle", data=json.dumps(doc), content_type="application/fhir+json")
     assert r.status_code == 201, r.json
+
+
+@pytest.mark.parametrize("accept,status,media", [
+    ("application/fhir+xml;q=0.1, application/fhir+json;q=0.9", 200, "application/fhir+json"),  # q decides
+    ("application/fhir+json;q=0.0", 406, None),  # q=0 refuses, in any spelling
+    ("application/fhir+json;q=0", 406, None),
+    ("application/fhir+json; fhirVersion=5.0, application/fhir+xml; fhirVersion=4.0", 200, "application/fhir+xml"),
+    ("application/fhir+json; fhirVersion=5.0", 406, None),  # every offer another version
+    ("text/html, */*;q=0.1", 200, "application/fhir+json"),
+])
+def test_accept_is_read_with_its_quality_values_and_versions(client, accept, status, media):
+    """The first acceptable type won whatever its q (q=0.0 was even taken as acceptable), and one Accept part naming
+    another FHIR version refused the request although another part offered 4.0."""
+    r = client.get("/fhir/metadata", headers={"Accept": accept})
+    assert r.status_code == status, (accept, r.status_code)
+    if media:
+        assert r.headers["Content-Type"].startswith(media), (accept, r.headers["Content-Type"])
