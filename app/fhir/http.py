@@ -47,9 +47,18 @@ def negotiate(request: Request) -> str:
     """The response media type: _format wins over Accept; JSON only (406 otherwise)."""
     fmt = request.args.get("_format")
     if fmt:
-        fmt = fmt.strip().replace(" ", "+")
-        if fmt in FORMAT_ALIASES:
-            return FORMAT_ALIASES[fmt]
+        # a media type as Accept would hold it (any case, parameters such as charset or fhirVersion=4.0), or a
+        # short name; "+" arrives as a space when not encoded
+        media, *params = fmt.strip().replace(" ", "+").split(";")
+        version = _fhir_version(params)
+        name = media.strip().lower()
+        if version is None or _is_r4(version):
+            if name in FORMAT_ALIASES:
+                return FORMAT_ALIASES[name]
+            if name in JSON_TYPES:
+                return FHIR_JSON
+            if name in XML_TYPES:
+                return FHIR_XML
         raise FhirError(406, f"_format={fmt!r} is not a supported format (json, xml)", expression="_format")
     accept = request.headers.get("Accept", "")
     if not accept.strip():

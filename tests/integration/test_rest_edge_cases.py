@@ -418,3 +418,14 @@ def test_accept_is_read_with_its_quality_values_and_versions(client, accept, sta
     assert r.status_code == status, (accept, r.status_code)
     if media:
         assert r.headers["Content-Type"].startswith(media), (accept, r.headers["Content-Type"])
+
+
+@pytest.mark.parametrize("fmt,media", [
+    ("JSON", "application/fhir+json"), ("application/json+fhir", "application/fhir+json"),
+    ("application/fhir+json;fhirVersion=4.0", "application/fhir+json"),
+    ("application/fhir+xml; charset=utf-8", "application/fhir+xml")])
+def test_format_takes_the_media_types_accept_would(client, fmt, media):
+    r = client.get("/fhir/metadata", query_string={"_format": fmt})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith(media), (fmt, r.status_code)
+    assert client.get("/fhir/metadata", query_string={"_format": "application/fhir+json;fhirVersion=3.0"}
+                      ).status_code == 406
