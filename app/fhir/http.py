@@ -95,6 +95,10 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     ctype = (request.mimetype or "").lower()
     if ctype and ctype not in JSON_TYPES and ctype not in XML_TYPES:
         raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json or +xml")
+    charset = (request.mimetype_params.get("charset") or "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):  # FHIR's JSON and XML are UTF-8 (http.html#mime-type)
+        raise FhirError(415, f"Content-Type names charset {charset!r}; FHIR bodies are UTF-8",
+                        expression="Content-Type")
     data = body_bytes(request)
     if len(data) > max_bytes:
         raise FhirError(413, f"the request body is larger than {max_bytes} bytes")

@@ -429,3 +429,13 @@ def test_format_takes_the_media_types_accept_would(client, fmt, media):
     assert r.status_code == 200 and r.headers["Content-Type"].startswith(media), (fmt, r.status_code)
     assert client.get("/fhir/metadata", query_string={"_format": "application/fhir+json;fhirVersion=3.0"}
                       ).status_code == 406
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "gbk"])
+def test_a_body_declared_in_another_charset_is_415(client, charset):
+    """FHIR bodies are UTF-8: a body declared utf-16 was read as UTF-8 and stored, one declared gbk got a 400."""
+    body = json.dumps({"resourceType": "Patient", "name": [{"family": "字"}]}, ensure_ascii=False).encode()
+    r = client.post("/fhir/Patient", data=body, content_type=f"application/fhir+json; charset={charset}")
+    assert r.status_code == 415 and r.json["issue"][0]["expression"] == ["Content-Type"], r.json
+    ok = client.post("/fhir/Patient", data=body, content_type="application/fhir+json; charset=UTF-8")
+    assert ok.status_code == 201
