@@ -366,6 +366,15 @@ class SmartPolicy:
     def judges_rows(self, principal: Principal | None, resource_type: str | None) -> bool:
         return True  # every row: scope queries, compartment, province and consent are decided per version
 
+    def finds_residents(self, principal: Principal | None) -> bool:
+        """Whether the caller may find a resident by an identifier without seeing the Patient (a chain such as
+        `patient.identifier=<ID number>`): a hospital's client, with a user/ or system/ grant to search Patients,
+        which the national index tells as much. A resident's token may not: it would tell whose an ID number is."""
+        if principal is None:
+            return False
+        grants = parse_scopes(" ".join(principal.scopes)).granting("Patient", "s")
+        return any(g.context != "patient" for g in grants)
+
     def confined_to(self, principal: Principal | None, resource_type: str) -> str | None:
         if principal is None or not principal.patient:
             return None

@@ -104,6 +104,9 @@ class AccessPolicy(Protocol):
         """The one patient whose records are all of this type the principal may see (a resident's token), or
         None when it may see more (a hospital, a terminal, auth off)."""
 
+    def finds_residents(self, principal: Principal | None) -> bool:
+        """Whether the principal may find a resident by an identifier without seeing the Patient (a hospital)."""
+
 
 class OpenPolicy:
     """No authentication: used only when EHC_AUTH_REQUIRED is off (tests of the core, benchmarks)."""
@@ -130,6 +133,9 @@ class OpenPolicy:
 
     def confined_to(self, principal: Principal | None, resource_type: str) -> str | None:
         return None
+
+    def finds_residents(self, principal: Principal | None) -> bool:
+        return True
 
 
 AccessListener = Callable[[AccessRecord], None]

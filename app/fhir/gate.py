@@ -83,13 +83,14 @@ class DisclosureGate:
         """Which stored rows of a type a search may use, judged before paging and counting (None: every row).
         `sub`: the inner search of a chain or a `_has`. A chain that only finds a resident by an identifier
         (`Observation?patient.identifier=<ID number>`) says whose records are asked for, which the national
-        index tells every province too; its outer matches are judged as usual. Any other inner search is judged
-        row by row: its matches would otherwise answer its criteria about records the caller may not see."""
+        index tells every province's hospitals too (policy.finds_residents); its outer matches are judged. Any
+        other inner search is judged row by row: its matches would otherwise answer its criteria about records
+        the caller may not see."""
         if not self.svc.policy.judges_rows(self.principal, rtype):
             return None
         if sub is not None and rtype == "Patient" and sub.collect is None and sub.filters and all(
                 f.code == "identifier" and f.modifier is None and f.chain is None and f.has is None
-                for f in sub.filters):
+                for f in sub.filters) and self.svc.policy.finds_residents(self.principal):
             return None
         return lambda doc: self.admits(rtype, doc)
 

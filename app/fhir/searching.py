@@ -62,7 +62,13 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
             entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
     issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
               for name in request.ignored]
-    if withheld and _names_only_whose(svc, type, own):
+    whose = bool(withheld or result.next_cursor or request.cursor) and _names_only_whose(svc, type, own)
+    if whose and admit is not None and (result.next_cursor or request.cursor):
+        # A page counts the rows withheld while it was read, which depends on the order asked (_sort): its number
+        # would say where hidden records sort (a binary search over codes). The count is of the whole search.
+        everything = svc.searcher.count(request, req.base, admit_of=gate.row_admit)
+        withheld = everything - svc.searcher.count(request, req.base, admit=admit, admit_of=gate.row_admit)
+    if withheld and whose:
         issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
                             "suppressed", "information"))
     if issues:

@@ -56,7 +56,7 @@ class SearchResult:
 
 Admit = Callable[[dict[str, Any]], bool]
 # the rows of a sub-search (its type and request) a caller may see (None: all of them)
-AdmitOf = Callable[[str, SearchRequest], Admit | None]
+AdmitOf = Callable[[str, SearchRequest | None], Admit | None]
 
 
 # -- cursors ------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class Searcher:
             if after is not None and (direction == "n" or has_more):
                 prev_cursor = encode_cursor("p", row(docs[0]))
         decode = functools.partial(self.repo.decode, owned=True)  # rows read for this search only
-        included = [(t, decode(d) or d) for t, d in self._includes(request, docs)]
+        included = [(t, decode(d) or d) for t, d in self._includes(request, docs, admit_of)]
         return SearchResult(rtype, [decode(d) or d for d in docs], total, next_cursor, prev_cursor, included,
                             withheld[0])
 
@@ -369,17 +369,21 @@ class Searcher:
 
     # -- _include / _revinclude --------------------------------------------------------------------------
 
-    def _includes(self, request: SearchRequest, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    def _includes(self, request: SearchRequest, docs: list[dict[str, Any]],
+                  admit_of: AdmitOf | None = None) -> list[tuple[str, dict[str, Any]]]:
         """_include and _revinclude over the matches (the :iterate ones too: search.html#revinclude applies them to
         the matches and to the included resources), then the :iterate ones over everything included so far, until
-        nothing new appears (at most MAX_INCLUDE_ROUNDS rounds)."""
+        nothing new appears (at most MAX_INCLUDE_ROUNDS rounds). With `admit_of`, a resource the caller may not
+        see is neither included nor walked through: :iterate would otherwise reach, past it, what it links to."""
         included: list[tuple[str, dict[str, Any]]] = []
         seen = {(request.resource_type, d["_id"]) for d in docs}
         primary = [(request.resource_type, d) for d in docs]
 
         def add(rtype: str, doc: dict[str, Any]) -> None:
             seen.add((rtype, doc["_id"]))
-            included.append((rtype, doc))
+            admit = admit_of(rtype, None) if admit_of is not None else None
+            if admit is None or admit(doc):
+                included.append((rtype, doc))
 
         for rtype, doc in self._include_round(request, primary, seen, iterate=None):
             add(rtype, doc)
@@ -387,10 +391,10 @@ class Searcher:
         for _ in range(MAX_INCLUDE_ROUNDS):
             if not frontier or not any(i.iterate for i in (*request.includes, *request.revincludes)):
                 break
-            found = self._include_round(request, primary + included, seen, iterate=True)
-            for rtype, doc in found:
+            before = len(included)
+            for rtype, doc in self._include_round(request, primary + included, seen, iterate=True):
                 add(rtype, doc)
-            frontier = found
+            frontier = included[before:]
         return included
 
     def _include_round(self, request: SearchRequest, sources: list[tuple[str, dict[str, Any]]],

@@ -338,3 +338,55 @@ def test_a_hospital_record_number_is_assigned_only_by_its_hospital_or_province(w
     own = {**body, "identifier": [{"system": f"urn:ehc:mrn:{data['org31']}", "value": "SH-999"}]}
     assert call(web, "POST", "Patient", tokens["p31"], own).status_code == 201  # its own hospital's numbers
     assert call(web, "POST", "Patient", tokens["home"], body).status_code == 201  # the hospital's own province
+
+
+# -- found by a second probe of these rules ------------------------------------------------------------------
+
+def _condition(pid: str, code: str) -> dict[str, Any]:
+    return {"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}], "text": code}}
+
+
+def _outcomes(r: Any) -> list[str]:
+    return [i.get("diagnostics", "") for e in r.get_json().get("entry", []) if e["search"]["mode"] == "outcome"
+            for i in e["resource"]["issue"]]
+
+
+def test_the_withheld_count_does_not_depend_on_the_order_asked(web, svc, data, tokens):
+    """The count was of the rows withheld while a page was read: with `_sort=code&_count=1` and Conditions of its
+    own as markers (A00, B19, B21), another province learned whether a hidden code sorts between two of them."""
+    create(svc, _condition(data["victim"], "B20"))  # the home province's: hidden from P31
+    for marker in ("A00", "B19", "B21"):
+        assert call(web, "POST", "Condition", tokens["p31"], _condition(data["victim"], marker)).status_code == 201
+    base = f"Condition?patient={data['victim']}"
+    ascending = _outcomes(call(web, "GET", f"{base}&_sort=code&_count=1", tokens["p31"]))
+    descending = _outcomes(call(web, "GET", f"{base}&_sort=-code&_count=1", tokens["p31"]))
+    assert ascending == descending and any("withheld" in d for d in ascending), (ascending, descending)
+
+
+def test_include_iterate_does_not_walk_through_records_the_caller_may_not_see(web, svc, data, tokens):
+    """`_revinclude` reached a hidden Patient, and `_include:iterate` went on from it to its GP: another province
+    learned who the family doctor of a resident of org11 is."""
+    doctor = create(svc, {"resourceType": "Practitioner", "name": [{"family": "家庭医生"}]})
+    create(svc, {"resourceType": "Patient", "name": [{"family": "隐藏"}], "gender": "male", "birthDate": "1960-01-01",
+                 "generalPractitioner": [{"reference": f"Practitioner/{doctor}"}],
+                 "managingOrganization": {"reference": f"Organization/{data['org11']}"}})
+    query = (f"Organization?_id={data['org11']}&_revinclude=Patient:organization"
+             f"&_include:iterate=Patient:general-practitioner")
+    r = call(web, "GET", query, tokens["p31"])
+    assert r.status_code == 200 and doctor not in r.get_data(as_text=True), r.get_json()
+    assert doctor in call(web, "GET", query, tokens["home"]).get_data(as_text=True)  # the home province's answer
+
+
+def test_a_resident_does_not_learn_whose_an_id_number_is_through_a_chain(web, svc, data, tokens):
+    """A chain that finds a Patient by an identifier is not judged for a hospital (the national index tells it as
+    much), but it was not judged for a resident either: on a record of both, the victim's ID number matched and
+    another did not."""
+    shared = create(svc, {"resourceType": "Observation", "status": "final", "code": {"text": "共同"},
+                          "subject": {"reference": f"Patient/{data['victim']}"},
+                          "performer": [{"reference": f"Patient/{data['me']}"}]})
+    chain = f"Observation?subject:Patient.identifier={ID_SYSTEM}|"
+    right = call(web, "GET", chain + VICTIM_ID_NUMBER, tokens["app"]).get_data(as_text=True)
+    wrong = call(web, "GET", chain + "110101199002020012", tokens["app"]).get_data(as_text=True)
+    assert shared not in right and shared not in wrong
+    assert shared in call(web, "GET", chain + VICTIM_ID_NUMBER, tokens["home"]).get_data(as_text=True)
