@@ -62,13 +62,11 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
             entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
     issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
               for name in request.ignored]
-    whose = bool(withheld or result.next_cursor or request.cursor) and _names_only_whose(svc, type, own)
-    if whose and admit is not None and (result.next_cursor or request.cursor):
-        # A page counts the rows withheld while it was read, which depends on the order asked (_sort): its number
-        # would say where hidden records sort (a binary search over codes). The count is of the whole search.
-        everything = svc.searcher.count(request, req.base, admit_of=gate.row_admit)
-        withheld = everything - svc.searcher.count(request, req.base, admit=admit, admit_of=gate.row_admit)
-    if withheld and whose:
+    # The rows withheld are counted while a page is read. Only a search whose matches all fit on one page read
+    # them all; a page of a longer one would tell how many hidden rows sort before its last row, and so where
+    # hidden records sort (_sort=code: a binary search over the codes of a resident's diagnoses).
+    whole = result.next_cursor is None and not request.cursor
+    if withheld and whole and _names_only_whose(svc, type, own):
         issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
                             "suppressed", "information"))
     if issues:
