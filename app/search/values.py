@@ -27,6 +27,7 @@ _DATE_RE = re.compile(
     r"(Z|[+\-]\d{2}:\d{2})?)?)?)?$"
 )
 _SPACES = re.compile(r"\s+")
+_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 
 def normalize(text: str) -> str:
@@ -110,6 +111,8 @@ def period_range(period: dict) -> tuple[datetime, datetime] | None:
 
 def decimal_range(text: str) -> tuple[float, float, float]:
     """(value, lo, hi), [lo, hi) being the range of the value's significant digits; ValueError if none."""
+    if not _DECIMAL.match(text.strip()):  # FHIR's decimal: Python's Decimal also reads "5_1" and Arabic digits
+        raise ValueError(f"not a number: {text!r}")
     try:
         d = Decimal(text.strip())
     except InvalidOperation as exc:

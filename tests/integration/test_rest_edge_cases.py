@@ -439,3 +439,11 @@ def test_a_body_declared_in_another_charset_is_415(client, charset):
     assert r.status_code == 415 and r.json["issue"][0]["expression"] == ["Content-Type"], r.json
     ok = client.post("/fhir/Patient", data=body, content_type="application/fhir+json; charset=UTF-8")
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("value", ["5_1", "٣", "5.4.1"])
+def test_a_number_search_value_is_a_fhir_decimal(client, value):
+    """Python's Decimal read "5_1" as 51 and Arabic-Indic digits as numbers: the search ran for a value nobody
+    wrote. Search values of number and quantity parameters are FHIR decimals (400 naming the parameter)."""
+    r = client.get("/fhir/Observation", query_string={"value-quantity": value})
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["value-quantity"], r.json
