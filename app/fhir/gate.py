@@ -28,6 +28,7 @@ from app.audit.events import as_seen_by
 from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
 from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
+from app.fhir.presentation import outcome_entry
 from app.search.request import SearchRequest
 from app.services import Services
 
@@ -338,11 +339,8 @@ class DisclosureGate:
 
 
 def withheld_entry(count: int) -> dict[str, Any]:
-    issue = Issue(f"{count} matching resource(s) withheld: no consent covers this client", "suppressed",
-                  "information")
-    return {"fullUrl": "urn:uuid:withheld", "resource": {"resourceType": "OperationOutcome",
-                                                          "issue": [issue.to_json()]},
-            "search": {"mode": "outcome"}}
+    return outcome_entry([Issue(f"{count} matching resource(s) withheld: no consent covers this client",
+                                "suppressed", "information")])
 
 
 def registration_view(submitted: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.errors import bad_request
+from app.core.errors import Issue, bad_request
+from app.core.ids import new_id
 
 # Elements marked isSummary in R4 for the types we serve (plus the always-present ones).
 _ALWAYS = {"resourceType", "id", "meta"}
@@ -61,3 +62,11 @@ def apply_elements(resource: dict[str, Any], elements: list[str]) -> dict[str, A
         return resource
     wanted = {e.split(".")[-1] if "." in e else e for e in elements}
     return _subsetted({k: v for k, v in resource.items() if k in _ALWAYS or k in wanted})
+
+
+def outcome_entry(issues: list[Issue]) -> dict[str, Any]:
+    """A Bundle entry holding an OperationOutcome about the search (search.mode `outcome`). Its fullUrl is a
+    urn:uuid, which R4 requires to be a UUID (Bundle.entry.fullUrl: bdl-7, RFC 4122)."""
+    return {"fullUrl": f"urn:uuid:{new_id()}",
+            "resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
+            "search": {"mode": "outcome"}}

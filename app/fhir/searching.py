@@ -12,7 +12,7 @@ from app.federation.search import REMOTE_CURSOR, merge_remote, remote_entries
 from app.fhir.gate import FOCUS_PARAMS
 from app.fhir.http import FhirResponse, parse_prefer
 from app.fhir.interactions import _audit, check_type, refuse_unsupported
-from app.fhir.presentation import apply_elements, apply_summary
+from app.fhir.presentation import apply_elements, apply_summary, outcome_entry
 from app.fhir.router import FhirRequest
 from app.search.parser import non_negative, parse_search, zone_plus
 from app.services import Services
@@ -70,9 +70,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
         issues.append(Issue(f"{withheld} matching resource(s) withheld: no consent covers this client",
                             "suppressed", "information"))
     if issues:
-        entries.append({"fullUrl": "urn:uuid:search-outcome",
-                        "resource": {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]},
-                        "search": {"mode": "outcome"}})
+        entries.append(outcome_entry(issues))
     bundle = _bundle("searchset", total=result.total)
     kept = [(k, v) for k, v in params if k not in request.ignored]
     shown = [(k, v) for k, v in own if k not in request.ignored]

@@ -447,3 +447,13 @@ def test_a_number_search_value_is_a_fhir_decimal(client, value):
     wrote. Search values of number and quantity parameters are FHIR decimals (400 naming the parameter)."""
     r = client.get("/fhir/Observation", query_string={"value-quantity": value})
     assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["value-quantity"], r.json
+
+
+def test_a_searchsets_outcome_entry_has_a_uuid_full_url(client):
+    """R4 Bundle.entry.fullUrl: a urn:uuid is a UUID (RFC 4122). The outcome entry was `urn:uuid:search-outcome`."""
+    import uuid as uuidlib
+
+    r = client.get("/fhir/Observation", query_string={"unknown-param": "x"})  # a warning: an outcome entry
+    outcome = [e for e in r.json["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome and outcome[0]["fullUrl"].startswith("urn:uuid:")
+    uuidlib.UUID(outcome[0]["fullUrl"][len("urn:uuid:"):])  # raises when it is not one

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from app.core.access import AccessRecord
-from app.core.errors import Issue, bad_request
+from app.core.errors import bad_request
+from app.fhir.gate import withheld_entry
 from app.fhir.http import FhirResponse
 from app.fhir.router import FhirRequest
 from app.services import Services
@@ -61,9 +62,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
          "search": {"mode": "match" if (rtype, rid) == ("Patient", id) else "include"}}
         for rtype, rid, res in page]
     if withheld:
-        entries.append({"fullUrl": "urn:uuid:withheld", "resource": {"resourceType": "OperationOutcome", "issue": [
-            Issue(f"{withheld} resource(s) withheld: no consent covers this client", "suppressed",
-                  "information").to_json()]}, "search": {"mode": "outcome"}})
+        entries.append(withheld_entry(withheld))
     base_url = f"{req.base}/Patient/{id}/$everything"
     kept = [(k, v) for k, v in req.params if k != "_cursor"]
     links = [{"relation": "self", "url": base_url + (f"?{urlencode(req.params)}" if req.params else "")}]
