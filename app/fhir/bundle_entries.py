@@ -10,6 +10,7 @@ shape its method has (`transaction_target`); a batch routes its entries as singl
 from __future__ import annotations
 
 import base64
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -71,8 +72,18 @@ def _check_entry(entry: Any, where: str) -> None:
         # transaction rewrite every literal reference that happens to read the same ("Observation/abc").
         raise bad_request(f"{where}.fullUrl must be an absolute URL (urn:uuid:... or http...), not {full_url!r}",
                           expression=f"{where}.fullUrl")
+    if full_url.lower().startswith("urn:uuid:") and not _is_uuid(full_url[len("urn:uuid:"):]):
+        raise bad_request(f"{where}.fullUrl {full_url!r}: a urn:uuid holds a UUID (RFC 4122), such as "
+                          "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a", expression=f"{where}.fullUrl")
     if not isinstance(entry.get("resource", {}), dict):
         raise bad_request(f"{where}.resource must be a resource (a JSON object)", expression=f"{where}.resource")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()  # the canonical 8-4-4-4-12 form, not "{...}" or bare hex
+    except ValueError:
+        return False
 
 
 @dataclass

@@ -410,3 +410,13 @@ def test_a_conditional_reference_that_selects_still_resolves(client):
         create_entry(obs("cref-ok", subject={"reference": f"Location?name={name}"}))]))
     assert r.status_code == 200, r.json
     assert r.json["entry"][0]["resource"]["subject"]["reference"] == f"Location/{lid}"
+
+
+@pytest.mark.parametrize("full_url", ["urn:uuid:1", "urn:uuid:not-a-uuid",
+                                      "urn:uuid:{8a1f0d2e-3c4b-4d5e-9f60-718293a4b5c6}"])
+def test_a_full_url_urn_uuid_holds_a_uuid(client, full_url):
+    entry = {"fullUrl": full_url, "resource": {"resourceType": "Basic", "code": {"text": "x"}},
+             "request": {"method": "POST", "url": "Basic"}}
+    r = client.post("/fhir", data=json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry]}),
+                    content_type="application/fhir+json")
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["Bundle.entry[0].fullUrl"], r.json

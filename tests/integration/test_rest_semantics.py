@@ -236,7 +236,8 @@ def test_if_modified_since(client):
 
 def test_prefer_applies_inside_transactions(client):
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:1", "resource": new_patient(), "request": {"method": "POST", "url": "Patient"}}]}
+        {"fullUrl": "urn:uuid:8a1f0d2e-3c4b-4d5e-9f60-718293a4b5c6", "resource": new_patient(),
+         "request": {"method": "POST", "url": "Patient"}}]}
     r = post(client, "", bundle, Prefer="return=minimal")
     entry = r.json["entry"][0]
     assert r.status_code == 200 and "resource" not in entry and entry["response"]["status"].startswith("201")
