@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -35,7 +34,7 @@ from app.services import Services
 from app.store.database import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from app.store.events import StoreEvent
 from app.store.journal import PlannedWrite
-from app.store.repository import Stored
+from app.store.repository import Stored, iter_references
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
 
@@ -113,6 +112,13 @@ class _Answers:
             return self._too_costly(i)
         return None
 
+    def run(self, router: Router, svc: Services, sub: FhirRequest, i: int) -> dict[str, Any]:
+        """The answer entry of a read or batch entry: run it unless skipped, and fit its answer in the budget."""
+        skipped = self.skip(sub, i)
+        if skipped is not None:
+            return skipped
+        return self.fit(_response_entry(_run_entry(router, sub, svc, i, self)), sub, i)
+
     def fit(self, item: dict[str, Any], sub: FhirRequest | None, i: int) -> dict[str, Any]:
         size = len(fhirjson.dumps(item))
         if size <= self.left:
@@ -160,13 +166,7 @@ def _run_entry(router: Router, sub: FhirRequest, svc: Services, i: int, answers:
 
 def _batch(req: FhirRequest, svc: Services, router: Router, subs: list[FhirRequest]) -> FhirResponse:
     answers = _Answers(svc)
-    out = []
-    for i, sub in enumerate(subs):
-        skipped = answers.skip(sub, i)
-        if skipped is not None:
-            out.append(skipped)
-            continue
-        out.append(answers.fit(_response_entry(_run_entry(router, sub, svc, i, answers)), sub, i))
+    out = [answers.run(router, svc, sub, i) for i, sub in enumerate(subs)]  # in order: the budget is spent in order
     return FhirResponse(200, {"resourceType": "Bundle", "type": "batch-response", "entry": out})
 
 
@@ -184,24 +184,11 @@ def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(element path, value) of every Reference.reference string in `node` (`path` names `node`)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                yield f"{path}.{k}", v
-            else:
-                yield from _references(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for n, x in enumerate(node):
-            yield from _references(x, f"{path}[{n}]")
-
-
 def _conditional_refs(entries: list[dict[str, Any]]) -> dict[str, str]:
     """Each conditional reference ("Patient?identifier=...") of the entries' resources -> where it first occurs."""
     found: dict[str, str] = {}
     for i, entry in enumerate(entries):
-        for path, ref in _references(entry.get("resource"), f"Bundle.entry[{i}].resource"):
+        for path, ref in iter_references(entry.get("resource"), f"Bundle.entry[{i}].resource", contained=True):
             if "?" in ref and "://" not in ref:
                 found.setdefault(ref, path)
     return found
@@ -287,9 +274,7 @@ def _transaction(req: FhirRequest, svc: Services, router: Router, entries: list[
         if method == "GET":
             # GET entries are not planned: their request is as parsed. They run after the writes are stored, so
             # a failure (or the answer budget) is that entry's answer: the others' must still reach the client.
-            skipped = answers.skip(subs[i], i)
-            out.append(skipped if skipped is not None else
-                       answers.fit(_response_entry(_run_entry(router, subs[i], svc, i, answers)), subs[i], i))
+            out.append(answers.run(router, svc, subs[i], i))
             continue
         assert plan is not None
         if plan["kind"] == "noop":
@@ -471,7 +456,7 @@ def _check_local_refs(resource: dict[str, Any], where: str) -> None:
     A Bundle stored by the transaction is left alone: its own entries define its urn:uuid references."""
     if resource.get("resourceType") == "Bundle":
         return
-    for path, ref in _references(resource, where):
+    for path, ref in iter_references(resource, where, contained=True):
         if ref.startswith("urn:uuid:"):
             raise bad_request(f"{path}: {ref!r} is the fullUrl of no entry of this transaction",
                               expression=path)

@@ -729,14 +729,15 @@ def _holds(prior: dict[str, Any] | None, resource_type: str, ref: str) -> bool:
     return any(r == ref for _, r in iter_references((prior or {}).get("res") or {}, resource_type))
 
 
-def iter_references(node: Any, path: str) -> Iterable[tuple[str, str]]:
-    """(FHIRPath-ish path, reference string) for every Reference.reference in a resource."""
+def iter_references(node: Any, path: str, contained: bool = False) -> Iterable[tuple[str, str]]:
+    """(FHIRPath-ish path, reference string) for every Reference.reference in a resource; those of its contained
+    resources too when `contained` (a transaction rewrites and resolves them as well)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 yield f"{path}.reference", value
-            elif key not in ("contained",):
-                yield from iter_references(value, f"{path}.{key}")
+            elif contained or key != "contained":
+                yield from iter_references(value, f"{path}.{key}", contained)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from iter_references(item, f"{path}[{i}]")
+            yield from iter_references(item, f"{path}[{i}]", contained)
