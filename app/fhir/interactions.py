@@ -374,10 +374,10 @@ def _at_most_one(req: FhirRequest, svc: Services, type: str) -> dict[str, Any] |
 
 
 def apply_patch(resource: dict[str, Any], ops: Any, fhirpath: Any) -> dict[str, Any]:
-    """The patched resource (400 malformed, 422 a JSON Patch test that fails or a path that is not there)."""
+    """The patched resource (400 malformed, 422 a JSON Patch test that fails or a path that is not there). `ops`
+    is an array, as the edges checked it (patch(), a transaction entry's Binary)."""
     if isinstance(fhirpath, dict):
         return apply_fhirpath_patch(resource, fhirpath)
-    _check_json_patch(ops)
     try:
         patched: Any = jsonpatch.apply_patch(resource, ops)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
