@@ -10,6 +10,11 @@ input ("01" + an 18-character ID number) padded to 32 gives two blocks, i.e. the
 Local extensions, not in the specification: a non-ASCII number (officer cards) is encoded as UTF-8, and an
 input longer than 32 bytes is replaced by its SM3 digest so that every card ID stays 32 bytes.
 
+A document whose derived card was cancelled (the wrong number of a corrected record, a resident deleted and
+registered again) is given a reissued card: the same master index ID, a card ID from a random input. Not the
+specification's derivation (which would give the cancelled card again), so not re-derivable: the stored card
+identifier is what holds it.
+
 Temporary cards (临时卡, no accepted document): a random 32-byte master index ID, document code "TMP" and the
 number "T" + the first 12 bytes of that ID in hex; nothing links them to a person until a document is added,
 which derives a formal card the normal way.
@@ -89,3 +94,10 @@ def temporary_card(root_key: bytes) -> Card:
     mid = secrets.token_bytes(32)
     number = "T" + mid[:12].hex().upper()
     return Card(mid, TEMPORARY_DOC_CODE, number, ehc_card_id(root_key, mid, TEMPORARY_DOC_CODE, number))
+
+
+def reissued_card(root_key: bytes, derived: Card) -> Card:
+    """A formal card for a document whose derived card `derived` is cancelled: same master index ID, random ID."""
+    salt = "R" + secrets.token_hex(8).upper()
+    return Card(derived.master_index_id, derived.doc_code, derived.number,
+                ehc_card_id(root_key, derived.master_index_id, derived.doc_code, salt))

@@ -11,7 +11,10 @@ On every Patient write `assign_card` leaves exactly one current card identifier 
 - a resident without one gets a temporary card (临时卡), random; when a document is added, or a record with one
   is merged in, a formal card is issued and the temporary one is kept as an identifier with use "old"
   (so old references still find the resident) and cancelled in the card store;
-- a formal card, once issued, stays (adding a second document later does not change the card ID);
+- a formal card, once issued, stays (adding a second document later does not change the card ID), except when
+  the resident ID number it was derived from is corrected: that number is someone else's, so its card is
+  retired and cancelled (codes shown with it stop verifying) and a card is derived from the right number;
+- a document whose derived card is cancelled gets a reissued card (card_id.reissued_card), never the cancelled one;
 - after a merge the target keeps its card; the source's formal card stays valid and points to the target.
 
 CardStore: collection `ehc_cards`, `_id` = card ID, {patient, status active|suspended|cancelled, kind, at};
@@ -28,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,7 +41,7 @@ from pymongo.database import Database
 
 from app.core.errors import FhirError, conflict
 from app.core.timeutil import to_instant, utcnow
-from app.ehc.card_id import derive_card, temporary_card
+from app.ehc.card_id import derive_card, reissued_card, temporary_card
 from app.store.database import insert_new
 from app.store.leases import Leases
 
@@ -79,10 +82,12 @@ def _retire(ident: dict[str, Any], now: str) -> None:
 
 
 def assign_card(resource: dict[str, Any], master_document: tuple[str, str] | None, index_key: bytes,
-                root_key: bytes) -> None:
+                root_key: bytes, *, reissue: bool = False, usable: Callable[[str], bool] = lambda card: True) -> None:
     """Leave exactly one current card (and, for a formal card, its master index ID) on the Patient, in place.
 
     master_document: (document code, normalised number) of the resident's first master document, if any.
+    reissue: the document of the current formal card was corrected; retire it and derive the card anew.
+    usable: whether a card ID may be given (False for a cancelled one).
     """
     idents: list[Any] = resource.setdefault("identifier", [])
     now = to_instant(utcnow())
@@ -90,10 +95,16 @@ def assign_card(resource: dict[str, Any], master_document: tuple[str, str] | Non
     formal = [i for i in cards if card_kind(i) == "formal"]
     temporary = [i for i in cards if card_kind(i) == "temporary"]
     keep: dict[str, Any] | None = None
+    if reissue and master_document is not None:
+        for ident in [i for i in idents if is_current(i, MASTER_INDEX_SYSTEM)]:
+            _retire(ident, now)  # the master index ID of the wrong number goes with its card
+        formal = []
     if formal:
         keep = formal[0]
     elif master_document is not None:
         card = derive_card(root_key, index_key, *master_document)
+        if not usable(card.card_id):
+            card = reissued_card(root_key, card)
         keep = next((i for i in idents if isinstance(i, dict) and i.get("system") == EHC_SYSTEM
                      and i.get("value") == card.card_id), None)
         if keep is None:
@@ -169,16 +180,18 @@ class CardStore:
         return str(doc["patient"])
 
     def sync(self, patient_id: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
-        """Record the cards of a Patient version: current and merged-in cards point to it; temporary
-        cards that a formal card replaced are cancelled."""
+        """Record the cards of a Patient version: current and merged-in cards point to it; a temporary card
+        that a formal card replaced, and a formal card this Patient held and no longer holds (its ID number was
+        corrected), are cancelled."""
         now = utcnow()
         ops: list[CardOp] = []
         before = _card_states(previous)
         for card_id, (kind, current) in _card_states(resource).items():
             if before.get(card_id) == (kind, current):
                 continue  # unchanged since the previous version of this Patient
-            if kind == "temporary" and not current:
-                self._change(card_id, "cancelled", "replaced by a formal card", patient_id, kind)
+            if not current and (kind == "temporary" or before.get(card_id) == (kind, True)):
+                self._change(card_id, "cancelled", f"replaced by card {_current_value(resource)}", patient_id,
+                             kind)
                 continue
             ops.append((card_id, {"patient": patient_id, "at": now},
                         {"status": "active", "kind": kind, "since": now}))
@@ -258,6 +271,11 @@ class CardStore:
 def _upsert(op: CardOp) -> UpdateOne:
     card_id, on_set, on_insert = op
     return UpdateOne({"_id": card_id}, {"$set": on_set, "$setOnInsert": on_insert}, upsert=True)
+
+
+def _current_value(resource: dict[str, Any] | None) -> str | None:
+    card = current_card(resource)
+    return None if card is None else str(card.get("value"))
 
 
 def _card_states(resource: dict[str, Any] | None) -> dict[str, tuple[str, bool]]:

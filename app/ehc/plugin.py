@@ -18,7 +18,16 @@ from typing import Any
 from flask import Flask
 
 from app.core.errors import FhirError, conflict, unprocessable
-from app.ehc.cards import EHC_SYSTEM, MASTER_INDEX_SYSTEM, CardStore, assign_card, current_card, is_current
+from app.ehc.card_id import master_index_id
+from app.ehc.cards import (
+    EHC_SYSTEM,
+    MASTER_INDEX_SYSTEM,
+    CardStore,
+    assign_card,
+    card_kind,
+    current_card,
+    is_current,
+)
 from app.ehc.nonces import NonceStore
 from app.ehc.signing import MAX_TOKEN_LIFETIME, SigningKeys, signing_keys_path
 from app.ehc.token import (
@@ -38,6 +47,7 @@ from app.store.repository import write_context
 DYNAMIC_VALIDITY = (5, 300, 60)  # min, max, default seconds
 STATIC_VALIDITY = (3600, MAX_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME)
 _ISSUED = (EHC_SYSTEM, MASTER_INDEX_SYSTEM)
+RESIDENT_ID_CARD = "01"  # CV02.01.101 document code of the resident ID card (居民身份证)
 
 
 @dataclass
@@ -63,15 +73,34 @@ class CardService:
     # -- issuance on Patient writes ------------------------------------------------------------------
 
     def master_document(self, resource: dict[str, Any]) -> tuple[str, str] | None:
+        return next(iter(self.master_documents(resource)), None)
+
+    def master_documents(self, resource: dict[str, Any]) -> list[tuple[str, str]]:
+        """(document code, number) of each current master document, the resident ID card first."""
         registry = self.svc.extensions.get("identifiers")
         if registry is None:
-            return None
+            return []
         idents = [i for i in resource.get("identifier") or [] if isinstance(i, dict)]
-        for system in registry.master_systems():
-            for ident in idents:
-                if is_current(ident, system) and isinstance(ident.get("value"), str) and ident["value"]:
-                    return registry.document_for(system).code, ident["value"]
-        return None
+        return [(registry.document_for(system).code, ident["value"]) for system in registry.master_systems()
+                for ident in idents
+                if is_current(ident, system) and isinstance(ident.get("value"), str) and ident["value"]]
+
+    def _id_number_corrected(self, prior: dict[str, Any], resource: dict[str, Any]) -> bool:
+        """Whether the resident ID number the current formal card was derived from was replaced by another.
+        Only the ID number: it is for life, so another one means the first was someone else's. (A passport
+        renewed under a new number is the same person's: the card stays.)"""
+        card = current_card(prior)
+        if card is None or card_kind(card) != "formal":
+            return False
+        before, after = self.master_documents(prior), self.master_documents(resource)
+        ids_after = [d for d in after if d[0] == RESIDENT_ID_CARD]
+        if not ids_after or before == after:
+            return False
+        mid = next((str(i.get("value")) for i in prior.get("identifier") or [] if is_current(i, MASTER_INDEX_SYSTEM)),
+                   None)
+        source = next((d for d in before if master_index_id(self.keyring.index_key, *d).hex().upper() == mid),
+                      before[0] if before else None)
+        return source is not None and source[0] == RESIDENT_ID_CARD and source not in after
 
     def pre_write(self, event: StoreEvent) -> None:
         res = event.resource
@@ -99,7 +128,9 @@ class CardService:
             res["identifier"] = [i for i in idents if not (isinstance(i, dict) and i.get("system") in _ISSUED)]
             res["identifier"] += copy.deepcopy(issued)
         if not _merged_away(res):  # a merged record keeps its cards as they were; the target holds them
-            assign_card(res, self.master_document(res), self.keyring.index_key, self.keyring.card_root_key)
+            assign_card(res, self.master_document(res), self.keyring.index_key, self.keyring.card_root_key,
+                        reissue=self._id_number_corrected(prior, res),
+                        usable=lambda card: self.cards.status(card) != "cancelled")
 
     def post_write(self, event: StoreEvent) -> None:
         res = event.resource or {}

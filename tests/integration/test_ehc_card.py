@@ -238,3 +238,45 @@ def test_a_resident_recorded_as_deceased_has_a_suspended_card_until_that_is_with
                headers={"Content-Type": "application/fhir+json"})
     client.put(f"/fhir/Patient/{pid}", json=dead, headers={"Content-Type": "application/fhir+json"})
     assert verify(client, token)["reason"]["valueCode"] == "suspended"  # ... stays suspended
+
+
+def _static_code(client, pid) -> str:
+    r = qrcode(client, pid, type={"valueCode": "static"})
+    assert r.status_code == 200, r.json
+    return params(r.json)["token"]["valueString"]
+
+
+def test_a_corrected_id_number_cancels_the_card_of_the_wrong_number_and_its_true_holder_gets_another(client):
+    """The card was derived from a mistyped ID number and stayed after the correction, so the codes on the
+    resident's phone and the card the true holder of that number would be given were one card."""
+    typed, right = id_number("320102", "1977-07-07", 71), id_number("320102", "1977-07-07", 73)
+    res = post(client, "Patient", patient(typed, name="柯正", born="1977-07-07")).json
+    old_card, old_code = card_of(res), _static_code(client, res["id"])
+    fixed = {k: v for k, v in res.items() if k != "meta"}
+    fixed["identifier"] = [i for i in res["identifier"] if i.get("value") != typed] + \
+        [{"system": "urn:oid:2.16.156.10011.1.3", "value": right}]
+    r = client.put(f"/fhir/Patient/{res['id']}", json=fixed, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.json
+    assert card_of(r.json) != old_card
+    assert any(i["value"] == old_card and i.get("use") == "old" for i in r.json["identifier"])
+    assert verify(client, old_code)["reason"]["valueCode"] == "cancelled"
+    assert verify(client, _static_code(client, res["id"]))["valid"]["valueBoolean"] is True
+    holder = post(client, "Patient", patient(typed, name="石真", born="1977-07-07"))
+    assert holder.status_code == 201, holder.json
+    assert card_of(holder.json) not in (old_card, card_of(r.json))
+    assert verify(client, _static_code(client, holder.json["id"]))["valid"]["valueBoolean"] is True
+    assert verify(client, old_code)["reason"]["valueCode"] == "cancelled"  # not the true holder's
+
+
+def test_a_resident_deleted_and_registered_again_gets_a_card_that_works(client):
+    """Deleting the Patient cancels its card; registering the resident again derived that same cancelled card, so
+    no code could ever be issued to them again (409)."""
+    number = id_number("330106", "1966-06-06", 61)
+    first = post(client, "Patient", patient(number, name="任复", born="1966-06-06")).json
+    old_code = _static_code(client, first["id"])
+    assert client.delete(f"/fhir/Patient/{first['id']}").status_code in (200, 204)
+    again = post(client, "Patient", patient(number, name="任复", born="1966-06-06"))
+    assert again.status_code == 201, again.json
+    assert card_of(again.json) != card_of(first)
+    assert verify(client, _static_code(client, again.json["id"]))["valid"]["valueBoolean"] is True
+    assert verify(client, old_code)["reason"]["valueCode"] == "cancelled"
