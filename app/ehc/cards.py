@@ -232,7 +232,17 @@ class CardStore:
             if doc is not None:
                 self._change(card_id, "cancelled", reason, doc.get("patient"), kind)
 
-    def set_status(self, card_id: str, status: str, patient_id: str, reason: str | None = None) -> dict[str, Any]:
+    def release(self, resource: dict[str, Any] | None) -> None:
+        """The Patient's cards no longer point to it (it was deleted), without a status change: at a province
+        node, the national node decides whether another node still holds the resident (then the card stays
+        valid) or it is cancelled."""
+        for card_id in _card_states(resource):
+            self.col.update_one({"_id": card_id}, {"$unset": {"patient": ""}})
+            with self._lock:
+                self._patients.pop(card_id, None)
+
+    def set_status(self, card_id: str, status: str, patient_id: str | None,
+                   reason: str | None = None) -> dict[str, Any]:
         """Change a card's status; cancelled is final (409 on any change from it)."""
         if status not in STATUSES:
             raise FhirError(400, f"status must be one of {', '.join(STATUSES)}", expression="status")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,10 +157,21 @@ class FederatedSigning:
 
 
 class FederatedCards:
-    """app.ehc CardStore, plus the revocations of the other nodes."""
+    """app.ehc CardStore, plus the revocations of the other nodes; at a province node whose national node is
+    trusted, a deleted Patient's cards are withdrawn from the national index rather than cancelled here."""
 
-    def __init__(self, local: Any, union: CardUnion, publish_union: bool) -> None:
+    def __init__(self, local: Any, union: CardUnion, publish_union: bool,
+                 withdraw: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.local, self.union, self.publish_union = local, union, publish_union
+        self.withdraw = withdraw
+
+    def cancel_all(self, resource: dict[str, Any] | None, reason: str) -> None:
+        """A card is nationwide: another node may hold the same resident. The outbox asks the national node, which
+        cancels the card only when no node holds it any more (Federation.deliver cancels it here then)."""
+        if resource is not None and self.withdraw is not None and self.withdraw(resource):
+            self.local.release(resource)
+        else:
+            self.local.cancel_all(resource, reason)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)

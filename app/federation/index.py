@@ -4,7 +4,15 @@ Collection `fed_index`, `_id` = blind index of the resident ID number (SM3-HMAC 
 blind-index key; the number itself is never stored) -> {card: the card ID, home: the province that
 registered the resident first, refs: [{province, ref: absolute URL of that node's Patient}], at}.
 Collection `fed_cards`, `_id` = card ID -> {blind}: the resident of a card (for QR codes verified at a node that
-does not know the resident). Nothing clinical, no name, no clear ID number.
+does not know the resident); for a card of a resident without an ID number (a temporary card, a card derived
+from a passport or permit) -> {home, refs}: such a card is one node's, known by its ID alone. Nothing clinical,
+no name, no clear ID number.
+
+Withdrawal (a node Patient deleted, or its card replaced): the node's ref is pulled. `claimed` lists the provinces
+that claimed the card (a claim comes before the node's index entry, which its outbox delivers later), and a
+province leaves it with its last ref. When no province holds the card any more, the entry is removed (the ID
+number is free for a fresh claim) and the caller cancels the card: while one node still holds the resident, a
+deletion at another cancels nothing.
 
 The first claim wins: two nodes registering one resident at the same moment both get the card of the one whose
 insert landed first (a unique _id; the loser reads the winner's). A card already bound to another resident is
@@ -17,6 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -25,6 +34,11 @@ from app.keyring import Keyring
 
 ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 EHC_SYSTEM = "urn:oid:2.16.156.10011.1.19"
+
+
+def _empty(field: str) -> dict[str, Any]:
+    """Filter: the array is empty or absent (entries written before `claimed` existed have none)."""
+    return {f"{field}.0": {"$exists": False}}
 
 
 def normalise_id(number: str) -> str:
@@ -43,7 +57,7 @@ class NationalIndex:
     def claim(self, id_number: str, card: str, province: str) -> str:
         """The resident's nationwide card: the one already known, else `card` (now known)."""
         key = self.blind(id_number)
-        doc = self.entries.find_one({"_id": key}, {"card": 1})
+        doc = self.entries.find_one({"_id": key}, {"card": 1, "claimed": 1})
         if doc is None:
             holder = self.cards.find_one({"_id": card}, {"blind": 1})
             if holder is not None and holder.get("blind") != key:
@@ -51,10 +65,12 @@ class NationalIndex:
                                expression="card")
             try:
                 self.entries.insert_one({"_id": key, "card": card, "home": province, "refs": [],
-                                         "at": datetime.now(UTC).replace(tzinfo=None)})
-                doc = {"card": card}
+                                         "claimed": [province], "at": datetime.now(UTC).replace(tzinfo=None)})
+                doc = {"card": card, "claimed": [province]}
             except DuplicateKeyError:  # another node's registration of the same resident landed first
-                doc = self.entries.find_one({"_id": key}, {"card": 1}) or {"card": card}
+                doc = self.entries.find_one({"_id": key}, {"card": 1, "claimed": 1}) or {"card": card}
+        if province not in (doc.get("claimed") or []):
+            self.entries.update_one({"_id": key}, {"$addToSet": {"claimed": province}})
         canonical = str(doc["card"])
         self.cards.update_one({"_id": canonical}, {"$set": {"blind": key}}, upsert=True)
         return canonical
@@ -65,6 +81,49 @@ class NationalIndex:
                                 {"$addToSet": {"refs": {"province": province, "ref": ref}}})
         return canonical
 
+    def add_card(self, card: str, province: str, ref: str) -> str:
+        """Index the card of a resident without an ID number: one province's, known by its ID alone."""
+        link = self.cards.find_one({"_id": card})
+        if link is not None and (link.get("blind") or link.get("home") != province):
+            raise conflict(f"card {card} is already another node's or another resident's in the national index",
+                           expression="card")
+        self.cards.update_one({"_id": card}, {"$setOnInsert": {"home": province},
+                                              "$addToSet": {"refs": {"province": province, "ref": ref}}}, upsert=True)
+        return card
+
+    def withdraw(self, card: str, province: str, ref: str) -> str:
+        """Province `province` no longer holds `ref` with this card. "held": another node still does; "released":
+        it was the last holder (the entry is gone; the caller cancels the card); "unknown": the card is not
+        this province's in the index (nothing changed)."""
+        link = self.cards.find_one({"_id": card})
+        if link is None:
+            return "unknown"
+        gone = {"$pull": {"refs": {"province": province, "ref": ref}}}
+        if not link.get("blind"):
+            if link.get("home") != province:
+                return "unknown"
+            after = self.cards.find_one_and_update({"_id": card}, gone, return_document=ReturnDocument.AFTER)
+            if after is None or after.get("refs"):
+                return "held" if after is not None else "unknown"
+            return "released" if self.cards.delete_one({"_id": card, **_empty("refs")}).deleted_count else "held"
+        key = link["blind"]
+        entry = self.entries.find_one({"_id": key}, {"refs": 1, "claimed": 1, "card": 1})
+        if entry is None or entry.get("card") != card or not (
+                province in (entry.get("claimed") or []) or any(r.get("province") == province
+                                                                  for r in entry.get("refs") or [])):
+            return "unknown"
+        entry = self.entries.find_one_and_update({"_id": key}, gone, return_document=ReturnDocument.AFTER) or {}
+        claimed = list(entry.get("claimed") or [])
+        if province in claimed and not any(r.get("province") == province for r in entry.get("refs") or []):
+            self.entries.update_one({"_id": key}, {"$pull": {"claimed": province}})
+            claimed.remove(province)
+        if entry.get("refs") or claimed:
+            return "held"
+        if self.entries.delete_one({"_id": key, **_empty("refs"), **_empty("claimed")}).deleted_count:
+            self.cards.delete_one({"_id": card})
+            return "released"
+        return "held"  # a node claimed or indexed the resident meanwhile
+
     def find(self, id_number: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = self.entries.find_one({"_id": self.blind(id_number)})
         return doc
@@ -73,6 +132,9 @@ class NationalIndex:
         link = self.cards.find_one({"_id": card})
         if link is None:
             return None
+        if not link.get("blind"):
+            refs = link.get("refs") or []
+            return {"card": card, "home": link.get("home"), "refs": refs} if refs else None
         found: dict[str, Any] | None = self.entries.find_one({"_id": link["blind"]})
         return found
 

@@ -1,7 +1,8 @@
 """The durable queue of index entries a province node owes the national node (collection `fed_outbox`).
 
 One document per Patient (`_id` = patient id): a Patient written twice before delivery is sent once, as it is
-then. The entry holds no ID number: the sender reads the Patient when it delivers. An entry is deleted only
+then, with the cards it no longer holds (`withdraw`: deleted, or replaced) withdrawn first. The entry holds no
+ID number: the sender reads the Patient when it delivers. An entry is deleted only
 after the national node has answered 200, and only if it was not queued again meanwhile (`seq`); a failed
 delivery is retried with backoff. The national node's add is idempotent, so an entry delivered twice (a crash
 between the answer and the delete) leaves one index entry.
@@ -22,9 +23,11 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.col = db["fed_outbox"]
 
-    def enqueue(self, patient_id: str) -> None:
-        self.col.update_one({"_id": patient_id}, {"$set": {"seq": time.time_ns(), "next": 0.0, "tries": 0}},
-                            upsert=True)
+    def enqueue(self, patient_id: str, withdraw: list[str] | None = None) -> None:
+        update: dict[str, Any] = {"$set": {"seq": time.time_ns(), "next": 0.0, "tries": 0}}
+        if withdraw:
+            update["$addToSet"] = {"withdraw": {"$each": withdraw}}
+        self.col.update_one({"_id": patient_id}, update, upsert=True)
 
     def enqueue_all(self, patient_ids: list[str], chunk: int = 50) -> None:
         """Queue many (the residents registered before the national node was added); small bulks for FerretDB."""

@@ -25,7 +25,7 @@ from app.federation.index import EHC_SYSTEM
 from app.federation.keys import NodeKey
 from app.federation.policy import FederatedPolicy
 from app.federation.registry import NATIONAL, NodeRegistry
-from app.federation.service import Federation, resident_id_number
+from app.federation.service import Federation, card_of, resident_id_number
 from app.services import Services
 from app.store.events import StoreEvent
 from app.store.repository import WriteContext, write_context
@@ -84,10 +84,16 @@ class PatientHooks:
         return bool(ctx.extra["federation_national"])
 
     def post_write(self, event: StoreEvent) -> None:
+        """Queue the Patient's index entry (every card is known nationally, with or without an ID number), and
+        the withdrawal of the card it held before when that was replaced (a corrected ID number)."""
         res = event.resource or {}
         ctx = write_context(event)
-        if res.get("id") and resident_id_number(res) and self._federated(ctx):
-            self.fed.outbox.enqueue(str(res["id"]))
+        if not res.get("id") or not self._federated(ctx):
+            return
+        card = card_of(res)
+        replaced = [c for c in [card_of(event.previous)] if c is not None and c != card]
+        if card is not None or replaced:
+            self.fed.outbox.enqueue(str(res["id"]), withdraw=replaced)
             self.wake.set()
 
 
@@ -155,7 +161,8 @@ def init_app(app: Flask, svc: Services) -> None:
     cards = card_service(svc)
     national = svc.settings.province == NATIONAL
     cards.signing = FederatedSigning(cards.signing, fed.union, publish_union=national)  # type: ignore[assignment]
-    cards.cards = FederatedCards(cards.cards, fed.union, publish_union=national)  # type: ignore[assignment]
+    cards.cards = FederatedCards(cards.cards, fed.union, publish_union=national,  # type: ignore[assignment]
+                                 withdraw=fed.withdraw_deleted)
     cards.nonces = FederatedNonces(cards.nonces, fed.union, fed.spend_remote)  # type: ignore[assignment]
     if not national:
         cards.verify = verify_nationwide(cards.verify, fed.card_known, cards.nonces)  # type: ignore[method-assign]

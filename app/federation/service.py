@@ -105,13 +105,16 @@ class Federation:
             doc = self.svc.repo.get_doc("Patient", entry["_id"])
             res = doc.get("res") if doc and not doc.get("del") else None
             number = resident_id_number(res)
-            card = _card_of(res)
-            if number is None or card is None:
-                self.outbox.done(entry)  # nothing the national index keeps (no ID number, or deleted)
-                continue
+            card = card_of(res)
             try:
+                for old in entry.get("withdraw") or []:
+                    self._withdraw(node, str(entry["_id"]), str(old))
+                if card is None:
+                    self.outbox.done(entry)  # nothing the national index keeps (deleted)
+                    continue
                 status, body = self.peers.call(node, "POST", "/federation/index",
-                                               body={"idNumber": number, "card": card, "patient": entry["_id"]},
+                                               body={"card": card, "patient": entry["_id"],
+                                                     **({"idNumber": number} if number else {})},
                                                timeout=CLAIM_TIMEOUT)
             except (PeerUnreachable, PeerRefused) as err:
                 log.info("index entry for Patient/%s not delivered yet: %s", entry["_id"], err)
@@ -128,6 +131,24 @@ class Federation:
                 self.outbox.failed(entry)
         return sent
 
+    def _withdraw(self, node: Node, patient_id: str, card: str) -> None:
+        """Tell the national node this Patient no longer holds `card`; cancel it here when no node does."""
+        status, body = self.peers.call(node, "POST", "/federation/withdraw",
+                                       body={"card": card, "patient": patient_id}, timeout=CLAIM_TIMEOUT)
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("held"), bool):
+            raise PeerRefused(NATIONAL, status, body)
+        if not body["held"]:
+            self.svc.extensions["ehc"].cards.set_status(card, "cancelled", patient_id,
+                                                         "no node holds the resident any more")
+
+    def withdraw_deleted(self, resource: dict[str, Any]) -> bool:
+        """FederatedCards.cancel_all at a province node: queue the deleted Patient's cards for withdrawal from the
+        national index (True), or leave them to be cancelled here when no national node is trusted (False)."""
+        if self.national or self.national_node() is None or not resource.get("id"):
+            return False
+        self.outbox.enqueue(str(resource["id"]), withdraw=_cards_of(resource))
+        return True
+
     def adopt_card(self, patient_id: str, local: str, nationwide: str) -> None:
         """The resident was given a card here while the national node was down, and another node's card was
         claimed first: this Patient takes the nationwide card; its own is kept as an old identifier and
@@ -139,7 +160,7 @@ class Federation:
         if not doc or doc.get("del"):
             return
         res = copy.deepcopy(doc["res"])
-        if _card_of(res) == nationwide:
+        if card_of(res) == nationwide:
             return  # another worker process adopted it already
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         idents = res.setdefault("identifier", [])
@@ -258,7 +279,13 @@ def _is_card(value: Any) -> bool:
     return isinstance(value, str) and _CARD.fullmatch(value) is not None
 
 
-def _card_of(resource: dict[str, Any] | None) -> str | None:
+def _cards_of(resource: dict[str, Any] | None) -> list[str]:
+    """Every card the Patient holds, current or old (merged in, replaced)."""
+    return [str(i["value"]) for i in (resource or {}).get("identifier") or []
+            if isinstance(i, dict) and i.get("system") == EHC_SYSTEM and isinstance(i.get("value"), str)]
+
+
+def card_of(resource: dict[str, Any] | None) -> str | None:
     for ident in (resource or {}).get("identifier") or []:
         if isinstance(ident, dict) and ident.get("system") == EHC_SYSTEM and ident.get("use") != "old":
             return str(ident.get("value"))

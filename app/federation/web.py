@@ -4,6 +4,10 @@ GET  /federation/node    public: {province, role, fingerprint, jwks} — what `e
 POST /federation/claim   national, node token: {idNumber, card} -> {card} the resident's nationwide card (409 when
                          card is already another resident's)
 POST /federation/index   national, node token: {idNumber, card, patient} -> {card}; the node Patient indexed
+                         (without idNumber: a card of a resident without one, known by its ID alone)
+POST /federation/withdraw national, node token: {card, patient} -> {held}; the node Patient no longer holds the
+                         card (deleted, or given another); held false: no node does (the national node cancelled
+                         a card it knew), so the node cancels it too
 POST /federation/query   national, node token + requester assertion: {resourceType, params, cursors}
                          -> {results: [{province, status, url, bundle} | {province, unreachable}]}
 GET  /federation/card/C  national, node token: {card, home, patients} when the index knows card C
@@ -123,11 +127,29 @@ def index() -> Response:
     fed = _national_only()
     province = _node()
     body = _body()
-    node = fed.registry.get(province)
-    number, card = _id_number(body), _card(body)
-    ref = f"{node.url}/Patient/{_str(body, 'patient')}"
-    card = fed.index.add(number, card, province, ref)
+    card, ref = _card(body), _patient_ref(fed, province, body)
+    if body.get("idNumber") is None:
+        return jsonify({"card": fed.index.add_card(card, province, ref), "patient": ref})
+    card = fed.index.add(_id_number(body), card, province, ref)
     return jsonify({"card": card, "patient": ref})
+
+
+@bp.post("/withdraw")
+def withdraw() -> Response:
+    fed = _national_only()
+    province = _node()
+    body = _body()
+    card = _card(body)
+    outcome = fed.index.withdraw(card, province, _patient_ref(fed, province, body))
+    if outcome == "released":  # published in this node's revocations, so every node refuses the card
+        from app.ehc.plugin import card_service
+
+        card_service(_svc()).cards.set_status(card, "cancelled", None, "no node holds the resident any more")
+    return jsonify({"held": outcome == "held"})
+
+
+def _patient_ref(fed: Any, province: str, body: dict[str, Any]) -> str:
+    return f"{fed.registry.get(province).url}/Patient/{_str(body, 'patient')}"
 
 
 @bp.post("/query")

@@ -479,10 +479,13 @@ def test_the_card_of_a_resident_deleted_at_their_only_node_is_cancelled_at_the_o
     assert _verify(nodes["31"], world["t31"], static)["valid"] is True
     r = requests.delete(f"{nodes['11'].base}/Patient/{gone['id']}", headers=h(world["t11"]), timeout=10)
     assert r.status_code in (200, 204), r.text
-    _union_now(nodes)
-    for code in (static, f"{card_of(gone)}:1"):
-        out = _verify(nodes["31"], world["t31"], code)
-        assert out["valid"] is False and out["reason"] == "cancelled", out
+    # Node 11's outbox withdraws the card from the national index, which cancels it: no node holds the resident.
+    assert wait_for(lambda: (_union_now(nodes), _verify(nodes["31"], world["t31"], static))[1].get("reason")
+                    == "cancelled", timeout=10)
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        for code in (static, f"{card_of(gone)}:1"):
+            out = _verify(node, token, code)
+            assert out["valid"] is False and out["reason"] == "cancelled", (node.province, out)
 
 
 def test_a_suspended_card_is_named_so_only_for_a_code_whose_signature_verifies(
@@ -560,6 +563,26 @@ def test_a_province_cannot_claim_another_residents_card_or_a_card_that_is_not_on
     assert r.status_code == 200 and r.json() == {"card": taken}
 
 
+def test_a_province_cannot_withdraw_or_take_a_card_it_does_not_hold(nodes: dict[str, Node],
+                                                                     world: dict[str, Any]) -> None:
+    """/federation/withdraw cancels a card at the national node when its last holder lets go: a province that never
+    held the card (another province's resident, or a temporary card of node 11) changes nothing, and cannot index
+    node 11's temporary card as its own."""
+    unnamed = post_resource(nodes["11"], world["t11"], {"resourceType": "Patient", "name": [{"text": "无名"}]})
+    static = _qrcode(nodes["11"], world["t11"], unnamed["id"], "static")
+    assert wait_for(lambda: _verify(nodes["31"], world["t31"], static)["valid"] is True, timeout=10)
+    for card, ref in ((card_of(world["p11"]), world["p11"]["id"]), (card_of(unnamed), unnamed["id"])):
+        r = _node_call(nodes, "31", "00", "POST", "/federation/withdraw", {"card": card, "patient": ref})
+        assert r.status_code == 200, r.text
+    assert r.json() == {"held": False}  # node 11's temporary card was never 31's to let go
+    r = _node_call(nodes, "31", "00", "POST", "/federation/index", {"card": card_of(unnamed), "patient": "p31"})
+    _refused(r, 409, "another node's")
+    _union_now(nodes)
+    assert _verify(nodes["31"], world["t31"], static)["valid"] is True
+    assert _verify(nodes["31"], world["t31"], f"{card_of(world['p11'])}:1")["valid"] is True
+    assert _pix(nodes, world, world["number"]).status_code == 200
+
+
 def test_bad_input_to_the_federation_endpoints_is_a_4xx_outcome_never_a_500(nodes: dict[str, Node]) -> None:
     cases: list[tuple[str, str, str, Any, str | None]] = [
         ("00", "POST", "/federation/claim", None, "not json"),
@@ -567,6 +590,9 @@ def test_bad_input_to_the_federation_endpoints_is_a_4xx_outcome_never_a_500(node
         ("00", "POST", "/federation/claim", {"idNumber": 5, "card": "A"}, None),
         ("00", "POST", "/federation/index", {"idNumber": new_id_number(), "card": "C" * 64, "patient": {"a": 1}}, None),
         ("00", "POST", "/federation/query", {"resourceType": "Nope", "params": []}, None),
+        ("00", "POST", "/federation/withdraw", {"card": "not a card", "patient": "p1"}, None),
+        ("00", "POST", "/federation/withdraw", {"card": "A" * 64}, None),
+        ("00", "POST", "/federation/index", {"card": "A" * 64, "patient": ["p1"]}, None),
         ("00", "POST", "/federation/nonce", {"province": ["11"], "kid": "K", "nonce": "00", "exp": 2000000000}, None),
         ("00", "POST", "/federation/nonce", {"province": "11", "kid": "K", "nonce": "zz", "exp": 5}, None),
         ("00", "GET", "/federation/card/%00", None, None),
@@ -650,49 +676,61 @@ def test_index_entries_refused_by_the_national_node_stay_queued_and_arrive_once_
                     timeout=10)
 
 
-# -- found and left (strict xfail: each turns into a failure the day it is fixed, to be made a plain test) ----
-
-
-@pytest.mark.xfail(strict=True, reason="a Patient deleted at one node cancels the nationwide card, which another "
-                                       "node's Patient of the same resident still holds")
 def test_deleting_the_resident_at_one_node_leaves_their_card_at_the_other(
         nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """The card is the resident's, nationwide: a Patient deleted at node 11 cancelled it, and node 31, which holds
+    the same resident, refused its codes (and $ehc-qrcode answered 409 there for ever)."""
     number = new_id_number()
     at11 = post_resource(nodes["11"], world["t11"], patient_body(number, "严", "格"))
     at31 = post_resource(nodes["31"], world["t31"], patient_body(number, "严", "格"))
     assert card_of(at31) == card_of(at11)
     r = requests.delete(f"{nodes['11'].base}/Patient/{at11['id']}", headers=h(world["t11"]), timeout=10)
     assert r.status_code in (200, 204), r.text
+    assert wait_for(lambda: _fed(nodes["11"]).outbox.size() == 0, timeout=10)  # the withdrawal delivered
     _union_now(nodes)
-    out = _verify(nodes["31"], world["t31"], f"{card_of(at31)}:1")
-    assert out["valid"] is True, out  # today: cancelled, and $ehc-qrcode at node 31 answers 409 for ever
+    static = _qrcode(nodes["31"], world["t31"], at31["id"], "static")
+    for node, token in ((nodes["31"], world["t31"]), (nodes["11"], world["t11"])):
+        out = _verify(node, token, static)
+        assert out["valid"] is True, (node.province, out)
+    assert _verify(nodes["31"], world["t31"], f"{card_of(at31)}:1")["valid"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="a temporary card (no ID number) is not in the national index, so its "
-                                       "codes are unknown-card at every other node")
-def test_a_temporary_card_of_node_11_verifies_at_node_31(nodes: dict[str, Node], world: dict[str, Any],
-                                                         card: str) -> None:
+def test_a_temporary_card_of_node_11_verifies_at_node_31(nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """A card without an ID number (临时卡) was not in the national index, so its codes were unknown-card at every
+    other node; it is indexed by its ID alone, and cancelled everywhere when its Patient is deleted."""
     unnamed = post_resource(nodes["11"], world["t11"], {
         "resourceType": "Patient", "name": [{"text": "无名氏"}],
         "identifier": [{"system": "urn:ehc:mrn:hosp", "value": "ER-" + uuid.uuid4().hex[:8]}]})
-    out = _verify(nodes["31"], world["t31"], _qrcode(nodes["11"], world["t11"], unnamed["id"]))
-    assert out["valid"] is True, out
+    static = _qrcode(nodes["11"], world["t11"], unnamed["id"], "static")
+    assert wait_for(lambda: _verify(nodes["31"], world["t31"], static)["valid"] is True, timeout=10)
+    assert _verify(nodes["31"], world["t31"], _qrcode(nodes["11"], world["t11"], unnamed["id"]))["valid"] is True
+    r = requests.delete(f"{nodes['11'].base}/Patient/{unnamed['id']}", headers=h(world["t11"]), timeout=10)
+    assert r.status_code in (200, 204), r.text
+    assert wait_for(lambda: (_union_now(nodes), _verify(nodes["31"], world["t31"], static))[1].get("reason")
+                    == "cancelled", timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="a corrected ID number keeps the formal card derived from the wrong one, so "
-                                       "the true holder of that number is given the same card, at any node")
 def test_a_corrected_id_number_does_not_leave_its_card_to_the_true_holder_of_the_wrong_one(
         nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """The card derived from a mistyped ID number stayed after the correction, so the true holder of that number,
+    registered at another node, was given the card whose codes the first resident holds."""
     typed, right = new_id_number(), new_id_number()
     while (int(typed[16]) - int(right[16])) % 2:  # the same sex digit parity, so only the number changes
         right = new_id_number()
     a = post_resource(nodes["11"], world["t11"], patient_body(typed, "甲", "一"))
+    old_code = _qrcode(nodes["11"], world["t11"], a["id"], "static")
     fixed = dict(a, identifier=[i for i in a["identifier"] if i["system"] != ID_SYSTEM] +
                  [{"system": ID_SYSTEM, "value": right}], birthDate=patient_body(right)["birthDate"])
     r = requests.put(f"{nodes['11'].base}/Patient/{a['id']}", json=fixed, headers=h(world["t11"]), timeout=10)
     assert r.status_code == 200, r.text
+    assert card_of(r.json()) != card_of(a)
+    assert wait_for(lambda: _fed(nodes["11"]).outbox.size() == 0, timeout=10)  # the old card withdrawn
     b = post_resource(nodes["31"], world["t31"], patient_body(typed, "乙", "二"))  # the true holder of `typed`
-    assert card_of(b) != card_of(r.json())
+    assert card_of(b) not in (card_of(r.json()), card_of(a))
+    _union_now(nodes)
+    assert _verify(nodes["31"], world["t31"], _qrcode(nodes["31"], world["t31"], b["id"], "static"))["valid"] is True
+    out = _verify(nodes["31"], world["t31"], old_code)
+    assert out["valid"] is False and out["reason"] == "cancelled", out
 
 
 def test_the_card_keys_of_a_province_the_national_node_stops_trusting_stop_verifying(

@@ -82,7 +82,7 @@ def test_the_national_node_keeps_no_clear_id_number_no_name_and_no_records(nodes
         dump = "".join(json.dumps(list(db[c].find({})), default=str, ensure_ascii=False)
                        for c in db.list_collection_names())
         entry = db["fed_index"].find_one({"card": {"$exists": True}, "refs.ref": {"$regex": "/Patient/"}})
-        assert entry is not None and set(entry) == {"_id", "card", "home", "refs", "at"}
+        assert entry is not None and set(entry) == {"_id", "card", "home", "refs", "claimed", "at"}
         assert db["fed_index"].count_documents({}) >= 1
         for name in ("Patient", "Observation", "DocumentReference"):
             assert db[name].count_documents({}) == 0
