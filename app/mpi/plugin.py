@@ -33,7 +33,7 @@ from flask import Flask
 from pymongo.errors import PyMongoError
 
 from app.core.access import Change
-from app.core.errors import FhirError, Issue, conflict
+from app.core.errors import FhirError, Issue, conflict, unprocessable
 from app.core.ids import new_id, replaced_by
 from app.keyring import keyring_for
 from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifiers
@@ -148,6 +148,8 @@ class MpiHooks:
             # Its records and identifiers are the target's now: written again, it would split the resident anew.
             raise conflict(f"Patient/{rid} was merged into Patient/{into}: write to Patient/{into}",
                            expression="Patient")
+        if not ctx.extra.get("mpi_trusted"):
+            _keep_merge_links(res, prior)
         normalised, issues = normalize_patient_identifiers(
             res, self.registry, allow_legacy=bool(ctx.extra.get("allow_legacy")), existing=prior,
             trusted=bool(ctx.extra.get("mpi_trusted")))
@@ -323,3 +325,25 @@ def init_app(app: Flask, svc: Services) -> None:
     @app.teardown_request
     def _release_leases(_exc: BaseException | None) -> None:
         hooks.release()  # leases of a write that failed between its pre- and post-write events
+
+
+MERGE_LINKS = ("replaced-by", "replaces")
+
+
+def _keep_merge_links(res: dict[str, Any], prior: dict[str, Any] | None) -> None:
+    """Links of type replaced-by and replaces record a Patient/$merge, and the master index follows them (an ID
+    number of the source leads to the target): only $merge writes them, after checking that the two are one
+    resident. A client's write may not add one (422), and keeps the stored ones whether it sends them or not."""
+    def merge_link(link: Any) -> bool:
+        return isinstance(link, dict) and link.get("type") in MERGE_LINKS
+
+    stored = [link for link in (prior or {}).get("link") or [] if merge_link(link)]
+    links = res.get("link")
+    if not isinstance(links, list):
+        links = []
+    for n, link in enumerate(links):
+        if merge_link(link) and link not in stored:
+            raise unprocessable(f"a Patient.link of type {link['type']} records a merge and is written by "
+                                "Patient/$merge only", expression=f"Patient.link[{n}]")
+    if stored or any(merge_link(link) for link in links):
+        res["link"] = [link for link in links if not merge_link(link)] + stored
