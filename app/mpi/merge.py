@@ -16,11 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.access import Change
 from app.core.errors import FhirError, conflict, unprocessable
 from app.core.ids import replaced_by
 from app.mpi.index import MasterIndex, merge_into
 from app.services import Services
 from app.store.repository import WriteContext
+
+MERGE_ATTEMPTS = 5  # a target changed between the read and the write: read and merge again, this many times
 
 
 @dataclass
@@ -84,15 +87,32 @@ def merge_patients(svc: Services, index: MasterIndex, hooks: Any, source_id: str
     names += ["mpi|" + e.key for e in index.entries(source)]
     hooks.acquire(names, token)
     try:
-        # Re-read under the leases: another merge of either may have finished meanwhile.
-        source = svc.repo.read("Patient", source_id, fire=False).resource or {}
-        target = svc.repo.read("Patient", target_id, fire=False).resource or {}
-        check_mergeable(index, source, target)
         trusted = WriteContext(context.province, context.client_id, context.organization, context.user,
                                {**context.extra, "mpi_trusted": True, "mpi_merge_from": source_id})
-        new_target = svc.repo.update("Patient", target_id, merged_target(target, source), context=trusted)
-        new_source = svc.repo.update("Patient", source_id, retired_source(source, target_id), context=trusted)
-        repointed = repoint(svc, source_id, target_id, context)
+        for attempt in range(MERGE_ATTEMPTS):
+            # Re-read under the leases: another merge of either may have finished meanwhile. A plain PUT or PATCH
+            # takes no lease, so both are written If-Match the versions read (a change made meanwhile is merged
+            # again, not undone).
+            src = svc.repo.read("Patient", source_id, fire=False)
+            tgt = svc.repo.read("Patient", target_id, fire=False)
+            source, target = src.resource or {}, tgt.resource or {}
+            check_mergeable(index, source, target)
+            # Every referrer is judged before anything is written: a merge is done whole or not at all.
+            plan = plan_repoint(svc, source_id, target_id, context)
+            try:
+                new_target = svc.repo.update("Patient", target_id, merged_target(target, source), context=trusted,
+                                             if_match=tgt.vid)
+            except FhirError as err:
+                if err.status == 412 and attempt + 1 < MERGE_ATTEMPTS:
+                    continue
+                raise
+            new_source = svc.repo.update("Patient", source_id, retired_source(source, target_id), context=trusted,
+                                         if_match=src.vid)
+            repointed = repoint(svc, plan, source_id, target_id, context)
+            # Records written for the source between the plan and its retirement (from now on they are refused).
+            repointed += repoint(svc, plan_repoint(svc, source_id, target_id, context), source_id, target_id,
+                                 context)
+            break
     finally:
         hooks.release(token)
     return MergeResult(new_target.resource or {}, new_source.resource or {}, repointed)
@@ -118,10 +138,12 @@ def _rewriter(source_id: str, target_id: str) -> Any:
     return rewrite
 
 
-def repoint(svc: Services, source_id: str, target_id: str, context: WriteContext) -> list[str]:
-    """Rewrite every live resource referencing Patient/source to reference Patient/target (a new version)."""
+def plan_repoint(svc: Services, source_id: str, target_id: str, context: WriteContext
+                 ) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """Each live resource referencing Patient/source, with its version and its rewrite to Patient/target, every
+    rewrite judged by the change gate (403 naming the record before any write of the merge)."""
     rewrite = _rewriter(source_id, target_id)
-    done = []
+    plan = []
     for rtype, rid in svc.repo.referrers("Patient", source_id):
         if (rtype, rid) == ("Patient", target_id):
             continue  # its link 'replaces' names the source on purpose
@@ -132,7 +154,30 @@ def repoint(svc: Services, source_id: str, target_id: str, context: WriteContext
         if new == doc["res"]:
             continue
         try:
-            svc.repo.update(rtype, rid, new, context=context)
+            svc.repo.admit(context, Change(rtype, doc["res"], new, doc.get("prov")))
+        except FhirError as err:
+            raise FhirError(err.status, f"re-pointing {rtype}/{rid} to Patient/{target_id} is not allowed: "
+                                        f"{err.diagnostics}; nothing was merged") from err
+        plan.append((rtype, rid, int(doc["vid"]), new))
+    return plan
+
+
+def repoint(svc: Services, plan: list[tuple[str, str, int, dict[str, Any]]], source_id: str, target_id: str,
+            context: WriteContext) -> list[str]:
+    """Write the planned rewrites (a new version each). One changed since it was planned is rewritten anew."""
+    done = []
+    for rtype, rid, vid, new in plan:
+        try:
+            try:
+                svc.repo.update(rtype, rid, new, context=context, if_match=vid)
+            except FhirError as err:
+                if err.status != 412:
+                    raise
+                doc = svc.repo.get_doc(rtype, rid)
+                if doc is None or doc.get("del"):
+                    continue
+                fresh = _rewriter(source_id, target_id)(doc["res"])
+                svc.repo.update(rtype, rid, fresh, context=context, if_match=int(doc["vid"]))
         except FhirError as err:
             raise FhirError(err.status, f"re-pointing {rtype}/{rid} to Patient/{target_id} failed: "
                                         f"{err.diagnostics}") from err

@@ -24,6 +24,7 @@ postings written for the whole batch).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from contextlib import AbstractContextManager
@@ -40,7 +41,7 @@ from app.mpi.identifiers import IdentifierRegistry, normalize_patient_identifier
 from app.mpi.index import MasterIndex, check_same_resident, merge_into
 from app.services import Services
 from app.store.events import PRIOR_DOC, StoreEvent
-from app.store.repository import WriteContext, write_context
+from app.store.repository import REBASE, Rebase, WriteContext, write_context
 
 # StoreEvent.extra key: (patient id, its stored document or None) as read by a pre-write handler of this event,
 # so that the handlers after it (the card) do not read the same version again.
@@ -228,8 +229,11 @@ class MpiHooks:
             # A registration from another province links the resident to the hospital's identifiers (its record
             # number, the card); the record's content stays the home province's to change (app.auth.policy).
             home = str((doc or {}).get("prov") or self.svc.settings.province)
-            offered = res if ctx.province == home else {"identifier": res.get("identifier") or []}
+            offered = copy.deepcopy(res) if ctx.province == home else {"identifier": list(res.get("identifier") or [])}
             merged = merge_into(existing, offered)
+            if doc:  # a change written to the record before this registration is merged into the newer version
+                ctx.extra.setdefault(REBASE, {})[existing_id] = Rebase(int(doc["vid"]),
+                                                                       lambda current: merge_into(current, offered))
             res.clear()
             res.update(merged)
             self._reassign(pid, existing_id)

@@ -49,6 +49,19 @@ PREFERRED_INDEXES = ("identifier", "patient", "subject", "code", "date", "_lastU
                      "category", "name", "family", "given", "birthdate", "phone", "organization", "_tag")
 
 
+# WriteContext.extra key: {rid: Rebase} for a registration the master index merged into a stored resident.
+REBASE = "registration_rebase"
+
+
+@dataclass(frozen=True)
+class Rebase:
+    """What a registration adds to a stored record, to apply again to a version written after `vid` (the one it
+    was merged into): so that a change made meanwhile is kept, not overwritten by the merge of the older one."""
+
+    vid: int
+    apply: Callable[[dict[str, Any]], dict[str, Any]]
+
+
 @dataclass
 class WriteContext:
     """Who writes: recorded with each new record (province) and passed to event handlers and the change gate."""
@@ -291,6 +304,12 @@ class Repository:
                     raise precondition_failed(
                         f"{resource_type}/{rid} is at version {prior['vid']}, not {if_match} (If-Match)")
             resource.pop("_ehc_existing", None)
+            rebase = context.extra.get(REBASE, {}).get(rid) if registration else None
+            if rebase is not None and prior is not None and not prior.get("del") and prior["vid"] != rebase.vid:
+                # written since the master index merged the registration into it: merge into this version
+                current = self.decode(prior) or prior  # a copy: `prior` is written to the history as it is
+                resource = {**rebase.apply(current["res"]), "resourceType": resource_type, "id": rid}
+                context.extra[REBASE][rid] = Rebase(prior["vid"], rebase.apply)
             if registration and prior is not None and not prior.get("del"):
                 current = self.decode(prior) or prior
                 if same_content(current.get("res") or {}, resource):

@@ -305,3 +305,59 @@ def test_records_written_during_a_merge_follow_the_resident(server):
         left = requests.get(f"{server.base}/Observation", params={"patient": source["id"]}).json()["total"]
         moved = requests.get(f"{server.base}/Observation", params={"patient": target["id"]}).json()["total"]
         assert left == 0 and moved == codes[1:].count(201), (codes, left, moved)
+
+
+def _patch_address(base: str, pid: str, text: str) -> int:
+    return requests.patch(f"{base}/Patient/{pid}", timeout=60,
+                          data=json.dumps([{"op": "add", "path": "/address", "value": [{"text": text}]}]),
+                          headers={"Content-Type": "application/json-patch+json"}).status_code
+
+
+def test_a_registration_does_not_undo_a_change_made_meanwhile(server):
+    """A POST the master index turns into an update of the registered resident wrote the version it had read plus
+    its additions: a PATCH landing in between was lost. Both changes stay."""
+    from app.synthetic import check_char
+
+    first17 = "11010119660606031"
+    number = first17 + check_char(first17)
+    pid = requests.post(f"{server.base}/Patient", headers=FJ, data=json.dumps({
+        "resourceType": "Patient", "name": [{"text": "并发"}], "gender": "male", "birthDate": "1966-06-06",
+        "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number}]})).json()["id"]
+    for k in range(15):
+        def act(i: int, k: int = k) -> int:
+            if i == 0:
+                return _patch_address(server.base, pid, f"round {k}")
+            return requests.post(f"{server.base}/Patient", headers=FJ, timeout=60, data=json.dumps({
+                "resourceType": "Patient", "name": [{"text": "并发"}], "gender": "male",
+                "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": number},
+                               {"system": "urn:ehc:mrn:org-r", "value": f"R{k}"}]})).status_code
+
+        codes = _burst(act, 2)
+        assert codes == [200, 200], codes
+        res = requests.get(f"{server.base}/Patient/{pid}").json()
+        assert res["address"] == [{"text": f"round {k}"}], (k, res.get("address"))
+        assert f"R{k}" in {i["value"] for i in res["identifier"]}, k
+
+
+def test_a_merge_does_not_undo_a_change_of_the_target_made_meanwhile(server):
+    target = requests.post(f"{server.base}/Patient", headers=FJ, data=json.dumps({
+        "resourceType": "Patient", "name": [{"text": "靶"}], "gender": "female"})).json()["id"]
+    for k in range(15):
+        source = requests.post(f"{server.base}/Patient", headers=FJ, data=json.dumps({
+            "resourceType": "Patient", "name": [{"text": "靶"}], "gender": "female",
+            "identifier": [{"system": "urn:ehc:mrn:org-m", "value": f"M{k}"}]})).json()["id"]
+        merge = {"resourceType": "Parameters", "parameter": [
+            {"name": "source-patient", "valueReference": {"reference": f"Patient/{source}"}},
+            {"name": "target-patient", "valueReference": {"reference": f"Patient/{target}"}}]}
+
+        def act(i: int, k: int = k, merge: dict = merge) -> int:
+            if i == 0:
+                return _patch_address(server.base, target, f"round {k}")
+            return requests.post(f"{server.base}/Patient/$merge", data=json.dumps(merge), headers=FJ,
+                                 timeout=60).status_code
+
+        codes = _burst(act, 2)
+        assert codes == [200, 200], codes
+        res = requests.get(f"{server.base}/Patient/{target}").json()
+        assert res["address"] == [{"text": f"round {k}"}], (k, res.get("address"))
+        assert f"M{k}" in {i["value"] for i in res["identifier"]}, k

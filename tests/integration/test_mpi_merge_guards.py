@@ -1,4 +1,6 @@
-"""Links of type replaced-by / replaces record a Patient/$merge, and the master index follows them: an ID number of
+"""What only Patient/$merge may do, and a merge done whole or not at all.
+
+Links of type replaced-by / replaces record a Patient/$merge, and the master index follows them: an ID number of
 the merged source leads to the target. A client wrote them as it liked, a merge that skipped every rule of $merge
 (both records one resident, lifelong documents agreeing), so that one person's ID number led to another, and a
 foreign province could block a resident's registration at home. Only $merge writes them now."""
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.auth_helpers import *  # noqa: F403 - the svc and web fixtures
-from tests.integration.auth_helpers import FJ, bearer, stored_token, victim_world
+from tests.integration.auth_helpers import FJ, bearer, create, observation, stored_token, victim_world
 from tests.integration.test_mpi_registration import ID_SYS, id_number
 
 
@@ -77,3 +79,25 @@ def test_a_resident_cannot_link_their_record_to_another_resident(web: Any, svc: 
     r = web.put(f"/fhir/Patient/{world['me']}", data=json.dumps({**me, "link": _linked(world["victim"])}),
                 content_type=FJ, headers=bearer(tok))
     assert r.status_code in (403, 422), r.get_json()
+
+
+def test_a_merge_that_may_not_re_point_a_record_writes_nothing(web: Any, svc: Any, world: dict[str, Any]) -> None:
+    """A record of another province names the duplicate, and the merging hospital may not rewrite it: the merge
+    answered 403 after the target was updated and the source retired (a retry then said "already merged"), with
+    some of the records re-pointed. Every re-pointing is judged before anything is written."""
+    home = stored_token(svc, "system/*.cruds", province="11", organization=world["org11"])
+    src = create(svc, {"resourceType": "Patient", "name": [{"text": "重复者"}], "gender": "male",
+                       "identifier": [{"system": f"urn:ehc:mrn:{world['org11']}", "value": "DUP-1"}]})
+    tgt = create(svc, {"resourceType": "Patient", "name": [{"text": "重复者"}], "gender": "male",
+                       "birthDate": "1960-01-01"})
+    mine = observation(svc, src, province="11")
+    observation(svc, src, province="31")  # written by a province-31 hospital
+    before = {pid: svc.repo.get_doc("Patient", pid)["vid"] for pid in (src, tgt)}
+    r = web.post("/fhir/Patient/$merge", content_type=FJ, headers=bearer(home), data=json.dumps({
+        "resourceType": "Parameters", "parameter": [
+            {"name": "source-patient", "valueReference": {"reference": f"Patient/{src}"}},
+            {"name": "target-patient", "valueReference": {"reference": f"Patient/{tgt}"}}]}))
+    assert r.status_code == 403, r.get_json()
+    assert "nothing was merged" in r.get_json()["issue"][0]["diagnostics"]
+    assert {pid: svc.repo.get_doc("Patient", pid)["vid"] for pid in (src, tgt)} == before
+    assert svc.repo.get_doc("Observation", mine)["res"]["subject"]["reference"] == f"Patient/{src}"
