@@ -298,7 +298,9 @@ class SmartPolicy:
                     if isinstance(i, dict) and str(i.get("system") or "").startswith(MRN_PREFIX)}
 
         mine = principal.province or self.svc.settings.province
-        for system, _ in sorted(numbers(change.after) - numbers(change.before)):
+        # A registration finds the resident by the numbers it sends: another hospital's, already on the record,
+        # would find them as surely as adding it would (and 200 for a known number, 403 for an unknown one).
+        for system, _ in sorted((numbers(change.after) - numbers(change.before)) | numbers(change.offered)):
             org = system[len(MRN_PREFIX):]
             if org == principal.organization:
                 continue

@@ -56,6 +56,7 @@ class Change:
     after: dict[str, Any] | None
     before_province: str | None = None  # where the current version's record lives (its home province)
     registration: bool = False  # the master index turned a create into the addition of identifiers
+    offered: dict[str, Any] | None = None  # a registration: the resource the caller sent (what it identifies by)
 
 
 @dataclass

@@ -224,7 +224,8 @@ class MpiHooks:
             existing = doc["res"] if doc else {}
             # The change gate first: a writer that may not register into this record at all (a resident's app)
             # learns nothing of it from the comparison below.
-            self.svc.repo.admit(ctx, Change("Patient", existing, existing, (doc or {}).get("prov"), registration=True))
+            self.svc.repo.admit(ctx, Change("Patient", existing, existing, (doc or {}).get("prov"), registration=True,
+                                            offered=res))
             check_same_resident(existing, res, self.index.entries(res), self.index.entries(existing), existing_id)
             # A registration from another province links the resident to the hospital's identifiers (its record
             # number, the card); the record's content stays the home province's to change (app.auth.policy).

@@ -393,3 +393,26 @@ def test_a_resident_does_not_learn_whose_an_id_number_is_through_a_chain(web, sv
     wrong = call(web, "GET", chain + "110101199002020012", tokens["app"]).get_data(as_text=True)
     assert shared not in right and shared not in wrong
     assert shared in call(web, "GET", chain + VICTIM_ID_NUMBER, tokens["home"]).get_data(as_text=True)
+
+
+def test_a_registration_by_another_provinces_record_number_is_no_oracle(web: Any, svc: Any, data: dict[str, Any],
+                                                                        tokens: dict[str, str]) -> None:
+    """Third review (2026-12-01): a province-31 client POSTing a Patient with only a province-11 hospital's record
+    number got 200 with the resident's id and card (whose legacy static code is `<card>:1`) when the number was
+    registered, and 403 when it was not; $ihe-pix hides both (404). Now both are 403, alike."""
+    from app.store.repository import WriteContext
+
+    system = f"urn:ehc:mrn:{data['org11']}"
+    victim = svc.repo.get_doc("Patient", data["victim"])["res"]
+    if not any(i.get("system") == system for i in victim.get("identifier") or []):
+        victim["identifier"] = [*(victim.get("identifier") or []), {"system": system, "value": "V-0001"}]
+        svc.repo.update("Patient", data["victim"], victim, context=WriteContext(province="11"))
+    answers = [call(web, "POST", "Patient", tokens["p31"], {"resourceType": "Patient",
+                                                             "identifier": [{"system": system, "value": value}]})
+               for value in ("V-0001", "NOBODY-0001")]
+    assert [a.status_code for a in answers] == [403, 403], [a.get_json() for a in answers]
+    assert answers[0].get_json()["issue"][0]["diagnostics"] == answers[1].get_json()["issue"][0]["diagnostics"]
+    assert data["victim"] not in answers[0].get_data(as_text=True)
+    own = call(web, "POST", "Patient", tokens["home"], {"resourceType": "Patient",
+                                                         "identifier": [{"system": system, "value": "V-0001"}]})
+    assert own.status_code == 200 and own.get_json()["id"] == data["victim"]  # the home province registers by it
