@@ -268,7 +268,7 @@ def normalize_patient_identifiers(
     out = dict(patient)
     identifiers = out.get("identifier")
     if not isinstance(identifiers, list):
-        return out, []
+        return out, _demographic_issues(out, [])
     identifiers = out["identifier"] = list(identifiers)
     issued = _server_issued_values(existing or {}, registry)
     issues: list[Issue] = []
@@ -346,6 +346,12 @@ def _demographic_issues(
     issues = []
     gender = patient.get("gender")
     birth_date = patient.get("birthDate")
+    if isinstance(birth_date, str) and len(birth_date) >= 4:
+        today = _today().isoformat()
+        given = birth_date[:10]
+        if given > today[:len(given)]:  # ISO dates of one precision compare as text
+            issues.append(Issue(f"Patient.birthDate '{birth_date}' is after today ({today} in China)",
+                                "business-rule", expression=["Patient.birthDate"]))
     for i, norm, doc in carriers:
         if norm.sex is not None and gender in ("male", "female") and gender != norm.sex:
             issues.append(Issue(

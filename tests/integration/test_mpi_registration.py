@@ -254,3 +254,16 @@ def test_two_current_id_numbers_on_one_patient_are_two_people_422(client):
     body["identifier"][1]["use"] = "old"
     body["identifier"][1]["value"] = id_number("110101", "1970-03-03", 55)  # a corrected number, kept as old
     assert post(client, "Patient", body).status_code == 201
+
+
+def test_a_birth_date_after_today_is_refused_naming_it(client):
+    """Only a birth date inside an ID number was checked against today; `birthDate: 2999-01-01` was stored."""
+    from app.core.timeutil import today_in_china
+
+    for born in ("2999-01-01", "2999-01", "2999"):
+        r = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "未生"}], "birthDate": born})
+        assert r.status_code == 422, (born, r.json)
+        assert r.json["issue"][0]["expression"] == ["Patient.birthDate"]
+    newborn = post(client, "Patient", {"resourceType": "Patient", "name": [{"text": "新生"}],
+                                       "birthDate": today_in_china().isoformat()})
+    assert newborn.status_code == 201, newborn.json
