@@ -238,9 +238,20 @@ def native_binary_type(request: Request, path: str) -> str | None:
         ctype = (request.mimetype or "").lower()
         return ctype if ctype and ctype not in FHIR_MEDIA else None
     if request.method in ("GET", "HEAD") and len(segs) in (2, 4):
-        first = (request.headers.get("Accept") or "").split(",")[0].split(";")[0].strip().lower()
+        first = most_wanted(request.headers.get("Accept"))
         return first if first not in FHIR_MEDIA else None
     return None
+
+
+def most_wanted(accept: str | None) -> str:
+    """The media type an Accept header wants most: by quality value, as negotiate() reads it ("" for none)."""
+    wanted = [media for media, q in parse_accept_header(accept or "", MIMEAccept) if q > 0]  # werkzeug orders them
+    return wanted[0].lower() if wanted else ""
+
+
+def accepts(accept: str | None, media: str) -> bool:
+    """Whether an Accept header takes `media` (wildcards included, q=0 excluded)."""
+    return parse_accept_header(accept or "", MIMEAccept).best_match([media]) is not None
 
 
 def query_params(request: Request) -> list[tuple[str, str]]:

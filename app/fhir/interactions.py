@@ -18,7 +18,16 @@ from app.core.errors import FhirError, Issue, bad_request, conflict, info_outcom
 from app.core.ids import is_valid_id
 from app.core.timeutil import naive_utc
 from app.fhir.fhirpath_patch import apply_fhirpath_patch
-from app.fhir.http import FHIR_MEDIA, FhirResponse, etag, parse_etag, parse_prefer, version_headers
+from app.fhir.http import (
+    FHIR_MEDIA,
+    FhirResponse,
+    accepts,
+    etag,
+    most_wanted,
+    parse_etag,
+    parse_prefer,
+    version_headers,
+)
 from app.fhir.presentation import apply_elements, apply_summary
 from app.fhir.router import FhirRequest
 from app.fhir.validation import Validator
@@ -253,12 +262,12 @@ def as_native(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
     """A Binary asked for in its own content type (Accept): its bytes. The body stays on the response, so the
     disclosure gate judges the resource before the bytes leave."""
     res = resp.body
-    accept = (req.header("accept") or "").split(",")[0].split(";")[0].strip().lower()
+    accept = req.header("accept")
     if (resp.status != 200 or not isinstance(res, dict) or res.get("resourceType") != "Binary"
-            or accept in FHIR_MEDIA or req.param("_format")):
+            or most_wanted(accept) in FHIR_MEDIA or req.param("_format")):
         return resp
     ctype = str(res.get("contentType") or "application/octet-stream")
-    if accept not in (ctype.lower(), "*/*") and not accept.endswith("/*"):
+    if not accepts(accept, ctype):
         raise FhirError(406, f"Binary/{res.get('id')} is {ctype}, not {accept}", code="not-supported")
     resp.raw = base64.b64decode(res.get("data") or "")
     resp.content_type = ctype

@@ -157,6 +157,15 @@ def test_binary_in_its_own_content_type(client):
     assert raw.status_code == 200 and raw.data == pdf and raw.mimetype == "application/pdf"
     res = client.get(f"/fhir/Binary/{bid}", headers={"Accept": FJ}).json
     assert res["contentType"] == "application/pdf" and base64.b64decode(res["data"]) == pdf
+    # Accept is read by quality value, not by order: the first type listed is not the one most wanted
+    raw = client.get(f"/fhir/Binary/{bid}", headers={"Accept": f"{FJ};q=0.5, application/pdf"})
+    assert raw.status_code == 200 and raw.data == pdf, raw.data[:100]
+    res = client.get(f"/fhir/Binary/{bid}", headers={"Accept": f"application/pdf;q=0.1, {FJ}"}).json
+    assert res["resourceType"] == "Binary"
+    raw = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "image/png, application/pdf;q=0.8"})
+    assert raw.status_code == 200 and raw.data == pdf  # the second choice, which the Binary is
+    refused = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "image/png, application/pdf;q=0"})
+    assert refused.status_code == 406, refused.json
 
 
 # -- PATCH ---------------------------------------------------------------------------------------------------------
