@@ -110,8 +110,8 @@ def merge_patients(svc: Services, index: MasterIndex, hooks: Any, source_id: str
                                          if_match=src.vid)
             repointed = repoint(svc, plan, source_id, target_id, context)
             # Records written for the source between the plan and its retirement (from now on they are refused).
-            repointed += repoint(svc, plan_repoint(svc, source_id, target_id, context), source_id, target_id,
-                                 context)
+            late = plan_repoint(svc, source_id, target_id, context, judge=False)  # judged as they are written
+            repointed += repoint(svc, late, source_id, target_id, context)
             break
     finally:
         hooks.release(token)
@@ -138,10 +138,10 @@ def _rewriter(source_id: str, target_id: str) -> Any:
     return rewrite
 
 
-def plan_repoint(svc: Services, source_id: str, target_id: str, context: WriteContext
+def plan_repoint(svc: Services, source_id: str, target_id: str, context: WriteContext, judge: bool = True
                  ) -> list[tuple[str, str, int, dict[str, Any]]]:
     """Each live resource referencing Patient/source, with its version and its rewrite to Patient/target, every
-    rewrite judged by the change gate (403 naming the record before any write of the merge)."""
+    rewrite judged by the change gate when `judge` (403 naming the record before any write of the merge)."""
     rewrite = _rewriter(source_id, target_id)
     plan = []
     for rtype, rid in svc.repo.referrers("Patient", source_id):
@@ -154,7 +154,8 @@ def plan_repoint(svc: Services, source_id: str, target_id: str, context: WriteCo
         if new == doc["res"]:
             continue
         try:
-            svc.repo.admit(context, Change(rtype, doc["res"], new, doc.get("prov")))
+            if judge:
+                svc.repo.admit(context, Change(rtype, doc["res"], new, doc.get("prov")))
         except FhirError as err:
             raise FhirError(err.status, f"re-pointing {rtype}/{rid} to Patient/{target_id} is not allowed: "
                                         f"{err.diagnostics}; nothing was merged") from err
