@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -73,8 +74,10 @@ def import_file(file: Path, report: Path, workers: int, batch: int, encoding: st
         try:
             counts = Importer(svc, hooks, validate, batch_size=batch).run(
                 file, report, progress=on_terminal(not no_progress), workers=workers, encoding=encoding)
-        except ValueError as exc:  # a decoding error included
+        except ValueError as exc:  # a decoding error, a CSV row that cannot be delimited (an unclosed quote)
             raise click.ClickException(str(exc)) from None
+        except csv.Error as exc:  # read_rows turns the csv module's errors into the above: a last resort
+            raise click.ClickException(f"{file} cannot be read as CSV: {exc}") from None
         except KeyboardInterrupt:
             # Ctrl-C: nothing is half-written (docs/mpi.md), so say how to finish rather than print a traceback.
             click.echo(f"\nehc import: interrupted. {report} lists the rows done so far (rows after them, up to "

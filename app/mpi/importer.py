@@ -9,8 +9,16 @@ memory stays flat whatever the file size. Every row goes through the same path a
 normalised, and every row gets one report row: created | linked | unchanged | rejected (with the reason).
 
 Idempotent: a row whose identifiers already belong to one resident and that adds nothing to the record is
-'unchanged' without a write. Each row is one Patient write whose claims name it, so a run killed at any point
-completes when rerun, without duplicates or half-written residents.
+'unchanged' without a write (after the check POST makes: a row contradicting that resident is rejected with
+409). Each row is one Patient write whose claims name it, so a run killed at any point completes when rerun,
+without duplicates or half-written residents. A row without an identifier the master index claims (NDJSON:
+only systems the identifier registry does not know) is matched to the Patient holding exactly its identifiers,
+as a conditional create on identifier=system|value is (`Importer._write_unindexed`); a row without any
+identifier is rejected: nothing could tell its rerun from a new resident.
+
+A CSV row whose quotes are malformed is rejected when the error ends with its own line; a quote that runs on
+past its line (an unclosed quote swallows the rows after it) stops the run at that line, after the rows before
+it are imported and reported (`read_rows`, `Importer.run`).
 
 Batches (`batch_size` > 1, `ehc import --batch`, the default): the new residents of a batch of rows are written
 together, with the commands of a few rows (`Importer.process_batch`: leases, claims, Patients, postings, name
@@ -36,11 +44,14 @@ from typing import IO, Any
 
 from app.core.errors import FhirError
 from app.core.ids import new_id
+from app.fhir.interactions import criteria_lease
 from app.mpi.identifiers import IdentifierInvalid, normalize_patient_identifiers
-from app.mpi.index import adds_nothing
+from app.mpi.index import adds_nothing, check_same_resident, merge_into
 from app.mpi.plugin import BATCH_CLAIMED, BATCH_NAMES, MpiHooks
+from app.search.values import escape
 from app.services import Services
-from app.store.repository import WriteContext
+from app.store.keys import identifier_key
+from app.store.repository import REBASE, Rebase, WriteContext
 
 CSV_COLUMNS = ("source_system", "mrn", "name", "gender", "birth_date", "id_type", "id_number", "phone", "address")
 REQUIRED_COLUMNS = ("source_system", "mrn", "name")  # the others may be left out of the file
@@ -70,6 +81,8 @@ Validate = Callable[[dict[str, Any]], list[str]]
 BATCH_SECONDS = 2.5
 MIN_BATCH = 25
 PIPELINE = 2  # batches being written at once (Importer._pipelined)
+NO_IDENTIFIER = ("the row has no identifier (system and value): a rerun could not tell it from a new resident; "
+                 "give the hospital's record number (urn:ehc:mrn:<organization id>) or an ID number")
 
 
 class RowRejected(ValueError):
@@ -183,13 +196,66 @@ def read_rows(path: Path, registry: Any, encoding: str = "utf-8"
                 except (ValueError, RowRejected) as exc:
                     yield n, exc if isinstance(exc, RowRejected) else RowRejected(f"invalid JSON: {exc}")
             return
-        reader = csv.DictReader(fh)
-        check_columns(path, reader.fieldnames)
-        for n, row in enumerate(reader, start=1):
+        # strict: a quote that closes inside a field, or never, is an error rather than text read on
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader, None) or []
+        except csv.Error as exc:
+            raise ValueError(f"{path}: the header (line 1) cannot be read as CSV: {exc}") from None
+        check_columns(path, header)
+        n = 0
+        while True:
+            start = reader.line_num + 1  # the line the next row starts on
             try:
-                yield n, csv_patient(row, registry)
+                fields = next(reader, None)
+            except csv.Error as exc:
+                if reader.line_num <= start:
+                    # The error ends with the row's own line, so the next line starts the next row: the row is
+                    # rejected and the rest read.
+                    n += 1
+                    yield n, RowRejected(f"line {start}: {quote_problem(exc)}")
+                    continue
+                raise ValueError(unreadable(path, start, quote_problem(exc, reader.line_num))) from None
+            if fields is None:
+                return
+            if not fields:  # a blank line (DictReader skipped them too)
+                continue
+            if reader.line_num > start and len(fields) != len(header):
+                # A quoted field ran over line ends and the columns do not come out right: an unclosed quote that
+                # a later one closed. Where the row ends cannot be known.
+                raise ValueError(unreadable(path, start, f"a quoted field runs from line {start} to line "
+                                            f"{reader.line_num} and leaves {len(fields)} columns where the header "
+                                            f"has {len(header)}: a quote (\") opened in it is not closed"))
+            n += 1
+            try:
+                yield n, csv_patient(dict(zip(header, fields, strict=False)), registry)  # as DictReader
             except RowRejected as exc:
                 yield n, exc
+
+
+def quote_problem(exc: csv.Error, through: int | None = None) -> str:
+    """What a csv.Error of a strict reader means, in words an operator acts on."""
+    text = str(exc)
+    if "field limit" in text:
+        where = f", through line {through}" if through else ""
+        return (f"a field runs past {csv.field_size_limit():,} characters{where}: a quote (\") opened in it is "
+                "probably never closed")
+    if "unexpected end of data" in text:
+        return "a quote (\") opened in it is never closed"
+    if "expected after" in text and through:
+        return (f"a quote (\") opened in it is not closed on its line: the next quote, on line {through}, was "
+                "read as its end")
+    if "expected after" in text:
+        return (f"a quote (\") closes a field before its end ({text}): quote whole fields, and double a quote "
+                "inside one (\"\")")
+    return f"malformed CSV ({text})"
+
+
+def unreadable(path: Path, start: int, problem: str) -> str:
+    return (f"{path}: the row starting on line {start} cannot be read: {problem}. Where that row ends cannot be "
+            f"known, so the import stopped there: the rows before line {start} are imported and in the report. "
+            "Correct the quotes on that line and run the same command again (the rows imported already are "
+            "reported unchanged)")
 
 
 def check_columns(path: Path, fieldnames: Any) -> None:
@@ -220,7 +286,11 @@ def check_header(path: Path, encoding: str = "utf-8") -> None:
     if is_ndjson(path, encoding):
         return
     with closing(text_lines(path, encoding)) as lines:
-        check_columns(path, next(csv.reader(lines), None))
+        try:
+            header = next(csv.reader(lines), None)
+        except csv.Error as exc:
+            raise ValueError(f"{path}: the header (line 1) cannot be read as CSV: {exc}") from None
+        check_columns(path, header)
 
 
 def text_lines(path: Path, encoding: str = "utf-8") -> Generator[str, None, None]:
@@ -300,13 +370,74 @@ class Importer:
         return normalised
 
     def _write_one(self, n: int, normalised: dict[str, Any]) -> RowResult:
+        entries = self.index.entries(normalised)
+        if not entries:
+            return self._write_unindexed(n, normalised)
         existing = self._existing(normalised)
         if existing is not None and adds_nothing(existing, normalised):
+            # Not written, but judged as POST judges it (MpiHooks._settle): a row naming the resident by its
+            # identifiers with another name, birth date, gender or lifelong document is refused (409).
+            check_same_resident(existing, normalised, entries, self.index.entries(existing), str(existing["id"]))
             return RowResult(n, "unchanged", existing["id"], _card(existing))
         ctx = WriteContext(province=self.province, client_id="ehc-import", extra={"allow_legacy": True})
         stored = self.svc.repo.create("Patient", normalised, ctx)
         res = stored.resource or {}
         return RowResult(n, "created" if stored.vid == 1 else "linked", stored.id, _card(res))
+
+    def _write_unindexed(self, n: int, res: dict[str, Any]) -> RowResult:
+        """A row none of whose identifiers the master index claims (their systems are not in the identifier
+        registry): the master index cannot find it again, so the import matches it as a conditional create on
+        identifier=system|value for each of its identifiers would (under the same lease, `criteria_lease`): the
+        Patient holding every one of them is the row's resident, judged (409), added to as a registration adds
+        (phones, missing elements; from another province: identifiers only) or left unchanged; none: a new
+        resident; several: rejected (412). POST /fhir/Patient itself is unchanged."""
+        idents = _plain_identifiers(res)
+        if not idents:
+            return RowResult(n, "rejected", reason=NO_IDENTIFIER)
+        params = [("identifier", f"{escape(system)}|{escape(value)}") for system, value in idents]  # as a client
+        ctx = WriteContext(province=self.province, client_id="ehc-import", extra={"allow_legacy": True})
+        with self.svc.leases.hold(criteria_lease("Patient", params)):
+            matches = self._holders(idents)
+            if len(matches) > 1:
+                shown = ", ".join(f"Patient/{d['_id']}" for d in matches)
+                return RowResult(n, "rejected", reason=f"412 the identifiers of the row ({_shown(idents)}) "
+                                                       f"belong to several Patients ({shown})")
+            if not matches:
+                stored = self.svc.repo.create("Patient", res, ctx)
+                return RowResult(n, "created" if stored.vid == 1 else "linked", stored.id,
+                                 _card(stored.resource or {}))
+            doc = matches[0]
+            pid, existing = str(doc["_id"]), doc["res"]
+            check_same_resident(existing, res, [], self.index.entries(existing), pid)
+            home = str(doc.get("prov") or self.svc.settings.province)
+            offered = res if self.province == home else {"identifier": list(res.get("identifier") or [])}
+            merged = merge_into(existing, offered)
+            if merged == existing:
+                return RowResult(n, "unchanged", pid, _card(existing))
+            ctx.extra[REBASE] = {pid: Rebase(int(doc["vid"]), lambda current: merge_into(current, offered))}
+            stored = self.svc.repo.update("Patient", pid, merged, context=ctx, registration=True)
+            return RowResult(n, "unchanged" if stored.unchanged else "linked", stored.id,
+                             _card(stored.resource or {}))
+
+    def _holders(self, idents: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The live Patients (merged records followed to their target) holding every one of these identifiers,
+        found through the store's identifier posting lists as a search by identifier finds them."""
+        system, value = idents[0]
+        found: dict[str, dict[str, Any]] = {}
+        for pid in self.svc.repo.keys.lookup(identifier_key("Patient", f"{system}|{value}")):
+            doc = self.svc.repo.get_doc("Patient", pid)
+            if doc is None or doc.get("del") or not set(idents) <= set(_plain_identifiers(doc["res"])):
+                continue  # a posting list may name ids that no longer match
+            target = self.index.resolve(pid)
+            if target is not None:
+                found[str(target["_id"])] = target
+        return [found[k] for k in sorted(found)]
+
+    def _row_keys(self, res: dict[str, Any]) -> list[str]:
+        """What rows must not be written at once: the claim keys of the row's identifiers, or for a row without
+        any (`_write_unindexed`), its identifiers themselves."""
+        keys = [e.key for e in self.index.entries(res)]
+        return keys or [f"u|{system}|{value}" for system, value in _plain_identifiers(res)]
 
     def process_batch(self, items: list[tuple[int, dict[str, Any] | Exception]]) -> list[RowResult]:
         """The results of a batch of rows, in input order, each exactly what `process` gives for it when the
@@ -366,7 +497,7 @@ class Importer:
                 seen[key] = seen.get(key, 0) + 1
         fast = [(n, res, keys) for n, res, keys in rows if all(seen[k] == 1 for k in keys)]
         slow += [(n, res) for n, res, keys in rows if not all(seen[k] == 1 for k in keys)]
-        every_key = set(seen) | {e.key for _, res in slow for e in self.index.entries(res)}
+        every_key = set(seen) | {k for _, res in slow for k in self._row_keys(res)}
         return PreparedBatch([n for n, _ in items], results, fast, slow, every_key)
 
     def write_batch(self, batch: PreparedBatch) -> tuple[list[RowResult], float]:
@@ -380,7 +511,7 @@ class Importer:
         # order: they run on the pool (--workers); the others one after the other, in input order.
         slow.sort(key=lambda r: r[0])
         shared: dict[str, int] = {}
-        slow_keys = {n: [e.key for e in self.index.entries(res)] for n, res in slow}
+        slow_keys = {n: self._row_keys(res) for n, res in slow}
         for keys in slow_keys.values():
             for key in keys:
                 shared[key] = shared.get(key, 0) + 1
@@ -484,9 +615,10 @@ class Importer:
         counts = {"created": 0, "linked": 0, "unchanged": 0, "rejected": 0}
         bar = tqdm(total=count_rows(path, encoding), unit="row", disable=not progress, mininterval=0.5, smoothing=0.1,
                    dynamic_ncols=True, desc="ehc import")
+        stopped: list[ValueError] = []
         with open(report, "w", encoding="utf-8", newline="") as out:
             write = _report_writer(out, report)
-            rows = read_rows(path, self.registry, encoding)
+            rows = _until_unreadable(read_rows(path, self.registry, encoding), stopped)
             for result in self._results(rows, workers):
                 counts[result.outcome] += 1
                 write(result)
@@ -496,6 +628,8 @@ class Importer:
         # command closes the database (a batch adds many ids to a common name's list at once).
         self.index.name_lists.roller.wait()
         self.svc.repo.keys.roller.wait()
+        if stopped:  # the file cannot be read further: the rows read before are written and reported
+            raise stopped[0]
         return counts
 
     def _results(self, rows: Iterator[tuple[int, Any]], workers: int) -> Iterator[RowResult]:
@@ -572,6 +706,29 @@ class PreparedBatch:
     fast: list[tuple[int, dict[str, Any], list[str]]]
     slow: list[tuple[int, dict[str, Any]]]
     keys: set[str]
+
+
+def _until_unreadable(rows: Iterator[tuple[int, Any]], stopped: list[ValueError]
+                      ) -> Iterator[tuple[int, Any]]:
+    """The rows until the file cannot be read further (bytes that do not decode, a CSV quote that is not
+    closed): the error is kept in `stopped` and the rows end there, so the rows read before it are written and
+    reported before the run stops with it."""
+    try:
+        yield from rows
+    except ValueError as exc:
+        stopped.append(exc)
+
+
+def _plain_identifiers(res: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(system, value) of every identifier with both, sorted and without repeats."""
+    out = {(i["system"], i["value"]) for i in (res or {}).get("identifier") or []
+           if isinstance(i, dict) and isinstance(i.get("system"), str) and i["system"]
+           and isinstance(i.get("value"), str) and i["value"]}
+    return sorted(out)
+
+
+def _shown(idents: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{system}|{value}" for system, value in idents)
 
 
 def _rejected(n: int, err: FhirError) -> RowResult:

@@ -152,6 +152,11 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([,|$\\])", r"\1", text)
 
 
+def escape(text: str) -> str:
+    """A value as a search parameter writes it (search.html#escaping): the inverse of unescape()."""
+    return re.sub(r"([,|$\\])", r"\\\1", text)
+
+
 def digits(text: str) -> str:
     """A phone number's digits (a leading '+' kept): '138-0013 8000' -> '13800138000'."""
     body = re.sub(r"\D", "", text)
