@@ -40,6 +40,22 @@ from app.search.parser import parse_search
 MRN_PREFIX = "urn:ehc:mrn:"
 PURPOSE_HEADER = "X-Purpose-Of-Use"
 BREAK_GLASS = "ETREAT"
+# The purposes of use a client may state (HL7 v3 PurposeOfUse, the codes IHE XUA and SMART deployments use): the
+# audit trail records the one stated, so it is one of these, never free text.
+PURPOSES = frozenset({"TREAT", "ETREAT", "CAREMGT", "COC", "HPAYMT", "HOPERAT", "HQUALIMP", "HRESCH", "PUBHLTH",
+                      "POPHLTH", "HSYSADMIN", "HLEGAL", "PATRQT", "FAMRQT", "PWATRNY", "SYSDEV"})
+
+
+def stated_purpose(value: str | None, where: str) -> str | None:
+    """A stated purpose of use checked against PURPOSES (400 naming `where` otherwise)."""
+    if value is None or not value.strip():
+        return None
+    code = value.strip()
+    if code not in PURPOSES:
+        shown = code if len(code) <= 40 else code[:40] + "..."
+        raise FhirError(400, f"{where} must be an HL7 v3 purpose of use code ({', '.join(sorted(PURPOSES))}), "
+                             f"got {shown!r}", expression=where)
+    return code
 
 
 def unauthorized(message: str, error: str | None = "invalid_token") -> FhirError:
@@ -92,7 +108,12 @@ class SmartPolicy:
             raise unauthorized("the access token has been revoked")
         if int(raw.get("expires_at", 0)) <= now():
             raise unauthorized("the access token has expired")
-        purpose = _header(PURPOSE_HEADER) or raw.get("purpose")
+        purpose = stated_purpose(_header(PURPOSE_HEADER), PURPOSE_HEADER) or raw.get("purpose")
+        if purpose == BREAK_GLASS and not raw.get("break_glass"):
+            # Stated by a client not registered for it, ETREAT would be recorded as an emergency access that
+            # nobody reviews: the consent rules apply to it as to any read.
+            raise forbidden("purpose of use ETREAT (emergency access) is for clients registered for break-the-glass "
+                            "(ehc clients add --break-glass)")
         return Principal(
             client_id=raw.get("client_id"),
             scopes=(raw.get("scope") or "").split(),

@@ -465,7 +465,7 @@ class SmartAuthorizationServer(AuthorizationServer):
             # A grant ends REFRESH_TTL after the login that made it, however often it is refreshed: rotation
             # renews the token, not the resident's consent to the app.
             grant_ends = int(old["expires_at"])
-        purpose = request.payload.data.get("purpose_of_use")
+        purpose = (request.payload.data.get("purpose_of_use") or "").strip() or None  # a code (views.token)
         issued = now()
         access_key = digest(token["access_token"])
         refresh_key = digest(token["refresh_token"]) if token.get("refresh_token") else None

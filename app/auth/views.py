@@ -25,6 +25,7 @@ from flask.typing import ResponseReturnValue
 
 from app.auth import accounts
 from app.auth.models import LoginSession, ResidentAccount, now
+from app.auth.policy import PURPOSES
 from app.auth.scopes import describe, parse_scopes
 from app.core.access import AccessRecord, Principal
 
@@ -251,6 +252,12 @@ def token() -> ResponseReturnValue:
         resp = jsonify(error="slow_down", error_description="too many token requests for this client")
         resp.status_code = 429
         resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
+    purpose = request.form.get("purpose_of_use")
+    if purpose is not None and purpose.strip() not in PURPOSES:  # recorded with every access the token makes
+        resp = jsonify(error="invalid_request", error_description="purpose_of_use must be an HL7 v3 purpose of use "
+                       f"code: {', '.join(sorted(PURPOSES))}")
+        resp.status_code = 400
         return resp
     g.ehc_defer_jti = True  # the assertion's jti is written with the token (server.PrivateKeyJWT)
     out: Response = st.server.create_token_response()

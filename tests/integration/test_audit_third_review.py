@@ -1,0 +1,80 @@
+"""The audit trail attacked (third review, 2026-12-01): what a resident sees of who read their records, what the
+resident's own view of events lets slip, and what a client can make an event say. Each test names the finding it
+reproduces; each failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from app.auth.models import Token, digest, now
+from app.auth.plugin import auth_state
+from tests.integration.auth_helpers import *  # noqa: F403 - the svc and web fixtures
+from tests.integration.auth_helpers import bearer, observation, victim_world
+
+
+def tok(svc: Any, scope: str, province: str = "11", organization: str | None = None, patient: str | None = None,
+        break_glass: bool = False) -> tuple[str, str]:
+    """A stored access token of a client of its own (so its events can be told apart): (token, client id)."""
+    value, cid = uuid.uuid4().hex + uuid.uuid4().hex, f"c-{uuid.uuid4().hex[:10]}"
+    auth_state(svc).store.save(Token(token_hash=digest(value), kind="access", client_id=cid, scope=scope,
+                                     patient=patient, province=province, organization=organization,
+                                     break_glass=break_glass, issued_at=now(), expires_at=now() + 600), insert=True)
+    return value, cid
+
+
+def trail(web: Any, svc: Any, pid: str, token: str) -> list[dict[str, Any]]:
+    """The resident's own view ("who read my records")."""
+    svc.extensions["audit"].sealer.seal_all()
+    r = web.get(f"/fhir/AuditEvent?patient=Patient/{pid}&_count=500", headers=bearer(token))
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return [e["resource"] for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def of_client(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
+    return [e for e in events if any((a.get("who") or {}).get("identifier", {}).get("value") == cid
+                                     for a in e.get("agent", []))]
+
+
+def stored_events(svc: Any, cid: str) -> list[dict[str, Any]]:
+    """Every sealed event of a client, as stored (not as anyone's view)."""
+    svc.extensions["audit"].sealer.seal_all()
+    return of_client([d.get("res") or {} for d in svc.handle.db["AuditEvent"].find({})], cid)
+
+
+@pytest.fixture(scope="module")
+def data(svc: Any) -> dict[str, Any]:
+    w: dict[str, Any] = victim_world(svc)
+    w["obs"] = [observation(svc, w["victim"]) for _ in range(3)]
+    w["mine"] = observation(svc, w["me"])
+    w["victimtok"] = tok(svc, "patient/*.rs", patient=w["victim"])[0]
+    w["mytok"] = tok(svc, "patient/*.rs", patient=w["me"])[0]
+    return w
+
+
+# -- what a client can make an event say ---------------------------------------------------------------------
+
+
+def test_a_stated_purpose_of_use_is_a_code_and_etreat_is_for_break_the_glass_clients(web: Any, svc: Any,
+                                                                                     data: dict[str, Any]) -> None:
+    """X-Purpose-Of-Use was recorded verbatim (2,000 characters of anything), and ETREAT from a client not registered
+    for break-the-glass was recorded as an emergency access nobody reviews."""
+    t, c = tok(svc, "system/*.cruds", "11", data["org11"])
+    junk = web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(t, **{"X-Purpose-Of-Use": "X" * 2000}))
+    assert junk.status_code == 400, junk.get_json()
+    assert junk.get_json()["issue"][0]["expression"] == ["X-Purpose-Of-Use"]
+    emergency = web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(t, **{"X-Purpose-Of-Use": "ETREAT"}))
+    assert emergency.status_code == 403, emergency.get_json()
+    assert "break-the-glass" in emergency.get_json()["issue"][0]["diagnostics"]
+    stated = web.get(f"/fhir/Patient/{data['victim']}", headers=bearer(t, **{"X-Purpose-Of-Use": "HPAYMT"}))
+    assert stated.status_code == 200
+    codes = [[cd["code"] for p in e.get("purposeOfEvent", []) for cd in p["coding"]] for e in stored_events(svc, c)]
+    assert ["HPAYMT"] in codes and not any("ETREAT" in x or "X" * 50 in json.dumps(x) for x in codes), codes
+
+
+def test_the_token_endpoint_takes_a_purpose_of_use_code_only(web: Any) -> None:
+    r = web.post("/oauth/token", data={"grant_type": "client_credentials", "purpose_of_use": "<script>"})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request", r.get_json()
