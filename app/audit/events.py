@@ -335,6 +335,9 @@ def add_patients(event: dict[str, Any], patients: Iterable[str]) -> dict[str, An
     return event
 
 
+_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})")
+
+
 def as_seen_by(event: dict[str, Any], patient: str) -> dict[str, Any]:
     """The event as a reader confined to one patient's records sees it (a resident, a resident's app).
 
@@ -342,34 +345,46 @@ def as_seen_by(event: dict[str, Any], patient: str) -> dict[str, Any]:
     records and the query. Each of them may read that it happened, by whom, when and how; none may read the
     others: their Patient entities are left out, the other references keep only their type (which of them
     are the reader's the event does not say), and a query or outcome text naming another patient is dropped.
+    A text names another patient when it holds the id of one of the event's other patients, or any
+    `Patient/<id>` but the reader's: the event may come without its entities (`_elements`), and a long query is
+    cut in the description but whole in `query` (base64), which is read too.
     IHE BALP reaches the same end with one event per patient; this keeps one event per access."""
     me = f"Patient/{patient}"
     entities = event.get("entity") or []
-    others = [str(e["what"]["reference"]) for e in entities
-              if _role(e) == "1" and (e.get("what") or {}).get("reference") not in (None, me)]
-    if not others:
-        return event
-    other_ids = [ref.rsplit("/", 1)[-1] for ref in others]
+    other_ids = {str(e["what"]["reference"]).rsplit("/", 1)[-1] for e in entities
+                 if _role(e) == "1" and (e.get("what") or {}).get("reference") not in (None, me)}
 
     def names_another(text: Any) -> bool:
-        return isinstance(text, str) and any(pid in text for pid in other_ids)
+        return isinstance(text, str) and (any(pid in text for pid in other_ids)
+                                          or any(pid != patient for pid in _PATIENT_REF.findall(text)))
+
+    def query_text(entity: dict[str, Any]) -> str | None:
+        try:
+            return base64.b64decode(str(entity.get("query") or "")).decode("utf-8", "replace") or None
+        except ValueError:
+            return "unreadable"  # not the server's own: shown to nobody confined
 
     shown: list[dict[str, Any]] = []
+    changed = False
     for entity in entities:
         ref = (entity.get("what") or {}).get("reference")
         if _role(entity) == "1" and ref != me:
+            changed = True
             continue
-        entity = dict(entity)
-        if isinstance(ref, str) and ref != me:
-            entity["what"] = {"type": ref.split("/")[-2]} if "/" in ref else {}
-        if names_another(entity.get("description")):
-            entity.pop("description", None)
-            entity.pop("query", None)
-        shown.append(entity)
-    out = {**event, "entity": shown}
+        seen = dict(entity)
+        if isinstance(ref, str) and ref != me and (other_ids or ref.startswith("Patient/")):
+            seen["what"] = {"type": ref.split("/")[-2]} if "/" in ref else {}
+        if names_another(seen.get("description")) or (seen.get("query") and names_another(query_text(seen))):
+            seen.pop("description", None)
+            seen.pop("query", None)
+        changed = changed or seen != entity
+        shown.append(seen)
+    out = {**event, "entity": shown} if changed else dict(event)
+    if "entity" not in event:
+        out.pop("entity", None)
     if names_another(out.get("outcomeDesc")):
         out.pop("outcomeDesc")
-    return out
+    return out if out != event else event
 
 
 def _role(entity: dict[str, Any]) -> str | None:

@@ -29,6 +29,9 @@ from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
 from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
 from app.fhir.presentation import outcome_entry
+from app.search.compile import compile_filter
+from app.search.extract import extract_index
+from app.search.matcher import matches
 from app.search.request import SearchRequest
 from app.services import Services
 
@@ -80,20 +83,42 @@ class DisclosureGate:
     def admits(self, rtype: str, doc: dict[str, Any]) -> bool:
         return self.decide(rtype, doc).allowed
 
-    def row_admit(self, rtype: str, sub: SearchRequest | None = None) -> Callable[[dict[str, Any]], bool] | None:
+    def row_admit(self, rtype: str, sub: SearchRequest | None = None, criteria: SearchRequest | None = None
+                  ) -> Callable[[dict[str, Any]], bool] | None:
         """Which stored rows of a type a search may use, judged before paging and counting (None: every row).
         `sub`: the inner search of a chain or a `_has`. A chain that only finds a resident by an identifier
         (`Observation?patient.identifier=<ID number>`) says whose records are asked for, which the national
         index tells every province's hospitals too (policy.finds_residents); its outer matches are judged. Any
         other inner search is judged row by row: its matches would otherwise answer its criteria about records
-        the caller may not see."""
+        the caller may not see. `criteria`: the search the rows are for (an AuditEvent search by a reader confined
+        to one patient matches on what that reader sees of each event)."""
         if not self.svc.policy.judges_rows(self.principal, rtype):
             return None
         if sub is not None and rtype == "Patient" and sub.collect is None and sub.filters and all(
                 f.code == "identifier" and f.modifier is None and f.chain is None and f.has is None
                 for f in sub.filters) and self.svc.policy.finds_residents(self.principal):
             return None
+        patient = self.svc.policy.confined_to(self.principal, rtype) if rtype == "AuditEvent" else None
+        if patient and criteria is not None and criteria.filters:
+            return self._matches_as_seen(rtype, criteria, patient)
         return lambda doc: self.admits(rtype, doc)
+
+    def _matches_as_seen(self, rtype: str, criteria: SearchRequest, patient: str) -> Callable[[dict[str, Any]], bool]:
+        """A reader confined to one patient sees an event without the others it names (as_seen_by); a match of
+        its criteria on what it does not see (`AuditEvent?patient=<another>`, `entity=<another's record>`) would
+        tell which of its events concerned whom. Its rows match on what it sees."""
+        flt = compile_filter(criteria, self.svc.registry, lambda *_: [], base_url=self.req.base)
+
+        def admit(doc: dict[str, Any]) -> bool:
+            if not self.admits(rtype, doc):
+                return False
+            seen = as_seen_by(doc["res"], patient)
+            if seen is doc["res"]:
+                return True
+            ix, _ = extract_index({**seen, "resourceType": rtype}, self.svc.registry)
+            return matches(flt, {"_id": doc.get("_id"), "ix": ix})
+
+        return admit
 
     def require(self, rtype: str, doc: dict[str, Any] | None, access: str = "read") -> str | None:
         """Before a response that carries no body of the record (304, 410, errors, operations): 403 unless the

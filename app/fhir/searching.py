@@ -40,7 +40,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     gate = req.gate
     # Rows are judged by the disclosure gate before paging and counting: totals, pages and cursors hold only
     # what the caller may see.
-    admit = gate.row_admit(type)
+    admit = gate.row_admit(type, criteria=request)
     if request.summary == "count" or request.count == 0:
         # _summary=count asks for the count itself, whatever _total says; _count=0 with _total=none claims none
         total = None if request.summary != "count" and request.total == "none" else svc.searcher.count(

@@ -78,3 +78,54 @@ def test_a_stated_purpose_of_use_is_a_code_and_etreat_is_for_break_the_glass_cli
 def test_the_token_endpoint_takes_a_purpose_of_use_code_only(web: Any) -> None:
     r = web.post("/oauth/token", data={"grant_type": "client_credentials", "purpose_of_use": "<script>"})
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_request", r.get_json()
+
+
+# -- what the resident's own view of events lets slip --------------------------------------------------------
+
+
+def test_elements_does_not_bypass_the_residents_view_of_events(web: Any, svc: Any, data: dict[str, Any]) -> None:
+    """The victim's app tries to read my Observation (403), and the refusal's text names Patient/<victim>. My view
+    hid it, but decided who the others were from the entities, which `_elements=outcomeDesc` had removed."""
+    me, victim = data["me"], data["victim"]
+    assert web.get(f"/fhir/Observation/{data['mine']}", headers=bearer(data["victimtok"])).status_code == 403
+    trail(web, svc, me, data["mytok"])  # sealed
+    for extra in ("", "&_elements=outcomeDesc", "&_elements=outcomeDesc,entity"):
+        r = web.get(f"/fhir/AuditEvent?patient={me}&_count=500{extra}", headers=bearer(data["mytok"]))
+        assert r.status_code == 200 and victim not in r.get_data(as_text=True), extra
+
+
+def test_a_long_query_naming_another_patient_is_not_shown_to_the_resident(web: Any, svc: Any,
+                                                                          data: dict[str, Any]) -> None:
+    """The query was dropped when its description (cut at 1,000 characters) named another patient; the base64
+    `query` beside it holds the whole query."""
+    me, victim = data["me"], data["victim"]
+    t, c = tok(svc, "system/*.cruds", "11", data["org11"])
+    pad = "&_elements=" + ",".join(["status"] * 300)
+    assert web.get(f"/fhir/Observation?code=2345-7{pad}&patient={me},{victim}", headers=bearer(t)).status_code == 200
+    (event,) = of_client(trail(web, svc, me, data["mytok"]), c)
+    assert victim not in json.dumps(event)
+    assert all("query" not in e for e in event["entity"])
+
+
+def test_a_resident_cannot_tell_which_of_their_events_also_concerned_someone_else(web: Any, svc: Any,
+                                                                                  data: dict[str, Any]) -> None:
+    """`AuditEvent?patient=<another>` (or `entity=<another's record>`) with a resident's token was ANDed with their
+    own compartment, and matched the parts of each event their view hides: it answered exactly which events
+    concerned both. It now answers as for an id nobody has; the resident's own records still match."""
+    me, victim = data["me"], data["victim"]
+    t, c = tok(svc, "system/*.cruds", "11", data["org11"])
+    assert web.get(f"/fhir/Observation?patient={me},{victim}", headers=bearer(t)).status_code == 200
+    assert web.get(f"/fhir/Observation/{data['mine']}", headers=bearer(t)).status_code == 200  # mine alone
+    trail(web, svc, me, data["mytok"])  # sealed
+
+    def total(query: str) -> int:
+        r = web.get(f"/fhir/AuditEvent?{query}&_summary=count", headers=bearer(data["mytok"]))
+        assert r.status_code == 200, r.get_json()
+        return int(r.get_json()["total"])
+
+    nobody = str(uuid.uuid4())
+    assert total(f"patient={victim}") == total(f"patient={nobody}") == 0
+    assert total(f"entity=Observation/{data['obs'][0]}") == total(f"entity=Observation/{nobody}") == 0
+    assert total(f"entity=Observation/{data['mine']}") >= 1  # who read my own record (alone): still found
+    r = web.get(f"/fhir/AuditEvent?patient={victim}", headers=bearer(data["mytok"]))
+    assert not [e for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match"]
