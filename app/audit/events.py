@@ -156,8 +156,9 @@ def query_patients(resource_type: str | None, query: str | None) -> set[str]:
         for v in value.split(","):
             v = v.strip()
             ref = None
-            if name == "patient" or (name == "subject" and modifier == "Patient"):
-                ref = as_reference(v, "Patient")
+            if name == "patient" or (name in ("subject", "beneficiary") and modifier in ("Patient", "")
+                                     and "/" not in v):
+                ref = as_reference(v, "Patient")  # a bare id: most often a Patient's, and named so it is seen
             elif name in ("subject", "beneficiary"):
                 ref = as_reference(v)
             elif name == "_id" and resource_type == "Patient":

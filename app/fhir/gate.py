@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from app.audit.events import as_seen_by
+from app.audit.events import MAX_ENTITIES, as_seen_by
 from app.core.access import ALLOW, REVIEW_NOTE, AccessRecord, Change, Decision
 from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
@@ -52,6 +52,9 @@ class DisclosureGate:
         self.disclosed: list[str] = []
         self.patients: set[str] = set()
         self.refused_patients: set[str] = set()
+        # Whose rows a search judged, shown or not: a search that found a resident's records (withheld, or only
+        # counted) concerned them, and is in their trail (at most MAX_ENTITIES of them an event).
+        self.judged_patients: set[str] = set()
         self.consents: list[str] = []
         self.withheld = 0
         self.break_glass = False
@@ -81,7 +84,10 @@ class DisclosureGate:
         return None
 
     def admits(self, rtype: str, doc: dict[str, Any]) -> bool:
-        return self.decide(rtype, doc).allowed
+        decision = self.decide(rtype, doc)
+        if len(self.judged_patients) < MAX_ENTITIES:
+            self.judged_patients |= decision.patients
+        return decision.allowed
 
     def row_admit(self, rtype: str, sub: SearchRequest | None = None, criteria: SearchRequest | None = None
                   ) -> Callable[[dict[str, Any]], bool] | None:
@@ -357,7 +363,7 @@ class DisclosureGate:
         if self.break_glass:
             description = f"{description}; {REVIEW_NOTE}" if description else REVIEW_NOTE
         return replace(record, resource_ids=ids,
-                       patient_ids=sorted({*record.patient_ids, *self.patients}),
+                       patient_ids=sorted({*record.patient_ids, *self.patients, *self.judged_patients}),
                        withheld=record.withheld + self.withheld, consent=record.consent or next(
                            iter(self.consents), None), description=description,
                        break_glass=record.break_glass or self.break_glass)

@@ -135,10 +135,11 @@ def _validated(svc: Services, req: FhirRequest, rtype: str, rid: str | None = No
 
 
 def _audit(svc: Services, req: FhirRequest, interaction: str, rtype: str | None, ids: list[str],
-           consent: str | None = None, status: int = 200, withheld: int = 0) -> None:
+           consent: str | None = None, status: int = 200, withheld: int = 0, patients: list[str] | None = None
+           ) -> None:
     """Say what the request did; the router completes the record with what the disclosure gate let out."""
     query = redact_query(svc.repo.protector, req.query_string() or None)
-    req.audit(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query,
+    req.audit(AccessRecord(interaction, rtype, ids, "0", status, req.principal, query, patient_ids=patients or [],
                            consent=consent, remote_addr=req.remote_addr, withheld=withheld))
 
 

@@ -24,10 +24,11 @@ CONTROL_PARAMS = {"_format", "_pretty", "_cursor", REMOTE_CURSOR}
 
 
 def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str] | None = None,
-           path: str | None = None) -> FhirResponse:
+           path: str | None = None, about: str | None = None) -> FhirResponse:
     """GET [type] (and, with `within` and `path`, a compartment search: Patient/{id}/{type}). The bundle's
     links show the caller's own parameters under the path they asked for: the constraints the server adds
-    (the compartment, a token's scopes) are added again to every page, never shown."""
+    (the compartment, a token's scopes) are added again to every page, never shown. `about`: the patient of the
+    compartment, named in the audit event whatever the search found."""
     check_type(svc, type, "search-type")
     own = [(k, v) for k, v in req.params if k not in CONTROL_PARAMS]
     refuse_unsupported(own)
@@ -45,7 +46,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
         # _summary=count asks for the count itself, whatever _total says; _count=0 with _total=none claims none
         total = None if request.summary != "count" and request.total == "none" else svc.searcher.count(
             request, req.base, admit=admit, admit_of=gate.row_admit)
-        _audit(svc, req, "search", type, [])
+        _audit(svc, req, "search", type, [], patients=[about] if about else [])
         bundle = _bundle("searchset", total=total)
         bundle["link"] = [{"relation": "self", "url": _url(req, path, own)}]
         return FhirResponse(200, bundle)
@@ -82,7 +83,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     bundle["link"] = links
     bundle["entry"] = entries
     merge_remote(bundle, req, *remote_entries(req, svc, type, kept))  # records at other provinces' nodes
-    _audit(svc, req, "search", type, shown_ids, withheld=withheld)
+    _audit(svc, req, "search", type, shown_ids, withheld=withheld, patients=[about] if about else [])
     return FhirResponse(200, bundle)
 
 
@@ -271,7 +272,7 @@ def compartment_search(req: FhirRequest, svc: Services, id: str, type: str) -> F
     where = constraint(svc.profiles_dir, type, id, set(svc.registry.params(type)))
     if where is None:
         raise FhirError(404, f"{type} is not in the Patient compartment", code="not-supported")
-    return search(req, svc, type, within=where, path=f"Patient/{id}/{type}")
+    return search(req, svc, type, within=where, path=f"Patient/{id}/{type}", about=id)
 
 
 def search_post(req: FhirRequest, svc: Services, type: str) -> FhirResponse:

@@ -13,7 +13,7 @@ import pytest
 from app.auth.models import Token, digest, now
 from app.auth.plugin import auth_state
 from tests.integration.auth_helpers import *  # noqa: F403 - the svc and web fixtures
-from tests.integration.auth_helpers import bearer, observation, victim_world
+from tests.integration.auth_helpers import VICTIM_ID_NUMBER, bearer, observation, victim_world
 
 
 def tok(svc: Any, scope: str, province: str = "11", organization: str | None = None, patient: str | None = None,
@@ -53,6 +53,35 @@ def data(svc: Any) -> dict[str, Any]:
     w["victimtok"] = tok(svc, "patient/*.rs", patient=w["victim"])[0]
     w["mytok"] = tok(svc, "patient/*.rs", patient=w["me"])[0]
     return w
+
+
+# -- searches about a resident that never reached the resident's trail ---------------------------------------
+
+ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+SEARCHES = {  # (province of the searching hospital, the search)
+    "compartment, all withheld": ("31", "Patient/{victim}/Observation"),
+    "compartment, nothing found": ("11", "Patient/{victim}/Condition"),
+    "subject by bare id, withheld": ("31", "Observation?subject={victim}"),
+    "ID number, withheld": ("31", f"Patient?identifier={ID_SYSTEM}|{VICTIM_ID_NUMBER}"),
+    "chain to the ID number, withheld": ("31", f"Observation?patient.identifier={ID_SYSTEM}|{VICTIM_ID_NUMBER}"),
+    "_summary=count over a record": ("11", "Observation?_id={obs}&code=2345-7&_summary=count"),
+    "_count=0 over a record": ("11", "Observation?_id={obs}&code=2345-7&_count=0"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCHES))
+def test_a_search_about_a_resident_is_in_their_trail(web: Any, svc: Any, data: dict[str, Any], case: str) -> None:
+    """The event named a patient only from `patient=`, `subject=Patient/...` or `_id` in the query, or from the
+    records the answer disclosed: a search whose rows were all withheld (another province, no consent), or only
+    counted, or that found nothing in a compartment, was in no resident's trail, so the resident could not see
+    that province 31 had looked for their records, or that a count had answered a question about one."""
+    province, search = SEARCHES[case]
+    org = data["org31"] if province == "31" else data["org11"]
+    t, c = tok(svc, "system/*.cruds", province, org)
+    r = web.get("/fhir/" + search.format(victim=data["victim"], obs=data["obs"][0]), headers=bearer(t))
+    assert r.status_code == 200, r.get_json()
+    assert of_client(trail(web, svc, data["victim"], data["victimtok"]), c), case
+    assert not of_client(trail(web, svc, data["me"], data["mytok"]), c), "and in nobody else's"
 
 
 # -- what a client can make an event say ---------------------------------------------------------------------
