@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.core.access import AccessRecord, Principal
+from app.core.access import PROVINCE_SYSTEM, AccessRecord, Principal
 from app.core.timeutil import to_instant
 
 AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -242,6 +242,12 @@ def _agents(principal: Principal | None, remote_addr: str | None, node: Node,
         agents.append({
             "type": {"text": "client organization"},
             "who": {"identifier": {"system": ORG_SYSTEM, "value": org}, "display": org},
+            "requestor": False,
+        })
+    if principal and principal.province:  # from where: a resident reading their trail tells provinces apart
+        agents.append({
+            "type": {"text": "client province"},
+            "who": {"identifier": {"system": PROVINCE_SYSTEM, "value": principal.province}},
             "requestor": False,
         })
     agents.append({

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from app.core.access import PROVINCE_SYSTEM
 from app.core.timeutil import naive_utc
 from app.search.values import date_range
 from app.store.keys import reference_key
 
-PROVINCE_SYSTEM = "urn:ehc:province"
 ConsentDoc = dict[str, Any]
 OrgLoader = Callable[[str], dict[str, Any] | None]
 

@@ -44,6 +44,7 @@ class Decision:
 
 
 ALLOW = Decision(True)
+PROVINCE_SYSTEM = "urn:ehc:province"  # a province as an identifier (GB/T 2260 code): Consent actors, audit agents
 REVIEW_NOTE = "break-the-glass access: emergency access without consent, flagged for review"
 
 

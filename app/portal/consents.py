@@ -16,12 +16,12 @@ from flask.typing import ResponseReturnValue
 
 from app.auth.models import Binding
 from app.auth.plugin import auth_state
+from app.core.access import PROVINCE_SYSTEM
 from app.core.timeutil import today_in_china
 from app.portal.fhirclient import ApiError
 from app.portal.records import type_name
 from app.portal.web import bp, fhir, fhir_ok, login_required, page, said, sess, svc, t, take_said
 
-PROVINCE_SYSTEM = "urn:ehc:province"
 GRANT_SYSTEM = "urn:ehc:portal-grant"  # the one-time id of a grant form: a grant sent twice is one Consent
 CLASS_SYSTEM = "http://hl7.org/fhir/resource-types"
 PROVINCES = {"11": "北京", "12": "天津", "13": "河北", "14": "山西", "15": "内蒙古", "21": "辽宁", "22": "吉林",

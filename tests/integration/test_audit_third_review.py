@@ -158,3 +158,16 @@ def test_a_resident_cannot_tell_which_of_their_events_also_concerned_someone_els
     assert total(f"entity=Observation/{data['mine']}") >= 1  # who read my own record (alone): still found
     r = web.get(f"/fhir/AuditEvent?patient={victim}", headers=bearer(data["mytok"]))
     assert not [e for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_an_event_says_which_province_the_reader_is_of(web: Any, svc: Any, data: dict[str, Any]) -> None:
+    """A province-31 client without an organization read under a Consent given to province 31: its event named the
+    client id only, so the resident could not tell from where the record was read."""
+    from tests.integration.auth_helpers import consent
+
+    consent(svc, data["victim"], {"identifier": {"system": "urn:ehc:province", "value": "31"}})
+    t, c = tok(svc, "system/*.rs", "31", None)
+    r = web.get(f"/fhir/Observation/{data['obs'][1]}", headers=bearer(t))
+    assert r.status_code == 200, r.get_json()
+    (event,) = of_client(trail(web, svc, data["victim"], data["victimtok"]), c)
+    assert {"system": "urn:ehc:province", "value": "31"} in [a["who"].get("identifier") for a in event["agent"]]
