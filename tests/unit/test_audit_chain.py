@@ -52,13 +52,14 @@ def test_read_by_practitioner_is_balp_shaped_and_valid_r4():
     assert ev["action"] == "R" and ev["outcome"] == "0" and "outcomeDesc" not in ev
     assert ev["recorded"] == "2024-05-06T07:08:09.123Z"
     assert ev["id"] == "ev-7"
-    client, user, org, server = ev["agent"]
+    client, user, org, province, server = ev["agent"]
     assert client["who"]["identifier"] == {"system": "urn:ehc:client", "value": "his-01"}
     assert client["network"] == {"address": "10.0.0.8", "type": "2"}
     assert client["requestor"] is False and user["requestor"] is True
     assert user["who"] == {"reference": "Practitioner/doc1"} and user["policy"] == ["tok-1"]
     assert user["purposeOfUse"][0]["coding"][0]["code"] == "TREAT"
     assert org["who"]["identifier"]["value"] == "org-9"
+    assert province["who"]["identifier"] == {"system": "urn:ehc:province", "value": "31"}
     assert server["who"]["identifier"]["value"] == "11"
     assert ev["source"]["site"] == "11"
     assert entity_roles(ev) == {"Patient/p1": "1", "Observation/obs1": "4", "Consent/c1": "13"}
