@@ -133,8 +133,10 @@ class AuditTrail:
         intent_id, state.intent_id = state.intent_id, None
         state.recorded += 1
         leaving, state.token = state.token, None
+        # the patients the request's storage events named since its last record: a batch records each entry
+        patients, state.patients = state.patients, set()
         self.writer.write(record, intent_id=intent_id, method=request.method, path=_fhir_path(),
-                          patients=state.patients, leaving=leaving)
+                          patients=patients, leaving=leaving)
 
     def on_store(self, event: StoreEvent) -> None:
         state = _state()

@@ -84,6 +84,7 @@ class Router:
         raise FhirError(404, f"no FHIR interaction at /{path}", code="not-found")
 
     def dispatch(self, request: FhirRequest, services: Services) -> FhirResponse:
+        from app.audit.events import interaction_for
         from app.fhir.gate import DisclosureGate
 
         handler, args = self.match(request.method, request.path)
@@ -97,8 +98,9 @@ class Router:
             elif err.status in (401, 403) and not err.audited:
                 err.audited = True
                 rtype, ids = _target(request.path)
-                services.record_access(AccessRecord(
-                    "refused", rtype, ids, "4", err.status, request.principal, _query(services, request),
+                services.record_access(AccessRecord(  # what this request (a batch entry's own) attempted
+                    interaction_for(request.method, request.path), rtype, ids, "4", err.status, request.principal,
+                    _query(services, request),
                     err.diagnostics, patient_ids=sorted({*err.patients, *gate.refused_patients}),
                     remote_addr=request.remote_addr))
             gate.release_error(err)

@@ -160,6 +160,31 @@ def test_a_resident_cannot_tell_which_of_their_events_also_concerned_someone_els
     assert not [e for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match"]
 
 
+def test_each_entry_of_a_batch_is_recorded_as_what_it_attempted_and_names_only_its_patients(
+        web: Any, svc: Any, data: dict[str, Any]) -> None:
+    """The patients the request's storage events named added up over a batch's entries, so the event of the second
+    entry named the first entry's patient too (a read the resident never had); and a refused GET entry was
+    recorded as the outer request was, a `transaction` (action E), not as the read it attempted."""
+    t, c = tok(svc, "system/*.cruds", "11", data["org11"])
+    read, refused = data["obs"][0], data["obs"][2]
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Patient/{data['me']}"}},
+        {"request": {"method": "GET", "url": f"Observation/{read}"}}]}
+    r = web.post("/fhir", data=json.dumps(bundle), content_type="application/fhir+json", headers=bearer(t))
+    assert r.status_code == 200, r.get_json()
+    (event,) = [e for e in stored_events(svc, c)
+                if any(x.get("what", {}).get("reference") == f"Observation/{read}" for x in e.get("entity", []))]
+    named = {x["what"]["reference"] for x in event["entity"] if x.get("role", {}).get("code") == "1"}
+    assert named == {f"Patient/{data['victim']}"}, named
+    t31, c31 = tok(svc, "system/*.cruds", "31", data["org31"])
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET",
+                                                                                "url": f"Observation/{refused}"}}]}
+    r = web.post("/fhir", data=json.dumps(bundle), content_type="application/fhir+json", headers=bearer(t31))
+    assert r.get_json()["entry"][0]["response"]["status"].startswith("403")
+    (event,) = of_client(trail(web, svc, data["victim"], data["victimtok"]), c31)
+    assert (event["subtype"][0]["code"], event["action"], event["outcome"]) == ("read", "R", "4"), event
+
+
 def test_an_event_says_which_province_the_reader_is_of(web: Any, svc: Any, data: dict[str, Any]) -> None:
     """A province-31 client without an organization read under a Consent given to province 31: its event named the
     client id only, so the resident could not tell from where the record was read."""
