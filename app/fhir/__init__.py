@@ -25,7 +25,7 @@ from app.fhir.http import (
     to_flask,
     too_deep,
 )
-from app.fhir.router import FhirRequest
+from app.fhir.router import FhirRequest, target_of
 from app.fhir.routes import build_router
 from app.services import Services
 from app.store.database import UNAVAILABLE_ERRORS
@@ -140,7 +140,8 @@ def fhir_entry(path: str) -> Response:
     except FhirError as err:
         if err.status in (401, 403) and not err.audited:
             query = redact_query(svc.repo.protector, request.query_string.decode() or None)
-            svc.record_access(AccessRecord("refused", path.split("/")[0] or None, [], "4", err.status, principal,
+            rtype, ids = target_of(path)  # the record tried, so that its patient sees the attempt
+            svc.record_access(AccessRecord("refused", rtype, ids, "4", err.status, principal,
                                            query, err.diagnostics, remote_addr=request.remote_addr))
         resp = FhirResponse(err.status, err.outcome(), dict(err.headers))
     except UNAVAILABLE_ERRORS as err:  # the database is down: 503 + Retry-After within about a second

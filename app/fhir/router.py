@@ -97,7 +97,7 @@ class Router:
                 services.record_access(gate.audit_record(request.access))
             elif err.status in (401, 403) and not err.audited:
                 err.audited = True
-                rtype, ids = _target(request.path)
+                rtype, ids = target_of(request.path)
                 services.record_access(AccessRecord(  # what this request (a batch entry's own) attempted
                     interaction_for(request.method, request.path), rtype, ids, "4", err.status, request.principal,
                     _query(services, request),
@@ -110,7 +110,8 @@ class Router:
         return response
 
 
-def _target(path: str) -> tuple[str | None, list[str]]:
+def target_of(path: str) -> tuple[str | None, list[str]]:
+    """The resource type and id a request path names (Observation/1/_history/2 -> Observation, [1])."""
     segs = [s for s in path.split("/") if s]
     rtype = segs[0] if segs and segs[0][:1].isupper() else None
     ids = [segs[1]] if len(segs) > 1 and not segs[1].startswith(("$", "_")) else []

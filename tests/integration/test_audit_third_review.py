@@ -185,6 +185,36 @@ def test_each_entry_of_a_batch_is_recorded_as_what_it_attempted_and_names_only_i
     assert (event["subtype"][0]["code"], event["action"], event["outcome"]) == ("read", "R", "4"), event
 
 
+def test_an_unauthenticated_attempt_on_a_record_is_in_its_patients_trail(web: Any, svc: Any,
+                                                                          data: dict[str, Any]) -> None:
+    """A 401 on `GET Observation/<the victim's>` was recorded naming no record, so its patient never saw it."""
+    bogus = "bogus-" + uuid.uuid4().hex
+    r = web.get(f"/fhir/Observation/{data['obs'][2]}?probe={bogus}", headers=bearer(bogus))
+    assert r.status_code == 401
+    seen = [e for e in trail(web, svc, data["victim"], data["victimtok"]) if bogus in json.dumps(e)
+            or any(bogus in str(x.get("description")) for x in e.get("entity", []))]
+    assert seen and all(e["outcome"] == "4" for e in seen), "the attempt is not in the victim's trail"
+
+
+def test_a_forged_code_of_a_residents_card_is_in_their_trail(web: Any, svc: Any, data: dict[str, Any]) -> None:
+    """The answer to a forged code names the card (ehcId); the event named no patient."""
+    home, _ = tok(svc, "system/*.cruds", "11", data["org11"])
+    params = {"resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": "dynamic"}]}
+    r = web.post(f"/fhir/Patient/{data['victim']}/$ehc-qrcode", data=json.dumps(params),
+                 content_type="application/fhir+json", headers=bearer(home))
+    assert r.status_code == 200, r.get_json()
+    token = next(p["valueString"] for p in r.get_json()["parameter"] if p["name"] == "token")
+    head, signature = token.rsplit(":", 1)
+    forged = head + ":" + ("A" if signature[0] != "A" else "B") + signature[1:]
+    terminal, c = tok(svc, "system/Patient.rs", "11", data["org11"])
+    r = web.post("/fhir/$ehc-verify", content_type="application/fhir+json", headers=bearer(terminal),
+                 data=json.dumps({"resourceType": "Parameters", "parameter": [{"name": "token",
+                                                                               "valueString": forged}]}))
+    assert "bad-signature" in r.get_data(as_text=True)
+    (event,) = of_client(trail(web, svc, data["victim"], data["victimtok"]), c)
+    assert event["outcome"] == "4"
+
+
 def test_an_event_says_which_province_the_reader_is_of(web: Any, svc: Any, data: dict[str, Any]) -> None:
     """A province-31 client without an organization read under a Consent given to province 31: its event named the
     client id only, so the resident could not tell from where the record was read."""

@@ -43,10 +43,12 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
         out.append({"name": "requiresConfirmation", "valueBoolean": True})
     if result.reason:
         out.append({"name": "reason", "valueCode": result.reason})
+    # A code of a resident's card that is not valid (forged, tampered, expired) is in their trail too: the
+    # answer names no patient, the event does (the card's, as this node knows it).
+    holder = result.patient or (card_service(svc).cards.patient_of(result.ehc_id) if result.ehc_id else None)
     req.audit(AccessRecord("verify", "Patient", [result.patient] if result.patient else [],
-                                   "0" if result.valid else "4", 200, req.principal, "$ehc-verify",
-                                   result.reason, patient_ids=[result.patient] if result.patient else [],
-                                   remote_addr=req.remote_addr))
+                           "0" if result.valid else "4", 200, req.principal, "$ehc-verify",
+                           result.reason, patient_ids=[holder] if holder else [], remote_addr=req.remote_addr))
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 
 
