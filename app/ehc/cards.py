@@ -179,17 +179,23 @@ class CardStore:
                 self._patients.popitem(last=False)
         return str(doc["patient"])
 
-    def sync(self, patient_id: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
+    def sync(self, patient_id: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None,
+             cancel_retired: bool = True) -> None:
         """Record the cards of a Patient version: current and merged-in cards point to it; a temporary card
         that a formal card replaced, and a formal card this Patient held and no longer holds (its ID number was
-        corrected), are cancelled."""
+        corrected: `retired_formal`), are cancelled; the latter only released when not `cancel_retired` (a
+        province node: the national node decides, as for a deletion)."""
         now = utcnow()
         ops: list[CardOp] = []
         before = _card_states(previous)
+        retired = retired_formal(resource, previous)
         for card_id, (kind, current) in _card_states(resource).items():
             if before.get(card_id) == (kind, current):
                 continue  # unchanged since the previous version of this Patient
-            if not current and (kind == "temporary" or before.get(card_id) == (kind, True)):
+            if card_id in retired and not cancel_retired:
+                self.release_card(card_id)
+                continue
+            if (kind == "temporary" and not current) or card_id in retired:
                 self._change(card_id, "cancelled", f"replaced by card {_current_value(resource)}", patient_id,
                              kind)
                 continue
@@ -237,9 +243,12 @@ class CardStore:
         node, the national node decides whether another node still holds the resident (then the card stays
         valid) or it is cancelled."""
         for card_id in _card_states(resource):
-            self.col.update_one({"_id": card_id}, {"$unset": {"patient": ""}})
-            with self._lock:
-                self._patients.pop(card_id, None)
+            self.release_card(card_id)
+
+    def release_card(self, card_id: str) -> None:
+        self.col.update_one({"_id": card_id}, {"$unset": {"patient": ""}})
+        with self._lock:
+            self._patients.pop(card_id, None)
 
     def set_status(self, card_id: str, status: str, patient_id: str | None,
                    reason: str | None = None) -> dict[str, Any]:
@@ -281,6 +290,14 @@ class CardStore:
 def _upsert(op: CardOp) -> UpdateOne:
     card_id, on_set, on_insert = op
     return UpdateOne({"_id": card_id}, {"$set": on_set, "$setOnInsert": on_insert}, upsert=True)
+
+
+def retired_formal(resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> set[str]:
+    """Formal cards the Patient held as current before this version and holds as old in it (a corrected ID
+    number; a merge does not: the source's cards are new to the target)."""
+    before, after = _card_states(previous), _card_states(resource)
+    return {card for card, (kind, current) in after.items()
+            if kind == "formal" and not current and before.get(card) == ("formal", True)}
 
 
 def _current_value(resource: dict[str, Any] | None) -> str | None:

@@ -161,9 +161,11 @@ class FederatedCards:
     trusted, a deleted Patient's cards are withdrawn from the national index rather than cancelled here."""
 
     def __init__(self, local: Any, union: CardUnion, publish_union: bool,
-                 withdraw: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 withdraw: Callable[[dict[str, Any]], bool] | None = None,
+                 federated: Callable[[], bool] | None = None) -> None:
         self.local, self.union, self.publish_union = local, union, publish_union
         self.withdraw = withdraw
+        self.federated = federated
 
     def cancel_all(self, resource: dict[str, Any] | None, reason: str) -> None:
         """A card is nationwide: another node may hold the same resident. The outbox asks the national node, which
@@ -172,6 +174,12 @@ class FederatedCards:
             self.local.release(resource)
         else:
             self.local.cancel_all(resource, reason)
+
+    def sync(self, patient_id: str, resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
+        """A formal card retired by a corrected ID number may be another node's resident's too: released here,
+        withdrawn by the outbox (plugin.PatientHooks), and cancelled when no node holds it, as for a deletion."""
+        self.local.sync(patient_id, resource, previous,
+                        cancel_retired=not (self.federated is not None and self.federated()))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)

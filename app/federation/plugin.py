@@ -162,7 +162,7 @@ def init_app(app: Flask, svc: Services) -> None:
     national = svc.settings.province == NATIONAL
     cards.signing = FederatedSigning(cards.signing, fed.union, publish_union=national)  # type: ignore[assignment]
     cards.cards = FederatedCards(cards.cards, fed.union, publish_union=national,  # type: ignore[assignment]
-                                 withdraw=fed.withdraw_deleted)
+                                 withdraw=fed.withdraw_deleted, federated=fed.federated)
     cards.nonces = FederatedNonces(cards.nonces, fed.union, fed.spend_remote)  # type: ignore[assignment]
     if not national:
         cards.verify = verify_nationwide(cards.verify, fed.card_known, cards.nonces)  # type: ignore[method-assign]

@@ -141,10 +141,15 @@ class Federation:
             self.svc.extensions["ehc"].cards.set_status(card, "cancelled", patient_id,
                                                          "no node holds the resident any more")
 
+    def federated(self) -> bool:
+        """A province node whose national node is trusted: its cards are nationwide, cancelled by the national node
+        when no node holds them (FederatedCards)."""
+        return not self.national and self.national_node() is not None
+
     def withdraw_deleted(self, resource: dict[str, Any]) -> bool:
         """FederatedCards.cancel_all at a province node: queue the deleted Patient's cards for withdrawal from the
         national index (True), or leave them to be cancelled here when no national node is trusted (False)."""
-        if self.national or self.national_node() is None or not resource.get("id"):
+        if not self.federated() or not resource.get("id"):
             return False
         self.outbox.enqueue(str(resource["id"]), withdraw=_cards_of(resource))
         return True

@@ -733,6 +733,31 @@ def test_a_corrected_id_number_does_not_leave_its_card_to_the_true_holder_of_the
     assert out["valid"] is False and out["reason"] == "cancelled", out
 
 
+def test_a_correction_at_one_node_leaves_the_card_another_node_holds(nodes: dict[str, Node],
+                                                                      world: dict[str, Any]) -> None:
+    """Node 31 registered the resident of node 11 (their card, nationwide), then changed the ID number on its
+    record: the card it retired was cancelled at node 31 at once, so that node 11's resident, whose number it is,
+    lost their card at every node."""
+    number, other = new_id_number(), new_id_number()
+    while (int(number[16]) - int(other[16])) % 2:
+        other = new_id_number()
+    at11 = post_resource(nodes["11"], world["t11"], patient_body(number, "丙", "三"))
+    at31 = post_resource(nodes["31"], world["t31"], patient_body(number, "丙", "三"))
+    assert card_of(at31) == card_of(at11)
+    changed = dict(at31, identifier=[i for i in at31["identifier"] if i["system"] != ID_SYSTEM] +
+                   [{"system": ID_SYSTEM, "value": other}], birthDate=patient_body(other)["birthDate"])
+    r = requests.put(f"{nodes['31'].base}/Patient/{at31['id']}", json=changed, headers=h(world["t31"]), timeout=10)
+    assert r.status_code == 200, r.text
+    assert card_of(r.json()) != card_of(at11)
+    assert wait_for(lambda: _fed(nodes["31"]).outbox.size() == 0, timeout=10)  # the old card withdrawn
+    _union_now(nodes)
+    _fed(nodes["11"]).refresh_union()
+    static = _qrcode(nodes["11"], world["t11"], at11["id"], "static")
+    for node, token in ((nodes["11"], world["t11"]), (nodes["31"], world["t31"])):
+        out = _verify(node, token, static)
+        assert out["valid"] is True, (node.province, out)
+
+
 def test_the_card_keys_of_a_province_the_national_node_stops_trusting_stop_verifying(
         nodes: dict[str, Node], world: dict[str, Any], card: str) -> None:
     """`ehc nodes remove --province 31` at the national node cuts node 31 off: its card keys leave the union, so
