@@ -216,7 +216,9 @@ class CardService:
         return out
 
     def _card(self, card_id: str, out: Verification) -> Verification:
-        patient = self.cards.patient_of(card_id) or self._patient_by_card(card_id)
+        patient = self.cards.patient_of(card_id)
+        if patient is None and self.cards.get(card_id) is None:  # a released card (no patient) is nobody's here
+            patient = self._patient_by_card(card_id)
         out.patient = patient
         status = self.cards.status(card_id)
         if status != "active":

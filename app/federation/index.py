@@ -59,8 +59,10 @@ class NationalIndex:
         key = self.blind(id_number)
         doc = self.entries.find_one({"_id": key}, {"card": 1, "claimed": 1})
         if doc is None:
-            holder = self.cards.find_one({"_id": card}, {"blind": 1})
-            if holder is not None and holder.get("blind") != key:
+            holder = self.cards.find_one({"_id": card}, {"blind": 1, "home": 1})
+            # a card known by its ID alone becomes this resident's when its node adds their ID number
+            own_card = holder is not None and not holder.get("blind") and holder.get("home") == province
+            if holder is not None and holder.get("blind") != key and not own_card:
                 raise conflict(f"card {card} is already the card of another resident in the national index",
                                expression="card")
             try:
@@ -72,7 +74,8 @@ class NationalIndex:
         if province not in (doc.get("claimed") or []):
             self.entries.update_one({"_id": key}, {"$addToSet": {"claimed": province}})
         canonical = str(doc["card"])
-        self.cards.update_one({"_id": canonical}, {"$set": {"blind": key}}, upsert=True)
+        self.cards.update_one({"_id": canonical}, {"$set": {"blind": key}, "$unset": {"home": "", "refs": ""}},
+                              upsert=True)
         return canonical
 
     def add(self, id_number: str, card: str, province: str, ref: str) -> str:
@@ -91,38 +94,46 @@ class NationalIndex:
                                               "$addToSet": {"refs": {"province": province, "ref": ref}}}, upsert=True)
         return card
 
-    def withdraw(self, card: str, province: str, ref: str) -> str:
-        """Province `province` no longer holds `ref` with this card. "held": another node still does; "released":
-        it was the last holder (the entry is gone; the caller cancels the card); "unknown": the card is not
-        this province's in the index (nothing changed)."""
+    def withdraw(self, card: str, province: str, ref: str, still_held: bool = False) -> tuple[str, bool]:
+        """Province `province` no longer holds `ref` with this card; `still_held`: another of its Patients does
+        (a resident deleted and registered again). Returns (outcome, indexed): "held", another node (or this
+        province, still) holds it; "released", it was the last holder (the entry is gone; the caller cancels the
+        card); "unknown", not this province's to let go (nothing changed). indexed: the index knows the card.
+        Idempotent: delivered again, a withdrawal finds nothing of the province's left and answers "held" while
+        another node holds the card."""
         link = self.cards.find_one({"_id": card})
         if link is None:
-            return "unknown"
+            return "unknown", False
         gone = {"$pull": {"refs": {"province": province, "ref": ref}}}
         if not link.get("blind"):
             if link.get("home") != province:
-                return "unknown"
+                return "unknown", True
             after = self.cards.find_one_and_update({"_id": card}, gone, return_document=ReturnDocument.AFTER)
-            if after is None or after.get("refs"):
-                return "held" if after is not None else "unknown"
-            return "released" if self.cards.delete_one({"_id": card, **_empty("refs")}).deleted_count else "held"
+            if after is None:
+                return "unknown", False
+            if still_held or after.get("refs"):
+                return "held", True
+            return ("released" if self.cards.delete_one({"_id": card, **_empty("refs")}).deleted_count
+                    else "held"), True
         key = link["blind"]
-        entry = self.entries.find_one({"_id": key}, {"refs": 1, "claimed": 1, "card": 1})
-        if entry is None or entry.get("card") != card or not (
-                province in (entry.get("claimed") or []) or any(r.get("province") == province
-                                                                  for r in entry.get("refs") or [])):
-            return "unknown"
-        entry = self.entries.find_one_and_update({"_id": key}, gone, return_document=ReturnDocument.AFTER) or {}
+        entry = self.entries.find_one_and_update({"_id": key, "card": card}, gone,
+                                                 return_document=ReturnDocument.AFTER)
+        if entry is None:
+            return "unknown", False  # its entry was released (or holds another card): not this card's any more
         claimed = list(entry.get("claimed") or [])
+        if still_held:
+            if province not in claimed:
+                self.entries.update_one({"_id": key}, {"$addToSet": {"claimed": province}})
+            return "held", True
         if province in claimed and not any(r.get("province") == province for r in entry.get("refs") or []):
             self.entries.update_one({"_id": key}, {"$pull": {"claimed": province}})
             claimed.remove(province)
         if entry.get("refs") or claimed:
-            return "held"
+            return "held", True
         if self.entries.delete_one({"_id": key, **_empty("refs"), **_empty("claimed")}).deleted_count:
             self.cards.delete_one({"_id": card})
-            return "released"
-        return "held"  # a node claimed or indexed the resident meanwhile
+            return "released", True
+        return "held", True  # a node claimed or indexed the resident meanwhile
 
     def find(self, id_number: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = self.entries.find_one({"_id": self.blind(id_number)})
@@ -136,7 +147,7 @@ class NationalIndex:
             refs = link.get("refs") or []
             return {"card": card, "home": link.get("home"), "refs": refs} if refs else None
         found: dict[str, Any] | None = self.entries.find_one({"_id": link["blind"]})
-        return found
+        return found if found and found.get("refs") else None  # a claim alone is no Patient anywhere yet
 
     @staticmethod
     def provinces(doc: dict[str, Any] | None) -> list[str]:

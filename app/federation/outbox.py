@@ -42,10 +42,13 @@ class Outbox:
     def done(self, entry: dict[str, Any]) -> None:
         self.col.delete_one({"_id": entry["_id"], "seq": entry["seq"]})
 
-    def failed(self, entry: dict[str, Any]) -> None:
+    def failed(self, entry: dict[str, Any], delay: float | None = None) -> None:
+        """Try again later: with backoff (at most MAX_BACKOFF), or after `delay` seconds (a refusal that would be
+        the same at once)."""
         tries = int(entry.get("tries", 0)) + 1
+        wait = min(MAX_BACKOFF, 0.25 * 2 ** tries) if delay is None else delay
         self.col.update_one({"_id": entry["_id"], "seq": entry["seq"]},
-                            {"$set": {"tries": tries, "next": time.time() + min(MAX_BACKOFF, 0.25 * 2 ** tries)}})
+                            {"$set": {"tries": tries, "next": time.time() + wait}})
 
     def size(self) -> int:
         return int(self.col.count_documents({}))

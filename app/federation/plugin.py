@@ -15,10 +15,12 @@ import logging
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask
 from pymongo.errors import InvalidOperation, PyMongoError
 
+from app.core.ids import replaced_by
 from app.core.timeutil import utcnow
 from app.federation.cards import REFRESH, FederatedCards, FederatedNonces, FederatedSigning, verify_nationwide
 from app.federation.index import EHC_SYSTEM
@@ -50,6 +52,23 @@ class PatientHooks:
     def __init__(self, fed: Federation, wake: threading.Event) -> None:
         self.fed = fed
         self.wake = wake
+        self._local = threading.local()
+
+    def _claims(self) -> dict[str, str]:
+        """Patient id -> the card this thread claimed for its write, until the write is stored (post_write)."""
+        found = getattr(self._local, "claims", None)
+        if found is None:
+            found = self._local.claims = {}
+        return found
+
+    def abandon(self) -> None:
+        """After a request: the claims of writes that were refused after their claim (a 422 from a later check)
+        are withdrawn, so that they hold no card nationally (a card that no node holds is cancelled)."""
+        claims, self._local.claims = self._claims(), {}
+        for pid, card in claims.items():
+            self.fed.outbox.enqueue(pid, withdraw=[card])
+        if claims:
+            self.wake.set()
 
     def pre_write(self, event: StoreEvent) -> None:
         """Registered after app.ehc's: the card is on the resource; make it the nationwide one."""
@@ -71,6 +90,8 @@ class PatientHooks:
         if (EHC_SYSTEM, card["value"]) in held:
             return  # this card was claimed when it was issued
         nationwide = self.fed.claim_card(number, card["value"])
+        if nationwide and target:
+            self._claims()[str(target)] = nationwide
         if nationwide and nationwide != card["value"]:
             card["value"] = nationwide  # the card this node derived is not issued: the resident has one already
             res["identifier"] = [i for i in res["identifier"] if not (
@@ -88,10 +109,12 @@ class PatientHooks:
         the withdrawal of the card it held before when that was replaced (a corrected ID number)."""
         res = event.resource or {}
         ctx = write_context(event)
+        self._claims().pop(str(res.get("id")), None)  # stored: its claim stands
         if not res.get("id") or not self._federated(ctx):
             return
         card = card_of(res)
-        replaced = [c for c in [card_of(event.previous)] if c is not None and c != card]
+        # a merged-away source keeps its card, which now points to the target (docs/mpi.md): not replaced
+        replaced = [c for c in [card_of(event.previous)] if c is not None and c != card and not _merged_away(res)]
         if card is not None or replaced:
             self.fed.outbox.enqueue(str(res["id"]), withdraw=replaced)
             self.wake.set()
@@ -170,6 +193,7 @@ def init_app(app: Flask, svc: Services) -> None:
     wake = threading.Event()
     if not national:
         hooks = PatientHooks(fed, wake)
+        app.teardown_request(lambda _exc: hooks.abandon())
         svc.events.subscribe("pre-create", hooks.pre_write, "Patient")
         svc.events.subscribe("pre-update", hooks.pre_write, "Patient")
         svc.events.subscribe("created", hooks.post_write, "Patient")
@@ -180,3 +204,7 @@ def init_app(app: Flask, svc: Services) -> None:
     worker = Worker(fed, wake)
     svc.extensions["federation_worker"] = worker
     worker.start()
+
+
+def _merged_away(resource: dict[str, Any]) -> bool:
+    return replaced_by(resource) is not None

@@ -33,6 +33,8 @@ log = logging.getLogger("ehc.federation")
 CLAIM_TIMEOUT = 3.0  # a registration waits at most this long for the national node, then goes on locally
 QUERY_TIMEOUT = 4.0  # a cross-province search answers within this (plus the local search)
 FORWARD_TIMEOUT = 3.0  # the national node's wait for a home node
+PERMANENT_REFUSALS = (400, 404, 409, 422)  # an index entry the national node refuses for what it says
+PARKED_SECONDS = 3600  # such an entry is tried again after this (the refusal logged as an error each time)
 _CARD = re.compile(r"[0-9A-F]{64}")
 
 
@@ -125,6 +127,10 @@ class Federation:
                 sent += 1
                 if isinstance(body, dict) and _is_card(body.get("card")) and body["card"] != card:
                     self.adopt_card(str(entry["_id"]), card, str(body["card"]))
+            elif status in PERMANENT_REFUSALS:  # the same entry would be refused again: parked, not retried at once
+                log.error("national node refused the index entry of Patient/%s (%s): %s; retried in %d s", entry["_id"],
+                          status, body, PARKED_SECONDS)
+                self.outbox.failed(entry, delay=PARKED_SECONDS)
             else:
                 log.warning("national node refused the index entry of Patient/%s (%s): %s", entry["_id"], status,
                             body)
@@ -132,14 +138,18 @@ class Federation:
         return sent
 
     def _withdraw(self, node: Node, patient_id: str, card: str) -> None:
-        """Tell the national node this Patient no longer holds `card`; cancel it here when no node does."""
+        """Tell the national node this Patient no longer holds `card`; cancel it here when no node does (or the
+        index never knew it), unless another live Patient here holds it (the resident registered again)."""
+        cards = self.svc.extensions["ehc"].cards
+        holder = cards.patient_of(card)
+        still_held = holder is not None and holder != patient_id and self.svc.repo.exists("Patient", holder)
         status, body = self.peers.call(node, "POST", "/federation/withdraw",
-                                       body={"card": card, "patient": patient_id}, timeout=CLAIM_TIMEOUT)
-        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("held"), bool):
+                                       body={"card": card, "patient": patient_id, "stillHeld": still_held},
+                                       timeout=CLAIM_TIMEOUT)
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("released"), bool):
             raise PeerRefused(NATIONAL, status, body)
-        if not body["held"]:
-            self.svc.extensions["ehc"].cards.set_status(card, "cancelled", patient_id,
-                                                         "no node holds the resident any more")
+        if (body["released"] or body.get("indexed") is False) and not still_held:
+            cards.set_status(card, "cancelled", patient_id, "no node holds the resident any more")
 
     def federated(self) -> bool:
         """A province node whose national node is trusted: its cards are nationwide, cancelled by the national node

@@ -5,9 +5,10 @@ POST /federation/claim   national, node token: {idNumber, card} -> {card} the re
                          card is already another resident's)
 POST /federation/index   national, node token: {idNumber, card, patient} -> {card}; the node Patient indexed
                          (without idNumber: a card of a resident without one, known by its ID alone)
-POST /federation/withdraw national, node token: {card, patient} -> {held}; the node Patient no longer holds the
-                         card (deleted, or given another); held false: no node does (the national node cancelled
-                         a card it knew), so the node cancels it too
+POST /federation/withdraw national, node token: {card, patient, stillHeld} -> {held, released, indexed}; the node
+                         Patient no longer holds the card (deleted, given another, or its registration refused);
+                         stillHeld: another Patient of that node does. released: no node does, the national node
+                         cancelled it; the node cancels it too then, or when the index does not know it
 POST /federation/query   national, node token + requester assertion: {resourceType, params, cursors}
                          -> {results: [{province, status, url, bundle} | {province, unreachable}]}
 GET  /federation/card/C  national, node token: {card, home, patients} when the index knows card C
@@ -140,12 +141,15 @@ def withdraw() -> Response:
     province = _node()
     body = _body()
     card = _card(body)
-    outcome = fed.index.withdraw(card, province, _patient_ref(fed, province, body))
+    still_held = body.get("stillHeld", False)
+    if not isinstance(still_held, bool):
+        raise bad_request("stillHeld must be true or false", expression="stillHeld")
+    outcome, indexed = fed.index.withdraw(card, province, _patient_ref(fed, province, body), still_held)
     if outcome == "released":  # published in this node's revocations, so every node refuses the card
         from app.ehc.plugin import card_service
 
         card_service(_svc()).cards.set_status(card, "cancelled", None, "no node holds the resident any more")
-    return jsonify({"held": outcome == "held"})
+    return jsonify({"held": outcome == "held", "released": outcome == "released", "indexed": indexed})
 
 
 def _patient_ref(fed: Any, province: str, body: dict[str, Any]) -> str:
@@ -206,6 +210,8 @@ def nonce() -> Response:
     if not 0 < exp < MAX_EXP:
         raise bad_request("exp must be a time in seconds since 1970", expression="exp")
     if fed.national and province != NATIONAL:
+        if fed.registry.get(province) is None:  # no node to ask: not a passing failure, and not worth a retry
+            raise not_found(f"province {province} is not a registered node; its codes cannot be spent here")
         first = fed.forward_nonce(province, kid, raw, exp)
         if first is None:
             raise FhirError(503, f"the issuing node of province {province} is unreachable", code="transient")

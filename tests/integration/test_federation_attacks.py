@@ -574,7 +574,7 @@ def test_a_province_cannot_withdraw_or_take_a_card_it_does_not_hold(nodes: dict[
     for card, ref in ((card_of(world["p11"]), world["p11"]["id"]), (card_of(unnamed), unnamed["id"])):
         r = _node_call(nodes, "31", "00", "POST", "/federation/withdraw", {"card": card, "patient": ref})
         assert r.status_code == 200, r.text
-    assert r.json() == {"held": False}  # node 11's temporary card was never 31's to let go
+    assert r.json() == {"held": False, "released": False, "indexed": True}  # node 11's card was never 31's
     r = _node_call(nodes, "31", "00", "POST", "/federation/index", {"card": card_of(unnamed), "patient": "p31"})
     _refused(r, 409, "another node's")
     _union_now(nodes)
@@ -783,3 +783,160 @@ def test_the_card_keys_of_a_province_the_national_node_stops_trusting_stop_verif
         _fed(nodes["00"]).refresh_union()
         _fed(nodes["11"]).refresh_union()
     assert _verify(nodes["11"], world["t11"], code)["valid"] is True
+
+
+# -- the card's life across nodes, attacked again (2026-12-01) -----------------------------------------------
+
+
+def _delivered(node: Node, *ids: str) -> bool:
+    """The outbox of `node` holds none of these Patients' entries any more."""
+    return bool(wait_for(lambda: not ({d["_id"] for d in _fed(node).outbox.col.find({}, {"_id": 1})} & set(ids)),
+                         timeout=30))
+
+
+def _union_everywhere(nodes: dict[str, Node]) -> None:
+    for p in ("00", "31", "11"):
+        _fed(nodes[p]).refresh_union()
+
+
+def _delete(node: Node, token: str, pid: str) -> None:
+    r = requests.delete(f"{node.base}/Patient/{pid}", headers=h(token), timeout=10)
+    assert r.status_code in (200, 204), r.text
+
+
+def _merge(node: Node, token: str, source: str, target: str) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": {"reference": f"Patient/{source}"}},
+        {"name": "target-patient", "valueReference": {"reference": f"Patient/{target}"}}]}
+    r = requests.post(f"{node.base}/Patient/$merge", json=body, headers=h(token), timeout=20)
+    assert r.status_code == 200, r.text
+
+
+def _passport() -> str:
+    return "E" + str(10_000_000 + uuid.uuid4().int % 89_999_999)
+
+
+def test_a_registration_refused_after_its_claim_keeps_no_card_alive(nodes: dict[str, Node],
+                                                                   world: dict[str, Any]) -> None:
+    """Node 31 claimed the card at the national node before its write, which was then refused (422), and the claim
+    stayed: when the resident's only Patient (node 11) was deleted, the national node kept the card for node 31,
+    and the deleted Patient's codes went on verifying. The claims of refused writes are withdrawn."""
+    number = new_id_number()
+    p11 = post_resource(nodes["11"], world["t11"], patient_body(number, "冯", "远"))
+    static = _qrcode(nodes["11"], world["t11"], p11["id"], "static")
+    assert _delivered(nodes["11"], p11["id"])
+    bad = dict(patient_body(number, "冯", "远"), managingOrganization={"reference": "Organization/nowhere"})
+    r = requests.post(f"{nodes['31'].base}/Patient", json=bad, headers=h(world["t31"]), timeout=20)
+    assert r.status_code == 422, r.text
+    assert wait_for(lambda: _fed(nodes["31"]).outbox.size() == 0, timeout=30)  # the claim withdrawn
+    _delete(nodes["11"], world["t11"], p11["id"])
+    assert _delivered(nodes["11"], p11["id"])
+    _union_everywhere(nodes)
+    for node, token in ((nodes["11"], world["t11"]), (nodes["31"], world["t31"])):
+        out = _verify(node, token, static)
+        assert out["valid"] is False and out["reason"] == "cancelled", (node.province, out)
+    assert _pix(nodes, world, number).status_code == 404
+
+
+def test_a_withdrawal_delivered_twice_cancels_nothing_another_node_holds(nodes: dict[str, Node],
+                                                                        world: dict[str, Any]) -> None:
+    """The outbox delivers at least once (a crash between the national node's answer and the entry's delete sends
+    it again): the second delivery found nothing of node 11's left, was answered 'not held', and node 11 cancelled
+    the card node 31's resident holds."""
+    number = new_id_number()
+    p11 = post_resource(nodes["11"], world["t11"], patient_body(number, "卫", "青"))
+    p31 = post_resource(nodes["31"], world["t31"], patient_body(number, "卫", "青"))
+    assert _delivered(nodes["11"], p11["id"]) and _delivered(nodes["31"], p31["id"])
+    _delete(nodes["11"], world["t11"], p11["id"])
+    assert _delivered(nodes["11"], p11["id"])
+    _fed(nodes["11"]).outbox.enqueue(p11["id"], withdraw=[card_of(p11)])  # the same withdrawal once more
+    assert _delivered(nodes["11"], p11["id"])
+    _union_everywhere(nodes)
+    code = _qrcode(nodes["31"], world["t31"], p31["id"], "static")
+    assert _verify(nodes["31"], world["t31"], code)["valid"] is True
+
+
+def test_a_resident_deleted_and_registered_again_while_the_national_node_is_down_keeps_a_working_card(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """P1 deleted and the resident registered again as P2 while the national node was down: P2 derived the same
+    card. When the national node came back, P1's withdrawal (delivered first) found no ref left, the card was
+    cancelled nationally and at node 11, and P2 had no working card."""
+    number = new_id_number()
+    p1 = post_resource(nodes["11"], world["t11"], patient_body(number, "蒙", "恬"))
+    assert _delivered(nodes["11"], p1["id"])
+    nodes["00"].stop()
+    try:
+        _delete(nodes["11"], world["t11"], p1["id"])
+        p2 = post_resource(nodes["11"], world["t11"], patient_body(number, "蒙", "恬"))  # the claim times out
+    finally:
+        nodes["00"].start()
+    assert _delivered(nodes["11"], p1["id"], p2["id"])
+    _union_everywhere(nodes)
+    assert _verify(nodes["11"], world["t11"], _qrcode(nodes["11"], world["t11"], p2["id"], "static"))["valid"]
+    refs = [p["valueReference"]["reference"] for p in _pix(nodes, world, number).json().get("parameter", [])
+            if p["name"] == "targetId"]
+    assert refs == [f"{nodes['11'].base}/Patient/{p2['id']}"], refs
+
+
+def test_codes_of_a_card_left_by_a_correction_do_not_verify_as_the_corrected_resident(
+        nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """X registered at node 11 under T's number (T at node 31) was given T's card, then corrected: node 11
+    released the card (T holds it), but found X again through the card's old identifier, so X's codes of T's card
+    verified at node 11 naming X."""
+    typed, right = new_id_number(), new_id_number()
+    while (int(typed[16]) - int(right[16])) % 2:
+        right = new_id_number()
+    t = post_resource(nodes["31"], world["t31"], patient_body(typed, "丁", "四"))
+    x = post_resource(nodes["11"], world["t11"], patient_body(typed, "戊", "五"))
+    assert card_of(x) == card_of(t)
+    code = _qrcode(nodes["11"], world["t11"], x["id"], "static")
+    fixed = dict(x, identifier=[i for i in x["identifier"] if i["system"] != ID_SYSTEM] +
+                 [{"system": ID_SYSTEM, "value": right}], birthDate=patient_body(right)["birthDate"])
+    r = requests.put(f"{nodes['11'].base}/Patient/{x['id']}", json=fixed, headers=h(world["t11"]), timeout=10)
+    assert r.status_code == 200, r.text
+    assert _delivered(nodes["11"], x["id"])
+    _union_everywhere(nodes)
+    out = _verify(nodes["11"], world["t11"], code)
+    assert out.get("patient", {}).get("reference") != f"Patient/{x['id']}", out
+    assert _verify(nodes["31"], world["t31"], _qrcode(nodes["31"], world["t31"], t["id"], "static"))["valid"]
+
+
+def test_an_id_number_added_to_a_passport_resident_reaches_the_national_index(nodes: dict[str, Node],
+                                                                             world: dict[str, Any]) -> None:
+    """The passport card, indexed by its ID alone, made the national node refuse (409, every 5 s for ever) the
+    entry with the ID number added later: the resident was not findable nationally, and given a second card at
+    node 31."""
+    number = new_id_number()
+    body = dict(patient_body(number, "孙", "立"), identifier=[{"system": "urn:ehc:id:passport", "value": _passport()}])
+    p = post_resource(nodes["11"], world["t11"], body)
+    assert _delivered(nodes["11"], p["id"])
+    p["identifier"].append({"system": ID_SYSTEM, "value": number})
+    r = requests.put(f"{nodes['11'].base}/Patient/{p['id']}", json=p, headers=h(world["t11"]), timeout=10)
+    assert r.status_code == 200 and card_of(r.json()) == card_of(p), r.text
+    assert _delivered(nodes["11"], p["id"])
+    assert _pix(nodes, world, number).status_code == 200
+    assert card_of(post_resource(nodes["31"], world["t31"], patient_body(number, "孙", "立"))) == card_of(p)
+
+
+def test_a_merged_source_keeps_its_card_nationwide(nodes: dict[str, Node], world: dict[str, Any]) -> None:
+    """After a merge the source's formal card stays valid and points to the target (docs/mpi.md); at a federated
+    node the source's write withdrew it as replaced, and it was cancelled everywhere."""
+    number = new_id_number()
+    target = post_resource(nodes["11"], world["t11"], patient_body(number, "韩", "信"))
+    source = post_resource(nodes["11"], world["t11"], dict(
+        patient_body(number, "韩", "信"), identifier=[{"system": "urn:ehc:id:passport", "value": _passport()}]))
+    code = _qrcode(nodes["11"], world["t11"], source["id"], "static")
+    assert _delivered(nodes["11"], source["id"], target["id"])
+    _union_everywhere(nodes)
+    assert _verify(nodes["31"], world["t31"], code)["valid"] is True
+    _merge(nodes["11"], world["t11"], source["id"], target["id"])
+    assert _delivered(nodes["11"], source["id"], target["id"])
+    _union_everywhere(nodes)
+    for node, token in ((nodes["11"], world["t11"]), (nodes["31"], world["t31"])):
+        assert _verify(node, token, code)["valid"] is True, node.province
+
+
+def test_a_code_of_a_province_that_is_no_node_is_refused_not_retried(nodes: dict[str, Node]) -> None:
+    r = _node_call(nodes, "31", "00", "POST", "/federation/nonce",
+                   {"province": "99", "kid": "99K", "nonce": "00", "exp": 2000000000})
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome", r.text
