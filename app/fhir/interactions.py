@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -270,7 +271,13 @@ def as_native(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
     ctype = str(res.get("contentType") or "application/octet-stream")
     if not accepts(accept, ctype):
         raise FhirError(406, f"Binary/{res.get('id')} is {ctype}, not {accept}", code="not-supported")
-    resp.raw = base64.b64decode(res.get("data") or "")
+    try:
+        resp.raw = base64.b64decode(res.get("data") or "")
+    except (binascii.Error, ValueError):
+        # Stored before base64Binary was checked (RFC 4648): the bytes cannot be given, the resource can.
+        raise FhirError(406, f"Binary/{res.get('id')}.data is not valid base64, so its content cannot be "
+                        f"served as {ctype}; read it as a FHIR resource (Accept: application/fhir+json)",
+                        code="not-supported") from None
     resp.content_type = ctype
     return resp
 

@@ -12,10 +12,19 @@ What is checked, each failure an issue whose `expression` names the exact path (
 - primitive extensions (`_field`: an object with id / extension, arrays aligned with the values);
 - contained resources (no nested contained, no versionId / lastUpdated / security: dom-2, dom-4, dom-5),
   resources inside Bundles and Parameters validated as their own type;
-- extensions (url, and a value or nested extensions but not both: ext-1);
-- required code bindings whose codes are listed in the R4 value sets (Patient.gender, Observation.status);
+- extensions (url, and a value or nested extensions but not both: ext-1); a primitive (also a choice's
+  `_valueString`) has a value or extensions, not just an id (ele-1); a choice's primitive-extension twin
+  (`_valueString`) counts as that choice;
+- required bindings whose codes are listed in the R4 value sets: codes (Patient.gender, Observation.status) and
+  CodeableConcepts / Codings (Condition.clinicalStatus: a coding with the value set's system and code);
+- base64Binary per RFC 4648 (checked in linear time, not with the specification's backtracking regex);
+  `urn:uuid:` and `urn:oid:` URIs in their exact forms; Identifier.system, Coding.system and the url of an
+  extension that is not nested in another absolute;
+- references: the target's type (from the reference, a contained resource's `#id`, or Reference.type) among the
+  element's target types, Reference.type agreeing with the reference, `#id` naming a contained resource (ref-1),
+  contained ids unique;
 - narrative: the div is XHTML in the XHTML namespace, only the elements and attributes FHIR permits
-  (no script, form, style sheet, event attribute), with some content (txt-1, txt-2).
+  (no script, form, style sheet, event attribute, script URL), with some content (txt-1, txt-2).
 
 `Validator(profiles_dir).validate(resource, type)` raises a 400 FhirError with every issue; `issues` returns
 them. `profile=` adds the constraints of a profile published in fhir_profiles/StructureDefinition
@@ -28,6 +37,7 @@ import json
 import math
 import re
 from datetime import date
+from functools import cache
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
@@ -53,19 +63,40 @@ XHTML_ATTRS = frozenset(
 XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _DATED = frozenset({"date", "dateTime", "instant"})
+# String primitives with a check beyond their regex.
+_STRING_CHECKS = frozenset({"date", "dateTime", "instant", "uri", "url", "canonical"})
 # Control characters other than tab, CR and LF (datatypes.html#string), and U+FFFE/U+FFFF, which XML cannot hold.
 # (Lone surrogates never get this far: app.core.fhirjson refuses them.)
 _NOT_IN_STRINGS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# base64Binary (RFC 4648 §4; XML Schema whitespace between characters is allowed): the table's regex,
+# (\s*([0-9a-zA-Z\+/=]){4}\s*)+, backtracks exponentially on spaced quads and lets '=' in anywhere.
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_XML_SPACE = str.maketrans("", "", " \t\r\n")
+# The uuid and oid types' regexes (the table's, without capturing groups): what urn:uuid: and urn:oid: in a uri mean.
+_URN_UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_URN_OID = re.compile(r"urn:oid:[0-2](?:\.(?:0|[1-9][0-9]*))+")
+_URN_FORMS = ("urn:uuid:", "urn:oid:")
+# urn:oid: values found valid: the same code-system and identifier OIDs come in every resource (bounded).
+_GOOD_URNS: set[str] = set()
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+# Elements whose uri SHALL be absolute (HL7 validator: "Identifier.system must be an absolute reference").
+_ABSOLUTE_ELEMENTS = (("Identifier", "system"), ("Coding", "system"))
+_COMMON_SCHEMES = ("http:", "https:", "urn:")
+_SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+# What a browser ignores inside a URL's scheme ("java\tscript:" is "javascript:").
+_URL_IGNORED = re.compile("[\x00-\x20\x7f]+")
+_NO_CONTAINED: dict[str, str] = {}
 
 
 class _Out:
     """Issues found so far (a cap keeps a hostile resource from producing megabytes of them)."""
 
-    __slots__ = ("issues",)
+    __slots__ = ("contained", "issues")
     LIMIT = 100
 
     def __init__(self) -> None:
         self.issues: list[Issue] = []
+        self.contained = _NO_CONTAINED  # id -> resource type of the contained resources of the current resource
 
     def add(self, path: str, msg: str, code: str = "structure") -> None:
         if len(self.issues) < self.LIMIT:
@@ -79,6 +110,9 @@ class Validator:
         path = profiles_dir / "rules.json"
         self.rules: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         self._element = self.structure.types["Element"]
+        self._codings = _load_codings(profiles_dir)
+        # by identity: one set lookup for each uri value, no hashing of ElementDefs
+        self._absolute = frozenset(id(self.structure.types[t].elements[e]) for t, e in _ABSOLUTE_ELEMENTS)
 
     # -- public surface -----------------------------------------------------------------------------
 
@@ -121,7 +155,15 @@ class Validator:
 
     def _resource(self, res: Any, rtype: str, path: str, out: _Out, contained: bool) -> None:
         tdef = self.structure.types[rtype]
-        self._complex(res, tdef, path, out, resource=True)
+        if contained:
+            self._complex(res, tdef, path, out, resource=True)
+        else:
+            # `#id` references, here and in the contained resources, name this resource's contained resources.
+            outer = out.contained
+            listed = res.get("contained")
+            out.contained = _NO_CONTAINED if listed is None else self._contained_ids(listed, path, out)
+            self._complex(res, tdef, path, out, resource=True)
+            out.contained = outer
         if contained:
             if "contained" in res:
                 out.add(f"{path}.contained", "a contained resource cannot contain resources (dom-2)")
@@ -131,6 +173,19 @@ class Validator:
                     if key in meta:
                         out.add(f"{path}.meta.{key}", f"a contained resource cannot have meta.{key} (dom-4, dom-5)",
                                 "invariant")
+
+    @staticmethod
+    def _contained_ids(contained: Any, path: str, out: _Out) -> dict[str, str]:
+        if not isinstance(contained, list):
+            return _NO_CONTAINED
+        ids: dict[str, str] = {}
+        for i, res in enumerate(contained):
+            if isinstance(res, dict) and isinstance(res.get("id"), str):
+                if res["id"] in ids:
+                    out.add(f"{path}.contained[{i}].id", f"another contained resource has the id {res['id']!r}: "
+                            "the ids of contained resources are unique", "invariant")
+                ids[res["id"]] = str(res.get("resourceType"))
+        return ids
 
     def _any_resource(self, value: Any, path: str, out: _Out, contained: bool = False) -> None:
         if not isinstance(value, dict):
@@ -159,8 +214,13 @@ class Validator:
                 base = elements.get(key[1:])
                 if base is None or base.type not in self.structure.primitives or base.attr:
                     out.add(f"{path}.{key}", "unknown element")
-                else:
-                    self._primitive_extension(value, base, obj.get(key[1:]), f"{path}.{key}", out)
+                    continue
+                if base.choice is not None:  # _valueString is the choice valueString
+                    other = chosen.get(base.choice)
+                    if other is not None and other != base.name:
+                        out.add(f"{path}.{key}", f"only one of {base.choice}[x] may be present (also {other})")
+                    chosen[base.choice] = base.name
+                self._primitive_extension(value, base, obj.get(key[1:]), f"{path}.{key}", out)
                 continue
             el = elements.get(key)
             if el is None:
@@ -168,7 +228,7 @@ class Validator:
                 continue
             if el.choice is not None:
                 other = chosen.get(el.choice)
-                if other is not None:
+                if other is not None and other != key:
                     out.add(f"{path}.{key}", f"only one of {el.choice}[x] may be present (also {other})")
                 chosen[el.choice] = key
             self._member(value, el, f"{path}.{key}", obj, out)
@@ -176,10 +236,13 @@ class Validator:
             if not any(n in obj or ("_" + n) in obj for n in names):
                 out.add(f"{path}.{label}", "is required (minimum cardinality 1)", "required")
         if tdef.name == "Extension":
-            has_value = "value" in tdef.groups and any(n in obj for n in tdef.groups["value"])
-            if has_value == ("extension" in obj):
+            if ("value" in chosen) == ("extension" in obj):
                 out.add(path, "an extension has either a value[x] or nested extensions, not both, "
                         "and not neither (ext-1)", "invariant")
+            url = obj.get("url")
+            if isinstance(url, str) and not _ABSOLUTE_URI.match(url) and not _nested_extension(path):
+                out.add(f"{path}.url", f"{url!r} is not an absolute URL: only an extension nested in another "
+                        "may have a relative url", "value")
 
     def _member(self, value: Any, el: ElementDef, path: str, parent: dict[str, Any], out: _Out) -> None:
         if value is None:
@@ -216,10 +279,12 @@ class Validator:
                 return
             problem = _primitive_problem(value, prim.kind, t)
             if problem is None and prim.kind == "string":
-                if prim.regex is not None and not prim.regex.fullmatch(value):
+                if t == "base64Binary":  # not with its regex, which backtracks exponentially
+                    problem = _base64_problem(value)
+                elif prim.regex is not None and not prim.regex.fullmatch(value):
                     problem = f"{value!r} is not a valid {t}"
-                elif t in _DATED and not _real_date(value):
-                    problem = f"{value!r} is not a date in the calendar"
+                elif t in _STRING_CHECKS:  # dates, uris
+                    problem = self._string_problem(value, t, el)
             if problem:
                 out.add(path, problem, "value")
             elif el.codes is not None and value not in el.codes:
@@ -233,11 +298,72 @@ class Validator:
             out.add(path, f"type {t} is not known")
             return
         self._complex(value, tdef, path, out)
-        if el.targets is not None and isinstance(value, dict) and isinstance(value.get("reference"), str):
-            target = _reference_type(value["reference"])
-            if target in self.structure.resources and target not in el.targets:
-                out.add(f"{path}.reference", f"a reference to {target} is not allowed here (only "
-                        f"{', '.join(sorted(el.targets))})")
+        if el.value_set and isinstance(value, dict):  # only CodeableConcepts and Codings have one here
+            self._coded(value, t, el, path, out)
+        if t == "Reference" and isinstance(value, dict):
+            ref = value.get("reference")
+            if isinstance(ref, str) and ref[:1] != "#" and "type" not in value:  # the common case, inline
+                if el.targets is not None:
+                    target = _reference_type(ref)
+                    if target in self.structure.resources and target not in el.targets:
+                        out.add(f"{path}.reference", _not_a_target(target, el.targets))
+            else:
+                self._reference(value, el, path, out)
+
+    def _string_problem(self, value: str, t: str, el: ElementDef) -> str | None:
+        """Beyond the regex: a date in the calendar; the urn:uuid: and urn:oid: forms; absolute where required."""
+        if t in _DATED:
+            return None if _real_date(value) else f"{value!r} is not a date in the calendar"
+        if value.startswith(_URN_FORMS):
+            return None if value in _GOOD_URNS else _urn_problem(value if t != "canonical" else value.partition("|")[0])
+        if id(el) in self._absolute and not value.startswith(_COMMON_SCHEMES) and not _ABSOLUTE_URI.match(value):
+            return f"{value!r} is not an absolute URI (a {el.name} here SHALL be absolute)"
+        return None
+
+    def _reference(self, value: dict[str, Any], el: ElementDef, path: str, out: _Out) -> None:
+        """The target's type: among the element's targets, and Reference.type agreeing with it; ref-1."""
+        ref = value.get("reference")
+        target: str | None = None
+        where = "reference"
+        if isinstance(ref, str):
+            if ref[:1] == "#":
+                if len(ref) > 1:  # "#" alone is the container, from a contained resource
+                    target = out.contained.get(ref[1:])
+                    if target is None:
+                        out.add(f"{path}.reference", f"{ref!r} names no contained resource of this resource (ref-1)",
+                                "invariant")
+                        return
+            else:
+                target = _reference_type(ref)
+                if target not in self.structure.resources:
+                    target = None
+        rtype = value.get("type")
+        if isinstance(rtype, str):
+            if rtype.startswith(_SD_PREFIX):
+                rtype = rtype[len(_SD_PREFIX):]
+            if rtype in self.structure.resources:
+                if target is None:
+                    target, where = rtype, "type"
+                elif rtype != target:
+                    out.add(f"{path}.type", f"is {rtype!r}, but the reference is to a {target}")
+                    return
+        if target is not None and el.targets is not None and target not in el.targets:
+            out.add(f"{path}.{where}", _not_a_target(target, el.targets))
+
+    def _coded(self, value: dict[str, Any], t: str, el: ElementDef, path: str, out: _Out) -> None:
+        """A required binding of a CodeableConcept (one of its codings) or a Coding: system and code in the set."""
+        systems = self._codings.get(el.value_set)
+        if systems is None:
+            return
+        codings = value.get("coding") if t == "CodeableConcept" else [value]
+        if not isinstance(codings, list) or not codings:
+            return  # text only: nothing to check against the value set
+        for c in codings:
+            if isinstance(c, dict) and c.get("code") in systems.get(str(c.get("system")), ()):
+                return
+        out.add(path, f"no coding is in the required value set {el.value_set} (system and code: "
+                + "; ".join(f"{s} {'|'.join(sorted(codes))}" for s, codes in systems.items()) + ")",
+                "code-invalid")
 
     def _primitive_extension(self, value: Any, el: ElementDef, base: Any, path: str, out: _Out) -> None:
         if value is None:
@@ -255,8 +381,13 @@ class Validator:
                         out.add(f"{path}[{i}]", "a value and its extension cannot both be null")
                     continue
                 self._complex(item, self._element, f"{path}[{i}]", out)
+                if isinstance(item, dict) and len(item) == 1 and "id" in item and \
+                        not (isinstance(base, list) and i < len(base) and base[i] is not None):
+                    out.add(f"{path}[{i}]", _ID_ONLY, "invariant")
         else:
             self._complex(value, self._element, path, out)
+            if isinstance(value, dict) and len(value) == 1 and "id" in value and base is None:
+                out.add(path, _ID_ONLY, "invariant")
 
     # -- narrative ------------------------------------------------------------------------------------
 
@@ -307,6 +438,53 @@ def _primitive_problem(value: Any, kind: str, t: str) -> str | None:
     return None
 
 
+_ID_ONLY = "a primitive with no value has extensions: an id alone is not an element (ele-1)"
+
+
+def _not_a_target(target: str, targets: frozenset[str]) -> str:
+    return f"a reference to {target} is not allowed here (only {', '.join(sorted(targets))})"
+
+
+def _urn_problem(value: str) -> str | None:
+    if value.startswith("urn:uuid:"):
+        if not _URN_UUID.fullmatch(value):
+            return f"{value!r} is not a valid urn:uuid: (a UUID in lowercase hexadecimal)"
+    elif value.startswith("urn:oid:"):
+        if not _URN_OID.fullmatch(value):
+            return f"{value!r} is not a valid urn:oid: (digits and dots, no leading zeros)"
+        if len(_GOOD_URNS) >= 1024:
+            _GOOD_URNS.clear()
+        _GOOD_URNS.add(value)
+    return None
+
+
+def _base64_problem(value: str) -> str | None:
+    """Why `value` is not base64 (RFC 4648 §4: the alphabet, a multiple of four, '=' only as the final padding);
+    linear in its length."""
+    data = value.translate(_XML_SPACE) if not value.isalnum() else value
+    if len(data) % 4 or not data or not _B64.fullmatch(data):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return (f"{shown!r} is not valid base64 (RFC 4648: the characters A-Z a-z 0-9 + /, in groups of four, "
+                "'=' only as padding at the end)")
+    return None
+
+
+def _nested_extension(path: str) -> bool:
+    """Whether the extension at `path` (...extension[i]) is a child of another extension."""
+    end = path.rfind(".")
+    start = path.rfind(".", 0, end) + 1
+    return path.startswith(("extension[", "modifierExtension["), start)
+
+
+@cache
+def _load_codings(profiles_dir: Path) -> dict[str, dict[str, frozenset[str]]]:
+    """The codes of the value sets bound (required) to CodeableConcepts and Codings, by code system."""
+    path = profiles_dir / "structure-table.json"
+    table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {url: {system: frozenset(codes) for system, codes in systems.items()}
+            for url, systems in table.get("codings", {}).items()}
+
+
 def _reference_type(ref: str) -> str | None:
     """The resource type of a literal reference ("Patient/1", "https://x/fhir/Patient/1/_history/2")."""
     if ref.startswith(("#", "urn:")):
@@ -351,7 +529,7 @@ def xhtml_problem(text: str) -> str | None:
             aname = attr.rpartition(" ")[2]
             if attr != XML_LANG and (" " in attr or aname not in XHTML_ATTRS):
                 raise _XhtmlError(f"the attribute {aname!r} on <{local}> is not permitted in a narrative (txt-3)")
-            if aname in ("href", "src") and val.strip().lower().startswith(("javascript:", "vbscript:")):
+            if aname in ("href", "src") and _URL_IGNORED.sub("", val).lower().startswith(("javascript:", "vbscript:")):
                 raise _XhtmlError(f"a script URL in {aname} is not permitted in a narrative")
         if local == "img":
             content[0] = True

@@ -10,7 +10,11 @@ the StructureDefinition table (app.fhir.structure). The rules:
 - the narrative div is XHTML in its own namespace, embedded as it is;
 - a resource inside another (contained, Bundle.entry.resource, Parameters.parameter.resource) sits in a
   container element named after the resource type;
-- decimals keep their text in both directions (app.core.fhirjson.FhirDecimal).
+- decimals keep their text in both directions (app.core.fhirjson.FhirDecimal); a decimal or integer value
+  attribute must have its type's lexical form (the definitions' regex: no `.5`, `+1`, `007`, spaces or
+  non-ASCII digits);
+- attributes in another namespace are not FHIR's (`x:value` is unknown), except `xsi:schemaLocation` on the
+  root element, which is ignored.
 
 Reading refuses DOCTYPEs and entity declarations (no XXE, no entity expansion), unknown elements and
 malformed values with a FhirError naming the path. No Flask here.
@@ -24,10 +28,11 @@ from xml.parsers import expat
 
 from app.core.errors import FhirError
 from app.core.fhirjson import FhirDecimal
-from app.fhir.structure import ElementDef, Structure, TypeDef
+from app.fhir.structure import ElementDef, Primitive, Structure, TypeDef
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
+XSI_SCHEMA_LOCATION = "http://www.w3.org/2001/XMLSchema-instance schemaLocation"
 MAX_DEPTH = 100  # as for JSON bodies: far beyond any real resource, and no recursion runs away
 # Characters XML 1.0 cannot hold, even escaped: stored resources never have them (the validator refuses them), but
 # an error can quote a request's (an id or a parameter name with %01 in it). They are written as U+FFFD.
@@ -186,7 +191,8 @@ class _Builder:
             return
         if len(self.stack) >= MAX_DEPTH:
             raise _Malformed(f"the XML is nested more than {MAX_DEPTH} levels deep (the limit)")
-        node = _Node(ns, local, {k.rpartition(" ")[2]: v for k, v in attrs.items()})
+        node = _Node(ns, local, {_attr_name(k): v for k, v in attrs.items()
+                                 if self.stack or k != XSI_SCHEMA_LOCATION})
         if self.stack:
             self.stack[-1].children.append(node)
         else:
@@ -227,6 +233,12 @@ class _Builder:
             self.div_parts.append(data.translate(_TEXT_ESCAPE))
         elif self.stack and data.strip():
             self.stack[-1].text.append(data)
+
+
+def _attr_name(key: str) -> str:
+    """An attribute's name: `value` without a namespace, `{urn:x}value` in one (so never taken for FHIR's)."""
+    ns, _, local = key.rpartition(" ")
+    return f"{{{ns}}}{local}" if ns else local
 
 
 class _Malformed(Exception):
@@ -287,6 +299,8 @@ class XmlReader:
             el = tdef.elements.get(child.name)
             if el is None or el.attr:
                 raise _bad(cpath, "unknown element")
+            if el.many:  # paths as in JSON: Bundle.entry[0].resource.name[1]
+                cpath = f"{cpath}[{len(out.get(el.name) or ())}]"
             value, ext = self._value(child, el, cpath)
             if el.many:
                 values = out.setdefault(el.name, [])
@@ -324,16 +338,17 @@ class XmlReader:
                     raise _bad(f"{path}.@{k}", "unknown attribute")
             if node.text:
                 raise _bad(path, "a primitive's value goes in its value attribute, not in text")
-            extensions = []
+            extensions: list[dict[str, Any]] = []
             for child in node.children:
                 if child.name != "extension" or child.ns != FHIR_NS:
                     raise _bad(f"{path}.{child.name}", "unknown element")
-                extensions.append(self._complex(child, self.s.types["Extension"], f"{path}.extension"))
+                extensions.append(self._complex(child, self.s.types["Extension"],
+                                                f"{path}.extension[{len(extensions)}]"))
             if extensions:
                 ext["extension"] = extensions
-            value = None if raw is None else _convert(raw, prim.kind, t, path)
-            if value is None and not ext:
-                raise _bad(path, "an element needs a value attribute or extensions")
+            value = None if raw is None else _convert(raw, prim, path)
+            if value is None and "extension" not in ext:
+                raise _bad(path, "an element needs a value attribute or extensions; an id alone is not one (ele-1)")
             return value, ext or None
         if t == "Resource":
             inner = list(node.children)
@@ -351,7 +366,10 @@ class XmlReader:
         return out
 
 
-def _convert(raw: str, kind: str, t: str, path: str) -> Any:
+def _convert(raw: str, prim: Primitive, path: str) -> Any:
+    kind, t = prim.kind, prim.name
+    if kind in ("integer", "decimal") and prim.regex is not None and not prim.regex.fullmatch(raw):
+        raise _bad(path, f"{raw!r} is not a valid {t}")
     if kind == "boolean":
         if raw not in ("true", "false"):
             raise _bad(path, f"{raw!r} is not a boolean (true or false)")
