@@ -710,23 +710,35 @@ def test_a_temporary_card_of_node_11_verifies_at_node_31(nodes: dict[str, Node],
                     == "cancelled", timeout=10)
 
 
+def _two_numbers() -> tuple[str, str]:
+    """Two new ID numbers of the same sex digit parity: a correction from one to the other changes only the number."""
+    first, second = new_id_number(), new_id_number()
+    while (int(first[16]) - int(second[16])) % 2:
+        second = new_id_number()
+    return first, second
+
+
+def _correct(node: Node, token: str, patient: dict[str, Any], number: str) -> dict[str, Any]:
+    """PUT the Patient with its ID number replaced by `number` (and the birth date it carries); the new version."""
+    fixed = dict(patient, identifier=[i for i in patient["identifier"] if i["system"] != ID_SYSTEM] +
+                 [{"system": ID_SYSTEM, "value": number}], birthDate=patient_body(number)["birthDate"])
+    r = requests.put(f"{node.base}/Patient/{patient['id']}", json=fixed, headers=h(token), timeout=10)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
 def test_a_corrected_id_number_does_not_leave_its_card_to_the_true_holder_of_the_wrong_one(
         nodes: dict[str, Node], world: dict[str, Any]) -> None:
     """The card derived from a mistyped ID number stayed after the correction, so the true holder of that number,
     registered at another node, was given the card whose codes the first resident holds."""
-    typed, right = new_id_number(), new_id_number()
-    while (int(typed[16]) - int(right[16])) % 2:  # the same sex digit parity, so only the number changes
-        right = new_id_number()
+    typed, right = _two_numbers()
     a = post_resource(nodes["11"], world["t11"], patient_body(typed, "甲", "一"))
     old_code = _qrcode(nodes["11"], world["t11"], a["id"], "static")
-    fixed = dict(a, identifier=[i for i in a["identifier"] if i["system"] != ID_SYSTEM] +
-                 [{"system": ID_SYSTEM, "value": right}], birthDate=patient_body(right)["birthDate"])
-    r = requests.put(f"{nodes['11'].base}/Patient/{a['id']}", json=fixed, headers=h(world["t11"]), timeout=10)
-    assert r.status_code == 200, r.text
-    assert card_of(r.json()) != card_of(a)
+    fixed = _correct(nodes["11"], world["t11"], a, right)
+    assert card_of(fixed) != card_of(a)
     assert wait_for(lambda: _fed(nodes["11"]).outbox.size() == 0, timeout=10)  # the old card withdrawn
     b = post_resource(nodes["31"], world["t31"], patient_body(typed, "乙", "二"))  # the true holder of `typed`
-    assert card_of(b) not in (card_of(r.json()), card_of(a))
+    assert card_of(b) not in (card_of(fixed), card_of(a))
     _union_now(nodes)
     assert _verify(nodes["31"], world["t31"], _qrcode(nodes["31"], world["t31"], b["id"], "static"))["valid"] is True
     out = _verify(nodes["31"], world["t31"], old_code)
@@ -738,17 +750,11 @@ def test_a_correction_at_one_node_leaves_the_card_another_node_holds(nodes: dict
     """Node 31 registered the resident of node 11 (their card, nationwide), then changed the ID number on its
     record: the card it retired was cancelled at node 31 at once, so that node 11's resident, whose number it is,
     lost their card at every node."""
-    number, other = new_id_number(), new_id_number()
-    while (int(number[16]) - int(other[16])) % 2:
-        other = new_id_number()
+    number, other = _two_numbers()
     at11 = post_resource(nodes["11"], world["t11"], patient_body(number, "丙", "三"))
     at31 = post_resource(nodes["31"], world["t31"], patient_body(number, "丙", "三"))
     assert card_of(at31) == card_of(at11)
-    changed = dict(at31, identifier=[i for i in at31["identifier"] if i["system"] != ID_SYSTEM] +
-                   [{"system": ID_SYSTEM, "value": other}], birthDate=patient_body(other)["birthDate"])
-    r = requests.put(f"{nodes['31'].base}/Patient/{at31['id']}", json=changed, headers=h(world["t31"]), timeout=10)
-    assert r.status_code == 200, r.text
-    assert card_of(r.json()) != card_of(at11)
+    assert card_of(_correct(nodes["31"], world["t31"], at31, other)) != card_of(at11)
     assert wait_for(lambda: _fed(nodes["31"]).outbox.size() == 0, timeout=10)  # the old card withdrawn
     _union_now(nodes)
     _fed(nodes["11"]).refresh_union()
@@ -883,17 +889,12 @@ def test_codes_of_a_card_left_by_a_correction_do_not_verify_as_the_corrected_res
     """X registered at node 11 under T's number (T at node 31) was given T's card, then corrected: node 11
     released the card (T holds it), but found X again through the card's old identifier, so X's codes of T's card
     verified at node 11 naming X."""
-    typed, right = new_id_number(), new_id_number()
-    while (int(typed[16]) - int(right[16])) % 2:
-        right = new_id_number()
+    typed, right = _two_numbers()
     t = post_resource(nodes["31"], world["t31"], patient_body(typed, "丁", "四"))
     x = post_resource(nodes["11"], world["t11"], patient_body(typed, "戊", "五"))
     assert card_of(x) == card_of(t)
     code = _qrcode(nodes["11"], world["t11"], x["id"], "static")
-    fixed = dict(x, identifier=[i for i in x["identifier"] if i["system"] != ID_SYSTEM] +
-                 [{"system": ID_SYSTEM, "value": right}], birthDate=patient_body(right)["birthDate"])
-    r = requests.put(f"{nodes['11'].base}/Patient/{x['id']}", json=fixed, headers=h(world["t11"]), timeout=10)
-    assert r.status_code == 200, r.text
+    _correct(nodes["11"], world["t11"], x, right)
     assert _delivered(nodes["11"], x["id"])
     _union_everywhere(nodes)
     out = _verify(nodes["11"], world["t11"], code)
