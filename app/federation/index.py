@@ -135,6 +135,20 @@ class NationalIndex:
             return "released", True
         return "held", True  # a node claimed or indexed the resident meanwhile
 
+    def held_by(self, card: str, province: str) -> bool:
+        """Whether `province` may revoke the card for every node: it holds the card as the index says (home, a ref,
+        a claim), or the index does not know the card (a card of that node alone)."""
+        link = self.cards.find_one({"_id": card})
+        if link is None:
+            return True
+        if not link.get("blind"):
+            return bool(link.get("home") == province)
+        entry = self.entries.find_one({"_id": link["blind"]})
+        if entry is None:
+            return True
+        return province in {entry.get("home"), *(entry.get("claimed") or []),
+                            *(r.get("province") for r in entry.get("refs") or [])}
+
     def find(self, id_number: str) -> dict[str, Any] | None:
         doc: dict[str, Any] | None = self.entries.find_one({"_id": self.blind(id_number)})
         return doc

@@ -211,7 +211,26 @@ class Federation:
                 continue
             cards = [dict(c, province=c.get("province") or revs.get("province")) for c in revs.get("cards") or []
                      if isinstance(c, dict)]
+            if self.national:
+                cards = self._revocable(node.province, cards)
             self.union.replace(node.province if self.national else None, list(keys.get("keys") or []), cards)
+
+    def _revocable(self, province: str, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The revocations a province may publish for every node: of cards it holds as the national index says (or
+        that the index does not know: its own local cards). A province listing another's resident's card would
+        cancel it nationwide. Only rows not accepted before are looked up (the cost of a refresh follows the new
+        revocations, not all of them)."""
+        assert self.index is not None
+        accepted = {d["_id"] for d in self.union.revoked_col.find({"src": province}, {"_id": 1})}
+        kept = []
+        for row in cards:
+            card = row.get("ehcId")
+            if card in accepted or (isinstance(card, str) and self.index.held_by(card, province)):
+                kept.append(row)
+            else:
+                log.warning("province %s listed card %s as %s, but does not hold it: not published", province, card,
+                            row.get("status"))
+        return kept
 
     def spend_remote(self, province: str, kid: str, nonce: bytes, exp: int) -> bool | None:
         """Spend a one-time code at its issuing node: True first use, False replayed, None unreachable."""

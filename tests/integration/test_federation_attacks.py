@@ -941,3 +941,25 @@ def test_a_code_of_a_province_that_is_no_node_is_refused_not_retried(nodes: dict
     r = _node_call(nodes, "31", "00", "POST", "/federation/nonce",
                    {"province": "99", "kid": "99K", "nonce": "00", "exp": 2000000000})
     assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome", r.text
+
+
+def test_a_province_cannot_cancel_a_card_it_does_not_hold_by_listing_it(nodes: dict[str, Node],
+                                                                        world: dict[str, Any]) -> None:
+    """The national node took every revocation a province published: node 31 (its operator, or whoever can write
+    its database) listing node 11's resident's card as cancelled made it refused at every node, node 11 included.
+    A card node 31 holds too is still suspended from there (挂失 at any node where the resident is registered)."""
+    only11 = post_resource(nodes["11"], world["t11"], patient_body(new_id_number(), "季", "布"))
+    code = _qrcode(nodes["11"], world["t11"], only11["id"], "static")
+    assert _delivered(nodes["11"], only11["id"])
+    nodes["31"].svc.extensions["ehc"].cards.local.set_status(card_of(only11), "cancelled", None, "not ours")
+    _union_everywhere(nodes)
+    assert _verify(nodes["11"], world["t11"], code)["valid"] is True
+    number = new_id_number()
+    both = post_resource(nodes["11"], world["t11"], patient_body(number, "栾", "布"))
+    at31 = post_resource(nodes["31"], world["t31"], patient_body(number, "栾", "布"))
+    assert _delivered(nodes["31"], at31["id"])
+    code = _qrcode(nodes["11"], world["t11"], both["id"], "static")
+    nodes["31"].svc.extensions["ehc"].cards.local.set_status(card_of(at31), "suspended", at31["id"], "lost")
+    _union_everywhere(nodes)
+    out = _verify(nodes["11"], world["t11"], code)
+    assert out["valid"] is False and out["reason"] == "suspended", out
