@@ -28,12 +28,12 @@ def post_xml(client: Any, rtype: str, xml: str) -> Any:
     return client.post(f"/fhir/{rtype}", data=xml.encode(), content_type=FX, headers={"Accept": FJ})
 
 
-def refused(r: Any, expression: str) -> None:
+def refusal(r: Any) -> list[str]:
+    """The elements a refusal names: the answer must be a 400/422 OperationOutcome."""
     assert r.status_code in (400, 422), r.get_data(as_text=True)[:300]
     oo = json.loads(r.get_data(as_text=True))
     assert oo["resourceType"] == "OperationOutcome"
-    exprs = [e for i in oo["issue"] for e in i.get("expression", [])]
-    assert expression in exprs, exprs
+    return [e for i in oo["issue"] for e in i.get("expression", [])]
 
 
 def _obs_xml(inner: str) -> str:
@@ -45,7 +45,7 @@ def _obs_xml(inner: str) -> str:
 @pytest.mark.parametrize("text", [".5", "+1.5", "1.", "01.5", "1_000.5", "\u0661.5", " 1.5 "])
 def test_xml_decimal_with_an_invalid_lexical_form_is_refused(client: Any, text: str) -> None:
     r = post_xml(client, "Observation", _obs_xml(f'<valueQuantity><value value="{text}"/></valueQuantity>'))
-    refused(r, "Observation.valueQuantity.value")
+    assert "Observation.valueQuantity.value" in refusal(r)
 
 
 def test_xml_decimal_in_a_transaction_is_refused_naming_the_entry(client: Any) -> None:
@@ -53,7 +53,7 @@ def test_xml_decimal_in_a_transaction_is_refused_naming_the_entry(client: Any) -
     tx = (f'<Bundle {NS}><type value="transaction"/><entry><resource>{inner}</resource><request>'
           '<method value="POST"/><url value="Observation"/></request></entry></Bundle>')
     r = client.post("/fhir", data=tx.encode(), content_type=FX, headers={"Accept": FJ})
-    refused(r, "Bundle.entry[0].resource.valueQuantity.value")
+    assert "Bundle.entry[0].resource.valueQuantity.value" in refusal(r)
 
 
 def test_xml_decimal_is_served_as_json_as_written(client: Any) -> None:
@@ -65,12 +65,13 @@ def test_xml_decimal_is_served_as_json_as_written(client: Any) -> None:
 
 @pytest.mark.parametrize("text", ["007", "\uff11\uff12", "\u0661\u0662"])
 def test_xml_integer_with_an_invalid_lexical_form_is_refused(client: Any, text: str) -> None:
-    refused(post_xml(client, "Observation", _obs_xml(f'<valueInteger value="{text}"/>')), "Observation.valueInteger")
+    r = post_xml(client, "Observation", _obs_xml(f'<valueInteger value="{text}"/>'))
+    assert "Observation.valueInteger" in refusal(r)
 
 
 def test_xml_attribute_in_a_foreign_namespace_is_refused(client: Any) -> None:
     r = post_xml(client, "Patient", f'<Patient {NS} xmlns:x="urn:x"><birthDate x:value="2024-01-01"/></Patient>')
-    refused(r, "Patient.birthDate.@{urn:x}value")
+    assert "Patient.birthDate.@{urn:x}value" in refusal(r)
 
 
 def test_xml_schema_location_on_the_root_is_accepted(client: Any) -> None:
@@ -81,7 +82,8 @@ def test_xml_schema_location_on_the_root_is_accepted(client: Any) -> None:
 
 
 def test_xml_primitive_with_only_an_id_is_refused(client: Any) -> None:
-    refused(post_xml(client, "Patient", f'<Patient {NS}><birthDate id="b1"/></Patient>'), "Patient.birthDate")
+    r = post_xml(client, "Patient", f'<Patient {NS}><birthDate id="b1"/></Patient>')
+    assert "Patient.birthDate" in refusal(r)
 
 
 # -- 2, 3. base64Binary -----------------------------------------------------------------------------------------
@@ -99,13 +101,14 @@ def test_base64_with_spaced_quads_is_answered_at_once(client: Any) -> None:
     th.start()
     th.join(30)
     assert "t" in out, "no answer within 30 s"
-    refused(out["r"], "Binary.data")
+    assert "Binary.data" in refusal(out["r"])
     assert out["t"] < 1.0
 
 
 @pytest.mark.parametrize("data", ["A=BC", "====", "AA==AAAA", "A==="])
 def test_invalid_base64_is_refused(client: Any, data: str) -> None:
-    refused(post_json(client, {"resourceType": "Binary", "contentType": "text/plain", "data": data}), "Binary.data")
+    r = post_json(client, {"resourceType": "Binary", "contentType": "text/plain", "data": data})
+    assert "Binary.data" in refusal(r)
 
 
 def test_a_stored_binary_with_invalid_base64_is_not_a_500(client: Any, services: Any) -> None:
@@ -134,7 +137,7 @@ def test_a_second_choice_through_json_patch_is_refused(client: Any) -> None:
     p = client.patch(f"/fhir/Observation/{r.json['id']}", content_type="application/json-patch+json",
                      data=json.dumps([{"op": "add", "path": "/_valueBoolean",
                                        "value": {"extension": [{"url": "http://e.org/y", "valueString": "b"}]}}]))
-    refused(p, "Observation._valueBoolean")
+    assert "Observation._valueBoolean" in refusal(p)
 
 
 def test_a_second_choice_in_a_transaction_is_refused(client: Any) -> None:
@@ -142,7 +145,7 @@ def test_a_second_choice_in_a_transaction_is_refused(client: Any) -> None:
         {"request": {"method": "POST", "url": "Observation"},
          "resource": {**OBS, "valueQuantity": {"value": 1}, "_valueString": {"id": "a"}}}]}
     r = client.post("/fhir", data=json.dumps(tx), content_type=FJ)
-    refused(r, "Bundle.entry[0].resource._valueString")
+    assert "Bundle.entry[0].resource._valueString" in refusal(r)
 
 
 def test_an_extension_whose_value_has_only_extensions_is_stored(client: Any) -> None:
@@ -153,7 +156,7 @@ def test_an_extension_whose_value_has_only_extensions_is_stored(client: Any) -> 
 
 
 def test_a_primitive_with_only_an_id_is_refused(client: Any) -> None:
-    refused(post_json(client, {**PAT, "_birthDate": {"id": "b1"}}), "Patient._birthDate")
+    assert "Patient._birthDate" in refusal(post_json(client, {**PAT, "_birthDate": {"id": "b1"}}))
 
 
 # -- 6. bindings ------------------------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ def test_condition_clinical_status_outside_its_value_set_is_refused(client: Any)
     pid = post_json(client, PAT).json["id"]
     body = {"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"}, "clinicalStatus": {
         "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "bogus"}]}}
-    refused(post_json(client, body), "Condition.clinicalStatus")
+    assert "Condition.clinicalStatus" in refusal(post_json(client, body))
 
 
 @pytest.mark.parametrize("status", ["registered", "amended", "corrected", "cancelled", "unknown"])
@@ -175,26 +178,27 @@ def test_r4_detected_issue_status_is_stored(client: Any, status: str) -> None:
 
 def test_reference_to_a_contained_resource_of_the_wrong_type_is_refused(client: Any) -> None:
     body = {**OBS, "contained": [{"resourceType": "Medication", "id": "m1"}], "subject": {"reference": "#m1"}}
-    refused(post_json(client, body), "Observation.subject.reference")
+    assert "Observation.subject.reference" in refusal(post_json(client, body))
 
 
 def test_reference_type_contradicting_the_reference_is_refused(client: Any) -> None:
     pid = post_json(client, PAT).json["id"]
-    refused(post_json(client, {**OBS, "subject": {"reference": f"Patient/{pid}", "type": "Group"}}),
-            "Observation.subject.type")
+    r = post_json(client, {**OBS, "subject": {"reference": f"Patient/{pid}", "type": "Group"}})
+    assert "Observation.subject.type" in refusal(r)
 
 
 def test_duplicate_contained_ids_are_refused(client: Any) -> None:
     body = {**OBS, "contained": [{"resourceType": "Patient", "id": "c1", "active": True},
                                  {"resourceType": "Patient", "id": "c1", "active": False}],
             "subject": {"reference": "#c1"}}
-    refused(post_json(client, body), "Observation.contained[1].id")
+    assert "Observation.contained[1].id" in refusal(post_json(client, body))
 
 
 def test_r5_reference_target_is_refused(client: Any) -> None:
     org = post_json(client, {"resourceType": "Organization", "name": "o"}).json["id"]
-    refused(post_json(client, {"resourceType": "ResearchStudy", "status": "active",
-                               "site": [{"reference": f"Organization/{org}"}]}), "ResearchStudy.site[0].reference")
+    r = post_json(client, {"resourceType": "ResearchStudy", "status": "active",
+                           "site": [{"reference": f"Organization/{org}"}]})
+    assert "ResearchStudy.site[0].reference" in refusal(r)
 
 
 # -- 9. uri, url, narrative -------------------------------------------------------------------------------------
@@ -210,4 +214,4 @@ def test_r5_reference_target_is_refused(client: Any) -> None:
      "Patient.text.div"),
 ])
 def test_invalid_uri_is_refused(client: Any, body: dict[str, Any], expression: str) -> None:
-    refused(post_json(client, body), expression)
+    assert expression in refusal(post_json(client, body))
