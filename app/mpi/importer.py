@@ -48,9 +48,9 @@ from app.fhir.interactions import criteria_lease
 from app.mpi.identifiers import IdentifierInvalid, normalize_patient_identifiers
 from app.mpi.index import adds_nothing, check_same_resident, merge_into
 from app.mpi.plugin import BATCH_CLAIMED, BATCH_NAMES, MpiHooks
+from app.search.parser import parse_search
 from app.search.values import escape
 from app.services import Services
-from app.store.keys import identifier_key
 from app.store.repository import REBASE, Rebase, WriteContext
 
 CSV_COLUMNS = ("source_system", "mrn", "name", "gender", "birth_date", "id_type", "id_number", "phone", "address")
@@ -397,7 +397,7 @@ class Importer:
         params = [("identifier", f"{escape(system)}|{escape(value)}") for system, value in idents]  # as a client
         ctx = WriteContext(province=self.province, client_id="ehc-import", extra={"allow_legacy": True})
         with self.svc.leases.hold(criteria_lease("Patient", params)):
-            matches = self._holders(idents)
+            matches = self._holders(params)
             if len(matches) > 1:
                 shown = ", ".join(f"Patient/{d['_id']}" for d in matches)
                 return RowResult(n, "rejected", reason=f"412 the identifiers of the row ({_shown(idents)}) "
@@ -419,16 +419,15 @@ class Importer:
             return RowResult(n, "unchanged" if stored.unchanged else "linked", stored.id,
                              _card(stored.resource or {}))
 
-    def _holders(self, idents: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """The live Patients (merged records followed to their target) holding every one of these identifiers,
-        found through the store's identifier posting lists as a search by identifier finds them."""
-        system, value = idents[0]
+    def _holders(self, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The live Patients holding every one of these identifiers, as the search a conditional create runs finds
+        them (the store's search, without a caller to judge: the import is the server's), merged records followed
+        to their target."""
+        request = parse_search("Patient", params, self.svc.registry, strict=True,
+                               max_count=self.svc.settings.max_count)
         found: dict[str, dict[str, Any]] = {}
-        for pid in self.svc.repo.keys.lookup(identifier_key("Patient", f"{system}|{value}")):
-            doc = self.svc.repo.get_doc("Patient", pid)
-            if doc is None or doc.get("del") or not set(idents) <= set(_plain_identifiers(doc["res"])):
-                continue  # a posting list may name ids that no longer match
-            target = self.index.resolve(pid)
+        for doc in self.svc.searcher.search(request, self.svc.settings.max_count).docs:
+            target = self.index.resolve(str(doc["_id"]))
             if target is not None:
                 found[str(target["_id"])] = target
         return [found[k] for k in sorted(found)]
