@@ -34,7 +34,7 @@ from app.core.access import ALLOW, Change, Decision, Principal
 from app.core.errors import FhirError, forbidden
 from app.search.compile import compile_filter
 from app.search.extract import extract_index
-from app.search.matcher import matches
+from app.search.matcher import resource_matches
 from app.search.parser import parse_search
 
 MRN_PREFIX = "urn:ehc:mrn:"
@@ -186,8 +186,7 @@ class SmartPolicy:
         if flt is None:
             request = parse_search(rtype, list(query), self.svc.registry, strict=True)
             flt = self._filters[key] = compile_filter(request, self.svc.registry, lambda *_: [])
-        ix, _ = extract_index({**resource, "resourceType": rtype}, self.svc.registry)
-        return matches(flt, {"_id": resource.get("id"), "ix": ix})
+        return resource_matches(flt, resource, rtype, self.svc.registry)
 
     def _outside(self, principal: Principal, rtype: str, grants: list[ResourceScope]) -> str:
         names = " ".join(str(g) for g in grants)

@@ -30,8 +30,7 @@ from app.core.errors import FhirError, Issue, forbidden
 from app.fhir.http import FhirResponse
 from app.fhir.presentation import outcome_entry
 from app.search.compile import compile_filter
-from app.search.extract import extract_index
-from app.search.matcher import matches
+from app.search.matcher import resource_matches
 from app.search.request import SearchRequest
 from app.services import Services
 
@@ -121,8 +120,7 @@ class DisclosureGate:
             seen = as_seen_by(doc["res"], patient)
             if seen is doc["res"]:
                 return True
-            ix, _ = extract_index({**seen, "resourceType": rtype}, self.svc.registry)
-            return matches(flt, {"_id": doc.get("_id"), "ix": ix})
+            return resource_matches(flt, seen, rtype, self.svc.registry, doc.get("_id"))
 
         return admit
 

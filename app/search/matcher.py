@@ -10,6 +10,9 @@ lower_for_database(filter) replaces each $elemMatch over sub-documents by the sa
 paths, uncorrelated: a superset of the exact answer, which the store then narrows with matches(). FerretDB
 v1.24 refuses such an $elemMatch when it holds $and/$or and answers others wrongly; it also does not
 correlate the bounds of a scalar $elemMatch, so any $elemMatch under a negation is dropped (measured).
+
+resource_matches(filter, resource, type, registry) evaluates a compiled filter on one resource held in memory,
+as the store would on its stored document (its index values extracted the way a write extracts them).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from functools import lru_cache
 from typing import Any
 
 from app.core.timeutil import naive_utc
+from app.search.extract import extract_index
+from app.search.registry import SearchRegistry
 
 _LOGICAL = frozenset({"$and", "$or", "$nor"})
 _FIELD_OPS = frozenset(
@@ -45,6 +50,13 @@ _NEGATIVE = frozenset({"$ne", "$nin", "$not"})
 
 
 # --- matching --------------------------------------------------------------------------------------------
+def resource_matches(flt: dict[str, Any], resource: dict[str, Any], rtype: str, registry: SearchRegistry,
+                     rid: Any = None) -> bool:
+    """Whether a resource (not stored, or a view of a stored one) satisfies a compiled filter; `rid` its _id."""
+    ix, _ = extract_index({**resource, "resourceType": rtype}, registry)
+    return matches(flt, {"_id": resource.get("id") if rid is None else rid, "ix": ix})
+
+
 def matches(flt: dict[str, Any], doc: dict[str, Any]) -> bool:
     """True when `doc` satisfies `flt` under MongoDB semantics."""
     for key, cond in flt.items():
