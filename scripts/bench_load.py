@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Load benchmark with k6: the CRUD and read scenarios of scripts/load/fhir.js against this server (gunicorn,
-auth and audit on, a client-credentials token), optionally interleaved with a peer FHIR server given by its
-base URL; medians of the rounds go to docs/benchmarks/load.md and the "Load (k6)" section of
+"""Load benchmark: the CRUD and read scenarios of the load driver (scripts/load/drive.mjs) against this server
+(gunicorn, auth and audit on, a client-credentials token), optionally interleaved with a peer FHIR server given
+by its base URL; medians of the rounds go to docs/benchmarks/load.md and the "Load" section of
 docs/benchmarks.md.
 
     python3 scripts/bench_load.py [--rounds 3] [--duration 60s] [--vus 8] [--peer-base http://127.0.0.1:8090/fhir]
 
 The server runs on a fresh embedded FerretDB in a temporary directory (or EHC_MONGODB_URI, in a new database),
-started by this script and stopped at the end. k6: `go install go.k6.io/k6@latest` (or --k6 PATH).
+started by this script and stopped at the end. The driver runs on Node 18 or later (`node` on PATH, or --node).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
 
-SCENARIO = ROOT / "scripts" / "load" / "fhir.js"
+DRIVER = ROOT / "scripts" / "load" / "drive.mjs"
 SCOPES = "system/*.cruds"
-SECTION = "Load (k6)"
-BEGIN, END = "<!-- load-k6:begin -->", "<!-- load-k6:end -->"
+SECTION = "Load"
+BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 
 
 def loadavg() -> tuple[float, float, float]:
@@ -48,17 +48,28 @@ def loadavg() -> tuple[float, float, float]:
     return float(one), float(five), float(fifteen)
 
 
-def find_k6(given: str | None) -> str:
-    if given:
-        return given
-    found = shutil.which("k6")
-    if found:
-        return found
-    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
-    candidate = Path(gopath or Path.home() / "go") / "bin" / "k6"
-    if candidate.exists():
-        return str(candidate)
-    raise SystemExit("k6 not found: go install go.k6.io/k6@latest, or pass --k6")
+def find_node(given: str | None) -> str:
+    """The Node that runs the load driver: --node, or `node` on PATH (Debian's `nodejs`, 18 or later)."""
+    found = given or shutil.which("node")
+    if not found:
+        raise SystemExit("the load driver needs Node 18 or later: apt-get install nodejs, or pass --node")
+    return found
+
+
+def drive(node: str, base: str, scenario: str, vus: int, duration: str, out: Path, *options: str) -> dict[str, Any]:
+    """One run of the load driver; its JSON summary (scripts/load/drive.mjs) with the machine load before and
+    after. `options`: more of the driver's flags, such as --token T or --input FILE."""
+    before = loadavg()
+    out.unlink(missing_ok=True)
+    cmd = [node, str(DRIVER), "--base", base, "--scenario", scenario, "--vus", str(vus), "--duration", duration,
+           "--summary", str(out), *options]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise SystemExit(f"load driver failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary: dict[str, Any] = json.loads(out.read_text())
+    summary["load_before"], summary["load_after"] = before, loadavg()
+    print(proc.stdout.strip(), flush=True)
+    return summary
 
 
 class Server:
@@ -88,7 +99,7 @@ class Server:
         self.description = ""
 
     def register_client(self) -> None:
-        out = subprocess.run([sys.executable, "-m", "app.cli", "clients", "add", "--name", "k6 load",
+        out = subprocess.run([sys.executable, "-m", "app.cli", "clients", "add", "--name", "load driver",
                               "--scopes", SCOPES, "--province", "11"], cwd=ROOT, env=self.env,
                              capture_output=True, text=True, check=True).stdout
         reg = json.loads(out[out.index("{"):])
@@ -222,23 +233,6 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(int(f[11]) + int(f[12]) for f in tree_stats(root)) / os.sysconf("SC_CLK_TCK")
 
 
-def run_k6(k6: str, base: str, scenario: str, vus: int, duration: str, token: str | None, out: Path) -> dict[str, Any]:
-    before = loadavg()
-    cmd = [k6, "run", "-q", "--no-usage-report", "-e", f"BASE={base}", "-e", f"VUS={vus}",
-           "-e", f"DURATION={duration}", "-e", f"SCENARIO={scenario}", "-e", f"SUMMARY_JSON={out}",
-           "-e", f"STARTED={datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"]
-    env = dict(os.environ)
-    if token:
-        cmd += ["-e", f"TOKEN={token}"]
-    proc = subprocess.run(cmd + [str(SCENARIO)], env=env, capture_output=True, text=True)
-    if not out.exists():
-        raise SystemExit(f"k6 failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    summary: dict[str, Any] = json.loads(out.read_text())
-    summary["load_before"], summary["load_after"] = before, loadavg()
-    print(proc.stdout.strip(), flush=True)
-    return summary
-
-
 def fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -248,9 +242,9 @@ def median(values: list[float]) -> float | None:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    lat = [r["overall_latency_ms"] for r in runs]
-    return {"rps": median([r["total_rps"] for r in runs]), "p50": median([x["med"] for x in lat if "med" in x]),
-            "p95": median([x["p(95)"] for x in lat if "p(95)" in x]), "errors": sum(r["errors"] for r in runs),
+    lat = [r["latency_ms"] for r in runs]
+    return {"rps": median([r["total_rps"] for r in runs]), "p50": median([x["p50"] for x in lat if x["p50"]]),
+            "p95": median([x["p95"] for x in lat if x["p95"]]), "errors": sum(r["errors"] for r in runs),
             "requests": sum(r["total_requests"] for r in runs), "each": [r["total_rps"] for r in runs]}
 
 
@@ -276,7 +270,7 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
              f"`python3 scripts/bench_load.py --server {args.server} --rounds {args.rounds} --duration {args.duration} "
              f"--vus {args.vus}"
              + (" --peer-base ..." if peer else "") + f"` on {when:%Y-%m-%d %H:%M} UTC: {platform.node()}, "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The k6 scenario `scripts/load/fhir.js` "
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}. The load driver `scripts/load/drive.mjs` "
              f"at {args.vus} VUs, {args.duration} per run, {done} round{'s' if done != 1 else ''}"
              + (f" (of {args.rounds} planned)" if done != args.rounds else "")
              + (", each round running this server and the peer back to back (interleaved)" if peer else "")
@@ -359,7 +353,7 @@ def report(args: argparse.Namespace, server: Server, results: dict[str, dict[str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", default="60s", help="per k6 run, e.g. 60s")
+    ap.add_argument("--duration", default="60s", help="per run, e.g. 60s")
     ap.add_argument("--vus", type=int, default=8)
     ap.add_argument("--scenarios", default="crud,read")
     ap.add_argument("--server", choices=("gunicorn", "ehc", "granian"), default="gunicorn",
@@ -373,11 +367,11 @@ def main() -> int:
     ap.add_argument("--reference", action="store_true",
                     help="also list the peer's reference figures measured earlier on this machine")
     ap.add_argument("--pause", type=float, default=5.0, help="seconds between runs")
-    ap.add_argument("--k6", default=None)
+    ap.add_argument("--node", default=None, help="the Node that runs the load driver")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "load.md")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    k6 = find_k6(args.k6)
+    node = find_node(args.node)
     scenarios = [s for s in args.scenarios.split(",") if s]
     tmp = Path(tempfile.mkdtemp(prefix="ehc-load-"))
     server = Server(args, tmp)
@@ -393,11 +387,11 @@ def main() -> int:
                 if rnd % 2 == 0:
                     targets.reverse()  # alternate who goes first
                 for who, base in targets:
-                    token = server.token() if who == "ehc" else None
+                    auth = ["--token", server.token()] if who == "ehc" else []
                     out = tmp / f"{rnd}-{scenario}-{who}.json"
                     print(f"round {rnd} {scenario} {who}", flush=True)
                     cpu_before = server.cpu_seconds()
-                    run = run_k6(k6, base, scenario, args.vus, args.duration, token, out)
+                    run = drive(node, base, scenario, args.vus, args.duration, out, *auth)
                     if who == "ehc":  # CPU per request: a figure the other work on a shared machine does not bend
                         run["cpu_ms"] = [1000 * (b - a) / max(run["total_requests"], 1)
                                          for a, b in zip(cpu_before, server.cpu_seconds(), strict=True)]

@@ -4,8 +4,8 @@ performance issue; writes docs/benchmarks/ops.md and the "Operations" section of
 
 1. `ehc serve` with its defaults on a fresh embedded FerretDB (or EHC_MONGODB_URI), auth on (a
    `system/*.cruds` client-credentials token) and audit on; residents seeded in bulk (`ehc seed`'s code path);
-2. with k6 (scripts/load/ops.js) at --vus clients: `$ehc-verify` over fresh dynamic tokens signed with the
-   node's own key (each accepted once, so every request spends its nonce) and `$ehc-qrcode` (with and
+2. with the load driver (scripts/load/drive.mjs) at --vus clients: `$ehc-verify` over fresh dynamic tokens
+   signed with the node's own key (each accepted once, so every request spends its nonce) and `$ehc-qrcode` (with and
    without the image) on random residents;
 3. `$ihe-pix` latency at one client (sequential requests, a hospital record number each);
 4. `ehc import` of new CSV rows (a small file, then the large one: the peaks of both show whether memory is
@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_load import SCOPES, Server, find_k6, fmt, loadavg, splice  # noqa: E402
+from bench_load import SCOPES, Server, drive, find_node, fmt, loadavg, splice  # noqa: E402
 from bench_mpi import (  # noqa: E402
     TARGETS,
     pix_latency,
@@ -44,34 +43,25 @@ from bench_mpi import (  # noqa: E402
     write_import_file,
 )
 
-SCENARIO = ROOT / "scripts" / "load" / "ops.js"
 SECTION = "Operations"
 BEGIN, END = "<!-- ops:begin -->", "<!-- ops:end -->"
 
 
-def k6_run(k6: str, server: Server, scenario: str, items: list[str], args: argparse.Namespace, tmp: Path,
-           **env: str) -> dict[str, Any]:
-    """One k6 run of scripts/load/ops.js; its summary with the machine load before and after."""
-    source, out = tmp / f"{scenario}-input.json", tmp / f"{scenario}-summary.json"
+def driver_run(node: str, server: Server, scenario: str, items: list[str], args: argparse.Namespace, tmp: Path,
+               *options: str) -> dict[str, Any]:
+    """One run of the load driver's `verify` or `qrcode` scenario over `items`; its figures, with the CPU per
+    request of the server (all its processes) and of the database: what bounds throughput on a machine shared
+    with other work, whatever share of the cores the run got."""
+    source = tmp / f"{scenario}-input.json"
     source.write_text(json.dumps(items), encoding="utf-8")
-    out.unlink(missing_ok=True)
-    cmd = [k6, "run", "-q", "--no-usage-report", "-e", f"BASE={server.base}", "-e", f"TOKEN={server.token()}",
-           "-e", f"SCENARIO={scenario}", "-e", f"VUS={args.vus}", "-e", f"DURATION={args.seconds}s",
-           "-e", f"INPUT={source}", "-e", f"SUMMARY_JSON={out}"]
-    for key, value in env.items():
-        cmd += ["-e", f"{key}={value}"]
-    before, cpu = loadavg(), server.cpu_seconds()
-    proc = subprocess.run(cmd + [str(SCENARIO)], capture_output=True, text=True)
+    cpu = server.cpu_seconds()
+    run = drive(node, server.base, scenario, args.vus, f"{args.seconds}s", tmp / f"{scenario}-summary.json",
+                "--token", server.token(), "--input", str(source), *options)
     used = [b - a for a, b in zip(cpu, server.cpu_seconds(), strict=True)]
-    if not out.exists():
-        raise SystemExit(f"k6 failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    print(proc.stdout.strip(), flush=True)
-    summary: dict[str, Any] = json.loads(out.read_text())
-    summary["load"] = (before[0], loadavg()[0])
-    # CPU per request of the server (all its processes) and of the database: what bounds throughput on a
-    # machine shared with other work, whatever share of the cores the run got
-    summary["cpu_ms"] = [1000 * x / max(summary["requests"], 1) for x in used]
-    return summary
+    return {"rps": run["total_rps"], "requests": run["total_requests"], "failures": run["errors"],
+            "p50": run["latency_ms"]["p50"], "p95": run["latency_ms"]["p95"],
+            "load": (run["load_before"][0], run["load_after"][0]),
+            "cpu_ms": [1000 * x / max(run["total_requests"], 1) for x in used]}
 
 
 def wait_for_sealer(server: Server, limit: float = 180.0) -> float:
@@ -112,11 +102,11 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
              f"--import-rows {args.import_rows}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {platform.node()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}. This server: {server.description}, "
              f"{server.database} on 127.0.0.1, auth on (a `{SCOPES}` client-credentials token) and audit on; "
-             f"{args.residents:,} residents seeded in bulk. Load from k6 (`scripts/load/ops.js`) at {args.vus} "
-             "clients on the same machine; one run of each; latencies are that run's p50 / p95.", "",
+             f"{args.residents:,} residents seeded in bulk. Load from the load driver (`scripts/load/drive.mjs`) at "
+             f"{args.vus} clients on the same machine; one run of each; latencies are that run's p50 / p95.", "",
              "| measure | result | target | |", "|---|---|---|---|"]
 
-    def k6_row(key: str, what: str, target: float, unit: str) -> None:
+    def driven_row(key: str, what: str, target: float, unit: str) -> None:
         s = r.get(key)
         if s:
             server_ms, db_ms = s["cpu_ms"]
@@ -126,9 +116,10 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
                          f"{1000 * (os.cpu_count() or 1) / (server_ms + db_ms):,.0f}/s on {os.cpu_count()} idle cores) "
                          f"| >= {target:,.0f}/s{unit} | {mark(s['rps'] >= target and not s['failures'])} |")
 
-    k6_row("verify", "`$ehc-verify`, fresh dynamic tokens (every nonce recorded before `valid`)", TARGETS["verify"], "")
-    k6_row("qrcode", "`$ehc-qrcode` with the image (the default)", TARGETS["qrcode"], "")
-    k6_row("qrcode_noimage", "`$ehc-qrcode` with `image` = false", TARGETS["qrcode"], "")
+    driven_row("verify", "`$ehc-verify`, fresh dynamic tokens (every nonce recorded before `valid`)",
+               TARGETS["verify"], "")
+    driven_row("qrcode", "`$ehc-qrcode` with the image (the default)", TARGETS["qrcode"], "")
+    driven_row("qrcode_noimage", "`$ehc-qrcode` with `image` = false", TARGETS["qrcode"], "")
     if "pix" in r:
         p50, p95, bad = r["pix"]
         lines.append(f"| `$ihe-pix` latency, 1 client, {args.pix:,} requests (started once the audit backlog of the "
@@ -152,7 +143,7 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
                          again.get("rejected", 0) and not again.get("created") and not again.get("linked")
                          else f"**wrote again**: {again}.")]
     if loads:
-        lines += ["", f"Machine load (1-minute load average before and after each k6 run): "
+        lines += ["", f"Machine load (1-minute load average before and after each driver run): "
                       f"{', '.join(fmt(x, 2) for x in loads)} on {os.cpu_count()} CPUs."]
     text = "\n".join(lines) + "\n"
     existing = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
@@ -166,19 +157,19 @@ def write_report(args: argparse.Namespace, server: Server, r: dict[str, Any]) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--residents", type=int, default=2000)
-    ap.add_argument("--seconds", type=int, default=30, help="length of each k6 run")
+    ap.add_argument("--seconds", type=int, default=30, help="length of each driver run")
     ap.add_argument("--vus", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=30_000, help="fresh tokens for the $ehc-verify run")
     ap.add_argument("--pix", type=int, default=2000, help="$ihe-pix requests for the latency figures")
     ap.add_argument("--import-rows", type=int, default=20_000)
     ap.add_argument("--import-workers", type=int, default=4)
     ap.add_argument("--only", default="verify,qrcode,pix,import")
-    ap.add_argument("--k6", default=None)
+    ap.add_argument("--node", default=None, help="the Node that runs the load driver")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "ops.md")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     only = set(args.only.split(","))
-    k6 = find_k6(args.k6)
+    node = find_node(args.node)
     tmp = Path(tempfile.mkdtemp(prefix="ehc-ops-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its server and database
     server = Server(argparse.Namespace(server="ehc", port=0, workers=0, threads=0), tmp)
@@ -194,13 +185,13 @@ def main() -> int:
             t0 = time.monotonic()
             tokens = fresh_tokens(cards, residents, args.tokens)
             print(f"{len(tokens):,} tokens signed in {time.monotonic() - t0:.0f} s", flush=True)
-            results["verify"] = k6_run(k6, server, "verify", tokens, args, tmp)
+            results["verify"] = driver_run(node, server, "verify", tokens, args, tmp)
         if "qrcode" in only:
             ids = [res["id"] for res in residents]
-            results["qrcode"] = k6_run(k6, server, "qrcode", ids, args, tmp)
-            results["qrcode_noimage"] = k6_run(k6, server, "qrcode", ids, args, tmp, IMAGE="false")
+            results["qrcode"] = driver_run(node, server, "qrcode", ids, args, tmp)
+            results["qrcode_noimage"] = driver_run(node, server, "qrcode", ids, args, tmp, "--image", "false")
         if "pix" in only:
-            # one client's latency, not the sealing of the k6 runs' backlog before it
+            # one client's latency, not the sealing of the driver runs' backlog before it
             results["pix_waited"] = wait_for_sealer(server)
             results["pix"] = pix_latency(server.base, residents, args.pix,
                                          {"Authorization": f"Bearer {server.token()}"})

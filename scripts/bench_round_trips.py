@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Database round trips per request of the k6 CRUD iteration, with the commands of each, written to
+"""Database round trips per request of the load scenario's CRUD iteration, with the commands of each, written to
 docs/benchmarks/round-trips.md (the same counting as tests/integration/test_round_trips.py).
 
 Usage: python3 scripts/bench_round_trips.py [--rounds 5] [--out docs/benchmarks/round-trips.md]
@@ -71,7 +71,7 @@ def main() -> int:
             embedded.stop(timeout=2)
 
     lines = ["# Database round trips per request", "",
-             f"`python3 scripts/bench_round_trips.py` ({backend}): the k6 CRUD iteration through the app "
+             f"`python3 scripts/bench_round_trips.py` ({backend}): the load scenario's CRUD iteration through the app "
              f"in process, auth (a `system/*.cruds` client-credentials token) and audit on, {args.rounds} "
              "iterations after one warm-up. Counted with pymongo command monitoring on the thread that serves "
              "the request, on both the store's client and the auth store's; the audit collections "

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Soak benchmark (issue #12, "no decay"): the k6 CRUD scenario against `ehc serve` (auth and audit on, embedded
-FerretDB) for --minutes without a pause, throughput and p95 per minute from k6's own per-request output, the
+"""Soak benchmark (issue #12, "no decay"): the load driver's CRUD scenario against `ehc serve` (auth and audit on,
+embedded FerretDB) for --minutes without a pause, throughput and p95 of each whole minute from the driver, the
 audit backlog (`_audit_pending`) and the server's resident memory sampled every --every seconds. Targets: the
 last minute at least 90 % of the first; the backlog bounded; memory flat. Writes docs/benchmarks/soak.md and
 the "Soak" section of docs/benchmarks.md.
@@ -11,54 +11,32 @@ the "Soak" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_load import SCENARIO, Server, find_k6, fmt, loadavg, splice  # noqa: E402
+from bench_load import DRIVER, Server, find_node, fmt, loadavg, splice  # noqa: E402
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 TARGET = 0.9
 
 
-def per_minute(csv_path: Path) -> list[tuple[int, float, float, int]]:
-    """(requests answered 2xx, req/s of those, p95 ms, other answers) of each whole minute of the run, from k6's
-    CSV output (the VUs' own token requests left out)."""
-    counts: dict[int, int] = defaultdict(int)
-    failed: dict[int, int] = defaultdict(int)
-    durations: dict[int, list[float]] = defaultdict(list)
-    start: float | None = None
-    with csv_path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["metric_name"] not in ("http_reqs", "http_req_duration") or row.get("scenario") != "main" \
-                    or row.get("name") == "token":
-                continue
-            t = float(row["timestamp"])
-            start = t if start is None else min(start, t)
-            minute = int((t - start) // 60)
-            ok = row.get("status", "").startswith("2")
-            if row["metric_name"] == "http_reqs":
-                counts[minute] += ok
-                failed[minute] += not ok
-            elif ok:
-                durations[minute].append(float(row["metric_value"]))
-    minutes = sorted(set(counts) | set(failed))
-    whole = minutes[:-1] if len(minutes) > 1 else minutes  # the last one is cut short
-    return [(counts[m], counts[m] / 60.0, statistics.quantiles(durations[m], n=20)[18] if len(durations[m]) > 1
-             else 0.0, failed[m]) for m in whole]
+def per_minute(summary: dict[str, Any]) -> list[tuple[int, float, float, int]]:
+    """(requests answered 2xx, req/s of those, p95 ms, other answers) of each whole minute of the run, from the
+    driver's summary (the VUs' own token requests are not measured)."""
+    return [(m["ok"], m["ok"] / 60.0, m["p95"] or 0.0, m["other"]) for m in summary["minutes"]]
 
 
 def main() -> int:
@@ -66,11 +44,11 @@ def main() -> int:
     ap.add_argument("--minutes", type=int, default=10)
     ap.add_argument("--vus", type=int, default=8)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between backlog and memory samples")
-    ap.add_argument("--k6", default=None)
+    ap.add_argument("--node", default=None, help="the Node that runs the load driver")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "soak.md")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    k6 = find_k6(args.k6)
+    node = find_node(args.node)
     tmp = Path(tempfile.mkdtemp(prefix="ehc-soak-"))
     server = Server(argparse.Namespace(port=0, server="ehc", workers=0, threads=1), tmp)
     samples: list[tuple[float, int | None, float, float | None]] = []  # seconds, backlog, server MB, database MB
@@ -79,11 +57,11 @@ def main() -> int:
     try:
         server.start()
         server.description = server.describe()
-        csv_out = tmp / "k6.csv"
-        cmd = [k6, "run", "-q", "--no-usage-report", "--out", f"csv={csv_out}", "-e", f"BASE={server.base}",
-               "-e", f"VUS={args.vus}", "-e", f"DURATION={args.minutes * 60}s", "-e", "SCENARIO=crud",
-               "-e", f"TOKEN_URL=http://127.0.0.1:{server.port}/oauth/token", "-e", f"CLIENT_ID={server.client_id}",
-               "-e", f"CLIENT_SECRET={server.secret}", str(SCENARIO)]
+        summary_out = tmp / "soak.json"
+        cmd = [node, str(DRIVER), "--base", server.base, "--scenario", "crud", "--vus", str(args.vus),
+               "--duration", f"{args.minutes * 60}s", "--summary", str(summary_out),
+               "--token-url", f"http://127.0.0.1:{server.port}/oauth/token", "--client-id", server.client_id,
+               "--client-secret", server.secret]
         print(f"soak: {args.minutes} min of CRUD at {args.vus} VUs against {server.base}", flush=True)
         done = threading.Event()
         t0 = time.monotonic()
@@ -98,9 +76,10 @@ def main() -> int:
             samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb(), server.db_rss_mb()))
             print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB, "
                   f"database {fmt(samples[-1][3])} MB", flush=True)
-        if proc.returncode != 0 or not csv_out.exists():
-            raise SystemExit(f"k6 failed ({proc.returncode}): {(proc.stdout.read() if proc.stdout else '')[-2000:]}")
-        minutes = per_minute(csv_out)
+        if proc.returncode != 0 or not summary_out.exists():
+            raise SystemExit(f"load driver failed ({proc.returncode}): "
+                             f"{(proc.stdout.read() if proc.stdout else '')[-2000:]}")
+        minutes = per_minute(json.loads(summary_out.read_text()))
     finally:
         server.stop()
     load_after = loadavg()
@@ -111,12 +90,12 @@ def main() -> int:
     rss = [m for _, _, m, _ in samples]
     db_rss = [m for _, _, _, m in samples if m is not None]
     lines = [
-        "# Soak (k6 CRUD, no pause)", "",
+        "# Soak (CRUD, no pause)", "",
         f"`python3 scripts/bench_soak.py --minutes {args.minutes} --vus {args.vus}` on {started:%Y-%m-%d %H:%M} UTC: "
         f"{platform.node() or 'this machine'}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
         f"This server: {server.description}, {server.database}, auth on (a `system/*.cruds` client-credentials "
-        f"token), audit on. The k6 scenario `scripts/load/fhir.js` (CRUD: 7 requests per iteration) at "
-        f"{args.vus} VUs for {args.minutes} minutes in one run; per-minute figures from k6's per-request output.", "",
+        f"token), audit on. The load driver `scripts/load/drive.mjs` (CRUD: 7 requests per iteration) at "
+        f"{args.vus} VUs for {args.minutes} minutes in one run; the figures of each whole minute from the driver.", "",
         "| minute | requests answered 2xx | req/s | p95 ms | other answers |", "|---:|---:|---:|---:|---:|",
         *[f"| {i + 1} | {n:,} | {fmt(rps, 1)} | {fmt(p95, 1)} | {bad} |"
           for i, (n, rps, p95, bad) in enumerate(minutes)], "",
@@ -138,7 +117,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    summary = (f"## Soak\n\n{args.minutes} minutes of the k6 CRUD scenario at {args.vus} VUs, {started:%Y-%m-%d}: "
+    summary = (f"## Soak\n\n{args.minutes} minutes of the CRUD scenario at {args.vus} VUs, {started:%Y-%m-%d}: "
                f"first minute {fmt(first, 1)} req/s, last {fmt(last, 1)} req/s (**{ratio:.0%}**, target "
                f"{TARGET:.0%}); audit backlog max {fmt(max(backlogs) if backlogs else None)}; server memory "
                f"{fmt(rss[0] if rss else None)} -> {fmt(rss[-1] if rss else None)} MB"

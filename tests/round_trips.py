@@ -126,7 +126,7 @@ def counter() -> CommandCounter:
     return _COUNTER
 
 
-# -- the k6 CRUD iteration, request by request ------------------------------------------------------------
+# -- the load scenario's CRUD iteration, request by request ------------------------------------------------------------
 
 class Residents:
     """Unique valid resident ID numbers (GB 11643) with the sex and birth date they encode."""
@@ -170,7 +170,7 @@ OPERATIONS = ("create_patient", "read_patient", "update_patient", "search_patien
 
 def crud_iteration(client: Any, headers: dict[str, str], residents: Residents,
                    measure: Callable[[str, Callable[[], Any]], Any]) -> None:
-    """One k6 CRUD iteration through a Flask test client; measure(op, call) runs each request."""
+    """One CRUD iteration of the load scenario through a Flask test client; measure(op, call) runs each request."""
     idno, gender, birth = residents.next()
 
     def check(resp: Any, *ok: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The round-trip budget of the k6 CRUD iteration: database commands per request, counted with pymongo
+"""The round-trip budget of the load scenario's CRUD iteration: database commands per request, counted with pymongo
 command monitoring (tests/round_trips.py), in steady state, auth and audit on, audit writes not counted.
 
 The issue's budgets: read <= 1, search by identifier <= 2, update <= 3, create Observation <= 3, create
