@@ -58,11 +58,12 @@ def find_node(given: str | None) -> str:
 
 def drive(node: str, base: str, scenario: str, vus: int, duration: str, out: Path, *options: str) -> dict[str, Any]:
     """One run of the load driver; its JSON summary (scripts/load/drive.mjs) with the machine load before and
-    after. `options`: more of the driver's flags, such as --token T or --input FILE."""
+    after. `options`: more of the driver's flags, such as --token=T or --input=FILE (a client id or secret may
+    start with "-", so values go after "=")."""
     before = loadavg()
     out.unlink(missing_ok=True)
-    cmd = [node, str(DRIVER), "--base", base, "--scenario", scenario, "--vus", str(vus), "--duration", duration,
-           "--summary", str(out), *options]
+    cmd = [node, str(DRIVER), f"--base={base}", f"--scenario={scenario}", f"--vus={vus}", f"--duration={duration}",
+           f"--summary={out}", *options]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(f"load driver failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -387,7 +388,7 @@ def main() -> int:
                 if rnd % 2 == 0:
                     targets.reverse()  # alternate who goes first
                 for who, base in targets:
-                    auth = ["--token", server.token()] if who == "ehc" else []
+                    auth = [f"--token={server.token()}"] if who == "ehc" else []
                     out = tmp / f"{rnd}-{scenario}-{who}.json"
                     print(f"round {rnd} {scenario} {who}", flush=True)
                     cpu_before = server.cpu_seconds()

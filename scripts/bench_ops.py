@@ -56,7 +56,7 @@ def driver_run(node: str, server: Server, scenario: str, items: list[str], args:
     source.write_text(json.dumps(items), encoding="utf-8")
     cpu = server.cpu_seconds()
     run = drive(node, server.base, scenario, args.vus, f"{args.seconds}s", tmp / f"{scenario}-summary.json",
-                "--token", server.token(), "--input", str(source), *options)
+                f"--token={server.token()}", f"--input={source}", *options)
     used = [b - a for a, b in zip(cpu, server.cpu_seconds(), strict=True)]
     return {"rps": run["total_rps"], "requests": run["total_requests"], "failures": run["errors"],
             "p50": run["latency_ms"]["p50"], "p95": run["latency_ms"]["p95"],
@@ -189,7 +189,7 @@ def main() -> int:
         if "qrcode" in only:
             ids = [res["id"] for res in residents]
             results["qrcode"] = driver_run(node, server, "qrcode", ids, args, tmp)
-            results["qrcode_noimage"] = driver_run(node, server, "qrcode", ids, args, tmp, "--image", "false")
+            results["qrcode_noimage"] = driver_run(node, server, "qrcode", ids, args, tmp, "--image=false")
         if "pix" in only:
             # one client's latency, not the sealing of the driver runs' backlog before it
             results["pix_waited"] = wait_for_sealer(server)

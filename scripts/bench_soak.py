@@ -58,10 +58,10 @@ def main() -> int:
         server.start()
         server.description = server.describe()
         summary_out = tmp / "soak.json"
-        cmd = [node, str(DRIVER), "--base", server.base, "--scenario", "crud", "--vus", str(args.vus),
-               "--duration", f"{args.minutes * 60}s", "--summary", str(summary_out),
-               "--token-url", f"http://127.0.0.1:{server.port}/oauth/token", "--client-id", server.client_id,
-               "--client-secret", server.secret]
+        cmd = [node, str(DRIVER), f"--base={server.base}", "--scenario=crud", f"--vus={args.vus}",
+               f"--duration={args.minutes * 60}s", f"--summary={summary_out}",
+               f"--token-url=http://127.0.0.1:{server.port}/oauth/token", f"--client-id={server.client_id}",
+               f"--client-secret={server.secret}"]  # values after "=": an id or secret may start with "-"
         print(f"soak: {args.minutes} min of CRUD at {args.vus} VUs against {server.base}", flush=True)
         done = threading.Event()
         t0 = time.monotonic()

@@ -24,7 +24,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 
-const { values: opt } = parseArgs({
+const opt = flags({
   options: {
     base: { type: 'string' },
     scenario: { type: 'string', default: 'crud' },
@@ -44,6 +44,13 @@ const { values: opt } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
+function flags(config) {  // a bad flag is a message, not a stack trace
+  try {
+    return parseArgs(config).values;
+  } catch (e) {
+    return fail(`${e.message} (give a value that starts with "-" as --flag=value)`);
+  }
+}
 if (opt.help || !opt.base) {
   console.log(readFileSync(new URL(import.meta.url), 'utf8').split('\nimport ')[0].replace(/^#!.*\n/, ''));
   process.exit(opt.help ? 0 : 2);

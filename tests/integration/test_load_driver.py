@@ -41,8 +41,8 @@ def counts(summary: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 def test_crud_with_client_credentials(live: str, svc: Any, tmp_path: Path) -> None:
     client = register(svc, "system/*.cruds")
-    s = drive(live, tmp_path, "crud", "--token-url", f"{live}/oauth/token", "--client-id", client["client_id"],
-              "--client-secret", client["client_secret"])
+    s = drive(live, tmp_path, "crud", f"--token-url={live}/oauth/token", f"--client-id={client['client_id']}",
+              f"--client-secret={client['client_secret']}")  # after "=": an id or secret may start with "-"
     done = counts(s)
     assert list(done) == CRUD
     iterations = done["create_patient"][0]
@@ -94,6 +94,7 @@ def test_qrcode_and_one_time_verify(live: str, svc: Any, tmp_path: Path) -> None
     (["--vus", "0"], "--vus must be a positive integer"),
     (["--duration", "soon"], "--duration: say 60s"),
     (["--scenario", "verify"], "needs --input"),
+    (["--client-id", "-x1"], 'give a value that starts with "-" as --flag=value'),
 ])
 def test_bad_flags(flags: list[str], message: str) -> None:
     node = shutil.which("node")
