@@ -152,6 +152,7 @@ class Session:
         self.env = env
         self.server = server
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="doc-test-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         if not (self.workdir / "docs").exists():
             (self.workdir / "docs").symlink_to(ROOT / "docs")
         self.state = self.workdir / ".doc-test-state.sh"
@@ -161,9 +162,11 @@ class Session:
         (self.workdir / ".doc-test-prelude.sh").write_text(PRELUDE, encoding="utf-8")
 
     def fork(self) -> Session:
-        """A new session (own folder) starting from this one's variables."""
+        """A new session starting from this one's variables, in a folder of its own beside this one's (under a
+        test's tmp_path, which pytest cleans up)."""
         state = self.state.read_text(encoding="utf-8") if self.state.exists() else ""
-        return Session(self.env, self.server, state=state)
+        return Session(self.env, self.server, Path(tempfile.mkdtemp(prefix="doc-test-", dir=self.workdir.parent)),
+                       state=state)
 
     def run(self, block: Block, timeout: float = 120.0) -> Result:
         if block.file:

@@ -47,7 +47,7 @@ def test_every_shell_example_in_the_docs_works(doc_server, tmp_path):
     env = dict(doc_server.env)
     env["PATH"] = f"{ehc_shim(tmp_path / 'bin')}:{env['PATH']}"
     env["PYTHONPATH"] = str(ROOT)  # `ehc` in the examples is this checkout's
-    readme = Session(env, doc_server.root)
+    readme = Session(env, doc_server.root, tmp_path / "README")
     failures: list[str] = []
     ran = 0
     for path in doc_files():
