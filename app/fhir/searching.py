@@ -42,13 +42,17 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     # Rows are judged by the disclosure gate before paging and counting: totals, pages and cursors hold only
     # what the caller may see.
     admit = gate.row_admit(type, criteria=request)
+    # The self link holds the parameters the search used (search.html): not those it ignored as unknown.
+    shown = [(k, v) for k, v in own if k not in request.ignored]
     if request.summary == "count" or request.count == 0:
         # _summary=count asks for the count itself, whatever _total says; _count=0 with _total=none claims none
         total = None if request.summary != "count" and request.total == "none" else svc.searcher.count(
             request, req.base, admit=admit, admit_of=gate.row_admit)
         _audit(svc, req, "search", type, [], patients=[about] if about else [])
         bundle = _bundle("searchset", total=total)
-        bundle["link"] = [{"relation": "self", "url": _url(req, path, own)}]
+        bundle["link"] = [{"relation": "self", "url": _url(req, path, shown)}]
+        if request.ignored:
+            bundle["entry"] = [outcome_entry(_ignored_issues(request.ignored))]
         return FhirResponse(200, bundle)
     count = request.count or svc.settings.default_count
     result = svc.searcher.search(request, count, req.base, admit=admit, admit_of=gate.row_admit)
@@ -61,8 +65,7 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     for itype, doc in result.included:
         if gate.admits(itype, doc):
             entries.append(_entry(req, itype, doc, "include", request.summary, request.elements))
-    issues = [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
-              for name in request.ignored]
+    issues = _ignored_issues(request.ignored)
     # The rows withheld are counted while a page is read. Only a search whose matches all fit on one page read
     # them all; a page of a longer one would tell how many hidden rows sort before its last row, and so where
     # hidden records sort (_sort=code: a binary search over the codes of a resident's diagnoses).
@@ -74,7 +77,6 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
         entries.append(outcome_entry(issues))
     bundle = _bundle("searchset", total=result.total)
     kept = [(k, v) for k, v in params if k not in request.ignored]
-    shown = [(k, v) for k, v in own if k not in request.ignored]
     links = [{"relation": "self", "url": _url(req, path, shown, req.param("_cursor"))}]
     if result.next_cursor:
         links.append({"relation": "next", "url": _url(req, path, shown, result.next_cursor)})
@@ -85,6 +87,12 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     merge_remote(bundle, req, *remote_entries(req, svc, type, kept))  # records at other provinces' nodes
     _audit(svc, req, "search", type, shown_ids, withheld=withheld, patients=[about] if about else [])
     return FhirResponse(200, bundle)
+
+
+def _ignored_issues(ignored: list[str]) -> list[Issue]:
+    """A warning for each unknown parameter that lenient handling ignored."""
+    return [Issue(f"unknown search parameter {name!r} was ignored", "not-supported", "warning", [name])
+            for name in ignored]
 
 
 def _url(req: FhirRequest, path: str, params: list[tuple[str, str]], cursor: str | None = None) -> str:

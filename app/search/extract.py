@@ -9,7 +9,7 @@ storage contract with app/store and the compilers in app/search/compilers:
              ix[code + ":text"] normalised display/text
   string     normalised strings; ix[code + ":exact"] the raw strings (HumanName: parts and family+given);
              for `phonetic`, the pinyin of Chinese names too ('zhangwei', 'zhang wei')
-  date       [{"lo": datetime, "hi": datetime}], half-open, naive UTC
+  date       [{"lo": datetime, "hi": datetime}], half-open, naive UTC (a Period, or a Timing by its outer limits)
   reference  ["Type/id", "id"] (absolute URLs under base_url made relative); ix[code + ":identifier"] tokens
   quantity   [{"v": float, "s": system, "c": code, "u": unit}]
   number     [float]         uri  [str]
@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from app.search.fhirpath import reference_type
 from app.search.registry import SearchParamDef, SearchRegistry
-from app.search.values import date_range, digits, normalize, period_range
+from app.search.values import date_range, digits, normalize, period_range, timing_range
 
 CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 _PHONE_SYSTEMS = frozenset({"phone", "fax", "sms", "pager"})
@@ -155,7 +156,7 @@ def _date(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: 
     ranges: list[dict[str, Any]] = []
     for v in values:
         try:
-            r = date_range(v) if isinstance(v, str) else period_range(v) if isinstance(v, dict) else None
+            r = date_range(v) if isinstance(v, str) else _dict_range(v) if isinstance(v, dict) else None
         except ValueError:
             r = None  # an invalid date is the validator's business, not the index's
         if r:
@@ -163,6 +164,11 @@ def _date(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: 
     if ranges:
         ix[p.code] = ranges
         so[p.code] = min(r["lo"] for r in ranges)
+
+
+def _dict_range(v: dict[str, Any]) -> tuple[datetime, datetime] | None:
+    """A Timing (events, a repeat) by its outer limits; anything else with a start or an end as a Period."""
+    return timing_range(v) if {"event", "repeat"} & v.keys() else period_range(v)
 
 
 # --- reference -------------------------------------------------------------------------------------------

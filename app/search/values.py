@@ -24,7 +24,8 @@ DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999000)  # MongoDB keeps milliseco
 
 _DATE_RE = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+\-]\d{2}:\d{2})?)?)?)?$"
+    r"(Z|[+\-]\d{2}:\d{2})?)?)?)?$",
+    re.ASCII,  # FHIR's digits are 0-9: \d alone also takes '１９９０' (full-width) and reads it as a year
 )
 _SPACES = re.compile(r"\s+")
 _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
@@ -107,6 +108,19 @@ def period_range(period: dict) -> tuple[datetime, datetime] | None:
     lo = date_range(start)[0] if isinstance(start, str) else DATE_MIN
     hi = date_range(end)[1] if isinstance(end, str) else DATE_MAX
     return lo, hi
+
+
+def timing_range(timing: dict) -> tuple[datetime, datetime] | None:
+    """A Timing's outer limits, from its first event or the start of its bounding Period to its last event or
+    that Period's end: R4 search.html#date ignores the schedule's details and matches only these limits."""
+    ranges = [date_range(e) for e in timing.get("event", []) if isinstance(e, str)]
+    repeat = timing.get("repeat")
+    bounds = repeat.get("boundsPeriod") if isinstance(repeat, dict) else None
+    if isinstance(bounds, dict) and (r := period_range(bounds)):
+        ranges.append(r)
+    if not ranges:
+        return None
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
 
 def decimal_range(text: str) -> tuple[float, float, float]:

@@ -123,6 +123,16 @@ def _cmp_values(a: Any, b: Any) -> int:
     return -1 if a < b else 1
 
 
+def tie_broken(sort: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The sort with `_id` as its last key, so that rows have one order and a cursor one place in it. Keys after
+    `_id` never decide (it is unique), and a sort naming `_id` twice would keep one direction in the database
+    while the cursor follows both (`_sort=-_id`: pages repeated rows)."""
+    for i, (path, _) in enumerate(sort):
+        if path == "_id":
+            return sort[: i + 1]
+    return [*sort, ("_id", 1)]
+
+
 def _compare_rows(sort: list[tuple[str, int]], a: list[Any], b: list[Any]) -> int:
     for (_, direction), va, vb in zip(sort, a, b, strict=True):
         c = _cmp_values(va, vb)
@@ -185,7 +195,7 @@ class Searcher:
         self.repo.check_type(rtype)
         self._blind(request)
         flt = compile_filter(request, self.registry, self._resolver(admit_of), base_url=base_url)
-        sort = [(path, direction) for path, direction in compile_sort(request)] + [("_id", 1)]
+        sort = tie_broken(compile_sort(request))
         direction, after = "n", None
         if request.cursor:
             direction, after = decode_cursor(request.cursor, len(sort))

@@ -1,5 +1,5 @@
 """Number search (R4 search §3.1.1.4.4): prefixes over indexed floats, eq/ne with the implicit range of
-the value's significant digits (100 means [99.5, 100.5)); ap is +-10%."""
+the value's significant digits (100 means [99.5, 100.5)); ap is +-10%, widened to eq's range where that is wider."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def number_condition(prefix: str, text: str) -> list[Query]:
         return [{_SIMPLE[prefix]: value}]
     if prefix == "ne":
         return [{"$lt": lo}, {"$gte": hi}]
-    if prefix == "ap":
+    if prefix == "ap":  # 10% either side, never narrower than eq: ap0 covers what 0 does, [-0.5, 0.5)
         tol = abs(value) / 10
-        return [{"$gte": value - tol, "$lte": value + tol}]
+        return [{"$gte": min(lo, value - tol), "$lte": max(hi, value + tol)}]
     return [{"$gte": lo, "$lt": hi}]  # eq
 
 
