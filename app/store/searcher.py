@@ -173,13 +173,16 @@ class Searcher:
         """Ids matching a sub-search (chains), or the ix[collect] values of the matches (_has); bounded. With
         `admit_of`, only rows the caller may see count: a chain or a `_has` would otherwise answer, through the
         outer matches, questions about records (a Patient's name, an Observation's code) it may not read."""
-        request.count = MAX_CHAIN_IDS
+        request.count = MAX_CHAIN_IDS + 1
         self._blind(request)
         resolve = self._resolver(admit_of)
         flt = compile_filter(request, self.registry, resolve)
         admit = admit_of(resource_type, request) if admit_of is not None else None
-        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS, None,
+        docs = self._candidates(resource_type, request, flt, [("_id", 1)], None, MAX_CHAIN_IDS + 1, None,
                                 self._gated(admit, None))
+        if len(docs) > MAX_CHAIN_IDS:  # cut short, the outer search would silently miss matches
+            raise bad_request(f"a chained or _has search finds more than {MAX_CHAIN_IDS} {resource_type} "
+                              "resources, too many to search by: add criteria that narrow it", code="too-costly")
         if request.collect:
             return sorted({v for d in docs for v in d.get("ix", {}).get(request.collect, ()) if isinstance(v, str)})
         return [d["_id"] for d in docs]

@@ -114,3 +114,21 @@ def test_timing_is_matched_by_its_outer_limits(client, data):
     assert ids(search(client, f"{base}=2013")) == ["sem-bounds"]
     assert ids(search(client, f"{base}=lt2013-02-01")) == ["sem-bounds"]
     assert ids(search(client, f"{base}:missing=true")) == []
+
+
+def test_a_chain_with_too_many_matches_is_refused_not_cut_short(client, data, monkeypatch):
+    """A chain's inner search is bounded (MAX_CHAIN_IDS): cut short there, the outer search silently missed the
+    matches beyond the bound. Past the bound it is refused (too-costly); within it, every match is found."""
+    from app.store import searcher
+
+    for i in range(4):
+        put(client, f"Patient/sem-many{i}", {"resourceType": "Patient", "id": f"sem-many{i}",
+                                             "name": [{"family": "Semmany"}]})
+    put(client, "Observation/sem-last", {"resourceType": "Observation", "id": "sem-last", "status": "final",
+                                         "code": {"text": "x"}, "subject": {"reference": "Patient/sem-many3"}})
+    monkeypatch.setattr(searcher, "MAX_CHAIN_IDS", 3)
+    for query in ("Observation?subject:Patient.family=Semmany", "Patient?_has:Observation:subject:status=final"):
+        r = client.get(f"/fhir/{query}")
+        assert r.status_code == 400 and r.json["issue"][0]["code"] == "too-costly", query
+    monkeypatch.setattr(searcher, "MAX_CHAIN_IDS", 4)
+    assert ids(search(client, "Observation?subject:Patient.family=Semmany")) == ["sem-last"]
