@@ -42,8 +42,10 @@ def search(req: FhirRequest, svc: Services, type: str, *, within: tuple[str, str
     # Rows are judged by the disclosure gate before paging and counting: totals, pages and cursors hold only
     # what the caller may see.
     admit = gate.row_admit(type, criteria=request)
-    # The self link holds the parameters the search used (search.html): not those it ignored as unknown.
-    shown = [(k, v) for k, v in own if k not in request.ignored]
+    # The self link holds the parameters the search used (search.html): not those it ignored as unknown, and
+    # the _count it used (lowered to max_count), which every page link carries on.
+    shown = [(k, str(request.count) if k == "_count" and request.count is not None else v)
+             for k, v in own if k not in request.ignored]
     if request.summary == "count" or request.count == 0:
         # _summary=count asks for the count itself, whatever _total says; _count=0 with _total=none claims none
         total = None if request.summary != "count" and request.total == "none" else svc.searcher.count(

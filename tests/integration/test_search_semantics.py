@@ -132,3 +132,22 @@ def test_a_chain_with_too_many_matches_is_refused_not_cut_short(client, data, mo
         assert r.status_code == 400 and r.json["issue"][0]["code"] == "too-costly", query
     monkeypatch.setattr(searcher, "MAX_CHAIN_IDS", 4)
     assert ids(search(client, "Observation?subject:Patient.family=Semmany")) == ["sem-last"]
+
+
+def test_a_type_modifier_restricts_the_reference(client, data):
+    """subject:Patient=<id> (search.html#reference): only references to a Patient of that id; a Group with
+    the same id does not match, and a value naming a Group contradicts the modifier (it matched the Group)."""
+    put(client, "Group/sem-p", {"resourceType": "Group", "id": "sem-p", "type": "person", "actual": True})
+    put(client, "Observation/sem-group", {"resourceType": "Observation", "id": "sem-group", "status": "final",
+                                          "code": {"text": "x"}, "subject": {"reference": "Group/sem-p"}})
+    assert "sem-group" not in ids(search(client, "Observation?subject:Patient=sem-p"))
+    r = client.get("/fhir/Observation?subject:Patient=Group/sem-p")
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["subject"]
+    assert ids(search(client, "Observation?subject:Group=Group/sem-p")) == ["sem-group"]
+    assert ids(search(client, "Observation?subject:Group=sem-p")) == ["sem-group"]
+
+
+def test_links_carry_the_count_used(client, data):
+    """_count beyond the server's maximum is lowered to it; the links say the count the pages really have."""
+    bundle = search(client, "Observation?subject=Patient/sem-p&_count=100000")
+    assert [link["url"].split("?", 1)[1] for link in bundle["link"]] == ["subject=Patient%2Fsem-p&_count=500"]
