@@ -123,7 +123,7 @@ def _apply(root: dict[str, Any], rtype: str, kind: str, path: str, parts: dict[s
         if parent is None:
             raise bad_request(f"{where}: cannot delete the resource itself", expression=where)
         del parent[key]
-        if isinstance(parent, list) and not parent:
+        if not parent:  # the element left with nothing is no element either (ele-1): the list, or the object
             _drop_empty(root)
         return
     if kind == "replace":
@@ -203,12 +203,23 @@ def _repeats(rtype: str, steps: list[str], name: str) -> bool | None:
     return element.many if element is not None else None
 
 
-def _drop_empty(node: Any) -> None:
+def _drop_empty(node: Any, shadow: bool = False) -> None:
+    """Remove what a delete left empty, innermost first, so that emptying an element empties its parent in turn
+    (`Organization.partOf.reference` takes `partOf` with it). In a primitive's `_name` list an item stands for
+    its place: an emptied one becomes null instead, and a list of nulls goes."""
     if isinstance(node, dict):
-        for k in [k for k, v in node.items() if v == [] or v == {}]:
+        for k, v in node.items():
+            _drop_empty(v, k.startswith("_"))
+        for k in [k for k, v in node.items() if v == [] or v == {} or (k.startswith("_") and _all_null(v))]:
             del node[k]
-        for v in node.values():
-            _drop_empty(v)
     elif isinstance(node, list):
         for v in node:
             _drop_empty(v)
+        if shadow:
+            node[:] = [None if v == {} else v for v in node]
+        else:
+            node[:] = [v for v in node if v != [] and v != {}]
+
+
+def _all_null(value: Any) -> bool:
+    return isinstance(value, list) and all(v is None for v in value)

@@ -74,8 +74,8 @@ def negotiate(request: Request) -> str:
     best = parse_accept_header(",".join(kept), MIMEAccept).best_match(_OFFERED)
     if best in XML_TYPES:
         return FHIR_XML
-    if best is not None:
-        return "application/json" if best == "application/json" else FHIR_JSON
+    if best is not None:  # the JSON type answered is the one chosen, so one the client takes (text/* gets text/json)
+        return best
     raise FhirError(406, f"cannot answer in any of the accepted media types ({accept}); use application/fhir+json")
 
 

@@ -295,13 +295,19 @@ def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> Fhir
 
 # -- update ---------------------------------------------------------------------------------------------
 
-def update(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
+def update(req: FhirRequest, svc: Services, type: str, id: str, create_only: bool = False) -> FhirResponse:
+    """PUT [type]/[id]; `create_only`: an update as create, which must not write over a resource that exists."""
     check_type(svc, type, "update")
     if not is_valid_id(id):
         raise bad_request(f"{id!r} is not a valid FHIR id", expression="id")
     body = _validated(svc, req, type, id)
     prior = svc.repo.get_raw(type, id)
     svc.policy.require(req.principal, "update" if prior else "create", type)
+    if create_only and prior and not prior.get("del"):
+        # A conditional update that matched nothing creates with the body's id (http.html#cond-update); the
+        # resource that already has that id did not match the criteria, so it is not the one to overwrite.
+        raise conflict(f"no {type} matches the criteria, and {type}/{id}, the id the resource names, exists "
+                       "already: nothing was written", expression="id")
     if_match = parse_etag(req.header("if-match"), "If-Match")
     inm = req.header("if-none-match")
     if inm and none_match_fails(inm, None if not prior or prior.get("del") else int(prior["vid"])):
@@ -322,7 +328,7 @@ def conditional_update(req: FhirRequest, svc: Services, type: str) -> FhirRespon
         match = _at_most_one(req, svc, type)
         if match is None:
             if body.get("id"):
-                return update(req, svc, type, body["id"])
+                return update(req, svc, type, body["id"], create_only=True)
             # not create(): an If-None-Exist sent along would wait for the lease this request holds
             return _do_create(req, svc, type, _to_create(req, svc, type))
         rid = match["_id"]

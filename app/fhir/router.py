@@ -63,6 +63,18 @@ class Route:
     method: str
     pattern: tuple[str, ...]  # literal segments, "{type}", "{id}", "{vid}", "{op}"
     handler: Handler
+    interaction: str | None = None  # what the resource type must offer (resource-types.json), for Allow
+
+
+# The order methods are listed in an Allow header.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allow_header(methods: set[str]) -> str:
+    """An Allow header (RFC 9110 §10.2.1): HEAD goes wherever GET does (the web edge answers it as GET)."""
+    if "GET" in methods:
+        methods = methods | {"HEAD"}
+    return ", ".join(m for m in _METHODS if m in methods)
 
 
 class Router:
@@ -70,7 +82,7 @@ class Router:
         self.routes = routes
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        segments = tuple(s for s in path.strip("/").split("/") if s) if path.strip("/") else ()
+        segments = _segments(path)
         path_matched = False
         for route in self.routes:
             args = _match(route.pattern, segments)
@@ -83,15 +95,40 @@ class Router:
             raise FhirError(405, f"{method} is not allowed on /{path}", code="not-supported")
         raise FhirError(404, f"no FHIR interaction at /{path}", code="not-found")
 
+    def allowed(self, path: str, offers: Callable[[str, str], bool]) -> set[str]:
+        """The methods some route answers at this path, less those whose interaction the resource type does not
+        offer (`offers(type, interaction)`: AuditEvent is read and search only)."""
+        methods: set[str] = set()
+        segments = _segments(path)
+        for route in self.routes:
+            args = _match(route.pattern, segments)
+            if args is None or (route.interaction and "type" in args and not offers(args["type"], route.interaction)):
+                continue
+            methods.add(route.method)
+        return methods
+
+    def _explain_405(self, err: FhirError, path: str, services: Services) -> None:
+        """A 405 must say what is allowed (RFC 9110 §15.5.6), whichever layer refused the method."""
+        if err.status == 405 and "Allow" not in err.headers:
+            def offers(rtype: str, interaction: str) -> bool:
+                return interaction in (services.resource_types.get(rtype) or {}).get("interactions", ())
+
+            err.headers["Allow"] = allow_header(self.allowed(path, offers))
+
     def dispatch(self, request: FhirRequest, services: Services) -> FhirResponse:
         from app.audit.events import interaction_for
         from app.fhir.gate import DisclosureGate
 
-        handler, args = self.match(request.method, request.path)
+        try:
+            handler, args = self.match(request.method, request.path)
+        except FhirError as err:
+            self._explain_405(err, request.path, services)
+            raise
         gate = request.gate = DisclosureGate(services, request)
         try:
             response = gate.release(handler(request, services, **args))
         except FhirError as err:
+            self._explain_405(err, request.path, services)
             if request.access is not None and request.access.outcome != "0":
                 err.audited = True  # the handler recorded a refusal of its own (e.g. one answered as 404)
                 services.record_access(gate.audit_record(request.access))
@@ -122,6 +159,10 @@ def _query(services: Services, request: FhirRequest) -> str | None:
     from app.store.protect import redact_query
 
     return redact_query(services.repo.protector, request.query_string() or None)
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(s for s in path.strip("/").split("/") if s)
 
 
 def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:

@@ -11,7 +11,7 @@ from app.fhir.bundles import process_bundle
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
 from app.fhir.operations import OPERATIONS
-from app.fhir.router import FhirRequest, Route, Router
+from app.fhir.router import FhirRequest, Route, Router, allow_header
 from app.services import Services
 
 
@@ -28,7 +28,8 @@ def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str |
     if spec is None or level not in spec["levels"] or (type and types != "*" and type not in types):
         raise FhirError(404, f"operation ${op} is not known at this level", code="not-supported")
     if req.method not in spec["methods"]:
-        raise FhirError(405, f"${op} does not accept {req.method}", code="not-supported")
+        raise FhirError(405, f"${op} does not accept {req.method}", code="not-supported",
+                        headers={"Allow": allow_header(set(spec["methods"]))})
     # The access an operation needs is declared with it ("access": read | search | update | None, or one of
     # these per HTTP method), and decided here by the policy like any interaction: on the instance for
     # instance-level operations.
@@ -48,20 +49,20 @@ def build_router() -> Router:
     routes = [
         Route("GET", ("metadata",), _metadata),
         Route("GET", ("_history",), s.history_system),
-        Route("GET", ("{type}",), s.search),
-        Route("POST", ("{type}", "_search"), s.search_post),
-        Route("GET", ("{type}", "_history"), s.history_type),
-        Route("POST", ("{type}",), i.create),
-        Route("PUT", ("{type}",), i.conditional_update),
-        Route("DELETE", ("{type}",), i.conditional_delete),
-        Route("PATCH", ("{type}",), i.conditional_patch),
-        Route("GET", ("{type}", "{id}"), i.read),
-        Route("PUT", ("{type}", "{id}"), i.update),
-        Route("PATCH", ("{type}", "{id}"), i.patch),
-        Route("DELETE", ("{type}", "{id}"), i.delete),
-        Route("GET", ("{type}", "{id}", "_history"), s.history_instance),
-        Route("GET", ("{type}", "{id}", "_history", "{vid}"), i.vread),
-        Route("GET", ("Patient", "{id}", "{type}"), s.compartment_search),
+        Route("GET", ("{type}",), s.search, "search-type"),
+        Route("POST", ("{type}", "_search"), s.search_post, "search-type"),
+        Route("GET", ("{type}", "_history"), s.history_type, "history-type"),
+        Route("POST", ("{type}",), i.create, "create"),
+        Route("PUT", ("{type}",), i.conditional_update, "update"),
+        Route("DELETE", ("{type}",), i.conditional_delete, "delete"),
+        Route("PATCH", ("{type}",), i.conditional_patch, "patch"),
+        Route("GET", ("{type}", "{id}"), i.read, "read"),
+        Route("PUT", ("{type}", "{id}"), i.update, "update"),
+        Route("PATCH", ("{type}", "{id}"), i.patch, "patch"),
+        Route("DELETE", ("{type}", "{id}"), i.delete, "delete"),
+        Route("GET", ("{type}", "{id}", "_history"), s.history_instance, "history-instance"),
+        Route("GET", ("{type}", "{id}", "_history", "{vid}"), i.vread, "vread"),
+        Route("GET", ("Patient", "{id}", "{type}"), s.compartment_search, "search-type"),
     ]
     for method in ("GET", "POST"):
         routes += [

@@ -673,7 +673,12 @@ class Repository:
     def type_history(self, resource_types: Iterable[str], since: datetime | None = None,
                      count: int = 50, until: datetime | None = None) -> list[Stored]:
         """Every version of every resource of these types, newest first (`until`: lastUpdated at most that,
-        for paging). Types never written have no collection and cost nothing."""
+        for paging). Types never written have no collection and cost nothing.
+
+        At least `count` versions, and never part of a group that shares one lastUpdated (a transaction's versions
+        all do): the database orders by lastUpdated alone, so a limit would keep an arbitrary part of such a group,
+        and a reader paging by (lastUpdated, version, type, id) from the last version it showed would skip the
+        rest for good."""
         flt: dict[str, Any] = {}
         if since or until:
             flt["ts"] = {k: v for k, v in (("$gte", since), ("$lte", until)) if v is not None}
@@ -683,10 +688,18 @@ class Repository:
             for col in (self.current(rtype), self.history_col(rtype)):
                 if col.name not in existing:
                     continue
-                for doc in col.find(flt, {"ix": 0, "so": 0}).sort([("ts", -1)]).limit(count):
+                fields = {"ix": 0, "so": 0}
+                docs = list(col.find(flt, fields).sort([("ts", -1)]).limit(count + 1))
+                if 0 < count < len(docs) and docs[count]["ts"] == docs[count - 1]["ts"]:  # the limit cut a group
+                    edge = docs[count]["ts"]
+                    docs = [d for d in docs if d["ts"] != edge] + list(col.find({**flt, "ts": edge}, fields))
+                for doc in docs:
                     out.append(Stored.from_doc(rtype, self.decode(doc, owned=True)))  # type: ignore[arg-type]
         out.sort(key=lambda s: (s.ts, s.vid, s.resource_type, s.id), reverse=True)
-        return out[:count]
+        cut = min(count, len(out))
+        while 0 < cut < len(out) and out[cut].ts == out[cut - 1].ts:
+            cut += 1
+        return out[:cut]
 
 
 def index_plan(registry: SearchRegistry, rtype: str) -> list[IndexModel]:
