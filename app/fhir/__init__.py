@@ -14,8 +14,10 @@ from app.core.access import AccessRecord
 from app.core.errors import FhirError
 from app.fhir import outage
 from app.fhir.http import (
+    XML_TYPES,
     FhirResponse,
     body_bytes,
+    check_charset,
     check_fhir_version,
     check_json_depth,
     native_binary_type,
@@ -69,14 +71,16 @@ def _body_for(method: str, path: str, svc: Services) -> tuple[dict[str, Any] | N
         return binary, None
     ctype = (request.mimetype or "").lower()
     if method == "PATCH":
-        if ctype in ("application/fhir+json", "application/json+fhir"):  # FHIRPath Patch: a Parameters resource
+        # FHIRPath Patch: a Parameters resource, in JSON or in XML as every other resource body
+        if ctype in ("application/fhir+json", "application/json+fhir") or ctype in XML_TYPES:
             if body_bytes(request).lstrip().startswith(b"["):
                 raise FhirError(415, "a JSON Patch needs Content-Type application/json-patch+json; "
                                      "application/fhir+json carries a FHIRPath Patch (a Parameters resource)")
             return {"_fhirpath_patch": read_json_body(request, svc.settings.max_body_bytes)}, None
         if ctype not in ("application/json-patch+json", "application/json"):
             raise FhirError(415, "PATCH needs Content-Type application/json-patch+json (JSON Patch) or "
-                                 "application/fhir+json (FHIRPath Patch, a Parameters resource)")
+                                 "application/fhir+json or +xml (FHIRPath Patch, a Parameters resource)")
+        check_charset(request)
         data = body_bytes(request)
         if len(data) > svc.settings.max_body_bytes:
             raise FhirError(413, f"the request body is larger than {svc.settings.max_body_bytes} bytes")
@@ -169,6 +173,7 @@ def init_app(app: Flask, svc: Services) -> None:
                         "application/fhir+json", False)
 
     @app.errorhandler(405)
-    def _not_allowed(_e: Any) -> Response:
-        return to_flask(FhirResponse(405, FhirError(405, f"{request.method} not allowed").outcome()),
-                        "application/fhir+json", False)
+    def _not_allowed(e: Any) -> Response:  # a method no route of the app takes (TRACE, ...): Allow says which do
+        allowed = ", ".join(getattr(e, "valid_methods", None) or ())
+        return to_flask(FhirResponse(405, FhirError(405, f"{request.method} not allowed").outcome(),
+                                     headers={"Allow": allowed}), "application/fhir+json", False)

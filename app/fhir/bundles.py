@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from app.core import fhirjson
-from app.core.errors import FhirError, Issue, bad_request, info_outcome, operation_outcome
+from app.core.errors import FhirError, Issue, bad_request, conflict, info_outcome, operation_outcome
 from app.core.ids import new_id
 from app.fhir.bundle_entries import check_bundle_entries, entry_request, transaction_target
 from app.fhir.http import FhirResponse, parse_etag, parse_prefer
@@ -376,6 +376,11 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                 if matches and method == "PUT" and body_id not in (None, matches[0]["_id"]):
                     raise bad_request(f"{where}.resource.id {body_id!r} differs from the {rtype} the conditional "
                                       "URL matches", expression=f"{where}.resource.id")
+                if not matches and method == "PUT" and body_id and _live(svc, rtype, body_id):
+                    # as PUT [type]?criteria answers (interactions.update, create_only): the resource that has
+                    # the body's id did not match the criteria, so it is not the one to overwrite
+                    raise conflict(f"{where}: no {rtype} matches the conditional URL, and {rtype}/{body_id}, the "
+                                   "id the resource names, exists already", expression=f"{where}.resource.id")
                 rid = matches[0]["_id"] if matches else body_id or new_id()
             plans[i] = {"kind": method.lower(), "type": rtype, "id": rid, "sub": sub}
         if plans[i]["kind"] != "noop":  # http.html#trules: a resource may appear in a transaction once
@@ -448,6 +453,11 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
     progress["entry"] = None
     progress["applying"] = True
     return plans, writes, write_index, svc.journal.apply(writes, req.write)
+
+
+def _live(svc: Services, rtype: str, rid: str) -> bool:
+    doc = svc.repo.get_raw(rtype, rid)
+    return doc is not None and not doc.get("del")
 
 
 def _check_local_refs(resource: dict[str, Any], where: str) -> None:

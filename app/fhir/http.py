@@ -88,6 +88,15 @@ def body_bytes(request: Request) -> bytes:
         raise bad_request(f"the request body could not be read: {type(err).__name__}") from None
 
 
+def check_charset(request: Request) -> None:
+    """FHIR's JSON and XML bodies, and JSON Patch documents, are UTF-8 (http.html#mime-type): another charset
+    named is refused (415), not read as UTF-8 regardless."""
+    charset = (request.mimetype_params.get("charset") or "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):
+        raise FhirError(415, f"Content-Type names charset {charset!r}; FHIR bodies are UTF-8",
+                        expression="Content-Type")
+
+
 def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > max_bytes:
@@ -95,10 +104,7 @@ def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     ctype = (request.mimetype or "").lower()
     if ctype and ctype not in JSON_TYPES and ctype not in XML_TYPES:
         raise FhirError(415, f"Content-Type {ctype!r} is not supported; send application/fhir+json or +xml")
-    charset = (request.mimetype_params.get("charset") or "utf-8").strip().lower()
-    if charset not in ("utf-8", "utf8"):  # FHIR's JSON and XML are UTF-8 (http.html#mime-type)
-        raise FhirError(415, f"Content-Type names charset {charset!r}; FHIR bodies are UTF-8",
-                        expression="Content-Type")
+    check_charset(request)
     data = body_bytes(request)
     if len(data) > max_bytes:
         raise FhirError(413, f"the request body is larger than {max_bytes} bytes")

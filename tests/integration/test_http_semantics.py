@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 FJ = "application/fhir+json"
 
 
@@ -59,6 +61,12 @@ def test_a_405_of_an_operation_names_the_methods_the_operation_accepts(client):
     assert r.status_code == 405 and r.headers.get("Allow") == "GET, HEAD"
 
 
+def test_a_method_no_route_takes_is_a_405_that_names_those_that_are_taken(client):
+    r = client.open("/fhir/Patient", method="TRACE")
+    assert r.status_code == 405 and r.json["resourceType"] == "OperationOutcome"
+    assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= {m.strip() for m in r.headers["Allow"].split(",")}
+
+
 # -- conditional update (http.html#cond-update) -------------------------------------------------------------
 
 def test_a_conditional_update_that_matches_nothing_does_not_overwrite_the_resource_its_id_names(client):
@@ -67,6 +75,21 @@ def test_a_conditional_update_that_matches_nothing_does_not_overwrite_the_resour
     r = client.put(f"/fhir/Organization?name={name}", data=json.dumps(org(name, id=victim["id"])), content_type=FJ)
     assert r.status_code == 409, r.json
     assert r.json["issue"][0]["expression"] == ["id"]
+    after = client.get(f"/fhir/Organization/{victim['id']}")
+    assert after.json["name"] == "victim" and after.headers["ETag"] == 'W/"1"'
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_a_conditional_update_entry_that_matches_nothing_does_not_overwrite_the_resource_its_id_names(client, kind):
+    victim = post(client, "Organization", org("victim")).json
+    name = uuid.uuid4().hex
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+        {"resource": org(name, id=victim["id"]), "request": {"method": "PUT", "url": f"Organization?name={name}"}}]}
+    r = post(client, "", bundle)
+    if kind == "transaction":
+        assert r.status_code == 409 and r.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.id"], r.json
+    else:
+        assert r.status_code == 200 and r.json["entry"][0]["response"]["status"].startswith("409"), r.json
     after = client.get(f"/fhir/Organization/{victim['id']}")
     assert after.json["name"] == "victim" and after.headers["ETag"] == 'W/"1"'
 
@@ -145,3 +168,26 @@ def test_type_and_system_history_page_through_every_version_a_transaction_wrote(
         seen = _pages(client, url)
         assert len(seen) == len(set(seen)), url  # no version twice
         assert written <= {full for full, _ in seen}, (url, len(written - {full for full, _ in seen}))
+
+
+# -- PATCH bodies (http.html#patch) --------------------------------------------------------------------------
+
+def test_a_fhirpath_patch_in_xml_is_applied(client):
+    from app.fhir.structure import load_structure
+    from app.fhir.xml import to_xml
+    from app.profiles import PROFILES_DIR
+
+    oid = post(client, "Organization", org("xml patch", alias=["gone"])).json["id"]
+    body = to_xml(load_structure(PROFILES_DIR), fhirpath_delete("Organization.alias"))
+    r = client.patch(f"/fhir/Organization/{oid}", data=body, content_type="application/fhir+xml")
+    assert r.status_code == 200, r.data
+    assert "alias" not in client.get(f"/fhir/Organization/{oid}").json
+
+
+def test_a_json_patch_in_another_charset_is_refused(client):
+    oid = post(client, "Organization", org("charset")).json["id"]
+    patch = json.dumps([{"op": "replace", "path": "/name", "value": "café"}]).encode("latin-1")
+    r = client.patch(f"/fhir/Organization/{oid}", data=patch,
+                     content_type="application/json-patch+json; charset=latin1")
+    assert r.status_code == 415 and r.json["issue"][0]["expression"] == ["Content-Type"]
+    assert client.get(f"/fhir/Organization/{oid}").json["name"] == "charset"
