@@ -51,7 +51,7 @@ def driver_run(node: str, server: Server, scenario: str, items: list[str], args:
                *options: str) -> dict[str, Any]:
     """One run of the load driver's `verify` or `qrcode` scenario over `items`; its figures, with the CPU per
     request of the server (all its processes) and of the database: what bounds throughput on a machine shared
-    with other work, whatever share of the cores the run got."""
+    with other work, less bent than req/s by the share of the cores the run got (not immune to a busy host)."""
     source = tmp / f"{scenario}-input.json"
     source.write_text(json.dumps(items), encoding="utf-8")
     cpu = server.cpu_seconds()
