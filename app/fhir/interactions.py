@@ -285,10 +285,11 @@ def as_native(req: FhirRequest, resp: FhirResponse) -> FhirResponse:
 def vread(req: FhirRequest, svc: Services, type: str, id: str, vid: str) -> FhirResponse:
     check_type(svc, type, "vread")
     svc.policy.require(req.principal, "read", type)
-    req.gate.require(type, svc.repo.get_doc(type, id))
+    current = svc.repo.get_doc(type, id)
+    req.gate.require(type, current)
     if not (vid.isascii() and vid.isdigit()):  # a version id is ASCII digits ("²".isdigit() is true, int() fails)
         raise not_found(f"version {vid!r} of {type}/{id} is not known")
-    stored = svc.repo.vread(type, id, vid)
+    stored = svc.repo.vread(type, id, vid, current=current)  # the current version is not read twice
     _audit(svc, req, "vread", type, [id])
     return as_native(req, resource_response(req, stored))
 

@@ -202,11 +202,12 @@ class Repository:
             self.events.fire(StoreEvent("read", resource_type, stored.resource, context))
         return stored
 
-    def vread(self, resource_type: str, rid: str, vid: str) -> Stored:
+    def vread(self, resource_type: str, rid: str, vid: str, current: dict[str, Any] | None = None) -> Stored:
+        """A version; `current`: the current document, when the caller has read it already (get_doc)."""
         self.check_type(resource_type)
         if not vid.isdigit():
             raise not_found(f"version {vid!r} of {resource_type}/{rid} is not known")
-        doc = self.get_doc(resource_type, rid)
+        doc = current if current is not None else self.get_doc(resource_type, rid)
         if doc is None:
             raise not_found(f"{resource_type}/{rid} is not known")
         if doc["vid"] == int(vid):

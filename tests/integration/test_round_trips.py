@@ -130,3 +130,22 @@ def test_where_the_id_index_serves_in_candidates_are_read_in_one_command(rt_app:
     reads = [c for c in commands if c.collection == "Observation"]
     assert [str(c) for c in reads] == ["find Observation {_id}"]
     assert [e["fullUrl"] for e in page.json["entry"]] == [e["fullUrl"] for e in expected.json["entry"]]
+
+
+def test_a_vread_reads_the_current_version_once(rt_app: Any, headers: dict[str, str]) -> None:
+    """vread judges the caller on the current version and answers from it when it is the one asked for: one
+    read, as a read; an older version adds the history lookup."""
+    web = rt_app.test_client()
+    post = {**headers, "Content-Type": "application/fhir+json"}
+    pid = web.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"text": "版本"}]},
+                   headers=post).json["id"]
+    assert web.put(f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "name": [{"text": "版本二"}]},
+                   headers=post).status_code == 200
+    db = rt_app.extensions["ehc"].handle.db.name
+    for vid, expected in (("2", ["find Patient {_id}"]), ("1", ["find Patient {_id}", "find Patient_history {_id}"])):
+        web.get(f"/fhir/Patient/{pid}/_history/{vid}", headers=headers)  # warm
+        with counter().recording(db) as commands:
+            r = web.get(f"/fhir/Patient/{pid}/_history/{vid}", headers=headers)
+        assert r.status_code == 200 and r.headers["ETag"] == f'W/"{vid}"'
+        assert [str(c) for c in commands] == expected, \
+            [str(c) for c in commands]
