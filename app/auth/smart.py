@@ -23,6 +23,7 @@ CAPABILITIES = [
     "client-confidential-asymmetric",
     "context-standalone-patient",
     "context-ehr-patient",
+    "context-ehr-encounter",  # /oauth/launch takes an encounter; the token names it
     "permission-patient",
     "permission-user",
     "permission-offline",
@@ -72,6 +73,11 @@ def endpoints(svc: Any) -> dict[str, str]:
     }
 
 
+# Scopes granted as words that do nothing here: no standalone encounter picker (launch/encounter), and refresh
+# tokens only for offline_access (online_access would ask for one while the user is online).
+UNOFFERED_SCOPES = frozenset({"launch/encounter", "online_access"})
+
+
 def smart_configuration(svc: Any) -> dict[str, Any]:
     urls = endpoints(svc)
     return {
@@ -85,7 +91,7 @@ def smart_configuration(svc: Any) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "scopes_supported": sorted(OTHER_SCOPES - {"launch/encounter"})
+        "scopes_supported": sorted(OTHER_SCOPES - UNOFFERED_SCOPES)
         + [f"{c}/*.{p}" for p in ("cruds", "read") for c in ("patient", "user", "system")],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],

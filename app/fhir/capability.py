@@ -12,6 +12,12 @@ from app.core.timeutil import to_instant, utcnow
 from app.services import Services
 
 COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security")
+PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
+# Parameters the search parser reads itself (app/search/parser.py), with no SearchParameter behind them.
+HAS_PARAM = {"name": "_has", "type": "special", "documentation": "Reverse chaining, one level (search.html#has)"}
+COMPARTMENT_PARAM = {"name": "_compartment", "type": "reference",
+                     "documentation": "Patient/[id]: in that patient's compartment through any of the type's "
+                                      "compartment parameters (CompartmentDefinition/patient)"}
 # The electronic health card's implementation guide (fhir_profiles): what every node of the programme serves.
 IG_CAPABILITY = "https://ehc.example.cn/fhir/CapabilityStatement/ehc-node"
 
@@ -23,6 +29,21 @@ def published_profiles(profiles_dir: Path) -> dict[str, list[str]]:
         sd = json.loads(path.read_text(encoding="utf-8"))
         if sd.get("kind") == "resource" and sd.get("derivation") == "constraint" and sd.get("url"):
             out.setdefault(sd["type"], []).append(sd["url"])
+    return out
+
+
+def in_patient_compartment(svc: Services, rtype: str) -> bool:
+    """Whether `_compartment=Patient/<id>` (and so Patient/<id>/<rtype>) can select this type: it has a
+    compartment parameter the registry serves, as app.search.parser._compartment requires."""
+    return any(svc.registry.get(rtype, c) is not None for c in svc.registry.compartment.get(rtype, []))
+
+
+def search_params(svc: Services, rtype: str) -> list[dict[str, Any]]:
+    params = svc.registry.params(rtype)
+    out = [{"name": c, "type": p.type, **({"definition": p.url} if getattr(p, "url", None) else {})}
+           for c, p in sorted(params.items()) if c not in COMMON]
+    if in_patient_compartment(svc, rtype):
+        out.append(COMPARTMENT_PARAM)
     return out
 
 
@@ -43,13 +64,15 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
             "conditionalRead": "full-support",
             "conditionalUpdate": writable,
             "conditionalDelete": "single" if "delete" in interactions else "not-supported",
-            "referencePolicy": ["literal", "logical", "enforced", "local"],
-            "searchInclude": ["*", *sorted(f"{rtype}:{c}" for c, p in params.items() if p.type == "reference")],
+            # not "local": references to other servers are stored (and not resolved)
+            "referencePolicy": ["literal", "logical", "enforced"],
+            # the wildcard is `Type:*` (search.html#include); `_include=*` is refused
+            "searchInclude": [f"{rtype}:*", *sorted(f"{rtype}:{c}" for c, p in params.items()
+                                                     if p.type == "reference")],
             "searchRevInclude": sorted(f"{src}:{c}" for src in svc.resource_types
                                        for c, p in svc.registry.params(src).items()
                                        if p.type == "reference" and (not p.target or rtype in p.target)),
-            "searchParam": [{"name": c, "type": p.type, **({"definition": p.url} if getattr(p, "url", None) else {})}
-                            for c, p in sorted(params.items()) if c not in COMMON],
+            "searchParam": search_params(svc, rtype),
         }
         profiles = published.get(rtype)
         if profiles:
@@ -63,8 +86,9 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "mode": "server",
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-        "searchParam": [{"name": c, "type": p.type} for c in COMMON
-                        if (p := svc.registry.get("Patient", c)) is not None],
+        "searchParam": [*({"name": c, "type": p.type, **({"definition": p.url} if p.url else {})} for c in COMMON
+                          if (p := svc.registry.get("Patient", c)) is not None), HAS_PARAM],
+        "compartment": [PATIENT_COMPARTMENT],  # Patient/{id}/{type} (routes.py)
     }
     system_ops = [{"name": name, "definition": op["definition"]} for name, op in sorted(operations.items())
                   if "system" in op.get("levels", ())]
@@ -84,6 +108,6 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "fhirVersion": "4.0.1",
         "instantiates": [IG_CAPABILITY],
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
-        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [rest],
     }
