@@ -41,7 +41,7 @@ from app.store.events import StoreEvent
 
 log = logging.getLogger("ehc.audit")
 SEAL_INTERVAL = 1.0  # seconds between background passes when there is no backlog
-EXEMPT = {"metadata", ".well-known/smart-configuration"}
+EXEMPT = {"metadata", ".well-known/smart-configuration", ".well-known/openid-configuration"}
 READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode")  # POSTs that store nothing: no intent record
 
 

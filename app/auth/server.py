@@ -498,9 +498,10 @@ class SmartAuthorizationServer(AuthorizationServer):
         if user.get("encounter"):
             token["encounter"] = user["encounter"]
         scopes = parse_scopes(token["scope"])
-        if scopes.has("openid") and scopes.has("fhirUser") and user.get("account"):
+        if scopes.has("openid") and user.get("account"):  # OpenID Connect Core 3.1.3.3: openid gets an id_token
             code = getattr(request, "authorization_code", None)
-            token["id_token"] = self.id_token(client, user, getattr(code, "nonce", None), issued)
+            token["id_token"] = self.id_token(client, user, getattr(code, "nonce", None), issued,
+                                              scopes.has("fhirUser"))
 
     def _still_acting(self, account: str, patient: str, family: str | None, keys: list[str | None]) -> None:
         """Tokens for a relative only while the binding lasts. Asked after the tokens are stored: a code or a
@@ -517,11 +518,13 @@ class SmartAuthorizationServer(AuthorizationServer):
             self.store.forget(key)
         raise InvalidGrantError(description=f"this account no longer acts for Patient/{patient}")
 
-    def id_token(self, client: SmartClient, user: dict[str, Any], nonce: str | None, issued: int) -> str:
+    def id_token(self, client: SmartClient, user: dict[str, Any], nonce: str | None, issued: int,
+                 fhir_user: bool) -> str:
+        """The OpenID Connect id_token; the fhirUser claim only when the fhirUser scope was granted (SMART)."""
         base = fhir_base(self.svc)
         claims: dict[str, Any] = {"iss": base, "sub": user["account"], "aud": client.client_id, "iat": issued,
                                   "exp": issued + ACCESS_TTL}
-        if user.get("fhir_user"):
+        if fhir_user and user.get("fhir_user"):
             claims["fhirUser"] = f"{base}/{user['fhir_user']}"
         if nonce:
             claims["nonce"] = nonce

@@ -1,5 +1,5 @@
-"""SMART discovery: /.well-known/smart-configuration (also under /fhir) and the CapabilityStatement
-security section with the oauth-uris extension (SMART App Launch 2.0, "Conformance").
+"""SMART discovery: /.well-known/smart-configuration and OpenID Connect discovery (both also under /fhir), and
+the CapabilityStatement security section with the oauth-uris extension (SMART App Launch 2.0, "Conformance").
 
 URLs are absolute: from EHC_BASE_URL when set, else from the request's host.
 """
@@ -99,6 +99,18 @@ def smart_configuration(svc: Any) -> dict[str, Any]:
     }
 
 
+def openid_configuration(svc: Any) -> dict[str, Any]:
+    """OpenID Connect Discovery 1.0 for the issuer `{base}/fhir` (`sso-openid-connect` in the SMART
+    capabilities): where a relying party finds the keys that sign id_tokens and what those hold."""
+    conf = smart_configuration(svc)
+    keep = ("issuer", "jwks_uri", "authorization_endpoint", "token_endpoint", "grant_types_supported",
+            "token_endpoint_auth_methods_supported", "token_endpoint_auth_signing_alg_values_supported",
+            "id_token_signing_alg_values_supported", "scopes_supported", "response_types_supported",
+            "code_challenge_methods_supported")
+    return {**{k: conf[k] for k in keep}, "subject_types_supported": ["public"],
+            "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", "fhirUser"]}
+
+
 def capability_security(svc: Any) -> dict[str, Any]:
     urls = endpoints(svc)
     return {
@@ -126,6 +138,14 @@ def _svc() -> Any:
 @bp.route("/fhir/.well-known/smart-configuration", methods=["GET"])
 def well_known() -> ResponseReturnValue:
     resp = jsonify(smart_configuration(_svc()))
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@bp.route("/.well-known/openid-configuration", methods=["GET"])
+@bp.route("/fhir/.well-known/openid-configuration", methods=["GET"])
+def openid_discovery() -> ResponseReturnValue:
+    resp = jsonify(openid_configuration(_svc()))
     resp.headers["Cache-Control"] = "public, max-age=300"
     return resp
 

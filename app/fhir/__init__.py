@@ -119,7 +119,7 @@ def fhir_entry(path: str) -> Response:
         native = native_binary_type(request, path)
         media = negotiate(request) if native is None or method != "GET" else "application/fhir+json"
         check_fhir_version(request)
-        if path not in ("metadata", ".well-known/smart-configuration"):
+        if path not in ("metadata", ".well-known/smart-configuration", ".well-known/openid-configuration"):
             # Authenticated once per request; a before_request hook (audit) may have done it already.
             principal = g.get("ehc_principal") or svc.policy.authenticate(request.headers.get("Authorization"))
             g.ehc_principal = principal

@@ -237,3 +237,29 @@ def test_login_page_is_bilingual_and_protected(live, world):
     post = requests.post(url, data={"csrf": "forged", "phone": "13800138000", "password": PASSWORD,
                                     "step": "login"}, timeout=10)
     assert post.status_code == 400
+
+
+def test_openid_connect_discovery_under_the_issuer(live):
+    """`sso-openid-connect` is declared and the issuer is {base}/fhir: OpenID Connect Discovery finds the
+    issuer's configuration at {issuer}/.well-known/openid-configuration, without a token (it answered 401)."""
+    for path in ("/fhir/.well-known/openid-configuration", "/.well-known/openid-configuration"):
+        r = requests.get(live + path, timeout=10)
+        assert r.status_code == 200, (path, r.text)
+        conf = r.json()
+        assert conf["issuer"] == f"{live}/fhir" and conf["jwks_uri"] == f"{live}/oauth/jwks"
+        assert conf["id_token_signing_alg_values_supported"] == ["RS256"] and "openid" in conf["scopes_supported"]
+        assert {"public"} == set(conf["subject_types_supported"]) and "fhirUser" in conf["claims_supported"]
+    assert requests.get(conf["jwks_uri"], timeout=10).json()["keys"]
+
+
+def test_openid_without_fhiruser_still_gets_an_id_token(live, world):
+    """OpenID Connect Core 3.1.3.3: a grant of `openid` returns an id_token; without the fhirUser scope it
+    names no fhirUser (it returned no id_token at all)."""
+    url, verifier = _authorize_url(live, world["app"]["client_id"], "launch/patient openid patient/Observation.rs")
+    params = redirect_params(login_and_approve(url, "13800138000", PASSWORD, patient_id=world["me"]))
+    r = _exchange(live, world["app"]["client_id"], params["code"], verifier)
+    assert r.status_code == 200, r.text
+    jwks = requests.get(f"{live}/oauth/jwks", timeout=10).json()
+    claims = jwt.decode(r.json()["id_token"], KeySet.import_key_set(jwks), algorithms=["RS256"]).claims
+    assert claims["iss"] == f"{live}/fhir" and claims["aud"] == world["app"]["client_id"]
+    assert "fhirUser" not in claims
