@@ -29,7 +29,7 @@ from app.fhir.http import (
     parse_prefer,
     version_headers,
 )
-from app.fhir.presentation import apply_elements, apply_summary
+from app.fhir.presentation import as_asked
 from app.fhir.router import FhirRequest
 from app.fhir.validation import Validator
 from app.search.parser import parse_search
@@ -79,10 +79,7 @@ def resource_response(req: FhirRequest, stored: Stored, status: int = 200,
                             {**headers, "Preference-Applied": "return=OperationOutcome"})
     body = stored.resource
     if body is not None and req.method == "GET":
-        body = apply_summary(body, req.param("_summary"))
-        elements = req.param("_elements")
-        if elements:
-            body = apply_elements(body, [e.strip() for e in elements.split(",") if e.strip()])
+        body = as_asked(body, req.param("_summary"), req.param("_elements"))
     return FhirResponse(status, body, headers)
 
 

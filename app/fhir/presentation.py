@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from typing import Any
 
 from app.core.errors import Issue, bad_request
 from app.core.ids import new_id
+from app.profiles import PROFILES_DIR
 
-# Elements marked isSummary in R4 for the types we serve (plus the always-present ones).
 _ALWAYS = {"resourceType", "id", "meta"}
-SUMMARY_ELEMENTS: dict[str, set[str]] = {
-    "Patient": {"identifier", "active", "name", "telecom", "gender", "birthDate", "deceasedBoolean",
-                "deceasedDateTime", "address", "managingOrganization", "link"},
-    "Observation": {"identifier", "basedOn", "partOf", "status", "category", "code", "subject", "focus",
-                    "encounter", "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued",
-                    "performer", "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean",
-                    "valueInteger", "valueDateTime", "dataAbsentReason", "hasMember", "derivedFrom"},
-    "DocumentReference": {"masterIdentifier", "identifier", "status", "docStatus", "type", "category",
-                          "subject", "date", "author", "authenticator", "custodian", "relatesTo",
-                          "description", "securityLabel", "content"},
-    "Organization": {"identifier", "active", "type", "name", "alias", "partOf"},
-    "Practitioner": {"identifier", "active", "name", "telecom", "address", "gender", "birthDate"},
-    "RelatedPerson": {"identifier", "active", "patient", "relationship", "name", "telecom", "gender",
-                      "birthDate", "address"},
-    "Consent": {"identifier", "status", "scope", "category", "patient", "dateTime", "performer",
-                "organization", "sourceAttachment", "sourceReference", "policyRule", "provision"},
-    "Binary": {"contentType", "securityContext"},
-}
+SUMMARY_TABLE = "summary-elements.json"  # scripts/gen_summary_elements.py
+
+
+@cache
+def summary_elements() -> dict[str, frozenset[str]]:
+    """The children R4 marks isSummary, of each resource type and of each of its backbone elements."""
+    table = json.loads((PROFILES_DIR / SUMMARY_TABLE).read_text(encoding="utf-8"))
+    return {path: frozenset(names) for path, names in table.items()}
+
+
 SUMMARY_MODES = {"true", "false", "text", "data", "count"}
 
 
@@ -47,14 +41,44 @@ def apply_summary(resource: dict[str, Any], mode: str | None) -> dict[str, Any]:
         raise bad_request(f"_summary must be one of {', '.join(sorted(SUMMARY_MODES))}", expression="_summary")
     rtype = resource.get("resourceType", "")
     if mode == "true":
-        keep = _ALWAYS | SUMMARY_ELEMENTS.get(rtype, set())
-    elif mode == "text":
+        return _subsetted(_summary_of(resource, rtype, summary_elements()))
+    if mode == "text":
         keep = _ALWAYS | {"text"}
     elif mode == "data":
         return _subsetted({k: v for k, v in resource.items() if k != "text"})
     else:
         return resource
     return _subsetted({k: v for k, v in resource.items() if k in keep})
+
+
+def _summary_of(node: dict[str, Any], path: str, table: dict[str, frozenset[str]]) -> dict[str, Any]:
+    """The summary elements of a resource or backbone element at `path`, its backbone elements pruned in turn
+    (a data type inside a summary element is kept whole; a backbone element left with nothing goes, as FHIR has
+    no empty elements); a primitive's `_name` goes with its value."""
+    keep = table.get(path, frozenset()) | (_ALWAYS if "." not in path else frozenset())
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        name = key[1:] if key.startswith("_") else key
+        if name not in keep:
+            continue
+        inner = f"{path}.{name}"
+        if inner in table:  # a backbone element: its own summary children
+            if isinstance(value, list):
+                value = [kept for v in value if (kept := _summary_of(v, inner, table) if isinstance(v, dict) else v)]
+            elif isinstance(value, dict):
+                value = _summary_of(value, inner, table)
+            if not value:
+                continue
+        out[key] = value
+    return out
+
+
+def as_asked(resource: dict[str, Any], summary: str | None, elements: str | None) -> dict[str, Any]:
+    """A resource read as `_summary` and `_elements` ask (the query's values, as given)."""
+    resource = apply_summary(resource, summary)
+    if elements:
+        resource = apply_elements(resource, [e.strip() for e in elements.split(",") if e.strip()])
+    return resource
 
 
 def apply_elements(resource: dict[str, Any], elements: list[str]) -> dict[str, Any]:

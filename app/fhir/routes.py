@@ -11,12 +11,15 @@ from app.fhir.bundles import process_bundle
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
 from app.fhir.operations import OPERATIONS
+from app.fhir.presentation import as_asked
 from app.fhir.router import FhirRequest, Route, Router, allow_header
 from app.services import Services
 
 
 def _metadata(req: FhirRequest, svc: Services) -> FhirResponse:
-    return FhirResponse(200, capability_statement(svc, req.base, OPERATIONS))
+    """The CapabilityStatement; `_summary` and `_elements` as on any read (the whole one is about 640 KB)."""
+    return FhirResponse(200, as_asked(capability_statement(svc, req.base, OPERATIONS), req.param("_summary"),
+                                      req.param("_elements")))
 
 
 def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str | None = None,

@@ -200,3 +200,39 @@ def test_online_access_is_not_offered_while_it_gives_no_refresh_token(live, svc)
     assert "refresh_token" in code_flow(live, app_id, "13900139002", "offline_access patient/*.rs")
     assert "refresh_token" not in code_flow(live, app_id, "13900139002", "online_access patient/*.rs")
     assert "online_access" not in smart_configuration(live)["scopes_supported"]
+
+
+def test_metadata_honours_summary_and_elements(client):
+    """GET metadata with _summary=true or _elements answers that subset (it always answered the whole ~640 KB
+    statement); a _summary value that is no mode is a 400, as on any read."""
+    full = client.get("/fhir/metadata").json
+    short = client.get("/fhir/metadata?_summary=true").json
+    assert short["resourceType"] == "CapabilityStatement" and short["fhirVersion"] == full["fhirVersion"]
+    assert short["meta"]["tag"][0]["code"] == "SUBSETTED" and "description" not in short  # not a summary element
+    # rest and rest.resource are summary elements, rest.resource.searchParam is not (R4 isSummary)
+    patient = next(r for r in short["rest"][0]["resource"] if r["type"] == "Patient")
+    assert "searchParam" not in patient and "searchParam" in full["rest"][0]["resource"][0]
+    assert len(json.dumps(short)) < len(json.dumps(full)) / 4
+    picked = client.get("/fhir/metadata?_elements=format,patchFormat").json
+    assert set(picked) - {"resourceType", "id", "meta"} == {"format", "patchFormat"}
+    assert client.get("/fhir/metadata?_summary=bogus").status_code == 400
+
+
+def test_summary_true_keeps_the_summary_elements_of_every_type(client):
+    """_summary=true keeps what R4 marks isSummary, for every type and inside backbone elements (a hand list
+    covered eight types: a Condition kept only its id)."""
+    client.put("/fhir/Patient/sum-p", data=json.dumps({"resourceType": "Patient", "id": "sum-p"}),
+               content_type="application/fhir+json")
+    cid = client.post("/fhir/Condition", data=json.dumps({
+        "resourceType": "Condition", "code": {"text": "头痛"}, "subject": {"reference": "Patient/sum-p"},
+        "note": [{"text": "not a summary element"}]}), content_type="application/fhir+json")
+    assert cid.status_code == 201, cid.json
+    got = client.get(f"/fhir/Condition/{cid.json['id']}?_summary=true").json
+    assert got["code"] == {"text": "头痛"} and got["subject"] == {"reference": "Patient/sum-p"} and "note" not in got
+    oid = client.post("/fhir/Observation", data=json.dumps({
+        "resourceType": "Observation", "status": "final", "code": {"text": "血压"},
+        "component": [{"code": {"text": "收缩压"}, "valueQuantity": {"value": 120},
+                       "interpretation": [{"text": "正常"}]}]}), content_type="application/fhir+json").json["id"]
+    bundle = client.get(f"/fhir/Observation?_id={oid}&_summary=true").json
+    assert bundle["entry"][0]["resource"]["component"] == [{"code": {"text": "收缩压"},
+                                                           "valueQuantity": {"value": 120}}]
