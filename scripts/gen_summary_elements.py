@@ -42,8 +42,8 @@ def table(definitions: Path) -> dict[str, list[str]]:
         parents = {sd["type"]} | {e["path"] for e in elements
                                   if {t.get("code") for t in e.get("type", [])} & BACKBONE and "." in e["path"]}
         for e in elements:
-            parent = e["path"].rsplit(".", 1)[0] if "." in e["path"] else None
-            if parent in parents and e.get("isSummary"):
+            parent = str(e["path"]).rsplit(".", 1)[0]
+            if "." in e["path"] and parent in parents and e.get("isSummary"):
                 out.setdefault(parent, []).extend(json_names(e))
     return dict(sorted(out.items()))
 
