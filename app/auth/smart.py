@@ -134,20 +134,23 @@ def _svc() -> Any:
     return current_app.extensions["ehc"]
 
 
+def _discovery(document: dict[str, Any]) -> ResponseReturnValue:
+    """A discovery document: public, and cacheable for a few minutes."""
+    resp = jsonify(document)
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
 @bp.route("/.well-known/smart-configuration", methods=["GET"])
 @bp.route("/fhir/.well-known/smart-configuration", methods=["GET"])
 def well_known() -> ResponseReturnValue:
-    resp = jsonify(smart_configuration(_svc()))
-    resp.headers["Cache-Control"] = "public, max-age=300"
-    return resp
+    return _discovery(smart_configuration(_svc()))
 
 
 @bp.route("/.well-known/openid-configuration", methods=["GET"])
 @bp.route("/fhir/.well-known/openid-configuration", methods=["GET"])
 def openid_discovery() -> ResponseReturnValue:
-    resp = jsonify(openid_configuration(_svc()))
-    resp.headers["Cache-Control"] = "public, max-age=300"
-    return resp
+    return _discovery(openid_configuration(_svc()))
 
 
 def refresh_capability(svc: Any) -> None:

@@ -8,6 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.integration.test_search import ids, search
+
 FJ = "application/fhir+json"
 CODE = "urn:ehc:test:semantics|sort"
 
@@ -16,16 +18,6 @@ def put(client, path, body):
     r = client.put(f"/fhir/{path}", data=json.dumps(body), content_type=FJ)
     assert r.status_code in (200, 201), r.json
     return r.json
-
-
-def search(client, query):
-    r = client.get(f"/fhir/{query}")
-    assert r.status_code == 200, r.json
-    return r.json
-
-
-def ids(bundle):
-    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
 
 
 def pages(client, query):
