@@ -24,7 +24,9 @@ What is checked, each failure an issue whose `expression` names the exact path (
   element's target types, Reference.type agreeing with the reference, `#id` naming a contained resource (ref-1),
   contained ids unique;
 - narrative: the div is XHTML in the XHTML namespace, only the elements and attributes FHIR permits
-  (no script, form, style sheet, event attribute, script URL), with some content (txt-1, txt-2).
+  (no script, form, style sheet, event attribute, script URL), with some content (txt-1, txt-2);
+- once the structure is sound, the other core invariants (constraints of severity error, FHIRPath) on every
+  resource, data type and backbone element present (app.fhir.invariants, fhir_profiles/invariants.json).
 
 `Validator(profiles_dir).validate(resource, type)` raises a 400 FhirError with every issue; `issues` returns
 them. `profile=` adds the constraints of a profile published in fhir_profiles/StructureDefinition
@@ -44,6 +46,7 @@ from xml.parsers import expat
 
 from app.core.errors import FhirError, Issue
 from app.core.fhirjson import FhirDecimal, kind_of
+from app.fhir.invariants import load_invariants
 from app.fhir.profiles import load_profiles
 from app.fhir.structure import ElementDef, Structure, TypeDef, load_structure
 
@@ -91,16 +94,24 @@ _NO_CONTAINED: dict[str, str] = {}
 class _Out:
     """Issues found so far (a cap keeps a hostile resource from producing megabytes of them)."""
 
-    __slots__ = ("contained", "issues")
+    __slots__ = ("contained", "issues", "pending", "resource")
     LIMIT = 100
 
     def __init__(self) -> None:
         self.issues: list[Issue] = []
         self.contained = _NO_CONTAINED  # id -> resource type of the contained resources of the current resource
+        self.resource: dict[str, Any] = {}  # the resource being walked (%resource of the invariants)
+        # (object, type name, path, resource) of each object whose type has core invariants
+        self.pending: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = []
 
     def add(self, path: str, msg: str, code: str = "structure") -> None:
         if len(self.issues) < self.LIMIT:
             self.issues.append(Issue(f"{path}: {msg}", code, expression=[path]))
+
+    def invariant(self, path: str, msg: str) -> bool:
+        """A broken invariant; whether more issues are wanted."""
+        self.add(path, msg, "invariant")
+        return len(self.issues) < self.LIMIT
 
 
 class Validator:
@@ -113,6 +124,8 @@ class Validator:
         self._codings = _load_codings(profiles_dir)
         # by identity: one set lookup for each uri value, no hashing of ElementDefs
         self._absolute = frozenset(id(self.structure.types[t].elements[e]) for t, e in _ABSOLUTE_ELEMENTS)
+        self.invariants = load_invariants(profiles_dir, self.structure)
+        self._with_invariants = frozenset(self.invariants.by_type)
 
     # -- public surface -----------------------------------------------------------------------------
 
@@ -130,6 +143,8 @@ class Validator:
             return [Issue(f"unknown resource type {rtype!r}", "not-supported", expression=["resourceType"])]
         out = _Out()
         self._resource(resource, rtype, rtype, out, contained=False)
+        if not out.issues:  # a structurally sound resource: its invariants can be read
+            self.invariants.check(out.pending, out.invariant)
         if not out.issues:
             out.issues.extend(self._rules(rtype, resource))
         if not out.issues:
@@ -155,6 +170,7 @@ class Validator:
 
     def _resource(self, res: Any, rtype: str, path: str, out: _Out, contained: bool) -> None:
         tdef = self.structure.types[rtype]
+        container, out.resource = out.resource, res
         if contained:
             self._complex(res, tdef, path, out, resource=True)
         else:
@@ -164,6 +180,7 @@ class Validator:
             out.contained = _NO_CONTAINED if listed is None else self._contained_ids(listed, path, out)
             self._complex(res, tdef, path, out, resource=True)
             out.contained = outer
+        out.resource = container
         if contained:
             if "contained" in res:
                 out.add(f"{path}.contained", "a contained resource cannot contain resources (dom-2)")
@@ -235,6 +252,8 @@ class Validator:
         for label, names in tdef.required:
             if not any(n in obj or ("_" + n) in obj for n in names):
                 out.add(f"{path}.{label}", "is required (minimum cardinality 1)", "required")
+        if tdef.name in self._with_invariants:
+            out.pending.append((obj, tdef.name, path, out.resource))
         if tdef.name == "Extension":
             if ("value" in chosen) == ("extension" in obj):
                 out.add(path, "an extension has either a value[x] or nested extensions, not both, "
