@@ -300,8 +300,8 @@ def write_report(args: argparse.Namespace, server: Server, results: dict[str, di
         lines += ["", "CPU time per request of this server (all its processes, the audit sealer included) and of the "
                   "embedded database, medians of the rounds, and the request rate those would allow on idle cores "
                   "(the load generator and any other work on the machine left out: an upper bound). Less bent by "
-                  "other work than req/s, but not immune: the same code measured 3.1 ms of server CPU a read on "
-                  "2026-11-30 and 5.0-5.6 ms on 2026-12-01, on a busier host):", "",
+                  "other work than req/s, but not immune: on 2026-12-01 the same code measured 5.0-5.6 ms of server "
+                  "CPU a read at 05:00 UTC and 2.95 ms at 06:14, on a busier and then a quieter host):", "",
                   "| scenario | server CPU ms/request | database CPU ms/request | req/s on "
                   f"{cores} idle cores |", "|---|---:|---:|---:|"]
         for scenario, rows in cpu_rows:
