@@ -63,12 +63,16 @@ def test_a_deleted_record_stays_its_home_provinces_and_its_patients(web, svc, da
 
 # -- a resident's token writes only records that are theirs alone ------------------------------------------------
 
+CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+
+
 def test_a_resident_cannot_write_into_another_residents_chart(web, svc, data, tokens):
     """A record belongs to every patient its compartment elements name: naming oneself as the recorder of the
     victim's AllergyIntolerance (or the performer of their Observation) let a resident's app write into the
     victim's chart. Reading such a record stays open to both (R4 compartments); writing it is refused."""
     theirs = {"resourceType": "AllergyIntolerance", "patient": {"reference": f"Patient/{data['victim']}"},
-              "recorder": {"reference": f"Patient/{data['me']}"}, "code": {"text": "青霉素"}}
+              "recorder": {"reference": f"Patient/{data['me']}"}, "code": {"text": "青霉素"},
+              "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]}}  # ait-1
     r = call(web, "POST", "AllergyIntolerance", tokens["app"], theirs)
     assert r.status_code == 403, r.get_json()
     obs = {"resourceType": "Observation", "status": "final", "code": {"text": "血压"},
