@@ -26,8 +26,8 @@ def with_(base: dict[str, Any], **elements: Any) -> dict[str, Any]:
     return out
 
 
-def refused(r: Any, path: str, key: str) -> None:
-    """A 400 OperationOutcome with an invariant issue on `path` naming `key` and its text."""
+def refused(r: Any, path: str, key: str) -> dict[str, Any]:
+    """A 400 OperationOutcome with an invariant issue on `path` naming `key` and its text; that issue."""
     assert r.status_code == 400, r.get_data(as_text=True)[:400]
     oo = r.json
     assert oo["resourceType"] == "OperationOutcome"
@@ -36,6 +36,7 @@ def refused(r: Any, path: str, key: str) -> None:
     assert hits[0]["code"] == "invariant" and hits[0]["severity"] == "error"
     # the text follows the key's element (a transaction prefixes the entry: "Bundle.entry[0].resource: ...")
     assert len(hits[0]["diagnostics"].rsplit(": ", 1)[-1]) > len(key) + 12
+    return dict(hits[0])
 
 
 def tx(*resources: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,10 @@ def test_bundle_invariants(client: Any, case: str, change: dict[str, Any], path:
             body["entry"][int(index)][name] = value
         else:
             body[where] = value
-    refused(post(client, body), path, key)
+    r = post(client, body)
+    assert r.status_code == 400 and "Location" not in r.headers  # nothing stored
+    issue = refused(r, path, key)
+    assert issue["expression"] == [path] and issue["diagnostics"].endswith(f"({key})")
 
 
 def test_a_valid_collection_bundle_is_stored(client: Any) -> None:
