@@ -376,7 +376,7 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
                 if matches and method == "PUT" and body_id not in (None, matches[0]["_id"]):
                     raise bad_request(f"{where}.resource.id {body_id!r} differs from the {rtype} the conditional "
                                       "URL matches", expression=f"{where}.resource.id")
-                if not matches and method == "PUT" and body_id and _live(svc, rtype, body_id):
+                if not matches and method == "PUT" and body_id and svc.repo.exists(rtype, body_id):
                     # as PUT [type]?criteria answers (interactions.update, create_only): the resource that has
                     # the body's id did not match the criteria, so it is not the one to overwrite
                     raise conflict(f"{where}: no {rtype} matches the conditional URL, and {rtype}/{body_id}, the "
@@ -453,11 +453,6 @@ def _plan_and_apply(req: FhirRequest, svc: Services, entries: list[dict[str, Any
     progress["entry"] = None
     progress["applying"] = True
     return plans, writes, write_index, svc.journal.apply(writes, req.write)
-
-
-def _live(svc: Services, rtype: str, rid: str) -> bool:
-    doc = svc.repo.get_raw(rtype, rid)
-    return doc is not None and not doc.get("del")
 
 
 def _check_local_refs(resource: dict[str, Any], where: str) -> None:
