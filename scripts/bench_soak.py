@@ -11,14 +11,13 @@ the "Soak" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_load import DRIVER, Server, find_node, fmt, loadavg, splice  # noqa: E402
+from bench_load import Server, drive, find_node, fmt, loadavg, splice  # noqa: E402
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 TARGET = 0.9
@@ -57,29 +56,22 @@ def main() -> int:
     try:
         server.start()
         server.description = server.describe()
-        summary_out = tmp / "soak.json"
-        cmd = [node, str(DRIVER), f"--base={server.base}", "--scenario=crud", f"--vus={args.vus}",
-               f"--duration={args.minutes * 60}s", f"--summary={summary_out}",
-               f"--token-url=http://127.0.0.1:{server.port}/oauth/token", f"--client-id={server.client_id}",
-               f"--client-secret={server.secret}"]  # values after "=": an id or secret may start with "-"
         print(f"soak: {args.minutes} min of CRUD at {args.vus} VUs against {server.base}", flush=True)
-        done = threading.Event()
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        def finished() -> None:
-            proc.wait()
-            done.set()
-
-        threading.Thread(target=finished, daemon=True).start()
-        while not done.wait(args.every):
-            samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb(), server.db_rss_mb()))
-            print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB, "
-                  f"database {fmt(samples[-1][3])} MB", flush=True)
-        if proc.returncode != 0 or not summary_out.exists():
-            raise SystemExit(f"load driver failed ({proc.returncode}): "
-                             f"{(proc.stdout.read() if proc.stdout else '')[-2000:]}")
-        minutes = per_minute(json.loads(summary_out.read_text()))
+        with ThreadPoolExecutor(1) as pool:  # the run in a thread; the backlog and memory sampled meanwhile
+            run = pool.submit(drive, node, server.base, "crud", args.vus, f"{args.minutes * 60}s", tmp / "soak.json",
+                              f"--token-url=http://127.0.0.1:{server.port}/oauth/token",
+                              f"--client-id={server.client_id}", f"--client-secret={server.secret}")
+            while True:
+                try:
+                    driven = run.result(timeout=args.every)
+                    break
+                except FutureTimeout:
+                    samples.append((time.monotonic() - t0, server.audit_pending(), server.rss_mb(),
+                                    server.db_rss_mb()))
+                    print(f"  {samples[-1][0]:5.0f} s: backlog {samples[-1][1]}, RSS {samples[-1][2]:.0f} MB, "
+                          f"database {fmt(samples[-1][3])} MB", flush=True)
+        minutes = per_minute(driven)
     finally:
         server.stop()
     load_after = loadavg()
