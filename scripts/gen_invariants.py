@@ -46,8 +46,6 @@ EXCLUDED: dict[str, str] = {
              "validating)",
     "rng-2": "fhirpathpy 2.2.4 cannot compare two Quantity elements (low <= high raises TypeError, and so does "
              "toQuantity() on a Quantity without a system)",
-    "ppc-1": "not yet: this server's own consent records (the portal's grants, relative bindings) and the Consents "
-             "its documented clients send carry neither policy nor policyRule; they must be migrated first",
 }
 
 

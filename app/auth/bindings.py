@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from app.auth.consent import add_policy_rule, policy_rule
 from app.auth.models import AuthStore, Binding, ResidentAccount, Token
 from app.core.timeutil import today_in_china
 from app.mpi.identifiers import age_of
@@ -83,6 +84,7 @@ def _record(svc: Any, store: AuthStore, account: ResidentAccount, patient_id: st
             "patient": {"reference": f"Patient/{patient_id}"},
             "dateTime": (today or today_in_china()).isoformat(),
             "performer": [{"reference": by}],
+            "policyRule": policy_rule(),
             "provision": {
                 "type": "permit",
                 "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
@@ -168,4 +170,7 @@ def _set(svc: Any, rtype: str, rid: str, ctx: WriteContext, **changes: Any) -> N
     stored = svc.repo.read(rtype, rid, fire=False)
     if stored.resource is None:
         return
-    svc.repo.update(rtype, rid, {**stored.resource, **changes}, if_match=stored.vid, context=ctx)
+    changed = {**stored.resource, **changes}
+    if rtype == "Consent":  # a binding's Consent written before ppc-1 was checked: its next version meets it
+        add_policy_rule(changed)
+    svc.repo.update(rtype, rid, changed, if_match=stored.vid, context=ctx)

@@ -11,6 +11,12 @@ Grantees are frozen at grant time (`freeze_grantees`, a pre-write storage hook):
 that represents a province gets that province written into the actor's identifier when the Consent is stored. The
 decision reads only the Consent itself, never the Organization, so editing a directory resource later cannot
 widen what a resident granted.
+
+Every Consent names a policy or a policyRule (core invariant ppc-1, checked on every write). The ones this server
+writes (the portal's grants, relative bindings) carry `policy_rule()`: the resident opts in (v3 ActCode OPTIN) to
+the access its provision permits. Consents stored before ppc-1 was checked may lack both: the decision never reads
+policy or policyRule, so they count as before; whatever here updates one adds the rule (`add_policy_rule`) so the
+update validates.
 """
 
 from __future__ import annotations
@@ -26,6 +32,22 @@ from app.store.keys import reference_key
 
 ConsentDoc = dict[str, Any]
 OrgLoader = Callable[[str], dict[str, Any] | None]
+
+POLICY_RULE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+POLICY_RULE_CODE = "OPTIN"  # the resident opts in to sharing: a permit, as every Consent this server writes is
+
+
+def policy_rule() -> dict[str, Any]:
+    """Consent.policyRule of the Consents this server writes (a new object each time: callers may change it)."""
+    return {"coding": [{"system": POLICY_RULE_SYSTEM, "code": POLICY_RULE_CODE}]}
+
+
+def add_policy_rule(consent: dict[str, Any]) -> dict[str, Any]:
+    """`consent`, given `policy_rule()` when it names neither a policy nor a policyRule (one stored before ppc-1
+    was checked), so that writing it back validates; one that names either is left as it is."""
+    if not consent.get("policy") and not consent.get("policyRule"):
+        consent["policyRule"] = policy_rule()
+    return consent
 
 
 def freeze_grantees(consent: dict[str, Any], load_org: OrgLoader) -> None:

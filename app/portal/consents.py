@@ -2,7 +2,8 @@
 hospital (data classes, period), and revoking one. Every change is a FHIR Consent version written through the
 API with the resident's token: a grant is a create (version 1), a revocation an update to status inactive
 (If-Match on the version shown). The shape is the one the access gate looks for: provision permit, action
-access, actor an Organization or a province identifier (urn:ehc:province|NN), optional classes and period."""
+access, actor an Organization or a province identifier (urn:ehc:province|NN), optional classes and period; the
+policyRule OPTIN (app.auth.consent.policy_rule: core invariant ppc-1)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from flask import request
 from flask.typing import ResponseReturnValue
 
+from app.auth.consent import add_policy_rule, policy_rule
 from app.auth.models import Binding
 from app.auth.plugin import auth_state
 from app.core.access import PROVINCE_SYSTEM
@@ -178,6 +180,7 @@ def consent_grant() -> ResponseReturnValue:
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{pid}"}, "dateTime": today_in_china().isoformat(),
         "performer": [_performer()],
+        "policyRule": policy_rule(),
         "provision": {
             "type": "permit", "period": {"start": start, "end": end},
             "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
@@ -217,6 +220,7 @@ def consent_revoke(cid: str) -> ResponseReturnValue:
     if request.form.get("version") and request.form["version"] != version:
         return said("portal.consents", t("授权已被修改，请重试", "The consent changed; try again"))
     consent["status"] = "inactive"
+    add_policy_rule(consent)  # one granted before ppc-1 was checked names no policyRule: its revocation does
     done = fhir("PUT", f"Consent/{cid}", body=consent, headers={"If-Match": f'W/"{version}"'})
     if not done.ok:
         return said("portal.consents", done.diagnostics())

@@ -19,6 +19,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from app.auth.accounts import create_account
 from app.auth.bindings import bind
+from app.auth.consent import policy_rule
 from app.auth.models import Token, digest, now
 from app.auth.plugin import auth_state
 from app.auth.registration import register_client
@@ -169,7 +170,7 @@ def consent(svc: Any, pid: str, actor: dict[str, Any], status: str = "active", p
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                               "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"}, "provision": provision,
+        "patient": {"reference": f"Patient/{pid}"}, "policyRule": policy_rule(), "provision": provision,
     }, province)
 
 

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from pymongo import MongoClient
 from werkzeug.serving import make_server
 
+from app.auth.consent import policy_rule
 from app.auth.plugin import auth_state
 from app.auth.registration import register_client
 from app.cli import main as ehc
@@ -148,7 +149,7 @@ def consent_body(pid: str, actor: dict[str, Any], status: str = "active") -> dic
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                               "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
+        "patient": {"reference": f"Patient/{pid}"}, "policyRule": policy_rule(),
         "provision": {"type": "permit", "actor": [{
             "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
                                  "code": "IRCP"}]}, "reference": actor}],

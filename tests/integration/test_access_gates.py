@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.auth.consent import policy_rule
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import (
     FJ,
@@ -183,7 +184,7 @@ def test_a_client_cannot_grant_itself_consent(web, data, p31):
              "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                    "code": "patient-privacy"}]},
              "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-             "patient": {"reference": f"Patient/{data['victim']}"},
+             "patient": {"reference": f"Patient/{data['victim']}"}, "policyRule": policy_rule(),
              "provision": {"type": "permit", "actor": [{"role": {"text": "recipient"}, "reference": {
                  "identifier": {"system": "urn:ehc:province", "value": "31"}}}],
                  "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.auth.consent import policy_rule
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import (
     FJ,
@@ -169,7 +170,7 @@ def test_one_patients_consent_does_not_open_records_that_name_other_residents(we
              "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                    "code": "patient-privacy"}]},
              "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-             "patient": {"reference": f"Patient/{theirs}"},
+             "patient": {"reference": f"Patient/{theirs}"}, "policyRule": policy_rule(),
              "provision": {"type": "permit", "actor": [{"role": {"text": "r"}, "reference": {
                  "identifier": {"system": "urn:ehc:province", "value": "31"}}}],
                  "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",

@@ -13,6 +13,8 @@ import pytest
 FJ = "application/fhir+json"
 OBS: dict[str, Any] = {"resourceType": "Observation", "status": "final", "code": {"text": "glucose"}}
 PAT: dict[str, Any] = {"resourceType": "Patient", "active": True}
+CONSENT: dict[str, Any] = {"resourceType": "Consent", "status": "active", "scope": {"text": "privacy"},
+                           "category": [{"text": "consent to share"}]}
 UCUM = "http://unitsofmeasure.org"
 
 
@@ -86,6 +88,8 @@ CASES: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = [
     ("cpt-2 a telecom value without a system",
      with_(PAT, telecom=[{"value": "13800138000"}]), "Patient.telecom[0]", "cpt-2",
      with_(PAT, telecom=[{"system": "phone", "value": "13800138000"}])),
+    ("ppc-1 a Consent with neither policy nor policyRule (tests/integration/test_consent_policy_rule.py)",
+     CONSENT, "Consent", "ppc-1", with_(CONSENT, policyRule={"text": "opt in"})),
     ("pat-1 in a contained resource",
      with_(OBS, contained=[with_(PAT, id="p", contact=[{"gender": "male"}])], subject={"reference": "#p"}),
      "Observation.contained[0].contact[0]", "pat-1",
