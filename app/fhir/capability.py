@@ -1,6 +1,13 @@
 """GET /metadata: a CapabilityStatement generated from what is really implemented: the resource types and
 interactions of fhir_profiles/resource-types.json, the search parameters of the registry, the operations
-of the operation table, and the security extensions the auth layer registers."""
+of the operation table, and the security extensions the auth layer registers.
+
+`?mode=` (http.html#capabilities): R4 defines `full` (the default), `normative` and `terminology`, and lets a
+server ignore the parameter and answer its CapabilityStatement. `full` and `normative` answer the whole statement
+(CapabilityStatement is normative in R4, all of it); `terminology` asks for a TerminologyCapabilities, which this
+server (no terminology service) does not have: it answers the CapabilityStatement, as R4 allows. `terse`, not an
+R4 mode, answers the statement without its prose (`terse`). Any other mode is a 400 naming `mode`
+(`mode_of`)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import bad_request
 from app.core.timeutil import to_instant, utcnow
 from app.services import Services
 
@@ -111,3 +119,43 @@ def capability_statement(svc: Services, base: str, operations: dict[str, dict[st
         "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [rest],
     }
+
+
+MODES = ("full", "normative", "terminology", "terse")
+# Prose: what a person reads about a capability, not what the server declares it supports.
+PROSE_TOP = ("text", "description", "purpose", "copyright")  # implementation.description (1..1) stays
+
+
+def mode_of(values: list[str]) -> str:
+    """The mode `GET metadata` was asked for (`values`: those of `mode` in the query); 400 naming `mode` for one
+    that is not in MODES, or for more than one."""
+    if len(values) > 1:
+        raise bad_request("mode may be given once", expression="mode")
+    mode = values[0] if values else "full"
+    if mode not in MODES:
+        raise bad_request(f"unknown mode {mode!r}: one of {', '.join(MODES)}", expression="mode",
+                          code="not-supported")
+    return mode
+
+
+def terse(statement: dict[str, Any]) -> dict[str, Any]:
+    """The statement without its prose, what is not needed to know what the server supports: the narrative,
+    `description`, `purpose`, `copyright`, `rest.security.description`, and every `documentation` (of rest, of a
+    resource, of its interactions, search parameters and operations). Everything the server declares stays, as
+    does `implementation.description`, which R4 requires."""
+    out = _without(statement, "documentation")
+    for name in PROSE_TOP:
+        out.pop(name, None)
+    for rest in out.get("rest", []):
+        if isinstance(rest.get("security"), dict):
+            rest["security"].pop("description", None)
+    return out
+
+
+def _without(node: Any, name: str) -> Any:
+    """A copy of `node` without the key `name` at any depth."""
+    if isinstance(node, dict):
+        return {k: _without(v, name) for k, v in node.items() if k != name}
+    if isinstance(node, list):
+        return [_without(v, name) for v in node]
+    return node

@@ -311,8 +311,11 @@ def update(req: FhirRequest, svc: Services, type: str, id: str, create_only: boo
     if inm and none_match_fails(inm, None if not prior or prior.get("del") else int(prior["vid"])):
         # If-None-Match: * asks to create only (RFC 9110 §13.1.2): a current version exists, so nothing is written
         raise precondition_failed(f"If-None-Match {inm!r}: {type}/{id} already exists; nothing was written")
-    stored = svc.repo.update(type, id, body, if_match=if_match, context=req.write, known_prior=prior)
-    created = stored.vid == 1
+    # A body equal to the current version (meta.versionId and lastUpdated aside) makes no new version: 200 with
+    # the current one (as HAPI answers); If-Match and the change gate still judge it, and it is audited as any.
+    stored = svc.repo.update(type, id, body, if_match=if_match, context=req.write, known_prior=prior,
+                             keep_unchanged=True)
+    created = stored.vid == 1 and not stored.unchanged
     _audit(svc, req, "create" if created else "update", type, [id])
     return resource_response(req, stored, 201 if created else 200, with_location=True)
 
@@ -361,9 +364,10 @@ def patch(req: FhirRequest, svc: Services, type: str, id: str) -> FhirResponse:
                             expression=["resourceType", "id"])
         validator(svc).validate(patched, type)
         try:
-            # Written only over the version it was applied to, so that no concurrent write is lost.
+            # Written only over the version it was applied to, so that no concurrent write is lost. A patch that
+            # changes nothing (`[]`, a test, a value replaced by itself) makes no new version: the current one.
             new = svc.repo.update(type, id, patched, if_match=if_match if if_match is not None else stored.vid,
-                                  context=req.write)
+                                  context=req.write, keep_unchanged=True)
         except FhirError as err:
             if err.status != 412 or if_match is not None:
                 raise

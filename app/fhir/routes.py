@@ -8,7 +8,7 @@ from typing import Any
 from app.fhir import interactions as i
 from app.fhir import searching as s
 from app.fhir.bundles import process_bundle
-from app.fhir.capability import capability_statement
+from app.fhir.capability import capability_statement, mode_of, terse
 from app.fhir.http import FhirResponse
 from app.fhir.operations import OPERATIONS
 from app.fhir.presentation import as_asked
@@ -17,9 +17,13 @@ from app.services import Services
 
 
 def _metadata(req: FhirRequest, svc: Services) -> FhirResponse:
-    """The CapabilityStatement; `_summary` and `_elements` as on any read (the whole one is about 640 KB)."""
-    return FhirResponse(200, as_asked(capability_statement(svc, req.base, OPERATIONS), req.param("_summary"),
-                                      req.param("_elements")))
+    """The CapabilityStatement; `mode` (capability.mode_of: `terse` leaves the prose out), then `_summary` and
+    `_elements` as on any read (the whole one is about 640 KB)."""
+    mode = mode_of([v for k, v in req.params if k == "mode"])  # an unknown mode is refused before any work
+    statement = capability_statement(svc, req.base, OPERATIONS)
+    if mode == "terse":
+        statement = terse(statement)
+    return FhirResponse(200, as_asked(statement, req.param("_summary"), req.param("_elements")))
 
 
 def _operation(level: str, req: FhirRequest, svc: Services, op: str, type: str | None = None,

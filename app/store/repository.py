@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 
 from app.core.access import Change, Decision
 from app.core.errors import FhirError, conflict, forbidden, gone, not_found, precondition_failed, unprocessable
-from app.core.fhirjson import decimal_shadow, restore_decimals
+from app.core.fhirjson import FhirDecimal, decimal_shadow, restore_decimals
 from app.core.ids import is_valid_id, new_id, replaced_by, split_reference
 from app.core.timeutil import to_instant, utcnow
 from app.search.extract import extract_index
@@ -278,9 +278,13 @@ class Repository:
     def update(self, resource_type: str, rid: str, resource: dict[str, Any], *, if_match: int | None = None,
                context: WriteContext | None = None, fire_pre: bool = True,
                on_conflict_retry: bool = True, registration: bool = False,
-               known_prior: dict[str, Any] | None = None, known_absent: bool = False) -> Stored:
+               known_prior: dict[str, Any] | None = None, known_absent: bool = False,
+               keep_unchanged: bool = False) -> Stored:
         """Update (or create with a client-chosen id). Returns the new version; .vid == 1 means created.
-        registration: the master index turned a create into adding identifiers to a known resident."""
+        registration: the master index turned a create into adding identifiers to a known resident.
+        keep_unchanged: a write whose content is the current version's (`same_content`) makes no new version
+        (the REST update and patch: HAPI's behaviour); registrations always keep. Such a write is still judged
+        (If-Match, the change gate), fires no storage event, and returns the current version, `.unchanged`."""
         self.check_type(resource_type)
         if not is_valid_id(rid):
             raise FhirError(400, f"{rid!r} is not a valid FHIR id", expression="id")
@@ -311,10 +315,10 @@ class Repository:
                 current = self.decode(prior) or prior  # a copy: `prior` is written to the history as it is
                 resource = {**rebase.apply(current["res"]), "resourceType": resource_type, "id": rid}
                 context.extra[REBASE][rid] = Rebase(prior["vid"], rebase.apply)
-            if registration and prior is not None and not prior.get("del"):
+            if (registration or keep_unchanged) and prior is not None and not prior.get("del"):
                 current = self.decode(prior) or prior
                 if same_content(current.get("res") or {}, resource):
-                    # A re-registration that adds nothing: no new version, but still judged.
+                    # A re-registration (or a PUT or PATCH) that changes nothing: no new version, but still judged.
                     self.admit(context, Change(resource_type, current.get("res"), resource, prior.get("prov"),
                                                registration=registration))
                     kept = Stored.from_doc(resource_type, current)
@@ -723,7 +727,9 @@ def index_plan(registry: SearchRegistry, rtype: str) -> list[IndexModel]:
 
 
 def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether a write would store what is there already (meta.versionId and lastUpdated aside)."""
+    """Whether a write would store what is there already (meta.versionId and lastUpdated aside). Values compare
+    as JSON does, not as Python numbers do: a decimal by its text (R4: 0.10 and 0.1 differ in precision), and
+    `true` is not `1`. When in doubt it says no: the write then makes a version, as every write did before."""
     def strip(res: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in res.items() if k != "meta"}
         meta = {k: v for k, v in (res.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -731,7 +737,20 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
             out["meta"] = meta
         return out
 
-    return strip(stored) == strip(new)
+    return bool(_as_json(strip(stored)) == _as_json(strip(new)))
+
+
+def _as_json(node: Any) -> Any:
+    """`node` with every number and boolean tagged with its JSON kind (a decimal with its text), for comparing."""
+    if isinstance(node, dict):
+        return {k: _as_json(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_as_json(v) for v in node]
+    if isinstance(node, FhirDecimal):
+        return ("decimal", node.text)
+    if isinstance(node, bool | int | float):
+        return (type(node).__name__, node)
+    return node
 
 
 class _VersionTaken(Exception):

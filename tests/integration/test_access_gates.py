@@ -25,6 +25,7 @@ from tests.integration.auth_helpers import (
     stored_token,
     victim_world,
 )
+from tests.sealing import seal_everything
 
 OBS_CODE = "2345-7"
 
@@ -348,7 +349,7 @@ def test_a_residents_audit_trail_shows_nothing_of_the_other_residents_an_access_
     what kind, how many withheld), its own entity, the other records' types, and nothing else of the others."""
     web.get(f"/fhir/Patient?_id={data['victim']},{data['me']}", headers=bearer(home))
     web.get(f"/fhir/Observation?patient={data['victim']},{data['me']}", headers=bearer(home))
-    svc.extensions["audit"].sealer.seal_all()
+    seal_everything(svc.extensions["audit"].sealer)
     mine = stored_token(svc, "patient/*.rs", patient=data["me"])
     r = web.get(f"/fhir/AuditEvent?patient={data['me']}&_count=500", headers=bearer(mine))
     assert r.status_code == 200

@@ -19,6 +19,7 @@ from app.audit.chain import CHAIN, EVENTS, HEAD_ID, PENDING, STATE, key, verify
 from app.core.access import AccessRecord, Principal
 from app.core.timeutil import utcnow
 from tests.conftest import sample
+from tests.sealing import seal_everything
 
 FJ = "application/fhir+json"
 
@@ -32,7 +33,7 @@ _SEEN: dict[str, set[str]] = {}
 
 def last_event(services) -> dict[str, Any]:
     """The one event written since the previous call (the test client is sequential)."""
-    services.extensions["audit"].sealer.seal()
+    seal_everything(services.extensions["audit"].sealer)
     db = services.handle.db
     seen = _SEEN.setdefault(db.name, set())
     new = [d for d in db[EVENTS].find({}) if d["_id"] not in seen]
@@ -42,7 +43,7 @@ def last_event(services) -> dict[str, Any]:
 
 
 def seen_all(services) -> None:
-    services.extensions["audit"].sealer.seal()
+    seal_everything(services.extensions["audit"].sealer)
     _SEEN.setdefault(services.handle.db.name, set()).update(d["_id"] for d in services.handle.db[EVENTS].find({}))
 
 
@@ -154,7 +155,7 @@ def test_broad_search_events_name_the_patients_after_sealing(client, services, p
     seen_all(services)
     client.get(f"/fhir/Observation?_id={oid}")
     eid = last_event(services)["id"]
-    services.extensions["audit"].sealer.seal()
+    seal_everything(services.extensions["audit"].sealer)
     ev = services.handle.db[EVENTS].find_one({"_id": eid})["res"]
     assert f"Patient/{patient_id}" in [e.get("what", {}).get("reference") for e in ev["entity"]]
     assert verify(services.handle.db).ok

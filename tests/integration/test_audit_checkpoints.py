@@ -20,6 +20,7 @@ from app.audit.checkpoints import FILE_NAME, Checkpoint, parse_lines, public_key
 from app.core.access import AccessRecord, Principal
 from app.crypto import SM2PrivateKey
 from app.ehc.signing import SigningKeys
+from tests.sealing import seal_everything
 
 
 @pytest.fixture()
@@ -41,7 +42,7 @@ def fill(svc: Any, keys: Any, n: int, patients: bool = False) -> Any:
     for i in range(n):
         writer.write(AccessRecord("read", "Patient", [f"p{i % 3}"] if patients else [],
                                   principal=Principal(client_id="c")))
-    sealer.seal_all()
+    seal_everything(sealer)
     return sealer
 
 
@@ -197,7 +198,7 @@ def test_cli_verify_reports_truncation(mongo_server, tmp_path):
 def test_published_checkpoints_verify_offline_with_the_published_keys(app, services):
     client = app.test_client()
     client.get("/fhir/Patient/nobody")  # an event
-    services.extensions["audit"].sealer.seal_all()
+    seal_everything(services.extensions["audit"].sealer)
     body = client.get("/ehc/audit/checkpoints").json
     assert body["chain"] == chain_name(services) and body["checkpoints"]
     jwks = {k["kid"]: public_key_from_jwk(k) for k in client.get("/ehc/keys").json["keys"]}

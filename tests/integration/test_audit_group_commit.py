@@ -25,6 +25,7 @@ from app.audit.writer import pending_id
 from app.core.access import AccessRecord, Principal
 from app.store.embedded import free_port
 from tests.audit_commands import amortised, audited_app
+from tests.sealing import seal_everything
 
 FJ = "application/fhir+json"
 
@@ -63,7 +64,7 @@ def test_concurrent_requests_share_audit_inserts(web):
     assert at16 <= 0.1, at16
     # every request's event was stored, none twice
     assert committer.stats.records - before == 8 * 25 * 2 + 16 * 15
-    svc.extensions["audit"].sealer.seal_all()
+    seal_everything(svc.extensions["audit"].sealer)
     report = verify(svc.handle.db)
     assert report.ok and report.pending == 0
 
@@ -162,7 +163,7 @@ def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_
         assert iid and svc.handle.db[PENDING].find_one({"_id": iid})["kind"] == "intent"
         writer, sealer = build_trail(svc, intent_grace=0.0)
         writer.write(AccessRecord("read", "Patient", ["other"], principal=Principal(client_id="c")))
-        result = sealer.seal_all()
+        result = seal_everything(sealer)
         assert result is not None and result.recovered == 1 and result.sealed == 2
         ev = svc.handle.db[EVENTS].find_one({"_id": iid})["res"]
         assert (ev["action"], ev["outcome"], ev["subtype"][0]["code"]) == ("U", "8", "update")

@@ -16,6 +16,7 @@ from app.audit import build_trail
 from app.audit.chain import CHAIN, PENDING, key, verify
 from app.audit.plugin import SealLoop
 from app.core.access import AccessRecord, Principal
+from tests.sealing import seal_everything
 
 
 class PendingCommands(monitoring.CommandListener):
@@ -91,7 +92,7 @@ def test_a_pass_takes_a_bounded_window_without_scanning(fresh):
             assert sort is None, (name, sort)
         for q in statements:
             assert set(q) == {"_id"} and isinstance(q["_id"], str), (name, q)  # never $in
-    rest = sealer.seal_all()
+    rest = seal_everything(sealer)
     assert rest is not None and rest.sealed == 110 and not rest.more
     chained = [fresh.handle.db[CHAIN].find_one({"_id": key(n)})["ev"] for n in range(1, 161)]
     assert sorted(chained) == sorted(written)
@@ -128,7 +129,7 @@ def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh):
     first = sealer.seal()
     # the window (5 oldest) holds the intent but not its event: the event exists, so the intent waits
     assert first is not None and first.recovered == 0 and first.waiting == 1
-    sealer.seal_all()
+    seal_everything(sealer)
     report = verify(fresh.handle.db)
     assert report.ok and report.sealed == 9 and report.pending == 0
     assert fresh.handle.db[CHAIN].count_documents({"ev": iid}) == 0  # sealed once, as its real event
@@ -142,7 +143,7 @@ def test_an_unreadable_record_is_sealed_as_such_and_does_not_stop_the_chain(fres
     broken["rec"]["resource_ids"] = 17  # what this version cannot rebuild (another version's, or damaged)
     writer.committer.submit(broken)
     last = writer.write(AccessRecord("read", "Patient", ["c"]))
-    result = sealer.seal_all()
+    result = seal_everything(sealer)
     assert result is not None and result.sealed == 3
     ev = fresh.handle.db["AuditEvent"].find_one({"_id": broken["_id"]})["res"]
     assert ev["outcome"] == "8" and "could not be rebuilt" in ev["outcomeDesc"]

@@ -31,6 +31,7 @@ from app.core.access import AccessRecord, Principal
 from app.services import Services
 from app.store.embedded import free_port
 from tests.audit_commands import amortised, audited_app
+from tests.sealing import seal_everything
 
 FJ = "application/fhir+json"
 
@@ -68,7 +69,7 @@ def test_eight_clients_cost_under_a_tenth_of_an_audit_command_per_request(web: t
     body = {"resourceType": "Patient", "name": [{"family": "李", "given": ["雷"]}], "gender": "male"}
     pid = app.test_client().post("/fhir/Patient", data=json.dumps(body), content_type=FJ).json["id"]
     trail = svc.extensions["audit"]
-    trail.sealer.seal_all()
+    seal_everything(trail.sealer)
     events_before = svc.handle.db[EVENTS].count_documents({})
     spool = trail.writer.committer.spool
     appends, ships = spool.stats.appends, spool.stats.ships
@@ -78,7 +79,7 @@ def test_eight_clients_cost_under_a_tenth_of_an_audit_command_per_request(web: t
     assert spool.stats.ships - ships >= 1
     assert spool.stats.appends - appends > spool.stats.ships - ships  # many batches per shipment
     # every request's event was sealed, none twice
-    trail.sealer.seal_all()
+    seal_everything(trail.sealer)
     assert svc.handle.db[EVENTS].count_documents({}) - events_before == 8 * 25
     report = verify(svc.handle.db)
     assert report.ok and report.pending == 0
@@ -134,7 +135,7 @@ def test_records_of_a_killed_process_are_recovered_from_its_spool(node: Services
                                                        "EHC_DATA_DIR": str(node.settings.data_dir)})
     assert json.loads(status.stdout)["audit"]["spooled_segments"] == 1, status.output
     _writer_, sealer = build_trail(node, intent_grace=0.0)
-    result = sealer.seal_all()
+    result = seal_everything(sealer)
     assert result is not None and result.recovered == 1 and result.sealed == 2
     events = node.handle.db[EVENTS]
     assert events.find_one({"_id": read_id})["res"]["agent"][0]["who"]["identifier"]["value"] == "his-7"
@@ -155,9 +156,9 @@ def test_a_segment_found_again_after_sealing_is_not_sealed_twice(node: Services)
     copy = segment.read_bytes()
     left_behind = segment.with_name(f"999999-dead{SUFFIX}")
     left_behind.write_bytes(copy)  # nobody holds it: an orphan, while its records wait in pending
-    sealer.seal_all()
+    seal_everything(sealer)
     left_behind.write_bytes(copy)  # and again once they are sealed
-    sealer.seal_all()
+    seal_everything(sealer)
     assert node.handle.db[CHAIN].count_documents({}) == 4  # 3 reads and the update: each once
     assert writer.committer.spool.stats.skipped == 10 and writer.committer.spool.stats.recovered == 0
     assert _segments(node) == []
@@ -177,7 +178,7 @@ def test_a_record_cut_short_is_dropped_and_the_rest_recovered(node: Services) ->
     orphan.write_bytes(data[:-7])  # the third record's write was cut short: its fsync never returned
     spool._current = None  # this process forgets its own segment, as if it were the one that died
     segment.unlink()
-    sealer.seal_all()
+    seal_everything(sealer)
     assert spool.stats.recovered == 2
     assert {d["_id"] for d in node.handle.db[EVENTS].find({})} == set(ids[:2])
     assert _segments(node) == []
@@ -204,7 +205,7 @@ def test_failed_shipments_are_kept_on_disk_and_recovered(node: Services) -> None
     finally:
         spool.col = real
         nowhere.close()
-    sealer.seal_all()  # the database is back: the segments are recovered under the sealer's lease
+    seal_everything(sealer)  # the database is back: the segments are recovered under the sealer's lease
     assert {d["_id"] for d in node.handle.db[EVENTS].find({})} == set(rids)
     assert spool.stats.recovered == 3 and _segments(node) == []
 
@@ -228,7 +229,7 @@ def test_a_shipment_cut_short_at_exit_is_kept_for_recovery(node: Services) -> No
         spool.col = real
     assert len(_segments(node)) == 1
     _writer_, other = build_trail(node)  # the next start of the server
-    other.seal_all()
+    seal_everything(other)
     assert node.handle.db[EVENTS].find_one({"_id": rid}) is not None and _segments(node) == []
 
 
@@ -240,11 +241,11 @@ def test_recovery_leaves_a_segment_being_created_alone(node: Services) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     being_made = directory / ".4242-0123456789ab.new"
     being_made.touch()
-    sealer.seal_all()
+    seal_everything(sealer)
     assert being_made.exists()
     old = time.time() - 120  # its creator died two minutes ago, before locking it
     os.utime(being_made, (old, old))
-    sealer.seal_all()
+    seal_everything(sealer)
     assert not being_made.exists()
 
 
@@ -281,7 +282,7 @@ def test_busy_writers_and_a_recovering_sealer_lose_nothing_and_seal_nothing_twic
         sealer.seal(wait_seconds=1.0)
     outputs = [p.communicate(timeout=30) for p in procs]
     assert [out.strip() for out, _err in outputs] == ["ok", "ok"], [err[-2000:] for _out, err in outputs]
-    sealer.seal_all()
+    seal_everything(sealer)
     assert node.handle.db[CHAIN].count_documents({}) == 2 * per_writer
     assert len({d["ev"] for d in node.handle.db[CHAIN].find({}, {"ev": 1})}) == 2 * per_writer
     assert verify(node.handle.db).ok and _segments(node) == []

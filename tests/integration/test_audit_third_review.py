@@ -14,6 +14,7 @@ from app.auth.models import Token, digest, now
 from app.auth.plugin import auth_state
 from tests.integration.auth_helpers import *  # noqa: F403 - the svc and web fixtures
 from tests.integration.auth_helpers import VICTIM_ID_NUMBER, bearer, observation, victim_world
+from tests.sealing import seal_everything
 
 
 def tok(svc: Any, scope: str, province: str = "11", organization: str | None = None, patient: str | None = None,
@@ -28,7 +29,7 @@ def tok(svc: Any, scope: str, province: str = "11", organization: str | None = N
 
 def trail(web: Any, svc: Any, pid: str, token: str) -> list[dict[str, Any]]:
     """The resident's own view ("who read my records")."""
-    svc.extensions["audit"].sealer.seal_all()
+    seal_everything(svc.extensions["audit"].sealer)
     r = web.get(f"/fhir/AuditEvent?patient=Patient/{pid}&_count=500", headers=bearer(token))
     assert r.status_code == 200, r.get_data(as_text=True)
     return [e["resource"] for e in r.get_json().get("entry", []) if e["search"]["mode"] == "match"]
@@ -41,7 +42,7 @@ def of_client(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
 
 def stored_events(svc: Any, cid: str) -> list[dict[str, Any]]:
     """Every sealed event of a client, as stored (not as anyone's view)."""
-    svc.extensions["audit"].sealer.seal_all()
+    seal_everything(svc.extensions["audit"].sealer)
     return of_client([d.get("res") or {} for d in svc.handle.db["AuditEvent"].find({})], cid)
 
 

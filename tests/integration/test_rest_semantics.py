@@ -172,7 +172,7 @@ def test_binary_in_its_own_content_type(client):
 
 def test_patch_answers_location_and_fhirpath_patch_works(client):
     pid = post(client, "Patient", new_patient()).json["id"]
-    ops = [{"op": "add", "path": "/active", "value": True}]
+    ops = [{"op": "add", "path": "/active", "value": False}]  # the sample is active: a change, so version 2
     r = client.patch(f"/fhir/Patient/{pid}", data=json.dumps(ops), content_type="application/json-patch+json")
     assert r.status_code == 200 and r.headers["Location"].endswith(f"/Patient/{pid}/_history/2")
     assert r.headers["Content-Location"] == r.headers["Location"]

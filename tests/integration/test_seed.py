@@ -15,6 +15,7 @@ import pytest
 from app.cli.imports import attach_index
 from app.cli.seed import BATCH, LOINC, seed
 from app.synthetic import observation, patient
+from tests.sealing import seal_everything
 
 FJ = "application/fhir+json"
 ID_SYS = "urn:oid:2.16.156.10011.1.3"
@@ -205,7 +206,7 @@ def test_seeding_again_adds_nobody_and_the_audit_trail_stays_intact(client, serv
     assert out == {"patients": 0, "skipped": 50, "observations": 0}
     pid = pid_by_mrn(client, 3)  # still one Patient per record number
     client.get(f"/fhir/Patient/{pid}")
-    services.extensions["audit"].sealer.seal()
+    seal_everything(services.extensions["audit"].sealer)
     report = verify(services.handle.db)
     assert report.ok, report.problems
     events = [d["res"] for d in services.handle.db["AuditEvent"].find({})]
