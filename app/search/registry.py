@@ -3,7 +3,9 @@
 One SearchParamDef per (resource type, code), with the expression cut down to the branches for that
 resource type. Parameters based on Resource (_id, _lastUpdated, _tag, _profile, _security, _source) are
 given to every resource type. The resource types themselves come from the generated Bundle
-(scripts/gen_search_parameters.py), so adding one is a matter of data.
+(scripts/gen_search_parameters.py), so adding one is a matter of data. A token parameter whose values are all
+`code`s bound to one code system gets that system (`system`) from token-systems.json
+(scripts/gen_token_systems.py): R4 implies it (search.html#token), app/search/compilers/token.py applies it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from app.search.fhirpath import Evaluator, compile_expression, restrict_to_type
 
 RESOURCE_TYPES_URL = "urn:ehc:search:resource-types"
+TOKEN_SYSTEMS = "token-systems.json"  # scripts/gen_token_systems.py
 SUPPORTED_TYPES = frozenset({"token", "string", "date", "reference", "quantity", "number", "uri"})
 # A code becomes part of a MongoDB field path ("ix.<code>"): nothing but letters, digits, '-' and '_'.
 CODE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -39,6 +42,8 @@ class SearchParamDef:
     multiple_and: bool = True
     url: str = ""
     name: str = ""
+    # token: the code system every value implies (a `code` element with a required binding to one system), or ""
+    system: str = ""
 
     def evaluator(self) -> Evaluator:
         """The compiled expression (cached across parameters sharing one expression)."""
@@ -89,7 +94,14 @@ class SearchRegistry:
         if not types:  # no declared list: every base named by a parameter
             types = sorted({b for sp in raw for b in sp.get("base", [])} - {"Resource", "DomainResource"})
         definition = root / "CompartmentDefinition" / "patient.json"
-        return cls(_defs_for(raw, types), types, load_compartment(root) if definition.exists() else None)
+        defs = _defs_for(raw, types)
+        table = root / TOKEN_SYSTEMS
+        if table.is_file():
+            systems: dict[str, dict[str, str]] = json.loads(table.read_text(encoding="utf-8"))["systems"]
+            for d in defs:
+                if d.type == "token":
+                    d.system = systems.get(d.base[0], {}).get(d.code, "")
+        return cls(defs, types, load_compartment(root) if definition.exists() else None)
 
     def resource_types(self) -> list[str]:
         return list(self._types)

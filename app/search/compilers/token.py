@@ -1,6 +1,12 @@
 """Token search (R4 search §3.1.1.4.8 / token): system|code, code, |code, system|; :not, :text, :missing.
 
 Matches the encodings of app.search.extract: "S|C", "C", "|C", "S|" and normalised text under ":text".
+
+A parameter whose values are all `code`s bound to one code system (SearchParamDef.system, from
+fhir_profiles/token-systems.json) has that system implied (R4 search.html#token: "the system is implied by the
+value set binding"): `S|C` is the code C, `S|` any value, and `|C` (no system) or another system's code none.
+Its stored values are codes without a system ("C", and "|C" as every string token), so the query asks for the
+code: documents indexed before this rule and after it are found alike, and no reindex is needed.
 """
 
 from __future__ import annotations
@@ -29,12 +35,36 @@ def token_keys(p: SearchParamDef, flt: Filter) -> list[str]:
     return keys
 
 
+def implied_codes(p: SearchParamDef, flt: Filter) -> tuple[list[str], bool]:
+    """For a parameter with an implied system: (the codes the values ask for, whether one asks for any value,
+    `S|`). `|C` and another system's values ask for nothing: no value of the parameter is without that system."""
+    codes: list[str] = []
+    anything = False
+    for v in flt.values:
+        parts = split_escaped(v.value, "|")
+        if len(parts) == 1:
+            codes.append(unescape(parts[0]))
+        elif unescape(parts[0]) == p.system:
+            if parts[1]:
+                codes.append(unescape(parts[1]))
+            else:
+                anything = True
+    return list(dict.fromkeys(codes)), anything
+
+
 def compile_token(p: SearchParamDef, flt: Filter) -> Query:
     if flt.modifier == "missing":
         return missing(p, flt)
     if flt.modifier == "text":
         path = field(p, "text")
         return any_of([{path: {"$regex": "^" + re.escape(normalize(unescape(v.value)))}} for v in flt.values])
+    if p.system:
+        codes, anything = implied_codes(p, flt)
+        if flt.modifier == "not":
+            return {field(p): {"$exists": False}} if anything else {field(p): {"$nin": codes}}
+        if anything:
+            return {field(p): {"$exists": True}}
+        return equals_any(field(p), codes) if codes else {field(p): {"$in": []}}
     keys = token_keys(p, flt)
     if flt.modifier == "not":  # FHIR :not: no value equal to any of them (absent values included)
         return {field(p): {"$nin": list(dict.fromkeys(keys))}}
