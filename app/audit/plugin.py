@@ -36,12 +36,12 @@ from app.audit.sealer import Sealer, SealResult
 from app.audit.writer import AuditWriter
 from app.core.access import AccessRecord, Principal
 from app.core.errors import FhirError
+from app.fhir.router import is_public
 from app.services import Services
 from app.store.events import StoreEvent
 
 log = logging.getLogger("ehc.audit")
 SEAL_INTERVAL = 1.0  # seconds between background passes when there is no backlog
-EXEMPT = {"metadata", ".well-known/smart-configuration", ".well-known/openid-configuration"}
 READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode")  # POSTs that store nothing: no intent record
 
 
@@ -152,7 +152,8 @@ class AuditTrail:
         if path is None:
             return None
         state = g.ehc_audit = _RequestAudit()
-        if path not in EXEMPT:
+        public = is_public(request.method, path)  # the server's conformance resources: not records, not audited
+        if not public:
             state.token = self.writer.committer.enter()
         if path.startswith("AuditEvent"):
             try:
@@ -160,8 +161,7 @@ class AuditTrail:
                 self.sealer.seal(wait_seconds=2.0)
             except Exception:
                 log.exception("audit: sealing before an AuditEvent read failed")
-        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not path.endswith(READ_ONLY_POSTS) \
-                and path not in EXEMPT:
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not path.endswith(READ_ONLY_POSTS):
             try:
                 state.principal = self.svc.policy.authenticate(request.headers.get("Authorization"))
                 g.ehc_principal = state.principal  # the web edge reuses it
@@ -178,7 +178,7 @@ class AuditTrail:
     def after(self, response: Response) -> Response:
         state = _state()
         path = _fhir_path()
-        if state is None or path is None or state.recorded or path in EXEMPT:
+        if state is None or path is None or state.recorded or is_public(request.method, path):
             return response
         principal = state.principal or g.get("ehc_principal")
         if principal is None:

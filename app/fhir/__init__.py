@@ -27,7 +27,7 @@ from app.fhir.http import (
     to_flask,
     too_deep,
 )
-from app.fhir.router import FhirRequest, target_of
+from app.fhir.router import FhirRequest, is_public, target_of
 from app.fhir.routes import build_router
 from app.services import Services
 from app.store.database import UNAVAILABLE_ERRORS
@@ -119,7 +119,7 @@ def fhir_entry(path: str) -> Response:
         native = native_binary_type(request, path)
         media = negotiate(request) if native is None or method != "GET" else "application/fhir+json"
         check_fhir_version(request)
-        if path not in ("metadata", ".well-known/smart-configuration", ".well-known/openid-configuration"):
+        if not is_public(method, path):  # conformance resources are public (router.PUBLIC, the one list)
             # Authenticated once per request; a before_request hook (audit) may have done it already.
             principal = g.get("ehc_principal") or svc.policy.authenticate(request.headers.get("Authorization"))
             g.ehc_principal = principal

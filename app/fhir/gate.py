@@ -211,8 +211,8 @@ class DisclosureGate:
 
     def release(self, resp: FhirResponse) -> FhirResponse:
         body = resp.body
-        if body is None or not isinstance(body, dict) or self.req.path == "metadata":
-            return resp  # the CapabilityStatement is the server's, not a record
+        if body is None or not isinstance(body, dict) or self.req.public:
+            return resp  # the CapabilityStatement, an OperationDefinition: the server's, not records (router.PUBLIC)
         rtype = body.get("resourceType")
         if rtype == "Bundle":
             resp.body = self._bundle(body)

@@ -37,6 +37,7 @@ class FhirRequest:
     gate: Any = None  # the request's DisclosureGate (set by Router.dispatch)
     access: AccessRecord | None = None  # what the handler says the request did, for the audit trail
     instance: dict[str, Any] | None = None  # an instance operation's stored document, read once for the gate
+    public: bool = False  # a request of PUBLIC: answered without a token, its answer not judged by the gate
 
     def audit(self, record: AccessRecord) -> None:
         """Say what this request did; the router completes it with what was disclosed and records it."""
@@ -56,6 +57,27 @@ class FhirRequest:
 
 
 Handler = Callable[..., FhirResponse]
+
+# The requests answered to anyone, without a token: the server's own conformance resources, which say what it
+# is and what it offers (HAPI and most servers make them public): the CapabilityStatement, the SMART and OpenID
+# discovery documents (served by app.auth.smart when auth is on) and the OperationDefinitions the
+# CapabilityStatement names (app.fhir.conformance). The one list: the web edge does not authenticate these
+# requests (app.fhir.fhir_entry), the disclosure gate does not judge their answers (the server's, not records),
+# and the audit trail does not record them (app.audit.plugin: anyone could fill it with them).
+# Reads only: any other method on these paths needs a token like every request.
+PUBLIC: tuple[tuple[str, ...], ...] = (
+    ("metadata",),
+    (".well-known", "smart-configuration"),
+    (".well-known", "openid-configuration"),
+    ("OperationDefinition",),
+    ("OperationDefinition", "{id}"),
+)
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether a request is one of PUBLIC (a GET, or a HEAD: its headers)."""
+    segments = _segments(path)
+    return method in ("GET", "HEAD") and any(_match(pattern, segments) is not None for pattern in PUBLIC)
 
 
 @dataclass
@@ -124,6 +146,7 @@ class Router:
         except FhirError as err:
             self._explain_405(err, request.path, services)
             raise
+        request.public = is_public(request.method, request.path)
         gate = request.gate = DisclosureGate(services, request)
         try:
             response = gate.release(handler(request, services, **args))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from app.fhir import conformance as c
 from app.fhir import interactions as i
 from app.fhir import searching as s
 from app.fhir.bundles import process_bundle
@@ -55,6 +56,10 @@ def build_router() -> Router:
     router: Router
     routes = [
         Route("GET", ("metadata",), _metadata),
+        # The server's own OperationDefinitions, made from the operation table (read and search only; public).
+        Route("GET", ("OperationDefinition",), c.search, "search-type"),
+        Route("POST", ("OperationDefinition", "_search"), c.search_post, "search-type"),
+        Route("GET", ("OperationDefinition", "{id}"), c.read, "read"),
         Route("GET", ("_history",), s.history_system),
         Route("GET", ("{type}",), s.search, "search-type"),
         Route("POST", ("{type}", "_search"), s.search_post, "search-type"),

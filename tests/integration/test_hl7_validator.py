@@ -24,7 +24,8 @@ from tests.hl7_validator import ROOT, HL7Validator, errors
 pytestmark = pytest.mark.skipif(shutil.which("java") is None or shutil.which("mvn") is None,
                                 reason="the HL7 validator stage needs Java 17 and Maven")
 FJ = "application/fhir+json"
-WRITABLE = sorted(STRUCTURE.resources - {"Parameters", "AuditEvent"})
+TYPES = json.loads((ROOT / "fhir_profiles" / "resource-types.json").read_text(encoding="utf-8"))["resourceTypes"]
+WRITABLE = sorted(t for t, conf in TYPES.items() if "create" in conf["interactions"])
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,8 @@ def served(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     keep("transaction-response", r.data)
     keep("AuditEvent-search", send("GET", "AuditEvent?_count=20").data)  # the server's own audit trail
     keep("CapabilityStatement", send("GET", "metadata").data)
+    keep("OperationDefinition-search", send("GET", "OperationDefinition").data)  # the server's own
+    keep("OperationDefinition-read-xml", client.get("/fhir/OperationDefinition/ehc-status?_format=xml").data, "xml")
     keep("CapabilityStatement-xml", client.get("/fhir/metadata?_format=xml").data, "xml")
     keep("error-400", client.post("/fhir/Patient", data=b'{"resourceType":"Patient","active":"true"}',
                                   content_type=FJ).data)

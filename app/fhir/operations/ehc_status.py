@@ -18,6 +18,7 @@ from app.core.timeutil import to_instant
 from app.ehc.cards import STATUSES, current_card
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
+from app.fhir.operations.definition import PATIENT_PROFILE, Operation, Param
 from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
@@ -60,11 +61,43 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 
 
+# R4 invokes an operation that affects state with POST only. This one sets the status (POST, affectsState true);
+# its GET, without parameters, reads the status and changes nothing: a read-only form of the same operation that
+# the definition documents (docs/conformance.md, "OperationDefinitions"), kept so that a resident's token (read
+# access) can ask.
+DEFINITION = Operation(
+    id="ehc-status",
+    name="EhcStatus",
+    title="电子健康卡状态 Read or set the status of the resident's card (挂失 / 注销)",
+    description="POST Patient/{id}/$ehc-status sets the status of the resident's current card: active, suspended "
+                "(lost, 挂失) or cancelled (注销, final), with an optional reason (update access); it affects state. "
+                "GET Patient/{id}/$ehc-status, without parameters, only reads the status and changes nothing (read "
+                "access): this server's read-only form of the operation, outside R4's rule that an operation "
+                "affecting state is invoked with POST. Both answer the card ID, its status, since when, why (for a "
+                "suspended or cancelled card, the reason recorded when it was set) and the patient. Suspended and "
+                "cancelled cards are published at GET /ehc/revocations, without the reason.",
+    affects_state=True,
+    comment="GET reads, POST sets: see the description.",
+    parameters=(
+        Param("status", "in", "code", documentation="active | suspended | cancelled (POST: required; GET: not used)"),
+        Param("reason", "in", "string",
+              documentation="Why (kept with the card, returned by later reads of the status); at most 500 characters"),
+        Param("ehcId", "out", "string", 1, documentation="The card ID"),
+        Param("status", "out", "code", 1, documentation="The card's status now"),
+        Param("since", "out", "instant", documentation="When the card got this status"),
+        Param("reason", "out", "string",
+              documentation="Why the card is suspended or cancelled, as recorded when the status was set (absent "
+                            "for an active card or when no reason was given)"),
+        Param("patient", "out", "Reference", 1, documentation="The resident", targets=(PATIENT_PROFILE,)),
+    ),
+)
+
 OPERATION = {
     "handler": handle,
     "access": {"GET": "read", "POST": "update"},
     "levels": ("instance",),
     "types": ("Patient",),
     "methods": ("GET", "POST"),
-    "definition": "https://ehc.example.cn/fhir/OperationDefinition/ehc-status",
+    "definition": DEFINITION.url,
+    "operation": DEFINITION,
 }

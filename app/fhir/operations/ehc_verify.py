@@ -16,6 +16,7 @@ from app.core.access import AccessRecord
 from app.core.errors import bad_request
 from app.ehc.plugin import card_service
 from app.fhir.http import FhirResponse
+from app.fhir.operations.definition import PATIENT_PROFILE, Operation, Param
 from app.fhir.operations.ehc_qrcode import instant
 from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
@@ -52,11 +53,36 @@ def handle(req: FhirRequest, svc: Services) -> FhirResponse:
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": out})
 
 
+DEFINITION = Operation(
+    id="ehc-verify",
+    name="EhcVerify",
+    title="电子健康卡验证 Verify a scanned QR code",
+    description="POST /$ehc-verify (terminals): checks an EHC1 token's signature, expiry, card status and replay, or "
+                "a legacy static code '<64-hex card ID>:1[:...]'. A dynamic token is accepted once (its use is "
+                "recorded), so the operation affects state and is invoked with POST only. Every verification is "
+                "audited.",
+    affects_state=True,
+    parameters=(
+        Param("token", "in", "string", 1, documentation="The scanned text"),
+        Param("valid", "out", "boolean", 1, documentation="Whether the code is accepted"),
+        Param("patient", "out", "Reference", documentation="The resident", targets=(PATIENT_PROFILE,)),
+        Param("ehcId", "out", "string", documentation="The card ID"),
+        Param("expires", "out", "instant", documentation="When the token expires"),
+        Param("type", "out", "code", documentation="dynamic | static | legacy-static"),
+        Param("requiresConfirmation", "out", "boolean",
+              documentation="Static codes: the terminal must ask for the PIN or an SMS code"),
+        Param("reason", "out", "code",
+              documentation="When not valid: malformed | bad-signature | unknown-key | expired | suspended | "
+                            "cancelled | replayed | unknown-card"),
+    ),
+)
+
 OPERATION = {
     "handler": handle,
     "access": None,
     "levels": ("system",),
     "types": (),
     "methods": ("POST",),
-    "definition": "https://ehc.example.cn/fhir/OperationDefinition/ehc-verify",
+    "definition": DEFINITION.url,
+    "operation": DEFINITION,
 }

@@ -4,7 +4,9 @@ The compartment is found through the reference posting lists (Repository.referre
 Answer: Bundle searchset, the Patient first (mode match), then the other resources (mode include); records
 the caller may not see (cross-province without consent) are withheld and counted in an outcome entry.
 Optional _type (comma-separated resource types) narrows it; _count (at most 1,000) pages it: `total` counts
-the whole result the caller may see, and a `next` link carries a cursor of the last (type, id) shown.
+the whole result the caller may see, and a `next` link carries a cursor of the last (type, id) shown. GET takes
+them in the URL, POST in a Parameters body (or the URL). Only the instance level is served, without R4's start,
+end and _since: the CapabilityStatement names this server's own definition (DEFINITION, based on R4's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from app.core.access import AccessRecord
 from app.core.errors import bad_request
 from app.fhir.gate import withheld_entry
 from app.fhir.http import FhirResponse
+from app.fhir.operations.definition import Operation, Param
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
 from app.store.searcher import decode_cursor, encode_cursor
@@ -28,8 +32,22 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     doc = svc.repo.get_doc("Patient", id)
     req.gate.require("Patient", doc)
     stored = svc.repo.read("Patient", id, req.write)  # 404 / 410
-    types = {t.strip() for t in (req.param("_type") or "").split(",") if t.strip()}
+    asked = [v for k, v in req.params if k == "_type"]
     raw_count = req.param("_count")
+    from_body: list[tuple[str, str]] = []  # a POSTed Parameters' values, carried on by the next link
+    if req.method == "POST" and req.body:
+        params = read_parameters(req.body, "$everything")
+        for where, p in params.named("_type"):
+            value = p.get("valueCode", p.get("valueString"))
+            if not isinstance(value, str) or not value:
+                raise bad_request(f"{where} must be a valueCode naming resource types", expression=where)
+            asked.append(value)
+            from_body.append(("_type", value))
+        count_value = params.value("_count", "valueInteger")
+        if count_value is not None:
+            raw_count = str(count_value)
+            from_body.append(("_count", raw_count))
+    types = {t.strip() for value in asked for t in value.split(",") if t.strip()}
     if raw_count is not None and (not raw_count.isdigit() or not 1 <= int(raw_count) <= MAX_ENTRIES):
         raise bad_request(f"_count must be 1 to {MAX_ENTRIES}", expression="_count")
     count = int(raw_count) if raw_count else MAX_ENTRIES
@@ -64,7 +82,7 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     if withheld:
         entries.append(withheld_entry(withheld))
     base_url = f"{req.base}/Patient/{id}/$everything"
-    kept = [(k, v) for k, v in req.params if k != "_cursor"]
+    kept = [(k, v) for k, v in req.params if k != "_cursor" and not (from_body and k == "_count")] + from_body
     links = [{"relation": "self", "url": base_url + (f"?{urlencode(req.params)}" if req.params else "")}]
     if more and page:
         nxt = encode_cursor("n", list(key(page[-1][0], page[-1][1])))
@@ -75,10 +93,31 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
                               "link": links, "entry": entries})
 
 
+DEFINITION = Operation(
+    id="patient-everything",
+    name="PatientEverything",
+    title="Patient $everything: the record of one resident (instance level)",
+    description="Patient/{id}/$everything, with GET or POST: the Patient and every resource that refers to it and "
+                "the caller may see (a searchset Bundle, the Patient first). A part of R4's Patient-everything "
+                "(its base): only the instance level is served (not Patient/$everything), and of its parameters "
+                "_type and _count; start, end and _since are not supported.",
+    affects_state=False,
+    base="http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    parameters=(
+        Param("_type", "in", "code", max="*",
+              documentation="Resource types to include (each value may list several, comma-separated)"),
+        Param("_count", "in", "integer",
+              documentation="Entries per page, 1 to 1,000 (default 1,000); the next link pages on"),
+        Param("return", "out", "Bundle", 1, documentation="A searchset Bundle: the Patient, then the resources that "
+                                                          "refer to it"),
+    ),
+)
+
 OPERATION = {
     "handler": handle,
     "levels": ("instance",),
     "types": ("Patient",),
     "methods": ("GET", "POST"),
-    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    "definition": DEFINITION.url,
+    "operation": DEFINITION,
 }

@@ -12,6 +12,7 @@ from app.core.access import AccessRecord
 from app.core.errors import bad_request, info_outcome, unprocessable
 from app.core.ids import split_reference
 from app.fhir.http import FhirResponse
+from app.fhir.operations.definition import PATIENT_PROFILE, Operation, Param
 from app.fhir.parameters import Parameters, read_parameters
 from app.fhir.router import FhirRequest
 from app.mpi.merge import merge_patients
@@ -62,11 +63,34 @@ def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | N
     ]})
 
 
+DEFINITION = Operation(  # R4 has no Patient-merge
+    id="patient-merge",
+    name="PatientMerge",
+    title="Merge two Patients of one resident (after FHIR R5 Patient-merge)",
+    description="POST Patient/$merge: the source Patient becomes inactive with link.type replaced-by and its records "
+                "are re-pointed to the target. R4 has no standard $merge; this follows the R5 definition's "
+                "parameters.",
+    affects_state=True,
+    parameters=(
+        Param("source-patient", "in", "Reference", documentation="The duplicate to fold in",
+              targets=(PATIENT_PROFILE,)),
+        Param("source-patient-identifier", "in", "Identifier", documentation="Or: an identifier of the duplicate"),
+        Param("target-patient", "in", "Reference", documentation="The record that stays", targets=(PATIENT_PROFILE,)),
+        Param("target-patient-identifier", "in", "Identifier",
+              documentation="Or: an identifier of the record that stays"),
+        Param("preview", "in", "boolean", documentation="true: report what would happen, change nothing"),
+        Param("input", "out", "Parameters", 1, documentation="The request"),
+        Param("outcome", "out", "OperationOutcome", 1, documentation="What was done"),
+        Param("result", "out", "Patient", 1, documentation="The target Patient"),
+    ),
+)
+
 OPERATION = {
     "handler": handle,
     "access": "update",
     "levels": ("type",),
     "types": ("Patient",),
     "methods": ("POST",),
-    "definition": "https://ehc.example.cn/fhir/OperationDefinition/patient-merge",  # R4 has no Patient-merge
+    "definition": DEFINITION.url,
+    "operation": DEFINITION,
 }

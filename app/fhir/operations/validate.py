@@ -1,4 +1,8 @@
-"""$validate (FHIR R4 resource-operation-validate): check a resource without storing it."""
+"""$validate (after FHIR R4 Resource-validate): check a resource without storing it.
+
+POST [type]/$validate or [type]/{id}/$validate with the resource itself, or Parameters resource (and profile);
+`profile` may also be given in the URL. R4's `mode` is not supported, nor GET: the CapabilityStatement names this
+server's own definition (DEFINITION, based on R4's)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from app.core.access import Change
 from app.core.errors import FhirError, Issue, bad_request, operation_outcome
 from app.fhir.http import FhirResponse
 from app.fhir.interactions import validator
+from app.fhir.operations.definition import Operation, Param
 from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.services import Services
@@ -73,11 +78,32 @@ def patient_rules(svc: Services, patient: dict[str, Any], pid: str | None,
     return []
 
 
+DEFINITION = Operation(
+    id="resource-validate",
+    name="ResourceValidate",
+    title="Validate a resource",
+    description="POST [type]/$validate or [type]/{id}/$validate: checks a resource against R4 (structure, "
+                "cardinality, required bindings, invariants) and a profile of this server (the one named, or in "
+                "meta.profile), and a Patient also against the master patient index rules (for a caller who may "
+                "write it); stores nothing. The body is the resource itself or Parameters. A part of R4's "
+                "Resource-validate (its base): mode is not supported, and it is invoked with POST only.",
+    affects_state=False,
+    base="http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    parameters=(
+        Param("resource", "in", "Resource", documentation="The resource to check (or the whole body)"),
+        Param("profile", "in", "uri",
+              documentation="A profile of this server to check against (also as a URL parameter)"),
+        Param("return", "out", "OperationOutcome", 1,
+              documentation="The issues found; one informational issue when there are none"),
+    ),
+)
+
 OPERATION = {
     "handler": handle,
     "access": None,
     "levels": ("type", "instance"),
     "types": "*",  # every resource type
     "methods": ("POST",),
-    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    "definition": DEFINITION.url,
+    "operation": DEFINITION,
 }
