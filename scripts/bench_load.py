@@ -35,6 +35,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.audit import pending  # noqa: E402
+from app.audit.chain import PENDING  # noqa: E402
 from app.store.embedded import EmbeddedDatabase, free_port  # noqa: E402
 
 DRIVER = ROOT / "scripts" / "load" / "drive.mjs"
@@ -156,7 +158,7 @@ class Server:
         try:
             client: MongoClient[dict[str, Any]]
             with MongoClient(f"{self.root_uri}/", serverSelectionTimeoutMS=5000) as client:
-                return int(client[self.db_name]["_audit_pending"].count_documents({}))
+                return pending.count(client[self.db_name][PENDING])
         except Exception:  # noqa: BLE001 - a figure for the report, not a check
             return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from app.audit import pending
 from app.audit.chain import PENDING
 from app.audit.sealer import LEASE, Sealer, SealResult
 
@@ -32,10 +33,10 @@ def _merge(total: SealResult | None, result: SealResult) -> SealResult:
 
 
 def _pending_events(sealer: Sealer, ids: set[Any]) -> set[Any]:
-    """Which of `ids` are still pending (a filtered read: a full scan on FerretDB, fine for a test's trail)."""
+    """Which of `ids` are still pending (a scan of the batches: fine for a test's trail)."""
     if not ids:
         return set()
-    return {d["_id"] for d in sealer.pending.find({"_id": {"$in": sorted(ids)}}, {"_id": 1})}
+    return ids & set(pending.record_ids(sealer.pending))
 
 
 def seal_everything(sealer: Sealer, timeout: float = TIMEOUT, wait_seconds: float = 5.0) -> SealResult:
@@ -43,7 +44,7 @@ def seal_everything(sealer: Sealer, timeout: float = TIMEOUT, wait_seconds: floa
     merged (`sealed` counts only what this caller sealed: another sealer may have sealed the rest). Raises
     AssertionError after `timeout` seconds without that."""
     sealer.writer.settle()  # what this node's processes spooled is in pending now
-    todo = {d["_id"] for d in sealer.pending.find({"kind": "event"}, {"_id": 1})}
+    todo = {str(r["_id"]) for b in sealer.pending.find({}) for r in pending.records_of(b) if r.get("kind") == "event"}
     deadline = time.monotonic() + timeout
     total: SealResult | None = None
     busy = 0
@@ -62,7 +63,7 @@ def seal_everything(sealer: Sealer, timeout: float = TIMEOUT, wait_seconds: floa
             holder = sealer.leases.col.find_one({"_id": LEASE})
             raise AssertionError(
                 f"seal_everything: the audit events pending when it was called were not all sealed within "
-                f"{timeout:g} s: {len(todo)} still pending, {sealer.pending.count_documents({})} record(s) in "
+                f"{timeout:g} s: {len(todo)} still pending, {pending.count(sealer.pending)} record(s) in "
                 f"{PENDING}; the lease {LEASE!r} was busy on {busy} attempt(s) (holder now: {holder}); "
                 f"passes made: {total}")
         time.sleep(0.05)

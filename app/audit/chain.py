@@ -1,8 +1,9 @@
 """The SM3 hash chain over audit events (GB/T 32905 SM3) and its verification.
 
-Writers leave events in `_audit_pending` (random ids). The sealer (app.audit.sealer), one at a time across
-processes, gives each the next sequence number n, stores it as an AuditEvent and appends a chain entry
-`{_id: key(n), seq, ev, d, h}` to `_audit_chain`:
+Writers leave events in `_audit_pending` (in batches: app.audit.pending). The sealer (app.audit.sealer), one
+at a time across processes, gives each the next sequence number n, stores it as an AuditEvent and appends a
+chain entry `{_id: key(n), seq, ev, d, h, done, bat}` to `_audit_chain` (`done`: the pending records it sealed,
+`bat`: the batches that held them):
 
     d(n) = SM3(canonical(event n))            canonical = JSON, sorted keys, no spaces, UTF-8
     h(n) = SM3(h(n-1) || d(n))                h(0) = 32 zero bytes
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.audit.checkpoints import Line
+from app.audit.pending import record_ids
 from app.crypto import SM2PublicKey
 from app.crypto.sm3 import sm3
 from app.store.keys import keys_for, reference_key, scan
@@ -129,7 +131,7 @@ def verify(db: Any, *, checkpoints: CheckpointCheck | None = None, index: IndexC
                                            f"chain entry {e['_id']} is malformed"))
     by_digest = {e.get("d"): n for n, e in entries.items()}
     events = {str(doc["_id"]): doc for doc in db[EVENTS].find({}, {"so": 0} if index else {"ix": 0, "so": 0})}
-    pending = {str(m["_id"]) for m in db[PENDING].find({}, {"_id": 1})}
+    pending = set(record_ids(db[PENDING]))
     report.pending = len(pending)
     top = max([int(head.get("seq") or 0), *entries])
     prev: bytes | None = GENESIS

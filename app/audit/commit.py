@@ -3,9 +3,9 @@
 Every request must have its audit record durable before its response leaves, and one insert per
 request made the audit trail the largest share of database commands under load. So requests do not insert:
 `submit(doc)` queues the record and blocks; one committer thread per process takes everything queued and
-stores it with one `insert_many(ordered=False)`; each waiting request is released when the insert of its batch
-is acknowledged, or gets `AuditWriteError` when its record was refused (its request then fails: nothing is
-answered without its audit record). A record refused individually (a duplicate id) fails only its request.
+stores it as one pending batch (app.audit.pending); each waiting request is released when the insert of its batch
+is acknowledged, or gets `AuditWriteError` when its batch was refused (its request then fails: nothing is
+answered without its audit record).
 
 Batching: while one insert runs, the next batch gathers. Before flushing, the committer may linger (at most
 `linger` seconds) for requests that are still running and will submit soon, as PostgreSQL's `commit_delay`/
@@ -36,6 +36,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, InvalidOperation
 
+from app.audit import pending
 from app.audit.spool import Spool
 
 log = logging.getLogger("ehc.audit")
@@ -184,11 +185,13 @@ class GroupCommitter:
                 return {n: err for n in range(len(docs))}
         errors: dict[int, BaseException] = {}
         try:
-            self.col.insert_many(docs, ordered=False)
+            self.col.insert_many(pending.batches(docs), ordered=False)
         except BulkWriteError as err:
             write_errors = err.details.get("writeErrors", [])
-            for e in write_errors:
-                errors[int(e["index"])] = RuntimeError(str(e.get("errmsg") or e.get("code")))
+            for e in write_errors:  # a batch refused: each of its records
+                at = int(e["index"]) * pending.MAX_RECORDS
+                refused = RuntimeError(str(e.get("errmsg") or e.get("code")))
+                errors.update((n, refused) for n in range(at, min(at + pending.MAX_RECORDS, len(docs))))
             if not write_errors:  # a write concern error: durability unknown for all
                 errors = {n: err for n in range(len(docs))}
         except InvalidOperation as err:  # the client was closed: the app is gone

@@ -1,30 +1,34 @@
 """Sealing: numbers pending audit events, stores them as AuditEvent resources and links them into the SM3
 chain, off the request path.
 
-One sealer at a time across all processes (the lease "audit-seal"). A pass takes at most `window` (<= `batch`)
-of the oldest records of `_audit_pending` and, oldest first:
+One sealer at a time across all processes (the lease "audit-seal"). A pass reads at most `batches` of the
+oldest batches of `_audit_pending` (app.audit.pending) and takes at most `window` (<= `batch`) of their oldest
+records; oldest first:
 - an event: gets the next sequence number, is built from its access record (writer.build_event) and stored as
   an AuditEvent (Repository.build_doc, so search finds it; a broad search gets its resources' patients added
   first) and gets its chain entry (app.audit.chain);
 - an intent with no event: younger than `intent_grace` its request is still running, and it waits (later
-  events are sealed meanwhile); older, and its event (named after it: writer.event_id_for) is not stored
-  either, its process died between the operation and its event: it is sealed as an event with outcome 8
-  (serious failure: the outcome is unknown).
+  events are sealed meanwhile); older, it waits too while batches beyond those read may hold its event;
+  otherwise, its event (named after it: writer.event_id_for) stored nowhere, its process died between the
+  operation and its event: it is sealed as an event with outcome 8 (serious failure: the outcome is unknown).
+  An intent whose event was sealed from another batch is released without being sealed.
 Writes of a pass, in this order: posting lists (idempotent), the AuditEvent documents (replaced if a dead
 pass left them), the chain entries with one insert_many (their unique ids make a second sealer fail instead
-of forking the chain), removal of what was sealed from pending, the head, and (when due) a signed checkpoint
-of the head outside the database (app.audit.checkpoints). A pass that died half way is completed by the next
-(`_resync`). Start-up (plugin.init_app) runs a pass: what a dead process left is recovered when the server
-starts.
+of forking the chain; each names the records it sealed, `done`, and their batches, `bat`), the release of
+those records from their batches, the head, and (when due) a signed checkpoint of the head outside the
+database (app.audit.checkpoints). A pass that died half way is completed by the next (`_resync`). Start-up
+(plugin.init_app) runs a pass: what a dead process left is recovered when the server starts.
 
 Cost proportional to the new work, never to the backlog. FerretDB v1 on SQLite pushes down only `{_id:
 value}` filters and a limit on an unfiltered, unsorted find: any other filter, any sort, a `$in` and every
 count scan the whole collection. So a pass
-- reads the oldest records with `find().limit(window)` (SQLite returns rows in insertion order; pending ids
-  sort by time, writer.pending_id, and the window is ordered by id), or, on MongoDB, with a sort on `_id`,
-  which its index serves;
-- looks single records up by `_id` only (the event of an old intent, the patients of a broad search);
-- deletes what it sealed with one delete command of `{_id}` statements (each pushed down), never `$in`;
+- reads the oldest batches with `find().limit(batches)` (SQLite returns rows in insertion order; batch and
+  record ids sort by time, pending.pending_id, and the window is ordered by record id), or, on MongoDB, with a
+  sort on `_id`, which its index serves;
+- looks single documents up by `_id` only (whether an old intent's event is sealed, the patients of a broad
+  search, the batches of a pass to complete);
+- releases what it sealed with one command of one `{_id}` statement per batch (a delete, or a rewrite of the
+  records left), never `$in`;
 - updates posting lists in bulks of a few keys (FerretDB v1 stalls on large update bulks);
 - stops taking new records once it has worked `budget` seconds, and sizes its window to the time passes take
   (halved after a pass longer than `budget`, doubled up to `batch` after one shorter than half of it), so that
@@ -42,10 +46,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pymongo import DeleteOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
+from app.audit import pending
 from app.audit.chain import CHAIN, EVENTS, GENESIS, HEAD_ID, PENDING, STATE, digest, key, link
 from app.audit.events import MAX_ENTITIES, add_patients, as_reference, interaction_for, split_path, unresolved_refs
 from app.audit.writer import AuditWriter, event_id_for, principal_from
@@ -80,7 +84,7 @@ class SealResult:
 class Sealer:
     def __init__(self, db: Database, repo: Repository, leases: Leases, writer: AuditWriter, *,
                  intent_grace: float = 60.0, batch: int = 200, budget: float = 2.0,
-                 checkpoints: Checkpoints | None = None) -> None:
+                 batches: int = pending.BATCH_READ, checkpoints: Checkpoints | None = None) -> None:
         self.repo = repo
         self.leases = leases
         self.writer = writer
@@ -91,6 +95,7 @@ class Sealer:
         self.intent_grace = intent_grace
         self.batch = batch  # the largest window
         self.window = batch  # the current one (adapted to the time passes take)
+        self.batches = batches  # pending batches a pass reads at most
         self.budget = budget
         self.checkpoints = checkpoints
         self.ref_codes = repo.keyed_codes(EVENTS)
@@ -145,26 +150,29 @@ class Sealer:
         seq, prev = self._resync(int(head.get("seq") or 0), bytes.fromhex(head["h"]) if head.get("h") else GENESIS)
         result = SealResult(0, seq)
         now = utcnow()
-        window = self._oldest()
-        queue = self._queue(window, now, result)
+        window = pending.oldest(self.pending, sorted_ids=self.repo.handle.supports_secondary_indexes,
+                                limit=self.batches)
+        stale: set[str] = set()
+        queue, left_over = self._queue(window, now, result, stale)
         entries: list[dict[str, Any]] = []
         docs: list[dict[str, Any]] = []
         keys: dict[str, list[str]] = {}
         cache: dict[str, set[str]] = {}
-        for pending in queue:
+        for record in queue:
             if time.monotonic() - started > self.budget:
                 result.more = True  # the rest waits for the next pass, which starts at once
                 break
             try:
-                doc = self._stored(pending, cache)
+                doc = self._stored(record, cache)
             except Exception as err:  # noqa: BLE001 - one unreadable record must not stop the chain for good
-                log.exception("audit: pending record %s could not be rebuilt; sealed as unreadable", pending["_id"])
-                doc = self._unreadable(pending, err)
+                log.exception("audit: pending record %s could not be rebuilt; sealed as unreadable", record["_id"])
+                doc = self._unreadable(record, err)
             seq += 1
             d = digest(doc)
             prev = link(prev, d)
+            done = [record["_id"], *([record["intent"]] if record.get("intent") else [])]
             entries.append({"_id": key(seq), "seq": seq, "ev": doc["_id"], "d": d.hex(), "h": prev.hex(),
-                            "done": [pending["_id"], *([pending["intent"]] if pending.get("intent") else [])],
+                            "done": done, "bat": sorted({window.batch_of[i] for i in done if i in window.batch_of}),
                             "at": now})
             docs.append(doc)
             for k in keys_for(EVENTS, doc.get("ix", {}), self.ref_codes):
@@ -173,11 +181,13 @@ class Sealer:
             self._post(keys)
             self._store(docs)
             self.chain.insert_many(entries, ordered=True)
-            self._delete([i for e in entries for i in e["done"]])
+        if entries or stale:
+            pending.release(self.pending, window.batches.values(), stale | {i for e in entries for i in e["done"]})
+        if entries:
             self.state.update_one({"_id": HEAD_ID}, {"$set": {"seq": seq, "h": prev.hex(), "at": now}},
                                   upsert=True)
         result.sealed, result.head = len(entries), seq
-        result.more = result.more or (len(window) >= self.window and bool(entries))
+        result.more = result.more or (left_over and bool(entries))
         if self.checkpoints is not None and seq:
             try:
                 result.checkpoint = self.checkpoints.maybe_write(seq, prev.hex())
@@ -186,41 +196,41 @@ class Sealer:
         result.seconds = time.monotonic() - started
         if result.seconds > self.budget:
             self.window = max(MIN_WINDOW, self.window // 2)
-        elif result.seconds < self.budget / 2 and len(window) >= self.window:
+        elif result.seconds < self.budget / 2 and left_over:
             self.window = min(self.batch, self.window * 2)
         return result
 
     # -- reading the window -----------------------------------------------------------------------------
 
-    def _oldest(self) -> list[dict[str, Any]]:
-        """The `window` oldest pending records, oldest first, at a cost proportional to `window`."""
-        if self.repo.handle.supports_secondary_indexes:  # MongoDB: the _id index serves the sort
-            return list(self.pending.find({}).sort("_id", 1).limit(self.window))
-        # FerretDB v1: a bare limit is pushed down (rows in insertion order); a sort would read everything
-        window = list(self.pending.find({}).limit(self.window))
-        window.sort(key=lambda p: str(p["_id"]))
-        return window
-
-    def _queue(self, window: list[dict[str, Any]], now: datetime, result: SealResult) -> list[dict[str, Any]]:
-        """Events of the window, and intents of dead processes, oldest first."""
-        answered = {p.get("intent") for p in window if p.get("kind") == "event"}
-        queue = []
-        for p in window:
+    def _queue(self, window: pending.Window, now: datetime, result: SealResult,
+               stale: set[str]) -> tuple[list[Mapping[str, Any]], bool]:
+        """At most `window` records to seal, oldest first: events, and intents of dead processes (intents that
+        wait are passed over, so that they never fill the window); `stale` gets the intents left behind by
+        their event (sealed already), to release without sealing. And whether records were left for later."""
+        answered = {p.get("intent") for p in window.records if p.get("kind") == "event"}
+        queue: list[Mapping[str, Any]] = []
+        seen: set[str] = set()
+        for p in window.records:
+            if len(queue) >= self.window:
+                return queue, True
+            rid = str(p["_id"])
+            if rid in seen:  # a record stored twice (its shipment retried) is sealed once
+                continue
+            seen.add(rid)
             if p.get("kind") == "event":
                 queue.append(p)
-            elif p["_id"] not in answered:
-                if (now - p["at"]).total_seconds() < self.intent_grace:
-                    result.waiting += 1
-                elif self.pending.find_one({"_id": event_id_for(str(p["_id"]))}, {"_id": 1}) is not None:
-                    result.waiting += 1  # its event is stored, beyond this window: sealed with it later
+            elif rid not in answered:
+                if (now - p["at"]).total_seconds() < self.intent_grace or not window.complete:
+                    result.waiting += 1  # its request is still running, or its event may be in a later batch
+                elif self.events.find_one({"_id": event_id_for(rid)}, {"_id": 1}) is not None:
+                    stale.add(rid)  # its event was sealed from another batch
                 else:
                     queue.append(p)
                     result.recovered += 1
-                    log.warning("audit: the event of intent %s was lost with its process; sealed as unknown",
-                                p["_id"])
-        return queue
+                    log.warning("audit: the event of intent %s was lost with its process; sealed as unknown", rid)
+        return queue, not window.complete
 
-    def _stored(self, pending: dict[str, Any], cache: dict[str, set[str]]) -> dict[str, Any]:
+    def _stored(self, pending: Mapping[str, Any], cache: dict[str, set[str]]) -> dict[str, Any]:
         """The AuditEvent document for a pending event (or for an intent whose event was lost)."""
         if pending.get("kind") == "intent":
             rtype, ids = split_path(pending.get("path"))
@@ -237,7 +247,7 @@ class Sealer:
         return self.repo.build_doc(EVENTS, pending["_id"], 1, pending["at"], res,
                                    pending.get("prov") or self.writer.node.province)
 
-    def _unreadable(self, pending: dict[str, Any], err: Exception) -> dict[str, Any]:
+    def _unreadable(self, pending: Mapping[str, Any], err: Exception) -> dict[str, Any]:
         """An event for a pending record this version cannot rebuild (written by another version, or
         damaged): outcome 8, with the stored record in its description, so that it is kept, not lost."""
         raw = json.dumps({k: v for k, v in pending.items() if k != "_id"}, default=str, ensure_ascii=False)
@@ -285,22 +295,21 @@ class Sealer:
             for i in sorted(dups):
                 self.events.replace_one({"_id": docs[i]["_id"]}, docs[i])
 
-    def _delete(self, ids: list[str]) -> None:
-        """Remove sealed records from pending: one command of `{_id}` deletes (never `$in`: a full scan)."""
-        if ids:
-            self.pending.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=False)
-
     def _resync(self, seq: int, prev: bytes) -> tuple[int, bytes]:
         """Complete a pass that died after appending chain entries but before moving the head."""
         moved = False
-        done: list[str] = []
+        done: set[str] = set()
+        batch_ids: set[str] = set()
         while True:
             entry = self.chain.find_one({"_id": key(seq + 1)})
             if entry is None:
                 break
-            done.extend(entry.get("done") or [entry["ev"]])
+            sealed = entry.get("done") or [entry["ev"]]
+            done.update(sealed)
+            batch_ids.update(entry.get("bat") or sealed)  # entries of earlier versions: records stored alone
             seq, prev, moved = seq + 1, bytes.fromhex(entry["h"]), True
         if moved:
-            self._delete(done)
+            held = (self.pending.find_one({"_id": b}) for b in sorted(batch_ids))
+            pending.release(self.pending, [b for b in held if b is not None], done)
             self.state.update_one({"_id": HEAD_ID}, {"$set": {"seq": seq, "h": prev.hex()}}, upsert=True)
         return seq, prev

@@ -38,7 +38,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import struct
 import threading
 import time
@@ -52,6 +51,8 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation
+
+from app.audit import pending
 
 log = logging.getLogger("ehc.audit")
 SUFFIX = ".seg"
@@ -121,7 +122,7 @@ class Spool:
 
     def _open(self) -> _Segment:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        name = f"{pending.pending_id()}-{os.getpid()}"  # time-ordered: it names the batches it is shipped as
         tmp = self.dir / f".{name}.new"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         path = self.dir / f"{name}{SUFFIX}"
@@ -174,7 +175,7 @@ class Spool:
             try:
                 docs = [RawBSONDocument(raw) for raw in _records(_read(seg.fd), seg.path)]
                 if docs:
-                    self.col.insert_many(docs, ordered=False)
+                    self.col.insert_many(pending.batches(docs, seg.path.stem), ordered=False)
             except BulkWriteError as err:
                 if any(e.get("code") != 11000 for e in err.details.get("writeErrors", [])) \
                         or err.details.get("writeConcernErrors"):
@@ -212,15 +213,18 @@ class Spool:
     def _recover_one(self, seg: _Segment, sealed: Callable[[RawBSONDocument], bool]) -> int:
         records = [RawBSONDocument(raw) for raw in _records(_read(seg.fd), seg.path)]
         stored = 0
-        for doc in records:  # one at a time: a duplicate (pending holds it) must not stop the rest
-            if sealed(doc):
-                self.stats.skipped += 1
+        # Batch by batch, with the ids a shipment gives them: a batch that is pending already (shipped before
+        # its shipment failed) is a duplicate, and records sealed already are left out.
+        for batch in pending.batches(records, seg.path.stem):
+            unsealed = [doc for doc in batch["recs"] if not sealed(doc)]
+            self.stats.skipped += len(batch["recs"]) - len(unsealed)
+            if not unsealed:
                 continue
             try:
-                self.col.insert_one(doc)
-                stored += 1
+                self.col.insert_one({**batch, "recs": unsealed})
+                stored += len(unsealed)
             except DuplicateKeyError:
-                self.stats.skipped += 1
+                self.stats.skipped += len(unsealed)
         self._remove(seg)
         self.stats.recovered += stored
         if stored:

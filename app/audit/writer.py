@@ -3,22 +3,21 @@
 FerretDB v1 has no atomic read-modify-write (a findAndModify `$inc` from parallel connections loses updates
 and hands out the same number twice), and SQLite behind it runs one write at a time; its one reliable
 primitive is a unique `_id` insert. So writers neither number events nor touch the AuditEvent collection:
-- `write(record)`: the event `{_id, at, kind: "event", prov, rec, method, path, patients, intent}` goes to
-  `_audit_pending` (`rec`: the access record, compact; the sealer builds the AuditEvent from it);
+- `write(record)`: the event `{_id, at, kind: "event", prov, rec, method, path, patients, intent}` (`rec`: the
+  access record, compact; the sealer builds the AuditEvent from it);
 - `reserve(...)`: for a request that changes data, its intent `{_id, at, kind: "intent", method, path, query,
-  remote_addr, principal}` goes there before the operation runs; its event names the intent.
-Both are handed to the group committer (app.audit.commit): the records of concurrent requests share one
-insert, and each call returns only when its record is durable (or raises AuditWriteError).
+  remote_addr, principal}`, stored before the operation runs; its event names the intent.
+Both are handed to the group committer (app.audit.commit): the records of concurrent requests are made durable
+together (in the node's spool, or one insert), and each call returns only when its record is durable (or raises
+AuditWriteError). They reach `_audit_pending` in batches (app.audit.pending).
 The sealer (app.audit.sealer), alone under a lease, numbers pending events, stores them as AuditEvent
 resources (Repository.build_doc: search index values included) and chains them. An intent left without its
 event by a process that died is sealed as an event with outcome 8. Writing straight to collections, never
 through Repository.create, means no storage events and no access records: auditing never audits itself.
 
-Pending ids sort by time (`pending_id`, a UUIDv7: 48-bit milliseconds, then a per-process counter, then
-random bits), so that the sealer finds the oldest records without a sort or a scan: FerretDB v1 on SQLite
-pushes down only `{_id: value}` filters and a bare limit, so a sorted or filtered read of `_audit_pending`
-costs the whole backlog, while `find().limit(n)` costs n. The event of a write is named after its intent
-(`event_id_for`), so that the sealer can ask whether a lost-looking intent has its event with one `_id` lookup.
+Record ids sort by time (`pending_id`, a UUIDv7: 48-bit milliseconds, then a per-process counter, then random
+bits), so that the sealer takes the oldest first. The event of a write is named after its intent
+(`event_id_for`), so that the sealer can tell an intent whose event came from one whose process died.
 
 Queries and error texts are stored with ID and phone numbers blinded (as the search index holds them):
 values of protected parameters wholesale, and elsewhere any run of at least ten digits written with or
@@ -27,13 +26,9 @@ without spaces, dashes, dots, brackets or a +86 prefix (an ID number's final X i
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import threading
-import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -43,6 +38,7 @@ from pymongo.database import Database
 from app.audit.chain import PENDING
 from app.audit.commit import GroupCommitter
 from app.audit.events import Node, build_audit_event, query_patients
+from app.audit.pending import pending_id
 from app.core.access import AccessRecord, Principal
 from app.core.timeutil import utcnow
 from app.store.repository import Repository
@@ -131,28 +127,6 @@ def record_from(doc: dict[str, Any]) -> AccessRecord:
     for name in _REQUIRED_FIELDS - values.keys():  # record_doc leaves None out, also of required fields
         values[name] = None
     return AccessRecord(**values)
-
-
-_lock = threading.Lock()
-_last = [0, 0, 0]  # pid, ms, counter
-
-
-def pending_id() -> str:
-    """A UUIDv7 (RFC 9562; 12-bit counter in rand_a): ids of one process sort in creation order, and across
-    processes by millisecond."""
-    with _lock:
-        ms = time.time_ns() // 1_000_000
-        pid = os.getpid()
-        if _last[0] == pid and ms <= _last[1]:
-            ms, counter = _last[1], _last[2] + 1
-            if counter > 0xFFF:
-                ms, counter = ms + 1, 0
-        else:
-            counter = 0
-        _last[:] = [pid, ms, counter]
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | secrets.randbits(62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def event_id_for(intent_id: str) -> str:
@@ -245,7 +219,7 @@ class AuditWriter:
                 doc[name] = value
         return doc
 
-    def build_event(self, pending: dict[str, Any]) -> dict[str, Any]:
+    def build_event(self, pending: Mapping[str, Any]) -> dict[str, Any]:
         """The AuditEvent of a pending event record (as `pending_event` stored it; records stored whole by
         earlier versions are taken as they are)."""
         if "rec" not in pending:

@@ -27,6 +27,21 @@ def _count(col: Any, flt: dict[str, Any] | None = None) -> int | None:
         return None
 
 
+def _pending(db: Any) -> int | None:
+    """Audit records waiting to be sealed (app.audit.pending: they are stored in batches)."""
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    from app.audit.chain import PENDING
+    from app.audit.pending import count
+
+    try:
+        with pymongo.timeout(COUNT_TIMEOUT):
+            return count(db[PENDING])
+    except PyMongoError:
+        return None
+
+
 def _keys(settings: Any) -> dict[str, Any]:
     from app.ehc.signing import SigningKeys, signing_keys_path
     from app.keyring import keys_dir
@@ -92,7 +107,7 @@ def status() -> None:
         report["database"]["name"] = settings.db_name
         head = db["_audit_state"].find_one({"_id": "audit-head"}) or {}
         report["audit"] = {"sealed": head.get("seq", 0), "head": head.get("h"),
-                           "pending": _count(db["_audit_pending"]),
+                           "pending": _pending(db),
                            "spooled_segments": len(segments(spool_dir(settings.data_dir, settings.db_name)))}
         report["journals_pending"] = _count(db["_journal"])
         report["clients"] = _count(db["auth_clients"])

@@ -5,9 +5,10 @@
   their interaction (read, search-type, create, $ehc-verify ...) and resource type, others with their endpoint.
 - ehc_db_commands_total{command} and ehc_db_command_duration_seconds{command}: database round trips, counted by
   pymongo command monitoring (a listener registered once per process, before the first client connects).
-- ehc_audit_backlog: events waiting in `_audit_pending`, counted when scraped (0.5 s at most; absent when the
-  count took longer); ehc_audit_spooled_segments: this node's audit spool segments not shipped yet (app.audit.spool:
-  one per process between shipments; more means shipments fail or a dead process's records wait for recovery).
+- ehc_audit_backlog: events waiting in `_audit_pending` (app.audit.pending), counted when scraped (0.5 s at most;
+  absent when the count took longer); ehc_audit_spooled_segments: this node's audit spool segments not shipped
+  yet (app.audit.spool: one per process between shipments; more means shipments fail or a dead process's records
+  wait for recovery).
 - ehc_oauth_token_grants_total{grant_type, result}: answers of /oauth/token (result granted, or the HTTP status).
 - ehc_qr_verifications_total{result}: `$ehc-verify` outcomes: valid, or the reason (expired, replayed ...).
 
@@ -94,10 +95,13 @@ class AuditBacklog(Collector):
         import pymongo
         from pymongo.errors import PyMongoError
 
+        from app.audit import pending
+        from app.audit.chain import PENDING
+
         gauge = GaugeMetricFamily("ehc_audit_backlog", "Audit events not sealed into the chain yet")
         try:
             with pymongo.timeout(self.timeout):
-                n = self.svc.handle.db["_audit_pending"].count_documents({})
+                n = pending.count(self.svc.handle.db[PENDING])
         except PyMongoError:
             return
         gauge.add_metric([], n)

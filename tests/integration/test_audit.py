@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from app.audit import build_trail
+from app.audit import build_trail, pending
 from app.audit.chain import CHAIN, EVENTS, HEAD_ID, PENDING, STATE, key, verify
 from app.core.access import AccessRecord, Principal
 from app.core.timeutil import utcnow
@@ -252,13 +252,17 @@ def test_intent_of_a_dead_write_is_recovered_at_start_up(fresh, settings):
     eid = writer.reserve("PUT", "Patient/p1", None, "10.1.1.1", Principal(client_id="his", user="Practitioner/d"))
     # the process died after the operation, before its event (its spool shipped); it is two minutes later now
     writer.settle()
-    fresh.handle.db[PENDING].update_one({"_id": eid}, {"$set": {"at": utcnow() - timedelta(minutes=2)}})
+    col = fresh.handle.db[PENDING]
+    [batch] = [b for b in col.find({}) if any(r["_id"] == eid for r in b["recs"])]
+    for record in batch["recs"]:
+        record["at"] = utcnow() - timedelta(minutes=2)
+    col.replace_one({"_id": batch["_id"]}, batch)
     create_app(settings, services=fresh)
     ev = fresh.handle.db[EVENTS].find_one({"_id": eid})["res"]
     assert (ev["action"], ev["outcome"], ev["subtype"][0]["code"]) == ("U", "8", "update")
     assert "stopped" in ev["outcomeDesc"]
     assert ev["agent"][0]["who"]["identifier"]["value"] == "his"
-    assert fresh.handle.db[PENDING].find_one({"_id": eid}) is None
+    assert pending.find(fresh.handle.db[PENDING], eid) is None
     assert sealed_id(fresh.handle.db, 3) == eid
     assert verify(fresh.handle.db).ok
 
@@ -320,16 +324,25 @@ def test_formatted_phone_and_id_numbers_never_reach_the_trail_in_clear(fresh):
     assert blind("13912345678") in dump and blind("11010519491231002X") in dump  # normalised: searchable
 
 
-def test_interrupted_seal_is_completed(fresh):
+@pytest.mark.parametrize("layout", ["batch", "record alone"])
+def test_interrupted_seal_is_completed(fresh, layout):
     db = fresh.handle.db
     writer, sealer, _ = fill(fresh, 2)
     writer.write(AccessRecord("read", "Patient", ["z"]))
     sealer.seal()
-    # as if the pass died after appending its entry: head and marker left behind
+    # as if the pass died after appending its entry: head and pending record left behind
     db[STATE].update_one({"_id": HEAD_ID}, {"$set": {"seq": 2, "h": db[CHAIN].find_one({"_id": key(2)})["h"]}})
-    db[PENDING].insert_one({"_id": sealed_id(db, 3), "at": utcnow(), "kind": "event",
-                            "res": {"resourceType": "AuditEvent"}})
+    record = {"_id": sealed_id(db, 3), "at": utcnow(), "kind": "event", "res": {"resourceType": "AuditEvent"}}
+    if layout == "batch":  # in the batch the entry names, beside a record still waiting
+        waiting = {"_id": "ffffffff-0000-7000-8000-000000000000", "at": utcnow(), "kind": "intent"}
+        db[PENDING].insert_one({"_id": db[CHAIN].find_one({"_id": key(3)})["bat"][0], "recs": [record, waiting]})
+    else:  # stored alone, chained by an earlier version (its entry names no batch)
+        db[CHAIN].update_one({"_id": key(3)}, {"$unset": {"bat": ""}})
+        db[PENDING].insert_one(record)
     assert sealer.seal().head == 3
+    if layout == "batch":
+        assert [r["_id"] for r in db[PENDING].find_one({})["recs"]] == [waiting["_id"]]
+        db[PENDING].delete_many({})
     assert db[PENDING].count_documents({}) == 0
     assert verify(db).ok and verify(db).sealed == 3
 

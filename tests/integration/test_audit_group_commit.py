@@ -1,6 +1,6 @@
 """Group commit of audit records into the database (issue #12), the spool switched off (EHC_AUDIT_SPOOL=off;
 the spool is tested in test_audit_spool.py): concurrent requests share one insert, each response waits for its
-record to be durable, a refused record fails its request, and a write killed between its intent and its event is
+record to be durable, a refused batch fails its requests, and a write killed between its intent and its event is
 still recovered. Database commands are counted with pymongo command monitoring."""
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
 from app.audit import build_trail
+from app.audit import pending as pending_module
 from app.audit.chain import CHAIN, EVENTS, PENDING, verify
 from app.audit.commit import AuditWriteError, GroupCommitter
 from app.audit.writer import pending_id
@@ -69,36 +72,39 @@ def test_concurrent_requests_share_audit_inserts(web):
     assert report.ok and report.pending == 0
 
 
-def test_a_refused_record_fails_only_its_request(web):
+@contextmanager
+def refused_batch(svc: Any) -> Iterator[None]:
+    """The next batch this process inserts gets the id of a batch stored already: the database refuses it."""
+    col = svc.handle.db[PENDING]
+    taken = pending_id()
+    col.insert_one({"_id": taken, "recs": []})
+    real = pending_module.pending_id
+    ids = iter([taken])
+    pending_module.pending_id = lambda: next(ids, None) or real()
+    try:
+        yield
+    finally:
+        pending_module.pending_id = real
+        col.delete_one({"_id": taken})
+
+
+def test_a_refused_batch_fails_its_request(web):
     app, svc = web
     pid = _patient(app)
-    writer = svc.extensions["audit"].writer
-    taken = pending_id()
-    writer.committer.submit(writer.pending_event(AccessRecord("read", "Patient", ["x"]), taken))
-    # the next event of this process gets an id that is stored already: the database refuses that insert
-    import app.audit.writer as writer_module
-
-    real = writer_module.pending_id
-    ids = iter([taken])
-    writer_module.pending_id = lambda: next(ids, None) or real()
-    try:
+    with refused_batch(svc):
         r = app.test_client().get(f"/fhir/Patient/{pid}")
-    finally:
-        writer_module.pending_id = real
     assert r.status_code in (500, 503)
     assert r.json["resourceType"] == "OperationOutcome"
     assert "王" not in r.get_data(as_text=True)  # the record was not disclosed without its audit event
     assert app.test_client().get(f"/fhir/Patient/{pid}").status_code == 200  # the next one is audited again
 
 
-def test_a_batch_fails_only_its_refused_members(web):
+def test_a_refused_batch_fails_each_of_its_members_and_stores_none(web):
     _app, svc = web
-    pending = svc.handle.db[PENDING]
-    committer = GroupCommitter(pending, linger=5.0)
-    dup = pending_id()
-    pending.insert_one({"_id": dup, "at": None, "kind": "test"})
+    col = svc.handle.db[PENDING]
+    committer = GroupCommitter(col, linger=5.0)
     tokens = [committer.enter() for _ in range(4)]
-    ids = [pending_id() for _ in range(3)] + [dup]
+    ids = [pending_id() for _ in range(4)]
     outcome: dict[str, Any] = {}
 
     def submit(i: int) -> None:
@@ -109,15 +115,17 @@ def test_a_batch_fails_only_its_refused_members(web):
             outcome[ids[i]] = err
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with refused_batch(svc):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert committer.stats.batches == 1  # the four shared one insert
-    assert isinstance(outcome[dup], AuditWriteError)
-    assert [outcome[i] for i in ids[:3]] == ["ok"] * 3
-    assert pending.count_documents({"_id": {"$in": ids[:3]}}) == 3
-    pending.delete_many({"kind": "test"})
+    assert all(isinstance(outcome[i], AuditWriteError) for i in ids), outcome
+    assert not set(ids) & set(pending_module.record_ids(col))  # a batch is stored whole or not at all
+    committer.submit({"_id": ids[0], "kind": "test"})  # the next batch is stored
+    assert pending_module.find(col, ids[0]) is not None
+    col.delete_many({"recs._id": ids[0]})
     committer.close()
 
 
@@ -160,7 +168,7 @@ def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_
         iid = proc.stdout.readline().strip()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        assert iid and svc.handle.db[PENDING].find_one({"_id": iid})["kind"] == "intent"
+        assert iid and pending_module.find(svc.handle.db[PENDING], iid)["kind"] == "intent"
         writer, sealer = build_trail(svc, intent_grace=0.0)
         writer.write(AccessRecord("read", "Patient", ["other"], principal=Principal(client_id="c")))
         result = seal_everything(sealer)
@@ -177,20 +185,10 @@ def test_a_write_killed_between_intent_and_event_is_recovered(mongo_server, tmp_
 
 def test_a_write_whose_intent_cannot_be_stored_is_refused_before_it_changes_anything(web):
     app, svc = web
-    writer = svc.extensions["audit"].writer
-    taken = pending_id()
-    writer.committer.submit(writer.pending_event(AccessRecord("read", "Patient", ["x"]), taken))
-    import app.audit.writer as writer_module
-
-    real = writer_module.pending_id
-    ids = iter([taken])
-    writer_module.pending_id = lambda: next(ids, None) or real()  # the intent's id is taken: its insert fails
     family = "意图" + uuid.uuid4().hex[:6]
     body = {"resourceType": "Patient", "name": [{"family": family}], "gender": "male"}
-    try:
+    with refused_batch(svc):  # the intent's batch is refused
         r = app.test_client().post("/fhir/Patient", data=json.dumps(body), content_type=FJ)
-    finally:
-        writer_module.pending_id = real
     assert r.status_code == 503 and r.headers.get("Retry-After")
     assert r.json["resourceType"] == "OperationOutcome"
     found = app.test_client().get(f"/fhir/Patient?family={family}").json

@@ -15,6 +15,7 @@ from pymongo import monitoring
 from app.audit import build_trail
 from app.audit.chain import CHAIN, PENDING, key, verify
 from app.audit.plugin import SealLoop
+from app.audit.writer import event_id_for
 from app.core.access import AccessRecord, Principal
 from tests.sealing import seal_everything
 
@@ -84,7 +85,7 @@ def test_a_pass_takes_a_bounded_window_without_scanning(fresh):
         LISTENER.thread = None
     assert first is not None and first.sealed == 50 and first.more
     finds = [c for c in LISTENER.seen if c[0] == "find"]
-    assert finds and all(c[3] == 50 for c in finds if c[1] in ({}, None))  # the window: limit = batch
+    assert finds and all(c[3] == sealer.batches for c in finds if c[1] in ({}, None))  # the oldest batches
     for name, flt, sort, _limit, statements in LISTENER.seen:
         # only a bare (limited) find or {_id: value} lookups: never a filter or sort FerretDB would scan for
         assert flt in ({}, None) or set(flt) == {"_id"} and isinstance(flt["_id"], str), (name, flt)
@@ -121,19 +122,45 @@ def test_the_loop_keeps_sealing_while_a_backlog_exists(fresh):
     assert report.ok and report.sealed == 200 and report.pending == 0
 
 
-def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh):
-    writer, sealer = build_trail(fresh, batch=5, intent_grace=0.0, budget=60.0)
+@pytest.mark.parametrize("beyond", ["the batches read", "the records taken"])
+def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh, beyond):
+    read = 3 if beyond == "the batches read" else 32
+    writer, sealer = build_trail(fresh, batch=5, batches=read, intent_grace=0.0, budget=60.0)
+    spool = writer.committer.spool
+    assert spool is not None
     iid = writer.reserve("PUT", "Patient/p1", None, None)
-    backlog(writer, 8, threads=1)
+    spool.ship()  # each record shipped alone: a batch each, 10 in all
+    for i in range(8):
+        writer.write(AccessRecord("read", "Patient", [f"p{i}"]))
+        spool.ship()
     eid = writer.write(AccessRecord("update", "Patient", ["p1"]), intent_id=iid)
     first = sealer.seal()
-    # the window (5 oldest) holds the intent but not its event: the event exists, so the intent waits
-    assert first is not None and first.recovered == 0 and first.waiting == 1
+    # the window holds the intent but not its event (in a batch not read, or read but past the 5 records taken):
+    # the intent is not recovered; unseen, its event may still come (it waits); seen, it is sealed with its event
+    assert first is not None and first.recovered == 0
+    assert (first.sealed, first.waiting) == ((2, 1) if read == 3 else (5, 0))
     seal_everything(sealer)
     report = verify(fresh.handle.db)
     assert report.ok and report.sealed == 9 and report.pending == 0
     assert fresh.handle.db[CHAIN].count_documents({"ev": iid}) == 0  # sealed once, as its real event
     assert fresh.handle.db[CHAIN].count_documents({"ev": eid}) == 1
+
+
+def test_writes_in_flight_never_fill_the_window(fresh):
+    """More writes running than the window holds: their intents (the oldest records) are passed over, and the
+    events behind them are sealed, not held until the writes end."""
+    writer, sealer = build_trail(fresh, batch=5, budget=60.0)
+    intents = [writer.reserve("PUT", f"Patient/p{i}", None, None) for i in range(6)]
+    reads = [writer.write(AccessRecord("read", "Patient", [f"r{i}"])) for i in range(3)]
+    first = sealer.seal()
+    assert first is not None and (first.sealed, first.waiting, first.recovered) == (3, 6, 0)
+    for i, iid in enumerate(intents):
+        writer.write(AccessRecord("update", "Patient", [f"p{i}"]), intent_id=iid)
+    seal_everything(sealer)
+    chained = {d["ev"] for d in fresh.handle.db[CHAIN].find({})}
+    assert chained == {*reads, *(event_id_for(i) for i in intents)}
+    report = verify(fresh.handle.db)
+    assert report.ok and report.pending == 0
 
 
 def test_an_unreadable_record_is_sealed_as_such_and_does_not_stop_the_chain(fresh):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from app.audit import build_trail
+from app.audit import build_trail, pending
 from app.audit.chain import EVENTS, PENDING
 from app.audit.sealer import LEASE
 from app.core.access import AccessRecord, Principal
@@ -62,12 +62,12 @@ def test_seal_everything_waits_for_a_busy_lease_where_seal_all_gives_up(fresh: A
     started = time.monotonic()
     with lease_held(sealer, 1.5):  # released after 1.5 s
         assert sealer.seal_all(wait_seconds=0.3) is None  # what the tests did: nothing sealed, and no error
-        assert fresh.handle.db[PENDING].find_one({"_id": eid}) is not None
+        assert pending.find(fresh.handle.db[PENDING], eid) is not None
         result = seal_everything(sealer, wait_seconds=0.3)
     assert time.monotonic() - started >= 1.4  # it waited for the lease
     assert result.sealed == 1 and not result.more
     assert fresh.handle.db[EVENTS].find_one({"_id": eid}) is not None
-    assert fresh.handle.db[PENDING].find_one({"_id": eid}) is None
+    assert pending.find(fresh.handle.db[PENDING], eid) is None
 
 
 def test_seal_everything_fails_loudly_when_the_lease_never_comes_free(fresh: Any) -> None:

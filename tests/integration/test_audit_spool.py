@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from pymongo import MongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
-from app.audit import build_trail
+from app.audit import build_trail, pending
 from app.audit.chain import CHAIN, EVENTS, PENDING, verify
 from app.audit.spool import SUFFIX, segments, spool_dir
 from app.audit.writer import event_id_for
@@ -128,8 +128,8 @@ def test_records_of_a_killed_process_are_recovered_from_its_spool(node: Services
     proc, (read_id, intent_id) = _writer(node, ship_every=3600)  # it never ships
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    pending = node.handle.db[PENDING]
-    assert pending.find_one({"_id": read_id}) is None and pending.find_one({"_id": intent_id}) is None
+    col = node.handle.db[PENDING]
+    assert pending.find(col, read_id) is None and pending.find(col, intent_id) is None
     assert len(_segments(node)) == 1  # both acknowledged: on disk, nowhere else
     status = CliRunner().invoke(main, ["status"], env={"EHC_MONGODB_URI": node.settings.mongodb_uri or "",
                                                        "EHC_DATA_DIR": str(node.settings.data_dir)})
@@ -154,10 +154,10 @@ def test_a_segment_found_again_after_sealing_is_not_sealed_twice(node: Services)
     writer.write(AccessRecord("update", "Patient", ["p1"], principal=Principal(client_id="his")), intent_id=intent)
     [segment] = _segments(node)
     copy = segment.read_bytes()
-    left_behind = segment.with_name(f"999999-dead{SUFFIX}")
-    left_behind.write_bytes(copy)  # nobody holds it: an orphan, while its records wait in pending
+    writer.committer.spool.ship()
+    segment.write_bytes(copy)  # its owner died before removing it: an orphan, while its records wait in pending
     seal_everything(sealer)
-    left_behind.write_bytes(copy)  # and again once they are sealed
+    segment.write_bytes(copy)  # and again once they are sealed
     seal_everything(sealer)
     assert node.handle.db[CHAIN].count_documents({}) == 4  # 3 reads and the update: each once
     assert writer.committer.spool.stats.skipped == 10 and writer.committer.spool.stats.recovered == 0
@@ -291,11 +291,11 @@ def test_busy_writers_and_a_recovering_sealer_lose_nothing_and_seal_nothing_twic
 def test_settle_waits_for_what_another_live_process_spooled(node: Services) -> None:
     proc, (read_id, _intent) = _writer(node, ship_every=3)
     try:
-        pending = node.handle.db[PENDING]
-        assert pending.find_one({"_id": read_id}) is None  # still in the other process's spool
+        col = node.handle.db[PENDING]
+        assert pending.find(col, read_id) is None  # still in the other process's spool
         writer, _sealer = build_trail(node)
         writer.committer.spool.settle(timeout=20)
-        assert pending.find_one({"_id": read_id}) is not None
+        assert pending.find(col, read_id) is not None
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
