@@ -42,7 +42,8 @@ from app.store.events import StoreEvent
 
 log = logging.getLogger("ehc.audit")
 SEAL_INTERVAL = 1.0  # seconds between background passes when there is no backlog
-READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode")  # POSTs that store nothing: no intent record
+# POSTs that store nothing: no intent record before them
+READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode", "$everything")
 
 
 @dataclass

@@ -202,7 +202,7 @@ def test_ehc_qrcode_is_also_invoked_with_get(client):
     assert client.get(f"/fhir/Patient/{pid}/$ehc-qrcode?validity=3").status_code == 400  # dynamic: 5 to 300 s
 
 
-def test_everything_takes_its_parameters_from_a_posted_parameters_body(client):
+def test_everything_takes_its_parameters_from_a_posted_parameters_body(client, services):
     pid = client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient"}), content_type=FJ).json["id"]
     for i in range(3):
         r = client.post("/fhir/Observation", content_type=FJ, data=json.dumps(
@@ -215,8 +215,11 @@ def test_everything_takes_its_parameters_from_a_posted_parameters_body(client):
     assert r.status_code == 201
     body = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueCode": "Observation"},
                                                         {"name": "_count", "valueInteger": 2}]}
+    committer = services.extensions["audit"].writer.committer
+    before = committer.stats.records
     r = client.post(f"/fhir/Patient/{pid}/$everything", data=json.dumps(body), content_type=FJ)
     assert r.status_code == 200, r.json
+    assert committer.stats.records == before + 1  # its event; a POST that stores nothing leaves no write intent
     assert r.json["total"] == 4  # the Patient and its three Observations, not the Encounter
     assert len(r.json["entry"]) == 2
     nxt = next(link["url"] for link in r.json["link"] if link["relation"] == "next")
