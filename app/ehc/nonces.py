@@ -24,6 +24,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from app.core.timeutil import utcnow
+from app.ehc.token import CLOCK_SKEW
 
 DUPLICATE_KEY = 11000
 
@@ -117,5 +118,8 @@ class NonceStore:
         return first
 
     def purge(self, now: datetime | None = None) -> int:
-        """Forget nonces of tokens that have expired (a replay of those answers 'expired' anyway)."""
-        return self.col.delete_many({"exp": {"$lt": now or utcnow()}}).deleted_count
+        """Forget nonces of tokens that expired more than CLOCK_SKEW ago: a replay of those answers 'expired' anyway,
+        also at a process whose clock is behind this one's by up to the allowance (forgotten at exp, a nonce could be
+        accepted again there until that process's clock reaches exp)."""
+        cutoff = (now or utcnow()) - timedelta(seconds=CLOCK_SKEW)
+        return self.col.delete_many({"exp": {"$lt": cutoff}}).deleted_count

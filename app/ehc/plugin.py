@@ -29,10 +29,12 @@ from app.ehc.cards import (
     is_current,
 )
 from app.ehc.nonces import NonceStore
-from app.ehc.signing import MAX_TOKEN_LIFETIME, SigningKeys, signing_keys_path
+from app.ehc.signing import SigningKeys, signing_keys_path
 from app.ehc.token import (
+    MAX_LIFETIME,
     TokenClaims,
     TokenMalformed,
+    check_times,
     issue_token,
     parse_legacy_static,
     parse_token,
@@ -44,8 +46,9 @@ from app.store.events import StoreEvent
 from app.store.keys import identifier_key
 from app.store.repository import write_context
 
-DYNAMIC_VALIDITY = (5, 300, 60)  # min, max, default seconds
-STATIC_VALIDITY = (3600, MAX_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME)
+# min, max, default seconds; the max is what verification allows (app.ehc.token.check_times)
+DYNAMIC_VALIDITY = (5, MAX_LIFETIME["dynamic"], 60)
+STATIC_VALIDITY = (3600, MAX_LIFETIME["static"], MAX_LIFETIME["static"])
 _ISSUED = (EHC_SYSTEM, MASTER_INDEX_SYSTEM)
 RESIDENT_ID_CARD = "01"  # CV02.01.101 document code of the resident ID card (居民身份证)
 
@@ -201,8 +204,13 @@ class CardService:
         if not verify_token_signature(parsed, key.public):
             base.reason = "bad-signature"
             return base
-        if now >= claims.exp:
-            base.reason = "expired"
+        # The times only once the signature verified: who has no key learns nothing more than bad-signature. All
+        # before the card and the nonce: a refused token neither names its holder nor spends its nonce.
+        retired = getattr(key, "retired", None)  # a key of another node (federation) publishes no retirement
+        reason = check_times(claims, now, key_nbf=key.nbf, key_exp=key.exp,
+                             key_retired=retired if isinstance(retired, int) else None)
+        if reason is not None:
+            base.reason = reason
             return base
         base.valid = True
         out = self._card(claims.ehc_id, base)

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from app.crypto import SM2PrivateKey, SM2PublicKey
+from app.ehc.token import MAX_LIFETIME
 from app.keyring import private_dir
 
 USE_PERIOD = 365 * 86400
-MAX_TOKEN_LIFETIME = 365 * 86400  # the longest static code; dynamic ones live at most 300 s
+MAX_TOKEN_LIFETIME = max(MAX_LIFETIME.values())  # the longest static code (one year); dynamic ones 300 s
 _KID_CHARS = string.ascii_uppercase + string.digits
 
 

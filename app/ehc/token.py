@@ -10,6 +10,10 @@ Every character is in the QR alphanumeric set (0-9 A-Z and " $%*+-./:"), so the 
 bytes (exactly 80 base32 characters) and the signature 64 bytes (103 characters). Parsing accepts only the
 canonical base32 text, so one signed token has exactly one spelling.
 
+Also here, the one rule on a token's times (`check_times`) that $ehc-verify applies and that the offline
+verification of docs/terminal-vendors.md ("Times") spells out for terminals, and the words a verification
+answers with (`VERIFY_REASONS`).
+
 Also here: today's static code `<64-hex card ID>:1[:...]` (docs/mpi.md), accepted for the
 terminals already in hospitals.
 """
@@ -33,6 +37,15 @@ _P = struct.Struct(">BB32sII8s")  # version, type, ehc-id, iat, exp, nonce
 _PAYLOAD_CHARS = 80
 _SIGNATURE_CHARS = 103
 _LEGACY = re.compile(r"([0-9A-Fa-f]{64}):([01])(:.*)?", re.DOTALL)
+
+MAX_LIFETIME = {"dynamic": 300, "static": 365 * 86400}  # exp - iat, seconds: the longest the issuer gives
+CLOCK_SKEW = 60  # seconds an issuer's clock may be ahead of the verifier's (iat), or a key's period be off
+_U32 = 2**32
+
+# What a verification that is not valid answers (`reason` of $ehc-verify, the offline example's), in the order
+# of the checks: the token's form, its key, its signature, its times, the card, the nonce.
+VERIFY_REASONS = ("malformed", "unknown-key", "bad-signature", "bad-lifetime", "issued-in-future", "expired",
+                  "suspended", "cancelled", "unknown-card", "replayed")
 
 
 class TokenMalformed(ValueError):
@@ -120,6 +133,43 @@ def parse_token(token: str) -> ParsedToken:
 def verify_token_signature(parsed: ParsedToken, public_key: SM2PublicKey) -> bool:
     """True when the token was signed by the key; times, status and replay are the caller's to check."""
     return public_key.verify(parsed.signed_part, parsed.signature)
+
+
+def check_times(claims: TokenClaims, now: int, *, key_nbf: int | None = None, key_exp: int | None = None,
+                key_retired: int | None = None) -> str | None:
+    """Why a token whose signature verified is refused for its times at `now` (unix seconds), else None.
+
+    - malformed: iat or exp not an integer of 32 unsigned bits, or a type of no lifetime (cannot come out of
+      parse_token; here so that no caller gets a traceback);
+    - bad-lifetime: exp at or before iat, or exp - iat longer than its type allows (MAX_LIFETIME: dynamic 300 s,
+      static one year), whatever the clock says: no issuer gives such a token, so its key was misused;
+    - issued-in-future: iat more than CLOCK_SKEW after now;
+    - expired: now at or after exp;
+    - bad-lifetime, for a token that would still be valid: dated before its key's nbf or after the key was
+      retired (a key signs only while current: a token dated after that was minted with a key that should no
+      longer sign, e.g. one rotated because it leaked), or outliving the key (exp after the key's exp), each with
+      CLOCK_SKEW allowed. The key's dates are checked when given (a terminal knows nbf and exp from /ehc/keys;
+      only the issuing node knows when its key was retired).
+
+    The order is the order of the checks: a token both too long and expired is `bad-lifetime`, but an expired one
+    outside its key's period is just `expired` (it is refused either way).
+    """
+    iat, exp = claims.iat, claims.exp
+    if not all(type(t) is int and 0 <= t < _U32 for t in (iat, exp)) or claims.type not in MAX_LIFETIME:
+        return "malformed"
+    if exp <= iat or exp - iat > MAX_LIFETIME[claims.type]:
+        return "bad-lifetime"
+    if iat > now + CLOCK_SKEW:
+        return "issued-in-future"
+    if now >= exp:
+        return "expired"
+    if key_nbf is not None and iat < key_nbf - CLOCK_SKEW:
+        return "bad-lifetime"
+    if key_retired is not None and iat > key_retired + CLOCK_SKEW:
+        return "bad-lifetime"
+    if key_exp is not None and exp > key_exp + CLOCK_SKEW:
+        return "bad-lifetime"
+    return None
 
 
 def parse_legacy_static(code: str) -> str | None:

@@ -10,7 +10,8 @@
   yet (app.audit.spool: one per process between shipments; more means shipments fail or a dead process's records
   wait for recovery).
 - ehc_oauth_token_grants_total{grant_type, result}: answers of /oauth/token (result granted, or the HTTP status).
-- ehc_qr_verifications_total{result}: `$ehc-verify` outcomes: valid, or the reason (expired, replayed ...).
+- ehc_qr_verifications_total{result}: `$ehc-verify` outcomes: valid, or the reason (app.ehc.token.VERIFY_REASONS:
+  expired, replayed, bad-lifetime ...; anything else is counted as `other`).
 
 Several worker processes (gunicorn): `ehc serve` sets PROMETHEUS_MULTIPROC_DIR to an empty folder before the
 workers start, and every worker then answers /metrics with the sum over all of them (prometheus_client's
@@ -30,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pymongo import monitoring
 
+from app.ehc.token import VERIFY_REASONS
 from app.ops.web import elapsed, mark_start, request_route
 
 REQUESTS = Counter("ehc_http_requests", "HTTP requests answered", ["interaction", "resource_type", "status"])
@@ -43,8 +45,7 @@ TOKEN_GRANTS = Counter("ehc_oauth_token_grants", "Token endpoint answers", ["gra
 QR_VERIFICATIONS = Counter("ehc_qr_verifications", "$ehc-verify outcomes", ["result"])
 
 GRANT_TYPES = frozenset({"client_credentials", "authorization_code", "refresh_token"})
-QR_RESULTS = frozenset({"valid", "malformed", "bad-signature", "unknown-key", "expired", "suspended", "cancelled",
-                        "replayed", "unknown-card"})
+QR_RESULTS = frozenset({"valid", *VERIFY_REASONS})
 _listener_lock = threading.Lock()
 _listener_installed = False
 

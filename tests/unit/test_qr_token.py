@@ -4,14 +4,17 @@ by a vendor."""
 import base64
 import re
 import struct
+from typing import Any
 
 import pytest
 from gmssl.sm2 import CryptSM2
 
 from app.crypto import SM2PrivateKey
 from app.ehc.token import (
+    CLOCK_SKEW,
     TokenClaims,
     TokenMalformed,
+    check_times,
     issue_token,
     parse_legacy_static,
     parse_token,
@@ -200,3 +203,116 @@ def test_legacy_static_codes():
     for code in not_static:
         assert parse_legacy_static(code) is None, code
     assert re.fullmatch(r"[0-9A-F]{64}", parse_legacy_static(CARD.lower() + ":1") or "")
+
+
+# -- times: app.ehc.token.check_times, and the offline example of docs/terminal-vendors.md that spells it out ----
+
+NOW = 1_800_000_000
+YEAR = 365 * 86400
+
+
+def _claims(kind: str, iat: object, exp: object) -> TokenClaims:
+    return TokenClaims(kind, CARD, iat, exp, bytes(8))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kind", "iat", "exp", "reason"), [
+    ("dynamic", NOW, NOW + 60, None),
+    ("dynamic", NOW, NOW + 300, None),
+    ("static", NOW, NOW + YEAR, None),
+    ("dynamic", NOW + CLOCK_SKEW, NOW + CLOCK_SKEW + 60, None),  # the issuer's clock ahead, within the allowance
+    ("dynamic", NOW + CLOCK_SKEW + 1, NOW + CLOCK_SKEW + 61, "issued-in-future"),
+    ("static", NOW + 86400, NOW + 2 * 86400, "issued-in-future"),
+    ("dynamic", NOW, NOW + 301, "bad-lifetime"),
+    ("static", NOW, NOW + YEAR + 1, "bad-lifetime"),
+    ("dynamic", 0, 2**32 - 1, "bad-lifetime"),
+    ("static", 0, NOW + 60, "bad-lifetime"),
+    ("dynamic", NOW, NOW, "bad-lifetime"),
+    ("static", NOW, NOW - 1, "bad-lifetime"),
+    ("dynamic", 2**32 - 1, 0, "bad-lifetime"),
+    ("dynamic", NOW + 3600, NOW + 5000, "bad-lifetime"),  # too long beats in the future
+    ("dynamic", NOW - 400, NOW - 100, "expired"),
+    ("dynamic", NOW - 60, NOW, "expired"),
+    ("dynamic", NOW - 1000, NOW - 10, "bad-lifetime"),  # too long beats expired
+    ("dynamic", -1, NOW + 60, "malformed"),
+    ("dynamic", NOW, 2**32, "malformed"),
+    ("dynamic", str(NOW), NOW + 60, "malformed"),
+    ("dynamic", NOW, float(NOW + 60), "malformed"),
+    ("dynamic", True, NOW + 60, "malformed"),
+    ("dynamic", None, NOW + 60, "malformed"),
+    ("weekly", NOW, NOW + 60, "malformed"),
+])
+def test_check_times(kind, iat, exp, reason):
+    assert check_times(_claims(kind, iat, exp), NOW) == reason
+
+
+def test_check_times_within_the_keys_signing_period():
+    nbf, retired, key_exp = NOW - 86400, NOW - 3600, NOW + YEAR
+    ok = {"key_nbf": nbf, "key_exp": key_exp}
+    assert check_times(_claims("static", NOW - 7200, NOW + 3600), NOW, **ok, key_retired=retired) is None
+    assert check_times(_claims("static", nbf - CLOCK_SKEW, NOW + 3600), NOW, **ok) is None
+    assert check_times(_claims("static", nbf - CLOCK_SKEW - 1, NOW + 3600), NOW, **ok) == "bad-lifetime"
+    assert check_times(_claims("static", NOW, key_exp + CLOCK_SKEW + 1), NOW, **ok) == "bad-lifetime"
+    assert check_times(_claims("static", retired + CLOCK_SKEW, NOW + 60), NOW, **ok, key_retired=retired) is None
+    assert check_times(_claims("static", retired + CLOCK_SKEW + 1, NOW + 60), NOW, **ok,
+                       key_retired=retired) == "bad-lifetime"
+    assert check_times(_claims("dynamic", NOW, NOW + 60), NOW, **ok, key_retired=retired) == "bad-lifetime"
+    assert check_times(_claims("static", NOW, NOW + 60), NOW, **ok, key_retired=retired) == "bad-lifetime"
+    # an expired token says so, whatever its key
+    assert check_times(_claims("static", nbf - 7200, nbf - 3600), NOW, **ok) == "expired"
+
+
+def _offline_example() -> Any:
+    """verify_offline() of docs/terminal-vendors.md, as a vendor would save it."""
+    from tests.docs_examples import ROOT, blocks
+
+    block = next(b for b in blocks(ROOT / "docs" / "terminal-vendors.md") if b.file == "verify_offline.py")
+    namespace: dict[str, Any] = {"__name__": "verify_offline"}
+    exec(compile(block.text, "verify_offline.py", "exec"), namespace)  # noqa: S102 - the documentation's code
+    return namespace["verify_offline"]
+
+
+def _server_rule(token: str, key: SM2PrivateKey, kid: str, nbf: int, key_exp: int, now: int) -> str | None:
+    """The checks of CardService.verify before the card and the nonce, in its order."""
+    try:
+        parsed = parse_token(token)
+    except TokenMalformed:
+        return "malformed"
+    if parsed.kid != kid or now >= key_exp:
+        return "unknown-key"
+    if not verify_token_signature(parsed, key.public_key):
+        return "bad-signature"
+    return check_times(parsed.claims, now, key_nbf=nbf, key_exp=key_exp)
+
+
+def test_the_offline_example_applies_the_servers_rule_on_times(key):
+    verify_offline = _offline_example()
+    kid, nbf, key_exp = "SC2025A", NOW - 86400, NOW + YEAR
+    jwk = {"kid": kid, "kty": "EC", "crv": "SM2", "alg": "SM2SM3", "x": _b64url(key.public_key.x),
+           "y": _b64url(key.public_key.y), "nbf": nbf, "exp": key_exp, "province": "11"}
+    cases = [("dynamic", NOW, NOW + 60), ("static", NOW, NOW + YEAR), ("dynamic", NOW + 3600, NOW + 3660),
+             ("dynamic", NOW + CLOCK_SKEW, NOW + CLOCK_SKEW + 30), ("static", NOW + 86400, NOW + 2 * 86400),
+             ("dynamic", NOW, NOW + 301), ("static", NOW, NOW + YEAR + 1), ("dynamic", 0, 2**32 - 1),
+             ("dynamic", NOW, NOW), ("static", NOW, NOW - 1), ("dynamic", NOW - 400, NOW - 100),
+             ("dynamic", NOW - 1000, NOW - 10), ("static", nbf - 7200, NOW + 3600),
+             ("static", NOW - 60, key_exp + 3600)]
+    seen = set()
+    for kind, iat, exp in cases:
+        token = issue_token(TokenClaims(kind, CARD, iat, exp, bytes(8)), kid, key)
+        expected = _server_rule(token, key, kid, nbf, key_exp, NOW)
+        out = verify_offline(token, {"keys": [jwk]}, {"cards": []}, now=NOW)
+        assert out.get("reason") == expected and out["valid"] is (expected is None), (kind, iat, exp, out)
+        seen.add(expected)
+    assert seen == {None, "issued-in-future", "bad-lifetime", "expired"}
+    good = issue_token(TokenClaims("dynamic", CARD, NOW, NOW + 60, bytes(8)), kid, key)
+    for text in (good[:-1], "EHC1:X", good.replace(kid, "OTHER"), good[:-3] + "AAA"):
+        assert verify_offline(text, {"keys": [jwk]}, {"cards": []}, now=NOW)["reason"] == \
+            _server_rule(text, key, kid, nbf, key_exp, NOW), text
+    for p in (struct.pack(">BB32sII8s", 2, 1, bytes.fromhex(CARD), NOW, NOW + 60, bytes(8)),
+              struct.pack(">BB32sII8s", 1, 3, bytes.fromhex(CARD), NOW, NOW + 60, bytes(8))):
+        signed = _signed(key, p, kid)
+        assert verify_offline(signed, {"keys": [jwk]}, {"cards": []}, now=NOW)["reason"] == "malformed"
+        assert _server_rule(signed, key, kid, nbf, key_exp, NOW) == "malformed"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")

@@ -3,9 +3,11 @@
 POST /fhir/$ehc-verify with Parameters token (valueString). Accepts EHC1 tokens and today's static code
 `<64-hex card ID>:1[:...]`. Answer: Parameters valid (valueBoolean), patient (valueReference), ehcId,
 expires (valueInstant), type (dynamic | static | legacy-static), requiresConfirmation (static codes: the
-terminal asks for the PIN or an SMS code), and when not valid reason = malformed | bad-signature |
-unknown-key | expired | suspended | cancelled | replayed | unknown-card (a well-formed code of a card this node
-does not know). Every verification is audited, valid or not.
+terminal asks for the PIN or an SMS code), and when not valid reason, one of app.ehc.token.VERIFY_REASONS:
+malformed | unknown-key | bad-signature | bad-lifetime (exp not after iat, longer than the type allows, or outside
+its key's signing period) | issued-in-future (iat ahead of the clock by more than the allowed skew) | expired |
+suspended | cancelled | unknown-card (a well-formed code of a card this node does not know) | replayed. Every
+verification is audited, valid or not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from app.core.access import AccessRecord
 from app.core.errors import bad_request
 from app.ehc.plugin import card_service
+from app.ehc.token import CLOCK_SKEW, MAX_LIFETIME, VERIFY_REASONS
 from app.fhir.http import FhirResponse
 from app.fhir.operations.definition import PATIENT_PROFILE, Operation, Param
 from app.fhir.operations.ehc_qrcode import instant
@@ -57,10 +60,10 @@ DEFINITION = Operation(
     id="ehc-verify",
     name="EhcVerify",
     title="电子健康卡验证 Verify a scanned QR code",
-    description="POST /$ehc-verify (terminals): checks an EHC1 token's signature, expiry, card status and replay, or "
-                "a legacy static code '<64-hex card ID>:1[:...]'. A dynamic token is accepted once (its use is "
-                "recorded), so the operation affects state and is invoked with POST only. Every verification is "
-                "audited.",
+    description="POST /$ehc-verify (terminals): checks an EHC1 token's signature, issue time and lifetime, expiry, "
+                "card status and replay, or a legacy static code '<64-hex card ID>:1[:...]'. A dynamic token is "
+                "accepted once (its use is recorded), so the operation affects state and is invoked with POST only. "
+                "Every verification is audited.",
     affects_state=True,
     parameters=(
         Param("token", "in", "string", 1, documentation="The scanned text"),
@@ -72,8 +75,10 @@ DEFINITION = Operation(
         Param("requiresConfirmation", "out", "boolean",
               documentation="Static codes: the terminal must ask for the PIN or an SMS code"),
         Param("reason", "out", "code",
-              documentation="When not valid: malformed | bad-signature | unknown-key | expired | suspended | "
-                            "cancelled | replayed | unknown-card"),
+              documentation=f"When not valid: {' | '.join(VERIFY_REASONS)}. bad-lifetime: exp not after iat, "
+                            f"longer than the type allows (dynamic {MAX_LIFETIME['dynamic']} s, static "
+                            f"{MAX_LIFETIME['static'] // 86400} days) or outside its key's signing period; "
+                            f"issued-in-future: iat more than {CLOCK_SKEW} s ahead of the server's clock"),
     ),
 )
 
