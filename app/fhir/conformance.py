@@ -31,7 +31,7 @@ from app.fhir.operations.definition import operation_definitions
 from app.fhir.presentation import apply_elements, apply_summary, as_asked, outcome_entry
 from app.fhir.router import FhirRequest
 from app.search.compile import compile_filter
-from app.search.extract import extract_index
+from app.search.extract import extract_index, sort_value
 from app.search.matcher import resource_matches
 from app.search.parser import parse_search
 from app.search.request import SearchRequest
@@ -151,9 +151,11 @@ def _sorted(matches: list[dict[str, Any]], request: SearchRequest, svc: Services
         if rule.code == "_id":
             out.sort(key=lambda od: str(od["id"]), reverse=rule.descending)
             continue
-        present = [od for od in out if keys[od["id"]].get(rule.code) is not None]
-        absent = [od for od in out if keys[od["id"]].get(rule.code) is None]
-        present.sort(key=lambda od: keys[od["id"]][rule.code], reverse=rule.descending)
+        # a key with several values sorts by its smallest ascending and its largest descending, as stored ones do
+        value = {od["id"]: sort_value(keys[od["id"]].get(rule.code), rule.descending) for od in out}
+        present = [od for od in out if value[od["id"]] is not None]
+        absent = [od for od in out if value[od["id"]] is None]
+        present.sort(key=lambda od: value[od["id"]], reverse=rule.descending)
         out = absent + present if not rule.descending else present + absent  # MongoDB: missing values sort low
     return out
 

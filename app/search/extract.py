@@ -1,8 +1,15 @@
 """Index values of a resource, extracted at write time (HAPI's "search parameter extraction").
 
 extract_index(resource, registry) -> (ix, so): `ix[code]` is the list of encoded values one search
-parameter finds in the resource (absent when none), `so[code]` one scalar sort key. The encodings are the
-storage contract with app/store and the compilers in app/search/compilers:
+parameter finds in the resource (absent when none), `so[code]` its sort key (`sort_key`): the value itself when
+the resource has one, `[smallest, largest]` when it has several that differ. MongoDB and FerretDB alike sort an
+array by its smallest element ascending and by its largest descending, so `_sort=given` orders by each resource's
+smallest given name and `_sort=-given` by its largest (as HAPI does); `sort_value` picks the end a direction
+uses. The sort values are those of the elements (a token's codes, a string's parts, a date's start, a reference's
+target), not the forms added only to match (`system|code`, family and given joined, pinyin, a bare id). A key
+stored before 2026-12 is one scalar (the first value of a string, token, reference or uri; the smallest of a
+date, number or quantity): it is its own smallest and largest, so it sorts among the new ones by that value.
+The encodings are the storage contract with app/store and the compilers in app/search/compilers:
 
   token      "S|C", "C", "S|" (and "|C" when there is no system); booleans "true"/"false"; ContactPoint
              "phone|V", "V", "phone|" and the bare digits of phone numbers;
@@ -38,29 +45,51 @@ def _add(out: list[Any], value: Any) -> None:
         out.append(value)
 
 
+def sort_key(values: list[Any]) -> Any:
+    """The stored sort key of a parameter's sort values (not empty, all of one type): the value when they are
+    all the same, else [smallest, largest]."""
+    lo, hi = min(values), max(values)
+    return lo if lo == hi else [lo, hi]
+
+
+def sort_value(key: Any, descending: bool) -> Any:
+    """The value a sort in that direction orders a stored key by: a list's largest element descending, its
+    smallest ascending (as MongoDB and FerretDB sort arrays); a scalar is both. A list stored by an older or a
+    blinded write need not be in order, so its ends are found, not indexed."""
+    if isinstance(key, list):
+        return (max if descending else min)(key) if key else None
+    return key
+
+
 # --- token -----------------------------------------------------------------------------------------------
-def _coding(c: dict[str, Any], codes: list[str], texts: list[str]) -> None:
+def _coding(c: dict[str, Any], codes: list[str], texts: list[str], keys: list[str]) -> None:
     system, code = c.get("system") or "", c.get("code")
     if isinstance(code, str) and code:
         _add(codes, f"{system}|{code}")
         _add(codes, code)
+        _add(keys, code)
     if system:
         _add(codes, f"{system}|")
     if isinstance(c.get("display"), str):
         _add(texts, normalize(c["display"]))
 
 
-def _token_value(v: Any, codes: list[str], texts: list[str]) -> None:
+def _token_value(v: Any, codes: list[str], texts: list[str], keys: list[str] | None = None) -> None:
+    """The token values of v into `codes` (its texts into `texts`), and into `keys` the codes it sorts by: each
+    code or value itself, not the forms added to match it (system|code, |code, a phone number's digits)."""
+    keys = [] if keys is None else keys
     if isinstance(v, bool):
         _add(codes, "true" if v else "false")
+        _add(keys, "true" if v else "false")
     elif isinstance(v, str):
         _add(codes, v)
         _add(codes, f"|{v}")
+        _add(keys, v)
     elif isinstance(v, dict):
         if "coding" in v or ("text" in v and not {"system", "code", "value"} & v.keys()):  # CodeableConcept
             for c in v.get("coding", []):
                 if isinstance(c, dict):
-                    _coding(c, codes, texts)
+                    _coding(c, codes, texts, keys)
             if isinstance(v.get("text"), str):
                 _add(texts, normalize(v["text"]))
         elif "value" in v:
@@ -72,38 +101,45 @@ def _token_value(v: Any, codes: list[str], texts: list[str]) -> None:
                 # token system|code is ContactPoint.system|value (phone|138...), like HAPI
                 _add(codes, f"{system}|{value}")
                 _add(codes, value)
+                _add(keys, value)
                 _add(codes, f"{system}|")
                 if system in _PHONE_SYSTEMS and digits(value) and digits(value) != value:
                     _add(codes, digits(value))
             else:  # Identifier
                 _add(codes, f"{system}|{value}")
                 _add(codes, value)
+                _add(keys, value)
                 if system:
                     _add(codes, f"{system}|")
                 typ = v.get("type")
                 if isinstance(typ, dict) and isinstance(typ.get("text"), str):
                     _add(texts, normalize(typ["text"]))
         else:  # Coding
-            _coding(v, codes, texts)
+            _coding(v, codes, texts, keys)
 
 
 def _token(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:
     codes: list[str] = []
     texts: list[str] = []
+    keys: list[str] = []
     for v in values:
-        _token_value(v, codes, texts)
+        _token_value(v, codes, texts, keys)
     if codes:
         ix[p.code] = codes
-        so[p.code] = next((c for c in codes if "|" not in c), codes[0])
+        so[p.code] = sort_key(keys or codes)  # codes alone: system-only codings ("S|")
     if texts:
         ix[p.code + ":text"] = texts
 
 
 # --- string ----------------------------------------------------------------------------------------------
-def _strings(v: Any, out: list[str]) -> None:
+def _strings(v: Any, out: list[str], own: list[str]) -> None:
+    """The strings of v into `out`; into `own` too, but for the forms that only help to match it (family and given
+    joined): those it sorts by."""
     if isinstance(v, str):
         _add(out, v)
+        _add(own, v)
     elif isinstance(v, dict):
+        joined: list[str] = []
         if {"line", "city", "district", "state", "postalCode", "country"} & v.keys():  # Address
             keys = ("city", "district", "state", "postalCode", "country", "text")
             parts = [*v.get("line", []), *(v.get(k) for k in keys)]
@@ -114,10 +150,14 @@ def _strings(v: Any, out: list[str]) -> None:
             if family and given:
                 # '张伟' is family 张 + given 伟 written together; 'Zhang Wei' / 'Wei Zhang' with a space.
                 g = " ".join(given)
-                parts += [family + "".join(given), "".join(given) + family, f"{family} {g}", f"{g} {family}"]
+                joined = [family + "".join(given), "".join(given) + family, f"{family} {g}", f"{g} {family}"]
         for part in parts:
             if isinstance(part, str) and part.strip():
                 _add(out, part)
+                _add(own, part)
+        for form in joined:
+            if form.strip():
+                _add(out, form)
 
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -135,8 +175,9 @@ def _pinyin(text: str) -> tuple[str, str]:
 
 def _string(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:
     raw: list[str] = []
+    own: list[str] = []
     for v in values:
-        _strings(v, raw)
+        _strings(v, raw, own)
     if raw:
         norm: list[str] = []
         for s in raw:
@@ -148,7 +189,7 @@ def _string(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url
                         _add(norm, normalize(form))
         ix[p.code] = norm
         ix[p.code + ":exact"] = raw
-        so[p.code] = norm[0]
+        so[p.code] = sort_key([k for k in map(normalize, own) if k] or norm[:1])  # blanks sort by nothing
 
 
 # --- date ------------------------------------------------------------------------------------------------
@@ -163,7 +204,7 @@ def _date(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: 
             _add(ranges, {"lo": r[0], "hi": r[1]})
     if ranges:
         ix[p.code] = ranges
-        so[p.code] = min(r["lo"] for r in ranges)
+        so[p.code] = sort_key([r["lo"] for r in ranges])
 
 
 def _dict_range(v: dict[str, Any]) -> tuple[datetime, datetime] | None:
@@ -187,19 +228,21 @@ def local_reference(text: str, base_url: str | None) -> str:
 
 def _reference(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:
     refs: list[str] = []
+    targets: list[str] = []  # the references as written (local): refs adds their bare ids
     idents: list[str] = []
     for v in values:
         text = v.get("reference") if isinstance(v, dict) else v
         if isinstance(text, str) and text:
             ref = local_reference(text, base_url)
             _add(refs, ref)
+            _add(targets, ref)
             if "://" not in ref and reference_type(ref) and ref.count("/") == 1:
                 _add(refs, ref.split("/", 1)[1])
         if isinstance(v, dict) and isinstance(v.get("identifier"), dict):
             _token_value(v["identifier"], idents, [])
     if refs:
         ix[p.code] = refs
-        so[p.code] = refs[0]
+        so[p.code] = sort_key(targets)
     if idents:
         ix[p.code + ":identifier"] = idents
 
@@ -226,7 +269,7 @@ def _quantity(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_u
             _add(out, q)
     if out:
         ix[p.code] = out
-        so[p.code] = min(q["v"] for q in out)
+        so[p.code] = sort_key([q["v"] for q in out])
 
 
 def _number(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:
@@ -236,7 +279,7 @@ def _number(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url
             _add(out, n)
     if out:
         ix[p.code] = out
-        so[p.code] = min(out)
+        so[p.code] = sort_key(out)
 
 
 def _uri(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: str | None) -> None:
@@ -246,7 +289,7 @@ def _uri(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_url: s
             _add(out, v)
     if out:
         ix[p.code] = out
-        so[p.code] = out[0]
+        so[p.code] = sort_key(out)
 
 
 _EXTRACTORS: dict[str, Callable[[SearchParamDef, list[Any], Index, Index, str | None], None]] = {

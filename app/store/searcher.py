@@ -8,7 +8,11 @@ Two ways to find candidates:
 Either way every candidate is checked with the exact filter (app.search.matcher) before it is returned.
 
 Paging is keyset, never skip: a cursor carries the sort values and _id of the last entry of a page, so
-the next page starts after it even when resources are written in between.
+the next page starts after it even when resources are written in between. A sort key with several values is
+stored as [smallest, largest] (app.search.extract): the database sorts it by its smallest element ascending and by
+its largest descending, so a row's place, and the value its cursor carries, is that end (`sort_value`). A previous
+page reads the database in the opposite order, which sorts such a row by its other end: it is read until no row
+left can sort into the page (`_candidates`).
 
 `admit` (the disclosure gate's per-row decision, on the decoded document) is applied to candidates before
 paging and counting: pages, totals and cursors are made of rows the caller may see, and a cursor never carries
@@ -18,6 +22,7 @@ the sort values of a withheld row. SearchResult.withheld counts the rows it left
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ from app.core.errors import bad_request
 from app.core.timeutil import naive_utc
 from app.search.compile import compile_filter, compile_sort
 from app.search.compilers.token import token_key
-from app.search.extract import local_reference
+from app.search.extract import local_reference, sort_value
 from app.search.matcher import lower_for_database, matches
 from app.search.request import Filter, SearchRequest
 from app.search.values import split_escaped
@@ -141,24 +146,39 @@ def _compare_rows(sort: list[tuple[str, int]], a: list[Any], b: list[Any]) -> in
     return 0
 
 
+def _compare(op: str, path: str, v: Any, direction: int) -> dict[str, Any]:
+    """MongoDB filter for rows whose sort value for `direction` (a stored list's smallest element ascending, its
+    largest descending; a scalar itself) compares to v by op ($gt, $lt, $eq). On a list, `$gt` asks whether some
+    element is greater, which is "the largest is"; "the smallest is" means no element is not: $not of the
+    opposite. `_id` is never a list."""
+    if path == "_id":
+        return {path: v} if op == "$eq" else {path: {op: v}}
+    if direction == 1:  # the smallest element: greater or equal when none is less
+        extra = {"$gt": "$lte", "$eq": "$lt"}.get(op)
+    else:  # the largest: less or equal when none is greater
+        extra = {"$lt": "$gte", "$eq": "$gt"}.get(op)
+    return {path: {op: v, "$not": {extra: v}}} if extra else {path: {op: v}}
+
+
 def _keyset_condition(sort: list[tuple[str, int]], values: list[Any], after: bool) -> dict[str, Any]:
-    """MongoDB filter for rows strictly after (or before) `values` in `sort` order."""
+    """MongoDB filter for rows strictly after (or before) `values` in `sort` order: values are sort values
+    (`sort_value` by the directions of `sort`), and so is what each row is compared by."""
     branches = []
     for i, (path, direction) in enumerate(sort):
-        eq: dict[str, Any] = {}
-        for (p, _), v in zip(sort[:i], values[:i], strict=True):
-            eq[p] = v if v is not None else {"$exists": False}
-        forward = (direction == 1) == after
+        eq: list[dict[str, Any]] = []
+        for (p, d), v in zip(sort[:i], values[:i], strict=True):
+            eq.append(_compare("$eq", p, v, d) if v is not None else {p: {"$exists": False}})
+        greater = (direction == 1) == after
         v = values[i]
         cond: dict[str, Any] | None
         if v is None:
-            cond = {path: {"$exists": True}} if forward else None
-        elif forward:
-            cond = {path: {"$gt": v}}
+            cond = {path: {"$exists": True}} if greater else None
+        elif greater:
+            cond = _compare("$gt", path, v, direction)
         else:
-            cond = {"$or": [{path: {"$lt": v}}, {path: {"$exists": False}}]}
+            cond = {"$or": [_compare("$lt", path, v, direction), {path: {"$exists": False}}]}
         if cond is not None:
-            branches.append({"$and": [eq, cond]} if eq else cond)
+            branches.append({"$and": [*eq, cond]} if eq else cond)
     return {"$or": branches} if branches else {"_id": {"$exists": False}}
 
 
@@ -253,7 +273,8 @@ class Searcher:
 
     @staticmethod
     def _row(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
-        return [_get_path(doc, path) for path, _ in sort]
+        """The values a row sorts by in `sort`: of a stored [smallest, largest], the end its direction uses."""
+        return [sort_value(_get_path(doc, path), direction == -1) for path, direction in sort]
 
     def _total(self, rtype: str, request: SearchRequest, flt: dict[str, Any], page_len: int,
                has_more: bool, first_page: bool, base_url: str | None, admit: Admit | None = None,
@@ -344,12 +365,14 @@ class Searcher:
     def _candidates(self, rtype: str, request: SearchRequest, flt: dict[str, Any], sort: list[tuple[str, int]],
                     cursor: tuple[str, list[Any]] | None, want: int, base_url: str | None,
                     admit: Admit | None = None, keyed_memo: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The first `want` matches in `sort` order after the cursor (before it, for a previous page: then in the
+        opposite order). Rows are placed by their sort values for `sort` (`row`) whichever way they are read."""
         direction = cursor[0] if cursor else "n"
         order = sort if direction == "n" else [(p, -d) for p, d in sort]
+        row = functools.partial(self._row, sort)
         keyed = self._keyed_matches(rtype, request, flt, base_url, {} if keyed_memo is None else keyed_memo)
         if keyed is not None:
             docs = list(keyed)  # sorted below; the memo keeps its order for the total
-            row = functools.partial(self._row, order)
             docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
             if cursor:
                 docs = [d for d in docs if _compare_rows(order, row(d), cursor[1]) > 0]
@@ -365,20 +388,30 @@ class Searcher:
         conditions = [lower_for_database(flt), {"del": False}]
         if cursor:
             conditions.append(_keyset_condition(sort, cursor[1], after=direction == "n"))
+        # The database reads in `order`, placing a row by its values for `order` (`read_at`). Going forward that
+        # is its place in the page (`row`); going back, a [smallest, largest] key is read by its other end, which
+        # is never later in `order` than its place: once a row is read later than the want-th match so far, no
+        # row left can come before that match, and the reading stops.
         col = self.repo.current(rtype)
-        out: list[dict[str, Any]] = []
+        read_at = functools.partial(self._row, order)
+        place = functools.cmp_to_key(functools.partial(_compare_rows, order))
+        out: list[dict[str, Any]] = []  # the matches so far, in `order` by their places, at most `want`
         batch = max(want, 50)
         seen_last: list[Any] | None = None
-        while len(out) < want:
+        while True:
             conds = list(conditions)
             if seen_last is not None:
                 conds.append(_keyset_condition(order, seen_last, after=True))
             rows = list(col.find({"$and": conds}).sort(order).limit(batch))
-            out.extend(d for d in rows if matches(flt, d) and (admit is None or admit(d)))
+            for d in rows:
+                if len(out) >= want and _compare_rows(order, read_at(d), row(out[-1])) > 0:
+                    return out
+                if matches(flt, d) and (admit is None or admit(d)):
+                    bisect.insort(out, d, key=lambda x: place(row(x)))
+                    del out[want:]
             if len(rows) < batch:
-                break
-            seen_last = self._row(order, rows[-1])
-        return out[:want]
+                return out
+            seen_last = read_at(rows[-1])
 
     # -- _include / _revinclude --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.search.extract import extract_index, local_reference
+from app.search.extract import extract_index, local_reference, sort_value
 from app.search.fhirpath import compile_expression, reference_type, restrict_to_type
 from app.search.registry import SearchRegistry
 from app.search.values import DATE_MAX, date_range, decimal_range, normalize
@@ -193,8 +193,12 @@ def test_patient_index() -> None:
     # references: base URL removed, versions dropped, foreign absolute URLs kept
     assert ix["organization"] == ["Organization/o1", "o1"]
     assert ix["general-practitioner"] == ["Practitioner/pr1", "pr1", "http://other/Practitioner/9"]
-    assert so["name"] == "张" and so["birthdate"] == datetime(1949, 12, 31) - CST
-    assert so["identifier"] == "11010519491231002X"
+    assert so["birthdate"] == datetime(1949, 12, 31) - CST
+    # several values: [smallest, largest] of the element's own values (not the joined or matching-only forms)
+    assert so["name"] == ["dr.", "张"] and so["given"] == ["wei", "伟"] and so["phonetic"] == ["dr.", "张"]
+    assert so["identifier"] == ["11010519491231002X", "NOSYS"]
+    assert so["phone"] == "138-0013-8000"  # its digits only help to match it
+    assert so["general-practitioner"] == ["Practitioner/pr1", "http://other/Practitioner/9"]  # not the bare id
     assert so["organization"] == "Organization/o1"
     assert so["_lastUpdated"] == datetime(2024, 1, 2, 3, 4, 5, 678000)
 
@@ -210,6 +214,23 @@ def test_observation_index() -> None:
     assert ix["performer:identifier"] == ["urn:lic|L1", "L1", "urn:lic|"]
     assert so["value-quantity"] == 72.0 and so["code"] == "8867-4" and so["date"] == datetime(2024, 1, 1)
     assert "value-string" not in ix and "value-string" not in so
+
+
+def test_sort_keys_of_several_values() -> None:
+    """so[code] is the value when there is one, else [smallest, largest]; sort_value takes the end a direction
+    uses (MongoDB's and FerretDB's order of arrays), and a scalar stored by an older release is both ends."""
+    goal = {"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+            "target": [{"dueDate": "2024-05-01"}, {"dueDate": "2021-01-01"}, {"dueDate": "2024-05-01"}]}
+    _, so = extract_index(goal, REG)
+    assert so["target-date"] == [datetime(2021, 1, 1) - CST, datetime(2024, 5, 1) - CST]
+    _, so = extract_index({**goal, "target": [{"dueDate": "2024-05-01"}, {"dueDate": "2024-05-01"}]}, REG)
+    assert so["target-date"] == datetime(2024, 5, 1) - CST
+    _, so = extract_index({"resourceType": "Patient", "name": [{"family": "Wu", "given": ["Mia", "Anna"]}]}, REG)
+    assert so["given"] == ["anna", "mia"] and so["family"] == "wu" and so["name"] == ["anna", "wu"]
+    assert sort_value(["mia", "anna"], descending=False) == "anna"
+    assert sort_value(["mia", "anna"], descending=True) == "mia"
+    assert sort_value("ben", descending=True) == "ben" and sort_value(None, descending=False) is None
 
 
 def test_choice_types_and_absent_values() -> None:
