@@ -79,20 +79,36 @@ class Window:
     complete: bool = True  # every pending batch was read: a record not in the window is not pending
 
 
-def oldest(col: Collection, *, sorted_ids: bool, limit: int = BATCH_READ) -> Window:
-    """The `limit` oldest batches, at a cost proportional to `limit`. `sorted_ids`: the database serves a sort on
-    `_id` from its index (MongoDB); otherwise a bare limit returns the oldest (FerretDB v1: insertion order)."""
+def oldest(col: Collection, *, sorted_ids: bool, events: int, per_batch: float = 64.0,
+           limit: int = BATCH_READ) -> Window:
+    """The oldest batches, read until they hold `events` events, at most `limit` of them: a cost proportional to
+    what a pass seals, never to the backlog. Batches come from the database a few at a time, as many as `events`
+    records need at `per_batch` records a batch (the size of those read last), so that neither hundreds of
+    records are read in vain nor a round trip made for each small batch. `sorted_ids`: the database serves a
+    sort on `_id` from its index (MongoDB); otherwise a bare limit returns the oldest (FerretDB v1: insertion
+    order)."""
     cursor = col.find({}).sort("_id", 1).limit(limit) if sorted_ids else col.find({}).limit(limit)
-    window = Window()
-    for batch in cursor:
-        bid = str(batch["_id"])
-        window.batches[bid] = batch
-        for record in records_of(batch):
-            window.records.append(record)
-            window.batch_of.setdefault(str(record["_id"]), bid)
-    window.complete = len(window.batches) < limit
+    window = Window(complete=False)
+    found = 0
+    with cursor.batch_size(max(1, min(limit, round(events / max(per_batch, 1.0))))):
+        for batch in cursor:
+            bid = str(batch["_id"])
+            window.batches[bid] = batch
+            for record in records_of(batch):
+                window.records.append(record)
+                window.batch_of.setdefault(str(record["_id"]), bid)
+                found += record.get("kind") == "event"
+            if found >= events:
+                break
+        else:
+            window.complete = len(window.batches) < limit
     window.records.sort(key=lambda r: str(r["_id"]))
     return window
+
+
+def per_batch(window: Window, before: float) -> float:
+    """Records a batch, of the batches of `window` (`before` when it read none)."""
+    return len(window.records) / len(window.batches) if window.batches else before
 
 
 def release(col: Collection, batches: Iterable[Mapping[str, Any]], done: set[str]) -> None:

@@ -96,6 +96,7 @@ class Sealer:
         self.batch = batch  # the largest window
         self.window = batch  # the current one (adapted to the time passes take)
         self.batches = batches  # pending batches a pass reads at most
+        self.per_batch = 64.0  # records a batch, as last read (how many batches to ask the database for at once)
         self.budget = budget
         self.checkpoints = checkpoints
         self.ref_codes = repo.keyed_codes(EVENTS)
@@ -151,7 +152,8 @@ class Sealer:
         result = SealResult(0, seq)
         now = utcnow()
         window = pending.oldest(self.pending, sorted_ids=self.repo.handle.supports_secondary_indexes,
-                                limit=self.batches)
+                                events=self.window, per_batch=self.per_batch, limit=self.batches)
+        self.per_batch = pending.per_batch(window, self.per_batch)
         stale: set[str] = set()
         queue, left_over = self._queue(window, now, result, stale)
         entries: list[dict[str, Any]] = []

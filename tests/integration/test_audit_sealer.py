@@ -26,16 +26,24 @@ class PendingCommands(monitoring.CommandListener):
     def __init__(self) -> None:
         self.thread: int | None = None
         self.seen: list[tuple[str, Any, Any, Any, list[Any]]] = []
+        self.read = 0  # pending documents the reads returned
+        self._reads: set[int] = set()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if threading.get_ident() != self.thread or event.command.get(event.command_name) != PENDING:
+        if threading.get_ident() != self.thread or event.command.get(event.command_name) != PENDING \
+                and event.command.get("collection") != PENDING:
             return
         cmd = event.command
         statements = [d.get("q") for d in cmd.get("deletes", [])] + [u.get("q") for u in cmd.get("updates", [])]
         self.seen.append((event.command_name, cmd.get("filter"), cmd.get("sort"), cmd.get("limit"), statements))
+        if event.command_name in ("find", "getMore"):
+            self._reads.add(event.request_id)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        if event.request_id in self._reads:
+            self._reads.discard(event.request_id)
+            cursor = event.reply.get("cursor", {})
+            self.read += len(cursor.get("firstBatch", cursor.get("nextBatch", [])))
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
@@ -102,6 +110,25 @@ def test_a_pass_takes_a_bounded_window_without_scanning(fresh):
     assert verify(fresh.handle.db).ok
 
 
+def test_a_pass_reads_the_batches_its_window_needs_not_the_backlog(fresh):
+    writer, sealer = build_trail(fresh, batch=50, budget=60.0)
+    spool = writer.committer.spool
+    assert spool is not None
+    for b in range(10):  # 10 batches of 40 events: a backlog of 400
+        for i in range(40):
+            writer.write(AccessRecord("read", "Patient", [f"p{b}-{i}"]))
+        spool.ship()
+    LISTENER.thread, LISTENER.seen, LISTENER.read = threading.get_ident(), [], 0
+    try:
+        first = sealer.seal()
+    finally:
+        LISTENER.thread = None
+    assert first is not None and first.sealed == 50 and first.more
+    assert LISTENER.read == 2  # the two batches that hold its 50 events, not the 10 pending
+    assert seal_everything(sealer).sealed == 350
+    assert verify(fresh.handle.db).ok
+
+
 def test_the_loop_keeps_sealing_while_a_backlog_exists(fresh):
     writer, sealer = build_trail(fresh, batch=40)
     backlog(writer, 200)
@@ -135,10 +162,10 @@ def test_an_old_intent_whose_event_is_beyond_the_window_is_not_recovered(fresh, 
         spool.ship()
     eid = writer.write(AccessRecord("update", "Patient", ["p1"]), intent_id=iid)
     first = sealer.seal()
-    # the window holds the intent but not its event (in a batch not read, or read but past the 5 records taken):
-    # the intent is not recovered; unseen, its event may still come (it waits); seen, it is sealed with its event
+    # the window holds the intent but not its event (past the batches a pass reads at most, or past those that
+    # held the 5 events it takes): the intent is not recovered, it waits, as its event may still come
     assert first is not None and first.recovered == 0
-    assert (first.sealed, first.waiting) == ((2, 1) if read == 3 else (5, 0))
+    assert (first.sealed, first.waiting) == ((2, 1) if read == 3 else (5, 1))
     seal_everything(sealer)
     report = verify(fresh.handle.db)
     assert report.ok and report.sealed == 9 and report.pending == 0
