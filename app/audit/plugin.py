@@ -43,7 +43,7 @@ from app.store.events import StoreEvent
 log = logging.getLogger("ehc.audit")
 SEAL_INTERVAL = 1.0  # seconds between background passes when there is no backlog
 # POSTs that store nothing: no intent record before them
-READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode", "$everything")
+READ_ONLY_POSTS = ("_search", "$validate", "$match", "$ehc-qrcode", "$everything", "$ihe-pix")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from app.search.fhirpath import reference_type
+from app.core.ids import reference_type
 from app.search.registry import SearchRegistry, load_compartment
 
 # resolve_identifier(system, value) -> Patient id or None; load(type, id) -> current resource JSON or None;

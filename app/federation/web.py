@@ -15,7 +15,7 @@ GET  /federation/card/C  national, node token: {card, home, patients} when the i
 POST /federation/nonce   node token: {province, kid, nonce, exp} -> {first}; the national node forwards it to
                          the issuing node, which spends it
 GET  /fhir/Patient/$ihe-pix at the national node: answered from the national index (card identifier, and each
-     node Patient as an absolute reference in targetId).
+     node Patient as an absolute reference in targetId); POST with a Parameters body alike (ihe_pix.pix_query).
 Errors are OperationOutcomes with the status of the FhirError.
 """
 
@@ -33,6 +33,8 @@ from app.federation.assertions import HEADER
 from app.federation.index import EHC_SYSTEM, ID_SYSTEM, normalise_id
 from app.federation.registry import NATIONAL
 from app.federation.search import resident_id
+from app.fhir.http import query_params, read_json_body
+from app.fhir.operations.ihe_pix import pix_query
 from app.mpi.documents import mod11_2
 
 bp = Blueprint("federation", __name__, url_prefix="/federation")
@@ -227,16 +229,14 @@ def nonce() -> Response:
 def national_pix() -> Response | None:
     """before_request at the national node: Patient/$ihe-pix from the national index (audited by the audit
     layer's after_request, as every /fhir answer)."""
-    if request.method != "GET" or request.path.rstrip("/") != "/fhir/Patient/$ihe-pix":
+    if request.method not in ("GET", "POST") or request.path.rstrip("/") != "/fhir/Patient/$ihe-pix":
         return None
     svc = _svc()
     fed = svc.extensions["federation"]
     try:
         principal = svc.policy.authenticate(request.headers.get("Authorization"))
-        source = request.args.get("sourceIdentifier") or ""
-        system, _, value = source.partition("|")
-        if not system or not value:
-            raise bad_request("sourceIdentifier=<system>|<value> is required", expression="sourceIdentifier")
+        body = read_json_body(request, svc.settings.max_body_bytes) if request.method == "POST" else None
+        system, value, targets = pix_query(request.method, query_params(request), body)  # as every node reads it
         if system not in (ID_SYSTEM, EHC_SYSTEM):
             raise FhirError(400, f"the national index knows residents by {ID_SYSTEM} or {EHC_SYSTEM}; "
                                  f"not {system!r}", code="code-invalid", expression="sourceIdentifier")
@@ -247,7 +247,6 @@ def national_pix() -> Response | None:
         doc = fed.index.find(value) if system == ID_SYSTEM else fed.index.by_card(value)
         if doc is None:
             raise not_found(f"the national index holds no resident with {system}|{value}")
-        targets = request.args.getlist("targetSystem")
         out: list[dict[str, Any]] = []
         if system != EHC_SYSTEM and (not targets or EHC_SYSTEM in targets):
             out.append({"name": "targetIdentifier", "valueIdentifier": {"system": EHC_SYSTEM, "value": doc["card"]}})

@@ -34,11 +34,12 @@ class Parameters:
         """The value of the first parameter `name`, given as one of `kinds` ("valueString", "resource", ...);
         None when there is no such parameter. 400 naming the element when it is there in another form."""
         for where, p in self.named(name)[:1]:
-            for kind in kinds:
-                if kind in p:
-                    return _checked(p[kind], kind, f"{where}.{kind}")
-            raise bad_request(f"the parameter {name!r} must be given as {' or '.join(kinds)}", expression=where)
+            return _value_of(name, where, p, kinds)
         return None
+
+    def values(self, name: str, *kinds: str) -> list[Any]:
+        """The values of every parameter `name` (one that repeats), in order, each read as `value` reads one."""
+        return [_value_of(name, where, p, kinds) for where, p in self.named(name)]
 
     def parts(self, name: str) -> list[Parameters]:
         """The parts of every parameter `name` (a FHIRPath Patch's operations), each read like a body."""
@@ -62,6 +63,13 @@ def _read(entries: Any, path: str) -> Parameters:
         if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not p["name"]:
             raise bad_request(f"{path}[{i}] must be an object with a name", expression=f"{path}[{i}].name")
     return Parameters(entries, path)
+
+
+def _value_of(name: str, where: str, p: dict[str, Any], kinds: tuple[str, ...]) -> Any:
+    for kind in kinds:
+        if kind in p:
+            return _checked(p[kind], kind, f"{where}.{kind}")
+    raise bad_request(f"the parameter {name!r} must be given as {' or '.join(kinds)}", expression=where)
 
 
 def _checked(value: Any, kind: str, where: str) -> Any:

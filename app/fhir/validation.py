@@ -46,6 +46,7 @@ from xml.parsers import expat
 
 from app.core.errors import FhirError, Issue
 from app.core.fhirjson import FhirDecimal, kind_of
+from app.core.ids import reference_type
 from app.fhir.invariants import load_invariants
 from app.fhir.profiles import load_profiles
 from app.fhir.structure import ElementDef, Structure, TypeDef, load_structure
@@ -323,7 +324,7 @@ class Validator:
             ref = value.get("reference")
             if isinstance(ref, str) and ref[:1] != "#" and "type" not in value:  # the common case, inline
                 if el.targets is not None:
-                    target = _reference_type(ref)
+                    target = reference_type(ref)
                     if target in self.structure.resources and target not in el.targets:
                         out.add(f"{path}.reference", _not_a_target(target, el.targets))
             else:
@@ -353,7 +354,7 @@ class Validator:
                                 "invariant")
                         return
             else:
-                target = _reference_type(ref)
+                target = reference_type(ref)
                 if target not in self.structure.resources:
                     target = None
         rtype = value.get("type")
@@ -502,16 +503,6 @@ def _load_codings(profiles_dir: Path) -> dict[str, dict[str, frozenset[str]]]:
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     return {url: {system: frozenset(codes) for system, codes in systems.items()}
             for url, systems in table.get("codings", {}).items()}
-
-
-def _reference_type(ref: str) -> str | None:
-    """The resource type of a literal reference ("Patient/1", "https://x/fhir/Patient/1/_history/2")."""
-    if ref.startswith(("#", "urn:")):
-        return None
-    parts = ref.split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    return parts[-2] if len(parts) >= 2 else None
 
 
 def _real_date(value: str) -> bool:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from app.search.fhirpath import reference_type
+from app.core.ids import reference_type
 from app.search.registry import SearchParamDef, SearchRegistry
 from app.search.values import date_range, digits, normalize, period_range, timing_range
 
@@ -236,7 +236,7 @@ def _reference(p: SearchParamDef, values: list[Any], ix: Index, so: Index, base_
             ref = local_reference(text, base_url)
             _add(refs, ref)
             _add(targets, ref)
-            if "://" not in ref and reference_type(ref) and ref.count("/") == 1:
+            if "://" not in ref and "?" not in ref and reference_type(ref) and ref.count("/") == 1:
                 _add(refs, ref.split("/", 1)[1])
         if isinstance(v, dict) and isinstance(v.get("identifier"), dict):
             _token_value(v["identifier"], idents, [])

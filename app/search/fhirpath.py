@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from app.core.ids import reference_type
+
 Evaluator = Callable[[dict[str, Any]], list[Any]]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -80,19 +82,6 @@ def restrict_to_type(expression: str, resource_type: str) -> str:
         elif head == resource_type or head.startswith(resource_type + "."):
             kept.append(part)
     return " | ".join(kept)
-
-
-def reference_type(ref: Any) -> str | None:
-    """The resource type a Reference (dict or string) points to, from its text; None when unknown."""
-    text = ref.get("reference") if isinstance(ref, dict) else ref
-    if not isinstance(text, str) or text.startswith(("#", "urn:")):
-        return None
-    segs = [s for s in text.split("?")[0].split("/") if s]
-    if len(segs) >= 4 and segs[-2] == "_history":
-        segs = segs[:-2]
-    if len(segs) >= 2 and segs[-2][:1].isupper():
-        return segs[-2]
-    return None
 
 
 # A step is one of: ("field", name) ("type", T) ("eq", field, literal) ("ref", T)

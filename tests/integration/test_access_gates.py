@@ -394,6 +394,35 @@ def test_pix_answers_alike_for_unknown_and_forbidden(web, svc, data):
     assert known.json["issue"][0]["code"] == unknown.json["issue"][0]["code"]
 
 
+def _pix(web: Any, method: str, number: str, token: str) -> Any:
+    source = {"system": "urn:oid:2.16.156.10011.1.3", "value": number}
+    if method == "GET":
+        return web.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={source['system']}|{number}", headers=bearer(token))
+    return post(web, "Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        {"name": "sourceIdentifier", "valueIdentifier": source}]}, token)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_pix_by_get_or_post_answers_alike_for_unknown_and_forbidden(web, svc, data, p31, app_token, home, method):
+    """POST Patient/$ihe-pix (a Parameters body) is judged as the GET is: the same scopes, the same province and
+    compartment rules, the same 404 for a number the caller may not see as for one nobody holds."""
+    reader31 = stored_token(svc, "system/Patient.rs", province="31")
+    for token in (reader31, p31, app_token):  # another province's clients; another resident's app
+        known, unknown = _pix(web, method, VICTIM_ID_NUMBER, token), _pix(web, method, "11010119900307001X", token)
+        assert known.status_code == unknown.status_code == 404, (known.json, unknown.json)
+        assert known.json["issue"][0]["code"] == unknown.json["issue"][0]["code"] == "not-found"
+        assert known.json["issue"][0]["diagnostics"].replace(VICTIM_ID_NUMBER, "N") \
+            == unknown.json["issue"][0]["diagnostics"].replace("11010119900307001X", "N")
+        assert not leaks(known, data, VICTIM_ID_NUMBER) and data["victim"] not in text(known)
+    no_patients = stored_token(svc, "system/Observation.rs", province="11")  # the home province, no Patient scope
+    r = _pix(web, method, VICTIM_ID_NUMBER, no_patients)
+    assert r.status_code == 403 and data["victim"] not in text(r)
+    r = _pix(web, method, VICTIM_ID_NUMBER, home)
+    assert r.status_code == 200, r.json
+    assert [p["valueReference"]["reference"] for p in r.json["parameter"] if p["name"] == "targetId"] \
+        == [f"Patient/{data['victim']}"]
+
+
 def test_merge_answers_alike_for_unknown_and_forbidden_identifiers(web, data, p31, app_token, home):
     """$merge by identifier must not tell a caller who may not see the record whether the number is registered."""
     def merge(number: str, token: str) -> Any:
@@ -530,9 +559,10 @@ def _paths(data: dict[str, Any]) -> list[tuple[str, str, dict[str, Any] | None]]
             for method in spec["methods"]:
                 body = {"resourceType": "Parameters", "parameter": [
                     {"name": "sourceIdentifier", "valueString": f"urn:oid:2.16.156.10011.1.3|{VICTIM_ID_NUMBER}"}]}
-                if name == "ihe-pix":
-                    path = f"Patient/$ihe-pix?sourceIdentifier=urn:oid:2.16.156.10011.1.3|{VICTIM_ID_NUMBER}"
-                out.append((method, path, body if method == "POST" else None))
+                asked = path
+                if name == "ihe-pix" and method == "GET":  # a POST takes it in the body (no query on a POST)
+                    asked = f"Patient/$ihe-pix?sourceIdentifier=urn:oid:2.16.156.10011.1.3|{VICTIM_ID_NUMBER}"
+                out.append((method, asked, body if method == "POST" else None))
     return out
 
 
@@ -545,7 +575,9 @@ def test_no_route_discloses_or_changes_a_foreign_record(web, data, p31, app_toke
             r = web.open(f"/fhir/{path}".rstrip("/"), method=method, headers=bearer(token),
                          data=json.dumps(body) if body is not None else None, content_type=FJ)
             assert r.status_code < 500, (method, path, text(r))
-            assert not leaks(r, data, path), (method, path, r.status_code, leaks(r, data, path))
+            # the number a POSTed $ihe-pix sent is echoed in its 404, as a GET's is (in its path): no leak
+            asked = path + (json.dumps(body) if path.endswith("$ihe-pix") else "")
+            assert not leaks(r, data, asked), (method, path, r.status_code, leaks(r, data, asked))
     for rtype, rid in targets:  # nothing was changed
         got = web.get(f"/fhir/{rtype}/{rid}", headers=bearer(home))
         assert got.status_code == 200 and got.json["meta"]["versionId"] == versions[rid], (rtype, got.status_code)

@@ -71,6 +71,49 @@ def test_registration_at_a_province_node_is_known_nationally_within_seconds(node
     assert refs == [f"{nodes['11'].base}/Patient/{patient['id']}"]
 
 
+def test_the_national_node_answers_a_posted_pix_query_as_it_answers_the_get(nodes: dict[str, Node],
+                                                                          tokens: dict[str, str]) -> None:
+    """POST Patient/$ihe-pix with a Parameters body at the national node: the national index answers it, as the
+    GET (not the national node's own, empty, master index), with the same errors."""
+    number = new_id_number()
+    patient = register(nodes["11"], tokens["11"], patient_body(number, "王", "POST"))
+    assert wait_for(lambda: known(nodes, tokens, number), timeout=10)
+
+    def posted(*parameters: dict[str, Any], token: str | None = None, query: str = "") -> requests.Response:
+        return requests.post(f"{nodes['00'].base}/Patient/$ihe-pix{query}", headers=h(token or tokens["00"]),
+                             json={"resourceType": "Parameters", "parameter": list(parameters)}, timeout=10)
+
+    by_identifier = {"name": "sourceIdentifier", "valueIdentifier": {"system": ID_SYSTEM, "value": number}}
+    by_string = {"name": "sourceIdentifier", "valueString": f"{ID_SYSTEM}|{number}"}
+    got = pix(nodes, tokens, number)
+    assert got.status_code == 200
+    for source in (by_identifier, by_string):
+        r = posted(source)
+        assert r.status_code == 200 and r.json() == got.json(), r.text
+    card = {"name": "sourceIdentifier", "valueIdentifier": {"system": EHC_SYSTEM, "value": card_of(patient)}}
+    r = posted(card)
+    assert r.status_code == 200
+    assert [p["valueReference"]["reference"] for p in r.json()["parameter"] if p["name"] == "targetId"] \
+        == [f"{nodes['11'].base}/Patient/{patient['id']}"]
+    r = posted(by_identifier, {"name": "targetSystem", "valueUri": "urn:ehc:mrn:"})  # not the card's system
+    assert r.status_code == 200 and [p["name"] for p in r.json()["parameter"]] == ["targetId"]
+    # the errors of the GET
+    r = posted({"name": "sourceIdentifier", "valueString": f"urn:ehc:mrn:h1|{number}"})
+    assert r.status_code == 400 and r.json()["issue"][0]["code"] == "code-invalid"
+    r = posted({"name": "sourceIdentifier", "valueIdentifier": {"system": ID_SYSTEM, "value": new_id_number()}})
+    assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-found"
+    r = posted({"name": "sourceIdentifier", "valueIdentifier": {"system": ID_SYSTEM}})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["sourceIdentifier"]
+    r = posted(by_identifier, query=f"?targetSystem={EHC_SYSTEM}")
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["targetSystem"]
+    reader = nodes["00"].token(nodes["00"].client("system/Observation.rs", organization="org-nhc-stats"))
+    r = posted(by_identifier, token=reader)
+    assert r.status_code == 403 and number not in r.text and patient["id"] not in r.text
+    r = requests.post(f"{nodes['00'].base}/Patient/$ihe-pix", json={"resourceType": "Parameters", "parameter": [
+        by_identifier]}, headers={"Accept": "application/fhir+json"}, timeout=10)
+    assert r.status_code == 401
+
+
 def test_the_national_node_keeps_no_clear_id_number_no_name_and_no_records(nodes: dict[str, Node],
                                                                           tokens: dict[str, str]) -> None:
     number = new_id_number()

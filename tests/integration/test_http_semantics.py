@@ -57,8 +57,10 @@ def test_a_405_for_an_interaction_the_type_does_not_offer_names_what_it_does(cli
 
 
 def test_a_405_of_an_operation_names_the_methods_the_operation_accepts(client):
-    r = client.post("/fhir/Patient/$ihe-pix", data="{}", content_type=FJ)  # $ihe-pix is GET only
-    assert r.status_code == 405 and r.headers.get("Allow") == "GET, HEAD"
+    r = client.get("/fhir/Patient/$match")  # $match is POST only (it takes a resource)
+    assert r.status_code == 405 and r.headers.get("Allow") == "POST"
+    r = client.get("/fhir/$ehc-verify")
+    assert r.status_code == 405 and r.headers.get("Allow") == "POST"
 
 
 def test_a_method_no_route_takes_is_a_405_that_names_those_that_are_taken(client):

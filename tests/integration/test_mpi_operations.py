@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.integration.test_mpi_registration import EHC_SYS, ID_SYS, id_number, patient, post
 
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -20,36 +22,107 @@ def register(client, number, name, **kw):
 
 
 # -- $ihe-pix ------------------------------------------------------------------------------------------------
+# GET with the parameters in the URL, POST with a Parameters body (R4 operations.html: every operation takes POST),
+# sourceIdentifier a valueIdentifier or a valueString system|value: the same answers and errors every way.
 
-def test_pix_answers_other_identifiers(client):
+PIX_WAYS = ("GET", "POST valueIdentifier", "POST valueString")
+
+
+def pix(client, way: str, source: str, *targets: str):
+    if way == "GET":
+        query = [("sourceIdentifier", source), *(("targetSystem", t) for t in targets)]
+        return client.get("/fhir/Patient/$ihe-pix", query_string=query)
+    system, _, value = source.partition("|")
+    first = ({"name": "sourceIdentifier", "valueIdentifier": {"system": system, "value": value}}
+             if way == "POST valueIdentifier" else {"name": "sourceIdentifier", "valueString": source})
+    return post(client, "Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        first, *({"name": "targetSystem", "valueUri": t} for t in targets)]})
+
+
+@pytest.mark.parametrize("way", PIX_WAYS)
+def test_pix_answers_other_identifiers(client, way):
     number = id_number("110101", "1991-01-01", 11)
     res = register(client, number, "钱一", extra=[{"system": "urn:ehc:mrn:h1", "value": "X1"},
                                                   {"system": "urn:ehc:mrn:h2", "value": "Y2"}])
-    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:ehc:mrn:h1|X1")
+    r = pix(client, way, "urn:ehc:mrn:h1|X1")
     assert r.status_code == 200
     targets = [(p["valueIdentifier"]["system"], p["valueIdentifier"]["value"])
                for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
     assert (ID_SYS, number) in targets and ("urn:ehc:mrn:h2", "Y2") in targets
     assert ("urn:ehc:mrn:h1", "X1") not in targets
     assert params(r.json)["targetId"]["valueReference"]["reference"] == f"Patient/{res['id']}"
-    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem=urn:ehc:mrn:h2")
+    r = pix(client, way, f"{ID_SYS}|{number}", "urn:ehc:mrn:h2")
     targets = [p["valueIdentifier"] for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
     assert targets == [{"system": "urn:ehc:mrn:h2", "value": "Y2"}]
-    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem={EHC_SYS}")
+    r = pix(client, way, f"{ID_SYS}|{number}", EHC_SYS)
     targets = [p["valueIdentifier"] for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
     assert len(targets) == 1 and targets[0]["system"] == EHC_SYS
+    r = pix(client, way, f"{ID_SYS}|{number}", "urn:ehc:mrn:h1", "urn:ehc:mrn:h2")  # targetSystem repeats
+    targets = [p["valueIdentifier"] for p in r.json["parameter"] if p["name"] == "targetIdentifier"]
+    assert targets == [{"system": "urn:ehc:mrn:h1", "value": "X1"}, {"system": "urn:ehc:mrn:h2", "value": "Y2"}]
+    if way != "GET":  # the same answer as the GET, to the letter
+        r_get = pix(client, "GET", f"{ID_SYS}|{number}", "urn:ehc:mrn:")
+        assert pix(client, way, f"{ID_SYS}|{number}", "urn:ehc:mrn:").json == r_get.json
 
 
-def test_pix_errors(client):
-    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:ehc:mrn:h1|NOPE")
+def test_a_posted_pix_query_is_audited_as_a_read_without_a_write_intent(client, services):
+    committer = services.extensions["audit"].writer.committer
+    before = committer.stats.records
+    assert pix(client, "POST valueString", "urn:ehc:mrn:h1|NOPE").status_code == 404
+    assert committer.stats.records == before + 1  # its event only: a query stores nothing, so no intent first
+
+
+@pytest.mark.parametrize("way", PIX_WAYS)
+def test_pix_errors(client, way):
+    r = pix(client, way, "urn:ehc:mrn:h1|NOPE")
     assert r.status_code == 404 and r.json["issue"][0]["code"] == "not-found"
-    r = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:unknown:sys|1")
+    r = pix(client, way, "urn:unknown:sys|1")
     assert r.status_code == 400 and r.json["issue"][0]["code"] == "code-invalid"
     number = id_number("110101", "1991-01-01", 11)
-    r = client.get(f"/fhir/Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}&targetSystem=urn:nope")
+    r = pix(client, way, f"{ID_SYS}|{number}", "urn:nope")
     assert r.status_code == 403 and r.json["issue"][0]["code"] == "code-invalid"
+    r = pix(client, way, f"{ID_SYS}|")  # no value
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["sourceIdentifier"]
+    if way != "POST valueIdentifier":  # a text without the bar
+        r = pix(client, way, ID_SYS)
+        assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["sourceIdentifier"]
+
+
+def test_pix_without_a_source_is_refused_by_get_and_post(client):
     assert client.get("/fhir/Patient/$ihe-pix").status_code == 400
-    assert client.post("/fhir/Patient/$ihe-pix", data="{}", content_type="application/fhir+json").status_code == 405
+    r = post(client, "Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": []})
+    assert r.status_code == 400 and r.json["issue"][0]["expression"] == ["sourceIdentifier"]
+
+
+def test_a_posted_pix_query_is_read_from_its_parameters_body_only(client):
+    number = id_number("110101", "1991-01-01", 11)
+    register(client, number, "钱一")
+    ident = {"name": "sourceIdentifier", "valueIdentifier": {"system": ID_SYS, "value": number}}
+
+    def refused(path: str, body) -> list[str]:
+        r = client.post(f"/fhir/{path}", data=json.dumps(body), content_type="application/fhir+json")
+        assert r.status_code == 400 and r.json["resourceType"] == "OperationOutcome", r.json
+        return r.json["issue"][0].get("expression")
+
+    assert refused("Patient/$ihe-pix", {}) == ["Parameters"]
+    assert refused("Patient/$ihe-pix", {"resourceType": "Patient"}) == ["Parameters"]
+    assert refused("Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        {"name": "sourceIdentifier", "valueCode": f"{ID_SYS}|{number}"}]}) == ["Parameters.parameter[0]"]
+    assert refused("Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        {"name": "sourceIdentifier", "valueIdentifier": {"system": ID_SYS}}]}) == ["sourceIdentifier"]
+    assert refused("Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        ident, {"name": "targetSystem", "valueString": EHC_SYS}]}) == ["Parameters.parameter[1]"]
+    assert refused("Patient/$ihe-pix", {"resourceType": "Parameters", "parameter": [
+        ident, {"name": "targetSystem", "valueUri": ""}]}) == ["Parameters.parameter[1].valueUri"]
+    # a parameter in the URL of a POST is refused, not ignored (a targetSystem ignored would widen the answer)
+    body = {"resourceType": "Parameters", "parameter": [ident]}
+    assert refused(f"Patient/$ihe-pix?targetSystem={EHC_SYS}", body) == ["targetSystem"]
+    assert refused(f"Patient/$ihe-pix?sourceIdentifier={ID_SYS}|{number}", body) == ["sourceIdentifier"]
+    r = client.post("/fhir/Patient/$ihe-pix", content_type="application/fhir+json")  # no body at all
+    assert r.status_code == 400
+    r = client.post("/fhir/Patient/$ihe-pix?_format=json", data=json.dumps(body),
+                    content_type="application/fhir+json")
+    assert r.status_code == 200  # other URL parameters (_format, _pretty) are as on any request
 
 
 # -- $match --------------------------------------------------------------------------------------------------

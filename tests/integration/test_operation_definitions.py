@@ -88,6 +88,12 @@ def test_affects_state_false_operations_with_primitive_parameters_accept_get(cli
         assert "POST" in spec["methods"], name  # SHALL for every operation
 
 
+def test_every_operation_accepts_post_also_those_implementing_a_published_definition():
+    """R4 operations.html: a server SHALL accept POST for every operation, whichever definition it names
+    ($ihe-pix, IHE PIXm's, took GET only until 2026-12)."""
+    assert [name for name, spec in OPERATIONS.items() if "POST" not in spec["methods"]] == []
+
+
 def test_served_definitions_are_valid_r4_and_are_the_published_ones(client):
     bundle = client.get("/fhir/OperationDefinition").json
     served = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]

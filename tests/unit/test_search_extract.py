@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.core.ids import reference_type
 from app.search.extract import extract_index, local_reference, sort_value
-from app.search.fhirpath import compile_expression, reference_type, restrict_to_type
+from app.search.fhirpath import compile_expression, restrict_to_type
 from app.search.registry import SearchRegistry
 from app.search.values import DATE_MAX, date_range, decimal_range, normalize
 

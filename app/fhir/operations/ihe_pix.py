@@ -1,6 +1,10 @@
 """Patient/$ihe-pix (IHE ITI-83 PIXm Query): the identifiers a resident holds in other systems.
 
 GET Patient/$ihe-pix?sourceIdentifier=<system>|<value>[&targetSystem=<system>]...
+POST Patient/$ihe-pix with a Parameters body: sourceIdentifier (valueIdentifier, or valueString <system>|<value>),
+   targetSystem (valueUri, repeating). R4 operations.html: a server SHALL accept POST for every operation; it
+   stores nothing, so GET is taken too. A POST takes its parameters from the body only: one in its URL is refused
+   (400) rather than ignored. Both are read by pix_query, also the national node's (app.federation.web).
 -> Parameters: targetIdentifier (valueIdentifier) for each identifier of the resident except the source,
    only of the target systems when given, and targetId (valueReference Patient/<id>).
 Errors as PIXm says: 400 code-invalid for an unknown source system, 404 not-found for an unknown value,
@@ -15,6 +19,7 @@ from typing import Any
 from app.core.access import AccessRecord
 from app.core.errors import FhirError, bad_request, not_found
 from app.fhir.http import FhirResponse
+from app.fhir.parameters import read_parameters
 from app.fhir.router import FhirRequest
 from app.mpi.plugin import master_index
 from app.services import Services
@@ -25,18 +30,46 @@ def _known(registry: Any, system: str) -> bool:
     return doc is not None or any(d.prefix and d.system == system for d in registry.documents)
 
 
-def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
-    index = master_index(svc)
-    source = req.param("sourceIdentifier")
+_NAMES = ("sourceIdentifier", "targetSystem")
+
+
+def pix_query(method: str, params: list[tuple[str, str]], body: Any) -> tuple[str, str, list[str]]:
+    """(source system, source value, target systems) of a PIXm query: from the URL of a GET, from the Parameters
+    body of a POST. 400 naming the parameter when the source is missing or has no system or no value."""
+    if method != "POST":
+        source = next((v for k, v in params if k == "sourceIdentifier"), None)
+        return (*_split(source), [v for k, v in params if k == "targetSystem"])
+    in_url = next((k for k, _ in params if k in _NAMES), None)
+    if in_url is not None:
+        raise bad_request(f"a POSTed $ihe-pix takes {in_url} in its Parameters body, not in the URL",
+                          expression=in_url)
+    parameters = read_parameters(body, "$ihe-pix")
+    source = parameters.value("sourceIdentifier", "valueIdentifier", "valueString")
+    if isinstance(source, dict):  # an Identifier: its system and value as they are, no "|" to split on
+        system, value = source.get("system"), source.get("value")
+        if not isinstance(system, str) or not isinstance(value, str) or not system or not value:
+            raise bad_request("sourceIdentifier needs both a system and a value", expression="sourceIdentifier")
+        pair = (system, value)
+    else:
+        pair = _split(source)
+    return (*pair, parameters.values("targetSystem", "valueUri"))
+
+
+def _split(source: str | None) -> tuple[str, str]:
     if not source or "|" not in source:
         raise bad_request("sourceIdentifier=<system>|<value> is required", expression="sourceIdentifier")
     system, value = source.split("|", 1)
     if not system or not value:
         raise bad_request("sourceIdentifier needs both a system and a value", expression="sourceIdentifier")
+    return system, value
+
+
+def handle(req: FhirRequest, svc: Services, type: str | None = None, id: str | None = None) -> FhirResponse:
+    index = master_index(svc)
+    system, value, targets = pix_query(req.method, req.params, req.body)
     if index.registry.document_for(system) is None:
         raise FhirError(400, f"sourceIdentifier system {system!r} is not known to this server", code="code-invalid",
                         expression="sourceIdentifier")
-    targets = [v for k, v in req.params if k == "targetSystem"]
     for target in targets:
         if not _known(index.registry, target):
             raise FhirError(403, f"targetSystem {target!r} is not known to this server", code="code-invalid",
@@ -69,6 +102,6 @@ OPERATION = {
     "handler": handle,
     "levels": ("type",),
     "types": ("Patient",),
-    "methods": ("GET",),
+    "methods": ("GET", "POST"),
     "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
 }

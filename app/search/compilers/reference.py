@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from app.core.errors import bad_request
+from app.core.ids import reference_type
 from app.search.compilers import Query, equals_any, field, missing
 from app.search.compilers.token import token_key
 from app.search.extract import local_reference
-from app.search.fhirpath import reference_type
 from app.search.registry import SearchParamDef
 from app.search.request import Filter
 from app.search.values import unescape
