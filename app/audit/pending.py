@@ -1,9 +1,10 @@
 """Pending audit records, stored in batches: one document per shipment of records, not one per record.
 
-Records (events and intents: app.audit.writer) wait in `_audit_pending` until the sealer chains them. FerretDB
-v1 on SQLite pays for every row it inserts, reads or deletes, whatever its size: stored one document each, a
-record cost the database three row operations (the insert, the sealer's read and its delete) beside the
-AuditEvent it becomes. So records travel in batches `{_id, recs: [record, ...]}`:
+Records (events and intents: app.audit.writer) wait in `_audit_pending` until the sealer chains them. Stored one
+document each, a record cost the database three operations beside the AuditEvent it becomes: the insert, the
+sealer's read and its delete, and FerretDB v1 on SQLite decodes every document a delete matches (deleting 50
+records one by one cost six times the delete of their batch: scripts/bench_db_cost.py). So records travel in
+batches `{_id, recs: [record, ...]}`:
 - a spool segment (app.audit.spool) is shipped as one batch (or a few, `MAX_RECORDS` records each), and a
   group-commit batch (app.audit.commit, spool off) is inserted as one;
 - the sealer reads the oldest batches with a bare limit (`oldest`), and `release` removes what it sealed with
