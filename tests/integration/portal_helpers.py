@@ -51,6 +51,15 @@ def form_of(html: str, action_part: str) -> dict[str, str]:
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', chunk))
 
 
+def grant_province_44(s: requests.Session, live: str) -> None:
+    """Grant province 44 the resident's Observations for 2026 on the portal's consent page (the session logged in)."""
+    page = s.get(f"{live}/portal/consents", timeout=10)
+    form = {"csrf": csrf_of(page.text), "target": "province", "province": "44", "class": ["Observation"],
+            "start": "2026-01-01", "end": "2027-01-01"}
+    r = s.post(f"{live}/portal/consents", data=form, timeout=10)
+    assert r.status_code == 200 and "已授权" in r.text, r.text[-3000:]
+
+
 def portal_login(live: str, phone: str, password: str, patient_id: str | None = None,
                  session: requests.Session | None = None) -> tuple[requests.Session, requests.Response]:
     s = session or requests.Session()

@@ -17,7 +17,7 @@ from app.auth.consent import POLICY_RULE_CODE, POLICY_RULE_SYSTEM, add_policy_ru
 from app.auth.plugin import auth_state
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import FJ, account, bearer, create, csrf_of, observation, stored_token
-from tests.integration.portal_helpers import portal_login, resident
+from tests.integration.portal_helpers import grant_province_44, portal_login, resident
 
 PASSWORD = "policy rule pass 1"
 OPTIN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}
@@ -117,11 +117,7 @@ def test_the_portal_grants_with_the_policy_rule_and_revokes_an_old_consent(live,
     account(svc, "13811116161", PASSWORD, me)
     old = create(svc, consent_without_policy(me))
     s, _ = portal_login(live, "13811116161", PASSWORD)
-    page = s.get(f"{live}/portal/consents", timeout=10)
-    form = {"csrf": csrf_of(page.text), "target": "province", "province": "44", "class": ["Observation"],
-            "start": "2026-01-01", "end": "2027-01-01"}
-    r = s.post(f"{live}/portal/consents", data=form, timeout=10)
-    assert r.status_code == 200 and "已授权" in r.text, r.text[-3000:]
+    grant_province_44(s, live)
     token = stored_token(svc, "system/Consent.rs")
     bundle = requests.get(f"{live}/fhir/Consent", params={"patient": me}, headers=bearer(token), timeout=10).json()
     granted = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] != old]

@@ -16,7 +16,7 @@ from app.auth.plugin import auth_state
 from app.portal.registration import CLIENT_ID
 from tests.integration.auth_helpers import *  # noqa: F403
 from tests.integration.auth_helpers import account, bearer, create, csrf_of, stored_token
-from tests.integration.portal_helpers import glucose, portal_login, resident
+from tests.integration.portal_helpers import glucose, grant_province_44, portal_login, resident
 
 PASSWORD = "portal pass 1"
 
@@ -62,11 +62,7 @@ def test_pages_render(live, world):
 
 def test_consent_grant_and_revoke_are_consent_versions(live, world, svc):
     s, r = portal_login(live, "13811112222", PASSWORD)
-    page = s.get(f"{live}/portal/consents", timeout=10)
-    form = {"csrf": csrf_of(page.text), "target": "province", "province": "44", "class": ["Observation"],
-            "start": "2026-01-01", "end": "2027-01-01"}
-    r = s.post(f"{live}/portal/consents", data=form, timeout=10)
-    assert r.status_code == 200 and "已授权" in r.text, r.text[-3000:]
+    grant_province_44(s, live)
     token = stored_token(svc, "system/Consent.rs")
     bundle = requests.get(f"{live}/fhir/Consent", params={"patient": world["me"]}, headers=bearer(token),
                           timeout=10).json()
