@@ -30,13 +30,13 @@ from app.fhir.operations import OPERATIONS
 from app.fhir.operations.definition import operation_definitions
 from app.fhir.presentation import apply_elements, apply_summary, as_asked, outcome_entry
 from app.fhir.router import FhirRequest
-from app.search.compile import compile_filter
-from app.search.extract import extract_index, sort_value
+from app.search.compile import compile_filter, compile_sort
+from app.search.extract import extract_index
 from app.search.matcher import resource_matches
 from app.search.parser import parse_search
 from app.search.request import SearchRequest
 from app.services import Services
-from app.store.searcher import decode_cursor, encode_cursor
+from app.store.searcher import decode_cursor, encode_cursor, in_sort_order, tie_broken
 
 TYPE = "OperationDefinition"
 CONTROL_PARAMS = {"_format", "_pretty", "_cursor"}
@@ -142,22 +142,11 @@ def search(req: FhirRequest, svc: Services) -> FhirResponse:
 
 
 def _sorted(matches: list[dict[str, Any]], request: SearchRequest, svc: Services) -> list[dict[str, Any]]:
-    """By the request's _sort (the sort keys a stored document would carry), then by id."""
-    out = sorted(matches, key=lambda od: str(od["id"]))
-    if not request.sort:
-        return out
-    keys = {od["id"]: extract_index(od, svc.registry)[1] for od in out}
-    for rule in reversed(request.sort):  # stable sorts, last key first
-        if rule.code == "_id":
-            out.sort(key=lambda od: str(od["id"]), reverse=rule.descending)
-            continue
-        # a key with several values sorts by its smallest ascending and its largest descending, as stored ones do
-        value = {od["id"]: sort_value(keys[od["id"]].get(rule.code), rule.descending) for od in out}
-        present = [od for od in out if value[od["id"]] is not None]
-        absent = [od for od in out if value[od["id"]] is None]
-        present.sort(key=lambda od: value[od["id"]], reverse=rule.descending)
-        out = absent + present if not rule.descending else present + absent  # MongoDB: missing values sort low
-    return out
+    """By the request's _sort, then by id: the store's order (searcher.in_sort_order) of the documents these would
+    be, with the sort keys a stored document would carry."""
+    rows = [{"_id": od["id"], "so": extract_index(od, svc.registry)[1] if request.sort else {}, "od": od}
+            for od in matches]
+    return [row["od"] for row in in_sort_order(rows, tie_broken(compile_sort(request)))]
 
 
 def _url(req: FhirRequest, params: list[tuple[str, str]], cursor: str | None) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import bisect
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -136,6 +136,18 @@ def tie_broken(sort: list[tuple[str, int]]) -> list[tuple[str, int]]:
         if path == "_id":
             return sort[: i + 1]
     return [*sort, ("_id", 1)]
+
+
+def in_sort_order(docs: Iterable[dict[str, Any]], sort: list[tuple[str, int]],
+                  row: Callable[[dict[str, Any]], list[Any]] | None = None) -> list[dict[str, Any]]:
+    """Documents in `sort` order as the database orders them, in memory; each placed by `row(doc)` (by default its
+    sort values for `sort`: a stored [smallest, largest] by the end its direction uses)."""
+    place = row or functools.partial(Searcher._row, sort)
+
+    def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
+        return _compare_rows(sort, place(a), place(b))
+
+    return sorted(docs, key=functools.cmp_to_key(compare))
 
 
 def _compare_rows(sort: list[tuple[str, int]], a: list[Any], b: list[Any]) -> int:
@@ -372,8 +384,7 @@ class Searcher:
         row = functools.partial(self._row, sort)
         keyed = self._keyed_matches(rtype, request, flt, base_url, {} if keyed_memo is None else keyed_memo)
         if keyed is not None:
-            docs = list(keyed)  # sorted below; the memo keeps its order for the total
-            docs.sort(key=functools.cmp_to_key(lambda a, b: _compare_rows(order, row(a), row(b))))
+            docs = in_sort_order(keyed, order, row)  # a sorted copy: the memo keeps its order for the total
             if cursor:
                 docs = [d for d in docs if _compare_rows(order, row(d), cursor[1]) > 0]
             if admit is not None:
