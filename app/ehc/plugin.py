@@ -206,9 +206,7 @@ class CardService:
             return base
         # The times only once the signature verified: who has no key learns nothing more than bad-signature. All
         # before the card and the nonce: a refused token neither names its holder nor spends its nonce.
-        retired = getattr(key, "retired", None)  # a key of another node (federation) publishes no retirement
-        reason = check_times(claims, now, key_nbf=key.nbf, key_exp=key.exp,
-                             key_retired=retired if isinstance(retired, int) else None)
+        reason = check_times(claims, now, key_nbf=key.nbf, key_exp=key.exp, key_retired=key.retired)
         if reason is not None:
             base.reason = reason
             return base

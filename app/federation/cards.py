@@ -41,6 +41,7 @@ class ForeignKey:
     exp: int
     province: str
     jwk: dict[str, Any]
+    retired: int | None = None  # /ehc/keys publishes no retirement: only the issuing node knows it (as SigningKey)
 
 
 def _b64(text: str) -> bytes:
