@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -16,30 +17,28 @@ import click
 COUNT_TIMEOUT = 2.0
 
 
-def _count(col: Any, flt: dict[str, Any] | None = None) -> int | None:
+def _bounded(read: Callable[[], int]) -> int | None:
+    """A count read within COUNT_TIMEOUT; None when the database does not answer in time."""
     import pymongo
     from pymongo.errors import PyMongoError
 
     try:
         with pymongo.timeout(COUNT_TIMEOUT):
-            return int(col.count_documents(flt or {}))
+            return int(read())
     except PyMongoError:
         return None
+
+
+def _count(col: Any, flt: dict[str, Any] | None = None) -> int | None:
+    return _bounded(lambda: col.count_documents(flt or {}))
 
 
 def _pending(db: Any) -> int | None:
     """Audit records waiting to be sealed (app.audit.pending: they are stored in batches)."""
-    import pymongo
-    from pymongo.errors import PyMongoError
-
     from app.audit.chain import PENDING
     from app.audit.pending import count
 
-    try:
-        with pymongo.timeout(COUNT_TIMEOUT):
-            return count(db[PENDING])
-    except PyMongoError:
-        return None
+    return _bounded(lambda: count(db[PENDING]))
 
 
 def _keys(settings: Any) -> dict[str, Any]:
