@@ -53,6 +53,7 @@ class _RequestAudit:
     patients: set[str] = field(default_factory=set)
     recorded: int = 0
     token: int | None = None  # the committer's token while the request may still submit its last record
+    public: bool = False  # a request of app.fhir.router.PUBLIC: the server's conformance resources, not audited
 
 
 class SealLoop:
@@ -152,9 +153,8 @@ class AuditTrail:
         path = _fhir_path()
         if path is None:
             return None
-        state = g.ehc_audit = _RequestAudit()
-        public = is_public(request.method, path)  # the server's conformance resources: not records, not audited
-        if not public:
+        state = g.ehc_audit = _RequestAudit(public=is_public(request.method, path))
+        if not state.public:
             state.token = self.writer.committer.enter()
         if path.startswith("AuditEvent"):
             try:
@@ -179,7 +179,7 @@ class AuditTrail:
     def after(self, response: Response) -> Response:
         state = _state()
         path = _fhir_path()
-        if state is None or path is None or state.recorded or is_public(request.method, path):
+        if state is None or path is None or state.recorded or state.public:
             return response
         principal = state.principal or g.get("ehc_principal")
         if principal is None:
